@@ -1,0 +1,1 @@
+"""Rollout: generation backends and the user-side collection of trajectories."""
