@@ -1,0 +1,177 @@
+"""In-process Hugging Face generation: many chats per forward pass.
+
+With the ~3-token answers small models give in these games, the cost of a turn is the
+prompt prefill (SPEC §4), so throughput comes from batching prompts of many concurrent
+episodes into one padded forward pass. Prompts are LEFT-padded (new tokens are appended
+on the right of every row), sorted by length so that each micro-batch wastes little on
+padding, and cut into micro-batches of at most `max_batch_size` rows so that the prefill
+activations and KV cache stay within memory. Only the last position's logits are computed
+(`generate` asks the model for `logits_to_keep=1`), never the full-vocabulary logits of
+a long prompt.
+
+Sampling is per-row seeded (see :mod:`oel.rollout.sampling`): completion i of a `chat`
+call is reproducible from `params.seed` and i alone, whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from oel.rollout.backend import Generation, SamplingParams
+from oel.rollout.sampling import PerRowSampler, RowSampling, derive_seed
+from oel.trajectory import Message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    """One completion to produce: its chat, its settings, and its own sampling seed."""
+
+    messages: Sequence[Message]
+    params: SamplingParams
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    index: int
+    ids: list[int]
+    request: RowRequest
+
+
+class HFBackend:
+    """A ChatBackend over a loaded `transformers` causal LM and its tokenizer.
+
+    The model is used as given (dtype and device included): the loader decides bf16,
+    and the consolidation stage can hand the very model it is training.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"tokenizer of {model_id} has no chat template")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.max_batch_size = max_batch_size
+        self.pad_id = _pad_token_id(tokenizer)
+        self.stop_ids = _stop_token_ids(model, tokenizer)
+        self._template_thinks = "enable_thinking" in str(tokenizer.chat_template)
+        self._warned_thinking = False
+
+    @classmethod
+    def from_model_config(cls, model_cfg: Any, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> "HFBackend":
+        """Load a model preset or directory through `oel.models` and wrap it."""
+        from oel.models import load_model
+
+        lm = load_model(model_cfg)
+        return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size)
+
+    # -- the ChatBackend interface -------------------------------------------------------
+    def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        """Complete every chat; completion i is sampled with seed derive_seed(params.seed, i)."""
+        rows = [RowRequest(p, params, derive_seed(params.seed, i)) for i, p in enumerate(prompts)]
+        return self.generate_rows(rows)
+
+    def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
+        """Complete rows that may each carry their own settings (the server batches these)."""
+        encoded = [_Encoded(i, self.encode(r.messages, r.params.enable_thinking), r) for i, r in enumerate(rows)]
+        encoded.sort(key=lambda e: len(e.ids), reverse=True)
+        results: list[Generation | None] = [None] * len(rows)
+        for start in range(0, len(encoded), self.max_batch_size):
+            batch = encoded[start:start + self.max_batch_size]
+            for item, gen in zip(batch, self._generate_batch(batch)):
+                results[item.index] = gen
+        return [g for g in results if g is not None]
+
+    # -- internals -----------------------------------------------------------------------
+    def render(self, messages: Sequence[Message], enable_thinking: bool = False) -> str:
+        """The prompt text: the chat template with the assistant turn opened."""
+        kwargs: dict[str, Any] = {}
+        if self._template_thinks:
+            kwargs["enable_thinking"] = enable_thinking
+        elif enable_thinking and not self._warned_thinking:
+            log.warning("%s: chat template has no thinking switch; enable_thinking ignored", self.model_id)
+            self._warned_thinking = True
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **kwargs)
+
+    def encode(self, messages: Sequence[Message], enable_thinking: bool = False) -> list[int]:
+        # The template already wrote any BOS it wants; adding special tokens would double it.
+        return list(self.tokenizer(self.render(messages, enable_thinking), add_special_tokens=False)["input_ids"])
+
+    def _generate_batch(self, batch: Sequence[_Encoded]) -> list[Generation]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        width = max(len(e.ids) for e in batch)
+        ids_BT = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask_BT = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, e in enumerate(batch):  # left padding: every row ends at the last column
+            ids_BT[b, width - len(e.ids):] = torch.tensor(e.ids)
+            mask_BT[b, width - len(e.ids):] = 1
+        max_new = max(e.request.params.max_new_tokens for e in batch)
+        sampler = PerRowSampler([
+            RowSampling(e.request.params.temperature, e.request.params.top_p, e.request.params.top_k, e.request.seed)
+            for e in batch
+        ])
+        # A fresh config: the checkpoint's own generation defaults (repetition penalty,
+        # sampling knobs) must not silently change what the caller asked for.
+        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new, pad_token_id=self.pad_id,
+                                   eos_token_id=list(self.stop_ids))
+        device = _model_device(self.model)
+        with torch.inference_mode():
+            out_BT = self.model.generate(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device),
+                                         generation_config=gen_cfg,
+                                         logits_processor=LogitsProcessorList([sampler]))
+        new_BT = out_BT[:, width:].cpu()
+        return [self._finish(e, new_BT[b].tolist()) for b, e in enumerate(batch)]
+
+    def _finish(self, item: _Encoded, new_ids: list[int]) -> Generation:
+        """Cut a row at its first stop token or its own max_new_tokens; count what was generated."""
+        limit = item.request.params.max_new_tokens
+        ids = new_ids[:limit]
+        finish = "length"
+        for j, tok in enumerate(ids):
+            if tok in self.stop_ids:
+                ids, finish = ids[: j + 1], "stop"
+                break
+        text_ids = ids[:-1] if finish == "stop" else ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
+        # Counted like vLLM and llama.cpp: every generated token, the stop token included.
+        return Generation(text=text, prompt_tokens=len(item.ids), completion_tokens=len(ids), finish_reason=finish)
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """The checkpoint's end-of-turn tokens: generation config's eos id(s) and the tokenizer's."""
+    ids: set[int] = set()
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if not ids:
+        raise ValueError("model and tokenizer define no end-of-sequence token")
+    return frozenset(ids)
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
