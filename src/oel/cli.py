@@ -25,6 +25,7 @@ from oel.errors import OELError
 # Each module defines `register(subparsers)`; a stage's CLI arrives with its stage.
 STAGE_MODULES: list[str] = [
     "oel.models.cli",
+    "oel.envs.cli",
 ]
 
 
