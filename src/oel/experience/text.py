@@ -1,0 +1,133 @@
+"""Pure text helpers of extraction: thinking removal, item parsing, dedup, the token budget.
+
+Everything here is a small pure function so that the accumulation logic (extract.py) can
+be tested with scripted strings and no model. Token counts go through a
+:class:`TokenCounter`, which uses the extractor's own tokenizer when one is available and
+otherwise a documented character-based approximation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Format = Literal["structured", "unstructured"]
+
+STRUCTURED_MARKER = "- EXPERIENCE ITEM:"
+"""Only lines starting with this (after leading whitespace) are kept in the structured format."""
+
+CHARS_PER_TOKEN_APPROX = 3.5
+"""Fallback when no tokenizer is known: English BPE text averages ~4 characters per token;
+3.5 over-counts slightly, so a budget computed with it is never exceeded by much in
+practice with the real tokenizer (erring on the side of a shorter knowledge text)."""
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def strip_thinking(text: str) -> str:
+    """Remove reasoning from a model answer, keeping only the answer part.
+
+    Handles the three shapes thinking models produce: complete `<think>...</think>`
+    blocks; a lone `</think>` (the chat template opened the block inside the prompt, so
+    everything before the close is reasoning); and an unterminated `<think>` (generation
+    hit the token limit mid-thought: everything after it is reasoning, no answer).
+    """
+    text = _THINK_BLOCK.sub("", text)
+    if _THINK_CLOSE in text:
+        text = text.rsplit(_THINK_CLOSE, 1)[1]
+    if _THINK_OPEN in text:
+        text = text.split(_THINK_OPEN, 1)[0]
+    return text.strip()
+
+
+def normalize_item(text: str) -> str:
+    """The dedup key of an item: whitespace collapsed; an exact repeat modulo spacing is a repeat."""
+    return " ".join(text.split())
+
+
+def parse_items(text: str, fmt: Format, *, max_items: int = 0) -> list[str]:
+    """Split an (already thinking-free) extractor answer into knowledge items.
+
+    Structured: one item per line starting with :data:`STRUCTURED_MARKER`; every other
+    line (preambles, numbering, chatter) is dropped. Unstructured: every non-blank line
+    is kept as an item, so the token budget can drop old lines one at a time.
+    `max_items` > 0 keeps only the first that many (the prompt asks for one or two;
+    a model that writes ten would otherwise flood the budget in one step).
+    """
+    items: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if fmt == "structured":
+            if not line.startswith(STRUCTURED_MARKER) or not line[len(STRUCTURED_MARKER):].strip():
+                continue
+        items.append(normalize_item(line))
+    return items[:max_items] if max_items > 0 else items
+
+
+def dedup_new(existing: Sequence[str], new: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped): new items that are not exact repeats of existing ones or of each other."""
+    seen = {normalize_item(t) for t in existing}
+    kept: list[str] = []
+    dropped: list[str] = []
+    for t in new:
+        key = normalize_item(t)
+        if key in seen:
+            dropped.append(t)
+        else:
+            seen.add(key)
+            kept.append(t)
+    return kept, dropped
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """Counts tokens of a text: the extractor's tokenizer, or the documented approximation."""
+
+    count_fn: Callable[[str], int]
+    name: str
+
+    def __call__(self, text: str) -> int:
+        return self.count_fn(text)
+
+
+def approx_token_count(text: str) -> int:
+    """ceil(characters / CHARS_PER_TOKEN_APPROX): used only when no tokenizer is available."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN_APPROX)
+
+
+def token_counter(tokenizer: Any | None = None) -> TokenCounter:
+    """A counter from a Hugging Face tokenizer (no special tokens), else the approximation."""
+    if tokenizer is None:
+        return TokenCounter(approx_token_count, f"approx:{CHARS_PER_TOKEN_APPROX}chars/token")
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return TokenCounter(count, f"tokenizer:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}")
+
+
+def counter_for_backend(backend: Any | None) -> TokenCounter:
+    """Use the backend's tokenizer if it exposes one (`backend.tokenizer`), else approximate."""
+    return token_counter(getattr(backend, "tokenizer", None))
+
+
+def fit_newest(items: Sequence[str], budget_tokens: int, count: TokenCounter, sep: str) -> int:
+    """Index of the first item kept so that `sep.join(items[start:])` fits in the budget.
+
+    Walks from the newest item backwards and stops at the first item that would not fit,
+    so what is kept is always a run of WHOLE newest items; an item is never cut in half.
+    Returns len(items) when not even the newest item fits.
+    """
+    start = len(items)
+    for i in range(len(items) - 1, -1, -1):
+        if count(sep.join(items[i:])) > budget_tokens:
+            break
+        start = i
+    return start

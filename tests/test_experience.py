@@ -1,0 +1,282 @@
+"""Extraction and the experience store, driven by a scripted fake extractor (no model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from oel import prompts
+from oel.errors import ConfigError, DataError
+from oel.experience import (
+    ExtractConfig,
+    diff_experience,
+    extract_round,
+    format_diff,
+    knowledge_texts,
+    read_experience,
+    step_path,
+    strip_thinking,
+)
+from oel.experience.render import build_extraction_prompt
+from oel.experience.text import approx_token_count, parse_items, token_counter
+from oel.rollout.backend import Generation, SamplingParams
+from oel.trajectory import Message, Trajectory, Turn
+
+TAG = re.compile(r"Outcome: (T\d+)")
+
+
+class ScriptedExtractor:
+    """A deterministic ChatBackend: `script(prompt_text, params)` decides each answer."""
+
+    def __init__(self, script: Callable[[str, SamplingParams], str], model_id: str = "scripted") -> None:
+        self.script = script
+        self.model_id = model_id
+        self.prompts: list[str] = []
+
+    def chat(self, prompts_: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        out = []
+        for chat in prompts_:
+            text = chat[-1].content
+            self.prompts.append(text)
+            answer = self.script(text, params)
+            out.append(Generation(answer, approx_token_count(text), approx_token_count(answer)))
+        return out
+
+
+class CrashAfter(ScriptedExtractor):
+    """Raises after `n` answers: a process killed mid-round."""
+
+    def __init__(self, script: Callable[[str, SamplingParams], str], n: int) -> None:
+        super().__init__(script)
+        self.left = n
+
+    def chat(self, prompts_: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        if self.left <= 0:
+            raise KeyboardInterrupt
+        self.left -= len(prompts_)
+        return super().chat(prompts_, params)
+
+
+def make_traj(i: int, turns: int = 2, obs: str = "map", response: str = "[down]") -> Trajectory:
+    """Trajectory `t{i}` whose outcome line carries the tag `T{i}` (the fake reads it back)."""
+    ts = [Turn(prompt=[Message(role="user", content=f"{obs} {j}")], observation=f"{obs} {j}",
+               response=response, feedback=f"moved {j}") for j in range(turns)]
+    return Trajectory(id=f"t{i}", env_id="fake", seed=i, model_id="m", turns=ts,
+                      outcome=f"T{i} fell into a hole", passed=False)
+
+
+def lesson_per_game(text: str, params: SamplingParams) -> str:
+    return f"Here you go:\n- EXPERIENCE ITEM: lesson from {TAG.search(text).group(1)}\n"
+
+
+def config(tmp_path: Path, **kw) -> ExtractConfig:
+    base = dict(out_dir=str(tmp_path / "store"), num_runs=1, num_trajectories=4, budget_tokens=1000,
+                max_input_tokens=4000)
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+def knowledge_part(prompt_text: str) -> str:
+    """The knowledge slot of a rendered structured prompt."""
+    return prompt_text.split("do not repeat or rephrase any of these):", 1)[1].split("Record of the game:", 1)[0]
+
+
+def test_accumulation_order_trajectory_i_sees_e_i_minus_1(tmp_path):
+    fake = ScriptedExtractor(lesson_per_game)
+    trajs = [make_traj(i) for i in range(1, 5)]
+    extract_round(config(tmp_path), trajs, fake)
+    assert len(fake.prompts) == 4
+    for i, p in enumerate(fake.prompts, start=1):
+        assert TAG.search(p).group(1) == f"T{i}"
+        seen = knowledge_part(p)
+        assert [f"T{j}" for j in range(1, i)] == re.findall(r"lesson from (T\d+)", seen)
+    assert "(none yet)" in knowledge_part(fake.prompts[0])
+    final = read_experience(step_path(tmp_path / "store", 0, 0, 4))
+    assert final.texts == [f"- EXPERIENCE ITEM: lesson from T{i}" for i in range(1, 5)]
+    assert [it.step_added for it in final.items] == [1, 2, 3, 4]
+    assert [it.source_trajectory_id for it in final.items] == ["t1", "t2", "t3", "t4"]
+    assert final.items[0].extractor_model == "scripted" and final.prompt["name"] == "extract_structured_v1"
+
+
+def test_structured_marker_filtering_and_thinking_removed():
+    answer = ("<think>- EXPERIENCE ITEM: hidden reasoning</think>Sure!\n- EXPERIENCE ITEM: a\n"
+              "* EXPERIENCE ITEM: b\n1. - EXPERIENCE ITEM: c\n   - EXPERIENCE ITEM:   d  \n- EXPERIENCE ITEM:   \n")
+    assert parse_items(strip_thinking(answer), "structured") == ["- EXPERIENCE ITEM: a", "- EXPERIENCE ITEM: d"]
+    assert parse_items(strip_thinking(answer), "structured", max_items=1) == ["- EXPERIENCE ITEM: a"]
+    assert parse_items("one\n\n two  lines\n", "unstructured") == ["one", "two lines"]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("<think>x</think>answer", "answer"),
+    ("reasoning only</think> answer", "answer"),          # template opened the block in the prompt
+    ("answer <think>unterminated thought", "answer"),     # hit the token limit while thinking
+    ("<think>a</think>b<think>c</think>d", "bd"),
+])
+def test_strip_thinking_shapes(text, want):
+    assert strip_thinking(text) == want
+
+
+def test_exact_repeats_are_deduplicated(tmp_path):
+    fake = ScriptedExtractor(lambda t, p: "- EXPERIENCE ITEM: walls block you\n- EXPERIENCE ITEM:  walls  block you")
+    extract_round(config(tmp_path, num_trajectories=3), [make_traj(i) for i in range(1, 4)], fake)
+    final = read_experience(step_path(tmp_path / "store", 0, 0, 3))
+    assert final.texts == ["- EXPERIENCE ITEM: walls block you"]
+    first = read_experience(step_path(tmp_path / "store", 0, 0, 1)).record
+    assert first.new_items == ["- EXPERIENCE ITEM: walls block you"] and len(first.duplicates_dropped) == 1
+    assert final.record.new_items == [] and len(final.record.duplicates_dropped) == 2
+
+
+def test_budget_keeps_newest_whole_items(tmp_path):
+    # Each item is 40 characters -> 12 approximate tokens; a joined pair with "\n" is 81 chars -> 24 tokens.
+    def item(text, params):
+        return "- EXPERIENCE ITEM: " + TAG.search(text).group(1).ljust(21, "x")
+
+    budget = 30  # two items fit (24 tokens), three (122 chars -> 35 tokens) do not
+    extract_round(config(tmp_path, num_trajectories=5, budget_tokens=budget), [make_traj(i) for i in range(1, 6)],
+                  ScriptedExtractor(item))
+    final = read_experience(step_path(tmp_path / "store", 0, 0, 5))
+    assert [t.split(": ")[1][:2] for t in final.texts] == ["T4", "T5"]
+    assert all(len(t) == 40 for t in final.texts)  # whole items, nothing cut mid-item
+    assert approx_token_count(final.rendered) <= budget
+    assert final.record.budget_dropped == 1  # T3 left at step 5
+
+
+def test_left_truncation_keeps_instructions_and_outcome():
+    template = prompts.get("extract_structured_v1")
+    head, tail = template.text.split("{knowledge}")[0], template.text.split("{trajectory}")[1]
+    traj = make_traj(7, turns=30, obs="a long observation " * 10)
+    count = token_counter(None)
+    full = build_extraction_prompt(template, "", traj, count=count, max_input_tokens=100_000)
+    assert not full.truncated
+    limit = full.input_tokens // 3
+    cut = build_extraction_prompt(template, "", traj, count=count, max_input_tokens=limit)
+    assert cut.truncated and cut.dropped_turns > 0 and cut.input_tokens <= limit
+    assert cut.text.startswith(head) and cut.text.endswith(tail)
+    assert "Turn 1\n" not in cut.text and "Turn 30\n" in cut.text and "Outcome: T7" in cut.text
+    assert f"[{cut.dropped_turns} earlier turn(s) omitted for length]" in cut.text
+
+
+def test_single_huge_turn_is_cut_by_characters_from_the_left():
+    template = prompts.get("extract_structured_v1")
+    traj = make_traj(8, turns=1, response="blah " * 2000 + "FINAL [down]")
+    count = token_counter(None)
+    p = build_extraction_prompt(template, "", traj, count=count, max_input_tokens=600)
+    assert p.cut_chars > 0 and p.input_tokens <= 600
+    assert "FINAL [down]" in p.text and p.text.endswith(template.text.split("{trajectory}")[1])
+    with pytest.raises(DataError, match="t8"):
+        build_extraction_prompt(template, "", traj, count=count, max_input_tokens=50)
+
+
+def test_truncation_is_recorded_in_the_step_record(tmp_path):
+    trajs = [make_traj(i, turns=40, obs="observation text " * 8) for i in range(1, 3)]
+    extract_round(config(tmp_path, num_trajectories=2, budget_tokens=100, max_input_tokens=700), trajs,
+                  ScriptedExtractor(lesson_per_game))
+    rec = read_experience(step_path(tmp_path / "store", 0, 0, 1)).record
+    assert rec.input_truncated and rec.dropped_turns > 0 and rec.input_tokens <= 700
+
+
+def test_k_runs_give_k_sets_with_distinct_seeds(tmp_path):
+    fake = ScriptedExtractor(lambda t, p: f"- EXPERIENCE ITEM: seen with seed {p.seed}")
+    cfg = config(tmp_path, num_runs=3, num_trajectories=2, use_step=1)
+    result = extract_round(cfg, [make_traj(i) for i in range(1, 3)], fake)
+    texts = knowledge_texts(cfg.out_dir, 0)
+    assert len(texts) == 3 and len(set(texts)) == 3 and result.texts == texts and result.step == 1
+    seeds = {read_experience(step_path(cfg.out_dir, 0, k, 1)).record.sampling_seed for k in range(3)}
+    assert len(seeds) == 3
+    assert len(knowledge_texts(cfg.out_dir, 0, step=2)) == 3
+
+
+def test_resume_continues_at_last_completed_step(tmp_path):
+    trajs = [make_traj(i) for i in range(1, 5)]
+    with pytest.raises(KeyboardInterrupt):
+        extract_round(config(tmp_path), trajs, CrashAfter(lesson_per_game, 2))
+    assert read_experience(step_path(tmp_path / "store", 0, 0, 2)).step == 2
+    assert not step_path(tmp_path / "store", 0, 0, 3).exists()
+    second = ScriptedExtractor(lesson_per_game)
+    extract_round(config(tmp_path), trajs, second)
+    assert [TAG.search(p).group(1) for p in second.prompts] == ["T3", "T4"]
+    reference = config(tmp_path / "ref")
+    extract_round(reference, trajs, ScriptedExtractor(lesson_per_game))
+    assert knowledge_texts(tmp_path / "store", 0) == knowledge_texts(reference.out_dir, 0)
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path):
+    trajs = [make_traj(i) for i in range(1, 5)]
+    extract_round(config(tmp_path), trajs, ScriptedExtractor(lesson_per_game))
+    with pytest.raises(ConfigError, match="budget_tokens"):
+        extract_round(config(tmp_path, budget_tokens=500), trajs, ScriptedExtractor(lesson_per_game))
+    extract_round(config(tmp_path, budget_tokens=500, overwrite=True), trajs, ScriptedExtractor(lesson_per_game))
+
+
+def _first_file(tmp_path: Path) -> Path:
+    extract_round(config(tmp_path, num_trajectories=2), [make_traj(i) for i in range(1, 3)],
+                  ScriptedExtractor(lesson_per_game))
+    return step_path(tmp_path / "store", 0, 0, 2)
+
+
+def test_corrupt_item_error_names_file_and_item(tmp_path):
+    path = _first_file(tmp_path)
+    data = json.loads(path.read_text())
+    data["items"][1]["text"] = ""
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as e:
+        read_experience(path)
+    msg = str(e.value)
+    assert str(path) in msg and "item 1 (id 'r0-k0-s2-0')" in msg and "text" in msg and "\n" not in msg
+
+
+def test_hand_edited_text_without_rerender_is_caught(tmp_path):
+    path = _first_file(tmp_path)
+    data = json.loads(path.read_text())
+    data["items"][0]["text"] = "- EXPERIENCE ITEM: edited by hand"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"rendered: does not match the items"):
+        read_experience(path)
+    data["items"][0]["round"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"item 0 \(id 'r0-k0-s1-0'\): round/seed 3/0"):
+        read_experience(path)
+    path.write_text("{not json")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:1: invalid JSON"):
+        read_experience(path)
+
+
+def test_diff_between_steps(tmp_path):
+    extract_round(config(tmp_path, budget_tokens=20), [make_traj(i) for i in range(1, 5)],
+                  ScriptedExtractor(lesson_per_game))
+    a = read_experience(step_path(tmp_path / "store", 0, 0, 1))
+    b = read_experience(step_path(tmp_path / "store", 0, 0, 4))
+    d = diff_experience(a, b)
+    assert d.removed == ["- EXPERIENCE ITEM: lesson from T1"]
+    assert d.added == ["- EXPERIENCE ITEM: lesson from T3", "- EXPERIENCE ITEM: lesson from T4"]
+    out = format_diff(d, "step 1", "step 4")
+    assert out.splitlines()[:3] == ["--- step 1", "+++ step 4", "2 added, 1 removed, 0 unchanged"]
+    assert "- - EXPERIENCE ITEM: lesson from T1" in out and "+ - EXPERIENCE ITEM: lesson from T4" in out
+
+
+def test_raw_trajectories_baseline_fills_budget_with_newest_games(tmp_path):
+    cfg = config(tmp_path, kind="raw_trajectories", num_trajectories=4, budget_tokens=60)
+    extract_round(cfg, [make_traj(i) for i in range(1, 5)], None)
+    final = read_experience(step_path(cfg.out_dir, 0, 0, 4))
+    assert final.extractor_model == "none" and final.items
+    assert final.texts[-1].startswith("Earlier game t4:") and "Result: T4 fell into a hole" in final.texts[-1]
+    assert approx_token_count(final.rendered) <= 60 and len(final.items) < 4
+    assert "\n\n" in final.rendered or len(final.items) == 1
+
+
+def test_other_model_provenance_is_recorded(tmp_path):
+    extract_round(config(tmp_path, num_trajectories=1), [make_traj(1)],
+                  ScriptedExtractor(lesson_per_game, model_id="bigger-model"))
+    f = read_experience(step_path(tmp_path / "store", 0, 0, 1))
+    assert f.extractor_model == "bigger-model" and f.items[0].extractor_model == "bigger-model"
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="use_step"):
+        ExtractConfig(num_trajectories=4, use_step=5)
+    with pytest.raises(ConfigError, match="max_input_tokens"):
+        ExtractConfig(budget_tokens=100, max_input_tokens=50)
