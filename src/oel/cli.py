@@ -26,6 +26,7 @@ from oel.errors import OELError
 STAGE_MODULES: list[str] = [
     "oel.models.cli",
     "oel.envs.cli",
+    "oel.rollout.cli",
 ]
 
 

@@ -80,8 +80,14 @@ class HFBackend:
     # -- the ChatBackend interface -------------------------------------------------------
     def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
         """Complete every chat; completion i is sampled with seed derive_seed(params.seed, i)."""
-        rows = [RowRequest(p, params, derive_seed(params.seed, i)) for i, p in enumerate(prompts)]
-        return self.generate_rows(rows)
+        return self.chat_with_seeds(prompts, params, [derive_seed(params.seed, i) for i in range(len(prompts))])
+
+    def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
+                        seeds: Sequence[int]) -> list[Generation]:
+        """Like `chat`, but completion i is sampled with `seeds[i]` (collection seeds per episode)."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seeds: expected {len(prompts)} (one per prompt), got {len(seeds)}")
+        return self.generate_rows([RowRequest(p, params, s) for p, s in zip(prompts, seeds)])
 
     def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
         """Complete rows that may each carry their own settings (the server batches these)."""

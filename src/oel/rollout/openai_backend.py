@@ -40,7 +40,7 @@ class EndpointConfig:
     base_url: str = cfg("http://127.0.0.1:8000/v1", "endpoint root, ending in /v1 (vLLM, llama.cpp server, SGLang, TGI, oel serve)")
     model: str = cfg("", "model name the endpoint serves (as listed by GET /v1/models); empty = the first one listed")
     api_key_env: str = cfg("OPENAI_API_KEY", "environment variable holding the API key; unset is fine for local servers")
-    concurrency: int = cfg(8, "requests in flight at once; the server batches them")
+    concurrency: int = cfg(32, "requests in flight at once; the server batches them (match collect batch_size)")
     timeout_s: float = cfg(120.0, "seconds one request may take before it is retried")
     max_retries: int = cfg(3, "retries of a transient failure (connection, timeout, 429, 5xx) before giving up")
     backoff_s: float = cfg(1.0, "first retry delay in seconds; doubles on each retry")
@@ -79,11 +79,19 @@ class OpenAIBackend:
         return models[0]
 
     def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        """Complete every chat; request i carries seed derive_seed(params.seed, i)."""
+        return self.chat_with_seeds(prompts, params, [derive_seed(params.seed, i) for i in range(len(prompts))])
+
+    def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
+                        seeds: Sequence[int]) -> list[Generation]:
+        """Like `chat`, but request i carries `seeds[i]` (collection seeds per episode)."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seeds: expected {len(prompts)} (one per prompt), got {len(seeds)}")
         if not prompts:
             return []
         workers = min(self.config.concurrency, len(prompts))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oel-endpoint") as pool:
-            futures = [pool.submit(self._one, p, params, derive_seed(params.seed, i)) for i, p in enumerate(prompts)]
+            futures = [pool.submit(self._one, p, params, s) for p, s in zip(prompts, seeds)]
             return [f.result() for f in futures]
 
     def _request(self, messages: Sequence[Message], params: SamplingParams, seed: int) -> dict[str, Any]:
