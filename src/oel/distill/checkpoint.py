@@ -1,0 +1,184 @@
+"""Checkpoints: plain Hugging Face directories, plus what it takes to resume a round.
+
+A checkpoint directory `checkpoints/step-000010/` holds
+- the student's weights with any LoRA MERGED in (safetensors), its config, generation
+  config and tokenizer: `AutoModelForCausalLM.from_pretrained(dir)` loads it, no peft and
+  no merge step needed;
+- `trainer_state.json`: the step reached and the config it was trained under;
+- `optimizer.pt`: AdamW's state (moments and step counts; tensors only, loaded with
+  `weights_only=True`);
+- `adapter.safetensors` (LoRA only): the unmerged adapter weights. Resuming rebuilds the
+  round-start model + adapter from these, so the teacher (adapter off) is still exactly
+  the round-start model.
+Random state needs no saving: every random choice derives from (seed, step, row).
+
+Every directory is written under a temporary name and renamed into place, so a crash
+mid-write leaves no half checkpoint that a resume could pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oel.errors import TrainingError
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{6})$")
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+ADAPTER_FILE = "adapter.safetensors"
+LORA_KEY = "lora_"
+
+
+def _lora_layers(model: Any) -> dict[str, Any]:
+    """{module path inside the base model: peft LoRA layer} (empty for a plain model)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is a dependency, but a plain model needs none of it
+        return {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+
+
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The weights a plain model of the same architecture needs, LoRA deltas added in.
+
+    Computed out of place: the live model is not merged and unmerged (in bf16 that round
+    trip would not give back the exact base weights, and the base weights are the teacher).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state = base.state_dict()
+    layers = _lora_layers(model)
+    if not layers:
+        return dict(state)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if LORA_KEY in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value
+    for name, layer in layers.items():
+        weight_key = f"{name}.weight"
+        merged = out[weight_key].float()
+        for adapter in layer.active_adapters:
+            merged = merged + layer.get_delta_weight(adapter).float()
+        out[weight_key] = merged.to(out[weight_key].dtype)
+    return out
+
+
+def save_hf_model(model: Any, tokenizer: Any, directory: str | os.PathLike) -> Path:
+    """Write the merged model + tokenizer as a Hugging Face directory, atomically."""
+    final = Path(directory)
+    tmp = _tmp_dir(final)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        base.save_pretrained(tmp, state_dict=merged_state_dict(model), safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_checkpoint(root: str | os.PathLike, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
+                    config: dict[str, Any], keep_last: int) -> Path:
+    """Write `root/step-NNNNNN` atomically, then prune to the `keep_last` newest."""
+    final = Path(root) / f"step-{step:06d}"
+    tmp = _tmp_dir(final)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        base.save_pretrained(tmp, state_dict=merged_state_dict(model), safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        adapter = _adapter_state(model)
+        if adapter:
+            from safetensors.torch import save_file
+
+            save_file(adapter, str(tmp / ADAPTER_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "config": config}, indent=2) + "\n")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(root, keep_last)
+    return final
+
+
+def _adapter_state(model: Any) -> dict[str, torch.Tensor]:
+    if not _lora_layers(model):
+        return {}
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of complete checkpoints, oldest first (temporary directories ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CHECKPOINT_RE.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prune(root: str | os.PathLike, keep_last: int) -> None:
+    for _, path in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(path)
+
+
+def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> int:
+    """Restore the student's trainable weights and AdamW's state from `path`; returns its step."""
+    state = json.loads((path / STATE_FILE).read_text())
+    if (path / ADAPTER_FILE).is_file():
+        from safetensors.torch import load_file
+
+        adapter = load_file(str(path / ADAPTER_FILE))
+        params = dict(model.named_parameters())
+        missing = [n for n in adapter if n not in params]
+        if missing:
+            raise TrainingError(f"{path / ADAPTER_FILE}: adapter weight {missing[0]} not in the model (different LoRA config?)")
+        with torch.no_grad():
+            for name, value in adapter.items():
+                params[name].copy_(value)
+    else:
+        _load_full_weights(path, model)
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=True))
+    return int(state["step"])
+
+
+def _load_full_weights(path: Path, model: Any) -> None:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    result = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        bad = (missing or result.unexpected_keys)[0]
+        raise TrainingError(f"{path}: checkpoint weights do not match the model (first mismatch: {bad})")
+
+
+def _tmp_dir(final: Path) -> Path:
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is moved aside first and deleted after."""
+    old = final.parent / f".old-{final.name}-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

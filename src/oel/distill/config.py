@@ -1,0 +1,105 @@
+"""`ConsolidateConfig`: everything one round's consolidation needs, every field documented.
+
+Defaults are sized for a 2-core CPU and the 0.5B preset (LoRA, batch 4, short
+responses). The paper's GPU recipe (full fine-tuning, batch 64, 1024-token responses,
+LR 5e-6 for 1.7B / 1e-6 for 4B-8B, 20 or 100 steps) is `paper_gpu_preset()`:
+
+    cfg = paper_gpu_preset(trajectories="r0/trajectories.jsonl", knowledge=["r0/k0.txt", ...],
+                           output_dir="r0/consolidate", model=ModelConfig(name="..."))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from oel.config import cfg
+from oel.models import ModelConfig
+
+Sampler = Literal["on_policy", "off_policy"]
+LossName = Literal["topk_reverse_kl", "reverse_kl", "sampled_reverse_kl", "forward_kl", "sft"]
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PAPER_LR_SMALL = 5e-6  # Qwen3-1.7B in the paper
+PAPER_LR_LARGE = 1e-6  # Qwen3-4B / 8B
+PAPER_BATCH = 64
+PAPER_MAX_NEW_TOKENS = 1024
+PAPER_STEPS = 20
+
+
+@dataclass
+class ConsolidateConfig:
+    """One round of consolidation: on-policy context distillation (or the off-policy baseline)."""
+
+    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix")
+    knowledge: list[str] = cfg(help="knowledge text files (plain text, one knowledge text each); one is drawn at random per prefix", factory=list)
+    output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the consolidated model)")
+    model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher", factory=ModelConfig)
+
+    sampler: Sampler = cfg("on_policy", "on_policy: the student (no knowledge) writes the responses; off_policy: the teacher (with knowledge) does (baseline)")
+    loss: LossName = cfg("topk_reverse_kl", "token loss; topk_reverse_kl is the paper's; forward_kl or sft for the off-policy baseline")
+    top_k: int = cfg(256, "top_k_reverse_kl: the student's k most likely tokens (of the full-vocab softmax, no renormalisation)")
+    loss_temperature: float = cfg(0.7, "temperature applied to both student and teacher logits inside the loss")
+
+    steps: int = cfg(10, "optimizer steps this round (paper: 20 or 100)")
+    batch_size: int = cfg(4, "prefixes per optimizer step (paper: 64)")
+    micro_batch_size: int = cfg(4, "prefixes per forward/backward pass; gradients accumulate over batch_size/micro_batch_size passes")
+    lr: float = cfg(5e-5, "constant learning rate (LoRA on CPU; paper, full fine-tune: 5e-6 for 1.7B, 1e-6 for 4B/8B)")
+    weight_decay: float = cfg(0.01, "AdamW weight decay")
+    adam_beta1: float = cfg(0.9, "AdamW beta1")
+    adam_beta2: float = cfg(0.999, "AdamW beta2")
+    grad_clip: float = cfg(1.0, "clip the global gradient norm to this; 0 disables")
+
+    temperature: float = cfg(0.7, "sampling temperature of the responses")
+    top_p: float = cfg(1.0, "nucleus sampling mass of the responses (1.0 = plain temperature sampling)")
+    sample_top_k: int = cfg(0, "sample among the k most likely tokens; 0 = whole vocabulary")
+    max_new_tokens: int = cfg(64, "most tokens per sampled response (paper: 1024)")
+
+    finetune: Literal["lora", "full"] = cfg("lora", "lora: train an adapter, teacher = adapter off; full: all weights, teacher = frozen copy")
+    lora_r: int = cfg(16, "LoRA rank")
+    lora_alpha: int = cfg(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = cfg(0.0, "LoRA dropout")
+    lora_target_modules: list[str] = cfg(help="module names that get LoRA adapters", factory=lambda: list(DEFAULT_LORA_TARGETS))
+    gradient_checkpointing: bool = cfg(False, "recompute activations in backward (less memory, ~30% slower)")
+
+    seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
+    save_every: int = cfg(5, "write a resumable checkpoint every this many steps (0: only the final model)")
+    keep_last: int = cfg(2, "keep this many most recent checkpoints")
+    on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: resume from its last checkpoint, delete it, or stop")
+    num_threads: int = cfg(0, "torch CPU threads; 0 = torch's default")
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "micro_batch_size", "top_k", "max_new_tokens", "lora_r", "lora_alpha")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size: {self.micro_batch_size} exceeds batch_size {self.batch_size}")
+        for name in ("loss_temperature", "temperature", "lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.save_every < 0 or self.keep_last < 1:
+            raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
+
+    def check_inputs(self) -> None:
+        """The fields a run cannot start without (left optional so presets can be built first)."""
+        for name in ("trajectories", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: required, got an empty value")
+        if not self.knowledge:
+            raise ValueError("knowledge: give at least one knowledge text file")
+
+
+def paper_gpu_preset(**overrides: Any) -> ConsolidateConfig:
+    """The paper's recipe (Qwen3-1.7B, GPUs): full fine-tune, batch 64, 1024 new tokens, LR 5e-6, 20 steps.
+
+    Use lr=1e-6 for 4B/8B models and steps=100 for the longer schedule.
+    """
+    base = ConsolidateConfig(
+        finetune="full", batch_size=PAPER_BATCH, micro_batch_size=8, lr=PAPER_LR_SMALL,
+        max_new_tokens=PAPER_MAX_NEW_TOKENS, steps=PAPER_STEPS, save_every=PAPER_STEPS,
+    )
+    return dataclasses.replace(base, **overrides)

@@ -1,0 +1,144 @@
+"""Scoring response tokens: logits only where the loss needs them, and batched sampling.
+
+The teacher's prompt carries the whole game history plus the knowledge (hundreds to
+thousands of tokens) while a response is a handful of tokens. A plain `model(...)` call
+would project every prompt position onto the ~150k-token vocabulary ([batch, prompt_len,
+vocab] floats: gigabytes for nothing). We instead run the backbone (the transformer
+without its output head), keep the last layer's hidden states at the positions that
+PREDICT response tokens (position j-1 predicts token j), and apply the output head to
+those rows only. Logits come back packed, `[N, V]` with N = total response tokens of the
+batch in row-major order, so a student batch and a teacher batch holding the same responses
+(behind different prompts) line up row for row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """prompt + response rows, padded; `response_mask_BT` marks the response tokens."""
+
+    input_ids_BT: Tensor
+    attention_mask_BT: Tensor
+    response_mask_BT: Tensor
+
+    @property
+    def response_tokens_N(self) -> Tensor:
+        """The response token ids, packed in the same order as `response_logits`' rows."""
+        return self.input_ids_BT[self.response_mask_BT]
+
+
+def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *, pad_id: int,
+         side: str = "right") -> PackedBatch:
+    """Concatenate each prompt with its response and pad the rows to one width.
+
+    Right padding is the default for scoring; left padding is accepted too (position ids
+    are derived from the attention mask, so either layout gives the same logits).
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    rows = [list(p) + list(r) for p, r in zip(prompts, responses)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    resp = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        start = 0 if side == "right" else width - len(p) - len(r)
+        ids[b, start:start + len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        attn[b, start:start + len(p) + len(r)] = 1
+        resp[b, start + len(p):start + len(p) + len(r)] = True
+    return PackedBatch(ids, attn, resp)
+
+
+def causal_lm_parts(model: Any) -> tuple[Any, Any]:
+    """(backbone, output head) of a causal LM, looking through a peft wrapper.
+
+    With peft the LoRA layers live inside the backbone's modules, so calling the backbone
+    applies them (or not, under `disable_adapter()`).
+    """
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    backbone = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    if backbone is None or head is None:
+        raise ValueError(f"{type(lm).__name__}: cannot find the backbone and output head of this model")
+    return backbone, head
+
+
+def position_ids_from_mask(attention_mask_BT: Tensor) -> Tensor:
+    """0, 1, 2, ... over the real tokens of each row, whatever side the padding is on."""
+    return (attention_mask_BT.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model: Any, batch: PackedBatch) -> Tensor:
+    """Logits predicting each response token, packed `[N, V]` (N = response tokens in batch).
+
+    Never materialises logits at prompt positions. Row n is the distribution over the
+    n-th response token given everything before it.
+    """
+    backbone, head = causal_lm_parts(model)
+    device = head.weight.device
+    attn = batch.attention_mask_BT.to(device)
+    out = backbone(input_ids=batch.input_ids_BT.to(device), attention_mask=attn,
+                   position_ids=position_ids_from_mask(attn), use_cache=False)
+    hidden_BTH = out.last_hidden_state
+    predicts_response_BT = batch.response_mask_BT[:, 1:].to(device)
+    if bool(batch.response_mask_BT[:, 0].any()):
+        raise ValueError("a row starts with a response token: nothing predicts it (empty prompt?)")
+    hidden_NH = hidden_BTH[:, :-1][predicts_response_BT]
+    return head(hidden_NH)
+
+
+def full_logits_reference(model: Any, batch: PackedBatch) -> Tensor:
+    """The naive way (whole-sequence logits, then select): for tests only."""
+    attn = batch.attention_mask_BT
+    logits_BTV = model(input_ids=batch.input_ids_BT, attention_mask=attn,
+                       position_ids=position_ids_from_mask(attn), use_cache=False).logits
+    return logits_BTV[:, :-1][batch.response_mask_BT[:, 1:]]
+
+
+def generate_ids(model: Any, prompts: Sequence[Sequence[int]], samplers: Sequence[Any], *, pad_id: int,
+                 stop_ids: frozenset[int], max_new_tokens: int) -> list[list[int]]:
+    """Sample one continuation per prompt (left-padded batch); each cut after its first stop token.
+
+    `samplers` are `oel.rollout.sampling.RowSampling`s, one per row: each row draws from its
+    own seeded stream, so a response depends on its seed only, not on its batch-mates (this
+    is what makes a resumed run sample exactly what the uninterrupted one did).
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from oel.rollout.sampling import PerRowSampler
+
+    width = max(len(p) for p in prompts)
+    ids_BT = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attn_BT = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids_BT[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        attn_BT[b, width - len(p):] = 1
+    # A fresh config so the checkpoint's own defaults (top_k=20, repetition penalty, ...)
+    # cannot change the distribution we train on.
+    gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                               eos_token_id=sorted(stop_ids))
+    device = causal_lm_parts(model)[1].weight.device
+    with torch.inference_mode():
+        out_BT = model.generate(input_ids=ids_BT.to(device), attention_mask=attn_BT.to(device),
+                                generation_config=gen_cfg,
+                                logits_processor=LogitsProcessorList([PerRowSampler(list(samplers))]))
+    return [_cut_at_stop(row, stop_ids) for row in out_BT[:, width:].cpu().tolist()]
+
+
+def _cut_at_stop(ids: list[int], stop_ids: frozenset[int]) -> list[int]:
+    """Keep tokens up to and including the first stop token (the teacher judges stopping too)."""
+    for j, tok in enumerate(ids):
+        if tok in stop_ids:
+            return ids[: j + 1]
+    return ids

@@ -1,0 +1,315 @@
+"""The consolidation stage: one round of on-policy context distillation (SPEC §1.3).
+
+    from oel.distill import ConsolidateConfig, consolidate
+    result = consolidate(ConsolidateConfig(trajectories=..., knowledge=[...], output_dir=...,
+                                           model=ModelConfig(name="qwen2.5-coder-0.5b-instruct")))
+    result.model_dir   # plain HF directory: next round's policy, extractor and teacher
+
+Each step: draw `batch_size` prefixes and one knowledge text per prefix (from seed and
+step), let the sampler write one response per prefix, score the response tokens under
+the student (prompt without knowledge) and the teacher (same prompt with the knowledge),
+and take one AdamW step on the token-mean loss. The batch runs as micro-batches whose
+gradients add up to exactly the full batch's (each micro-batch's token-mean is weighted by
+its share of the batch's response tokens).
+
+Run directory: `config.yaml` (resolved config + prompt records), `metrics.jsonl` (one line
+per step, keys prefixed `consolidate/`), `checkpoints/step-NNNNNN/`, and `model/`: the final
+consolidated model, LoRA merged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oel.config import save_config, to_dict
+from oel.distill import checkpoint, losses
+from oel.distill.config import ConsolidateConfig
+from oel.distill.samplers import SAMPLERS, GenerationSettings, Sample
+from oel.distill.scoring import PackedBatch, pack, response_logits
+from oel.distill.teacher import Teacher, prompt_records, teacher_messages
+from oel.errors import DataError, TrainingError
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
+from oel.rollout.sampling import RowSampling, derive_seed
+from oel.trajectory import Prefix, prefixes, read_trajectories
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "consolidate/"
+METRICS_FILE = "metrics.jsonl"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+# Named random streams: derive_seed(config.seed, STREAM, step, ...) never collide across uses.
+STREAM_DATA = 1
+STREAM_SAMPLING = 2
+KIB = 1024
+
+LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
+                  tuple[torch.Tensor, dict[str, float]]]
+
+
+def _all_tokens(n: int) -> torch.Tensor:
+    return torch.ones(n, dtype=torch.bool)
+
+
+# Packed logits [N, V] carry no padding, so every row is a response token (mask all true).
+LOSSES: dict[str, LossFn] = {
+    "topk_reverse_kl": lambda s, t, y, c: losses.topk_reverse_kl(s, t, _all_tokens(len(y)), k=c.top_k,
+                                                                 temperature=c.loss_temperature),
+    "reverse_kl": lambda s, t, y, c: losses.reverse_kl(s, t, _all_tokens(len(y)), temperature=c.loss_temperature),
+    "sampled_reverse_kl": lambda s, t, y, c: losses.sampled_reverse_kl(s, t, y, _all_tokens(len(y)),
+                                                                       temperature=c.loss_temperature),
+    "forward_kl": lambda s, t, y, c: losses.forward_kl(s, t, _all_tokens(len(y)), temperature=c.loss_temperature),
+    "sft": lambda s, t, y, c: losses.sft_loss(s, y, _all_tokens(len(y))),
+}
+
+
+@dataclass(frozen=True)
+class ConsolidateResult:
+    model_dir: Path
+    steps: int
+    last_metrics: dict[str, float]
+
+
+def read_knowledge(paths: Sequence[str]) -> list[str]:
+    """One knowledge text per plain-text file; an empty file is an error (it would teach nothing)."""
+    texts = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"{path}: knowledge file not found")
+        text = path.read_text(encoding="utf-8").strip()
+        if not text:
+            raise DataError(f"{path}: knowledge file is empty")
+        texts.append(text)
+    return texts
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
+
+
+class Consolidator:
+    """Holds the student, teacher, optimizer and data of one round; `run()` trains it."""
+
+    def __init__(self, config: ConsolidateConfig, *, loaded: Any = None) -> None:
+        """`loaded`: an already loaded `oel.models.LoadedModel` (tests, the loop); else loads config.model."""
+        config.check_inputs()
+        self.config = config
+        self.out = Path(config.output_dir)
+        self.prefixes: list[Prefix] = prefixes(read_trajectories(config.trajectories))
+        self.knowledge = read_knowledge(config.knowledge)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if loaded is None:
+            from oel.models import load_model
+
+            loaded = load_model(config.model)
+        self.tokenizer = loaded.tokenizer
+        self.model_id = loaded.model_id
+        self.student = self._prepare_student(loaded.model)
+        self.teacher = Teacher(self.student, lora=config.finetune == "lora")
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.sampler = SAMPLERS[config.sampler]()
+        self._encoder = self._make_encoder(loaded)
+        self._prompt_cache: dict[tuple[int, int], list[int]] = {}
+        self.step = 0
+
+    # -- setup -----------------------------------------------------------------------------
+    def _prepare_student(self, model: Any) -> Any:
+        c = self.config
+        if c.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                              target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+        else:
+            model.requires_grad_(True)
+        if c.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        model.eval()  # generation and teacher passes; the student pass switches to train()
+        return model
+
+    def _make_encoder(self, loaded: Any) -> Any:
+        """The collection stage's own chat encoding, so the student sees exactly what it played with."""
+        from oel.rollout.hf_backend import HFBackend
+
+        backend = HFBackend(self.student, self.tokenizer, model_id=self.model_id)
+        self.generation = GenerationSettings(pad_id=backend.pad_id, stop_ids=backend.stop_ids,
+                                             max_new_tokens=self.config.max_new_tokens,
+                                             chunk_size=self.config.micro_batch_size)
+        return backend
+
+    def _encode(self, prefix_index: int, knowledge_index: int) -> list[int]:
+        """Token ids of a prompt; knowledge_index -1 = the student's prompt (no knowledge)."""
+        key = (prefix_index, knowledge_index)
+        if key not in self._prompt_cache:
+            prefix = self.prefixes[prefix_index]
+            msgs = list(prefix.prompt) if knowledge_index < 0 else teacher_messages(prefix, self.knowledge[knowledge_index])
+            self._prompt_cache[key] = self._encoder.encode(msgs)
+        return self._prompt_cache[key]
+
+    def prepare_output(self) -> None:
+        """Handle an existing run dir per `on_existing`, resume if asked, write config.yaml."""
+        c = self.config
+        existing = checkpoint.list_checkpoints(self.out / CHECKPOINT_DIR)
+        if (self.out / METRICS_FILE).exists() or existing:
+            if c.on_existing == "error":
+                raise TrainingError(f"{self.out}: already holds a run (set on_existing=resume or overwrite)")
+            if c.on_existing == "overwrite":
+                shutil.rmtree(self.out)
+                existing = []
+        self.out.mkdir(parents=True, exist_ok=True)
+        if existing:
+            step, path = existing[-1]
+            self.step = checkpoint.load_checkpoint(path, model=self.student, optimizer=self.optimizer)
+            log.info("resumed from %s (step %d)", path, self.step)
+        self._truncate_metrics(self.step)
+        save_config(c, self.out / "config.yaml")
+        atomic_write_text(self.out / "prompts.json", _json(prompt_records()))
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines of steps after the checkpoint we resume from (they will be redone)."""
+        path = self.out / METRICS_FILE
+        if not path.exists():
+            return
+        repair_jsonl_tail(path)
+        keep = [obj for _, obj in iter_jsonl(path) if obj.get("step", 0) <= step]
+        atomic_write_text(path, "".join(_json(o, indent=None) + "\n" for o in keep))
+
+    # -- one step --------------------------------------------------------------------------
+    def draw(self, step: int) -> list[tuple[int, int]]:
+        """(prefix index, knowledge index) per row of step `step`: a pure function of (seed, step)."""
+        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, STREAM_DATA, step))
+        n, bs = len(self.prefixes), self.config.batch_size
+        rows = torch.randperm(n, generator=gen)[:bs] if bs <= n else torch.randint(n, (bs,), generator=gen)
+        ks = torch.randint(len(self.knowledge), (bs,), generator=gen)
+        return list(zip(rows.tolist(), ks.tolist()))
+
+    def sample(self, step: int) -> list[Sample]:
+        c = self.config
+        picks = self.draw(step)
+        student_prompts = [self._encode(p, -1) for p, _ in picks]
+        teacher_prompts = [self._encode(p, k) for p, k in picks]
+        rows = [RowSampling(c.temperature, c.top_p, c.sample_top_k, derive_seed(c.seed, STREAM_SAMPLING, step, i))
+                for i in range(len(picks))]
+        responses = self.sampler.responses(self.student, self.teacher, student_prompts, teacher_prompts,
+                                           rows, self.generation)
+        return [Sample(p, k, sp, tp, r)
+                for (p, k), sp, tp, r in zip(picks, student_prompts, teacher_prompts, responses)]
+
+    def _micro_loss(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, dict[str, float], float]:
+        """Loss of one micro-batch (token-mean) and the seconds spent in the teacher."""
+        c, pad = self.config, self.generation.pad_id
+        responses = [s.response for s in samples]
+        t0 = time.perf_counter()
+        teacher_NV = None
+        if c.loss != "sft":
+            with torch.no_grad(), self.teacher.active() as teacher:
+                teacher_NV = response_logits(teacher, pack([s.teacher_prompt for s in samples], responses, pad_id=pad))
+        teacher_s = time.perf_counter() - t0
+        batch: PackedBatch = pack([s.student_prompt for s in samples], responses, pad_id=pad)
+        self.student.train()
+        try:
+            student_NV = response_logits(self.student, batch)
+        finally:
+            self.student.eval()
+        tokens_N = batch.response_tokens_N.to(student_NV.device)
+        loss, metrics = LOSSES[c.loss](student_NV, teacher_NV, tokens_N, c)
+        if "student_topk_mass" not in metrics:
+            metrics["student_topk_mass"] = losses.student_topk_mass(
+                student_NV, _all_tokens(len(tokens_N)), k=c.top_k, temperature=c.loss_temperature)
+        return loss, metrics, teacher_s
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Sample, score, update. A non-finite loss or gradient raises before anything changes."""
+        t_start = time.perf_counter()
+        samples = self.sample(step)
+        generate_s = time.perf_counter() - t_start
+        total = sum(len(s.response) for s in samples)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        teacher_s = 0.0
+        mb = self.config.micro_batch_size
+        for j in range(0, len(samples), mb):
+            chunk = samples[j:j + mb]
+            loss, metrics, t_s = self._micro_loss(chunk)
+            teacher_s += t_s
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise TrainingError(f"consolidate step {step}: non-finite loss {float(loss)} in micro-batch {j // mb}; nothing was written")
+            share = sum(len(s.response) for s in chunk) / total
+            (loss * share).backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * share
+        grad_norm = self._clip_and_check(step)
+        self.optimizer.step()
+        step_s = time.perf_counter() - t_start
+        return {
+            **sums, "grad_norm": grad_norm, "lr": self.config.lr, "response_len_mean": total / len(samples),
+            "response_tokens": float(total), "tokens_per_s": total / step_s, "step_s": step_s,
+            "generate_s": generate_s, "teacher_s": teacher_s, "student_s": step_s - generate_s - teacher_s,
+            "peak_rss_mib": peak_rss_mib(),
+        }
+
+    def _clip_and_check(self, step: int) -> float:
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"consolidate step {step}: non-finite gradient norm {norm}; nothing was written")
+        return norm
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:
+        """Train from the current step to `config.steps`, checkpointing; write the final model."""
+        c = self.config
+        last: dict[str, float] = {}
+        while self.step < c.steps:
+            step = self.step + 1
+            metrics = self.train_step(step)
+            self.step = step
+            last = {f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}
+            append_jsonl(self.out / METRICS_FILE, {"step": step, **last})
+            log.info("step %d/%d loss %.4f mass %.3f %.1fs", step, c.steps, metrics["loss"],
+                     metrics["student_topk_mass"], metrics["step_s"])
+            if on_step is not None:
+                on_step(step, metrics)
+            if c.save_every and step % c.save_every == 0 and step < c.steps:
+                self.save_checkpoint()
+        model_dir = checkpoint.save_hf_model(self.student, self.tokenizer, self.out / MODEL_DIR)
+        return ConsolidateResult(model_dir, self.step, last)
+
+    def save_checkpoint(self) -> Path:
+        return checkpoint.save_checkpoint(self.out / CHECKPOINT_DIR, self.step, model=self.student,
+                                          tokenizer=self.tokenizer, optimizer=self.optimizer,
+                                          config=to_dict(self.config), keep_last=self.config.keep_last)
+
+
+def consolidate(config: ConsolidateConfig, *, loaded: Any = None,
+                on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:
+    """Run (or resume) one round's consolidation; returns where the consolidated model is."""
+    trainer = Consolidator(config, loaded=loaded)
+    trainer.prepare_output()
+    return trainer.run(on_step)
+
+
+def _json(obj: Any, indent: int | None = 2) -> str:
+    import json
+
+    return json.dumps(obj, indent=indent, ensure_ascii=False)
