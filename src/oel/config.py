@@ -10,6 +10,7 @@ which every run writes into its run directory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -109,7 +110,7 @@ def _build(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for k in data:
         if k not in fields:
-            close = [n for n in fields if n.startswith(str(k)[:3])]
+            close = difflib.get_close_matches(str(k), list(fields), n=3)
             hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
             raise ConfigError(f"{prefix}{k}: unknown config key{hint}")
     kwargs = {name: _coerce(data[name], hints[name], prefix + name) for name in fields if name in data}
