@@ -203,3 +203,24 @@ def test_config_sizes_reach_textarena() -> None:
     box.reset(SEED)
     assert len(box.solver_state().boxes) == 2 and box.textarena_env.room_state.shape == (7, 7)
     assert isinstance(box, SokobanGame)
+
+
+THREADS = 4
+RESETS_PER_THREAD = 100
+
+
+def test_maps_stay_deterministic_across_threads() -> None:
+    """Concurrent resets in threads must give each seed its own map (the global RNG is shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = list(range(RESETS_PER_THREAD))
+    reference = game("frozenlake")
+    expected = {s: (reference.reset(s), reference.solver_state()) for s in seeds}
+
+    def worker(offset: int) -> bool:
+        env = game("frozenlake")
+        order = seeds[offset:] + seeds[:offset]
+        return all((env.reset(s), env.solver_state()) == expected[s] for s in order)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        assert all(pool.map(worker, range(0, RESETS_PER_THREAD, RESETS_PER_THREAD // THREADS)))

@@ -17,8 +17,8 @@ therefore ends SEED_GUARD seeds before the next one begins, and held-out seeds s
 seeds away from the first training block.
 
 Caveat (inherent to the paper's setting, not to this scheme): a 3x3 FrozenLake with 2 holes
-has at most 21 distinct layouts, so disjoint seeds still replay the same layouts; only
-Sokoban's room space is large enough for held-out maps to be genuinely unseen.
+has only 19 solvable layouts and the held-out maps use all of them, so disjoint seeds still
+replay the same layouts; only Sokoban's rooms are genuinely unseen at evaluation.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ What this layer adds on top of TextArena, and why:
 * Turn cap. At most `max_turns` model turns, invalid ones included (TextArena's own counter
   skips invalid moves). TextArena's rule stays: one invalid move is forgiven with a warning,
   the next consecutive one ends the game.
-* Randomness. `reset(seed)` in TextArena calls the GLOBAL `random.seed`; we save and restore
-  the global random (and numpy) state around every call into TextArena.
+* Randomness. `reset(seed)` in TextArena calls the GLOBAL `random.seed` and then draws the map
+  from the global RNG; we save and restore the global random (and numpy) state around every
+  call into TextArena, under a process-wide lock so that episodes run in threads (e.g. one per
+  concurrent endpoint request) cannot draw from each other's seeded RNG.
 * Text. The observation is the whole game so far as one text: our description, then every
   game message and move as `[GAME] ...` / `[Player] ...` lines (TextArena's own rendering).
   Sokoban writes "You  moved [up]." with a double space when no box moves; we close that gap.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -68,16 +71,20 @@ TEXTARENA_PLAYER_ACTION = ta.ObservationType.PLAYER_ACTION
 Observation = tuple[int, str, Any]
 
 
+_GLOBAL_RANDOM_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def isolated_global_random() -> Iterator[None]:
-    """Run a block without leaving any trace on the global `random` and numpy RNG states."""
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+    """Run a block alone (process-wide lock) and leave no trace on the global `random` and numpy RNGs."""
+    with _GLOBAL_RANDOM_LOCK:
+        py_state = random.getstate()
+        np_state = np.random.get_state()
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class TextArenaGridGame:
@@ -194,7 +201,7 @@ class TextArenaGridGame:
             return f"Failure: you fell into a hole after {turns}."
         if self.end_reason == REASON_INVALID:
             streak = self.config.invalid_moves_tolerated + 1
-            detail = reason.removeprefix("Invalid Move:").strip()
+            detail = reason.removeprefix("Invalid Move:").strip().rstrip(".")
             return f"Failure: {streak} invalid moves in a row ended the game after {turns} (last one: {detail})."
         if self.end_reason == REASON_TURN_LIMIT:
             return f"Failure: the turn limit ({self.config.max_turns} turns) was reached before the goal.{self._stuck_note()}"
@@ -262,7 +269,7 @@ class SokobanGame(TextArenaGridGame):
         "Invalid Move:": REASON_INVALID,
         "The turn limit has been reached": REASON_TURN_LIMIT,
     }
-    success_text = "every box is on a target, the puzzle is solved"
+    success_text = "you solved the puzzle (every box is on a target)"
     _DOUBLE_SPACE = "You  moved"
     """TextArena's "You {'pushed a box while' or ''} moved" leaves two spaces when no box moved."""
 
