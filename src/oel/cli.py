@@ -27,6 +27,7 @@ STAGE_MODULES: list[str] = [
     "oel.models.cli",
     "oel.envs.cli",
     "oel.rollout.cli",
+    "oel.experience.cli",
 ]
 
 
