@@ -1,0 +1,185 @@
+"""Collection end to end on the real FrozenLake: batching, recording, resume, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from oel.envs import EnvConfig, make_env
+from oel.errors import ConfigError
+from oel.rollout.backend import Generation, SamplingParams
+from oel.rollout.collect import (
+    CollectConfig,
+    EpisodeJob,
+    collect,
+    pending_jobs,
+    play_episodes,
+    select_jobs,
+    summary_path,
+    trajectory_id,
+)
+from oel.rollout.hf_backend import HFBackend
+from oel.rollout.tiny import tiny_chat_model
+from oel.trajectory import Message, read_trajectories
+
+MOVES = ("[up]", "[down]", "[left]", "[right]")
+KILL_WAIT_S = 120
+
+
+class ScriptedBackend:
+    """A fake policy: cycles through moves, counts calls and batch sizes. No `chat_with_seeds`."""
+
+    model_id = "scripted"
+
+    def __init__(self, moves: Sequence[str] = MOVES, delay_s: float = 0.0) -> None:
+        self.moves, self.delay_s, self.calls, self.batch_sizes = list(moves), delay_s, 0, []
+
+    def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        time.sleep(self.delay_s)
+        self.batch_sizes.append(len(prompts))
+        out = [Generation(self.moves[(self.calls + i) % len(self.moves)], 11, 2) for i in range(len(prompts))]
+        self.calls += 1
+        return out
+
+
+def config(tmp_path: Path, **kw: object) -> CollectConfig:
+    base = dict(seeds="heldout", num_seeds=6, samples_per_seed=2, batch_size=4,
+                out=str(tmp_path / "traj.jsonl"), sampling=SamplingParams(max_new_tokens=6))
+    return CollectConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_end_to_end_tiny_model_on_frozenlake(tmp_path: Path) -> None:
+    model, tok = tiny_chat_model(dtype=torch.float32)
+    backend = HFBackend(model, tok, model_id="tiny", max_batch_size=8)
+    cfg = config(tmp_path, num_seeds=3, round=2, seeds="collect")
+    stats = collect(cfg, backend=backend)
+    trajs = read_trajectories(cfg.out)
+    assert stats.episodes == len(trajs) == 6 and stats.skipped == 0
+    assert {(t.seed, t.sample) for t in trajs} == {(j.seed, j.sample) for j in select_jobs(cfg)}
+    for t in trajs:
+        assert t.env_id == "FrozenLake-v0-raw" and t.round == 2 and t.model_id == "tiny"
+        assert t.outcome and t.meta["prompt"]["name"] == "policy_grid_v1"
+        for turn in t.turns:
+            assert turn.prompt == [Message(role="user", content=turn.prompt[0].content)]
+            assert turn.observation in turn.prompt[0].content
+            assert turn.prompt_tokens == len(backend.encode(turn.prompt))
+            assert 1 <= turn.response_tokens <= 6
+    assert stats.turns == sum(len(t.turns) for t in trajs)
+    assert stats.response_tokens == sum(t.num_response_tokens for t in trajs)
+    summary = json.loads(summary_path(cfg.out).read_text())
+    assert summary["episodes"] == 6 and summary["generation_tokens_per_s"] > 0
+
+
+def test_episodes_advance_together_and_slots_refill(tmp_path: Path) -> None:
+    backend = ScriptedBackend(moves=["[right]", "[left]"])  # never ends early: turn cap or invalid
+    jobs = [EpisodeJob(s) for s in range(7)]
+    trajs = play_episodes(backend, lambda: make_env(EnvConfig()), jobs, SamplingParams(), batch_size=3)
+    assert sorted(t.seed for t in trajs) == list(range(7))
+    assert max(backend.batch_sizes) == 3
+    assert backend.calls < sum(len(t.turns) for t in trajs), "turns of different episodes share calls"
+
+
+def test_recorded_turns_replay_exactly(tmp_path: Path) -> None:
+    """Replaying each trajectory's responses on a fresh env reproduces observations and feedback."""
+    trajs = play_episodes(ScriptedBackend(), lambda: make_env(EnvConfig()), [EpisodeJob(s) for s in range(4)],
+                          SamplingParams(), batch_size=4)
+    for t in trajs:
+        env = make_env(EnvConfig())
+        obs = env.reset(t.seed)
+        for turn in t.turns:
+            assert turn.observation == obs
+            result = env.step(turn.response)
+            assert (result.feedback, result.action) == (turn.feedback, turn.action)
+            obs = result.observation
+        assert (result.done, result.outcome, result.passed) == (True, t.outcome, t.passed)
+
+
+def test_rerun_skips_what_is_on_file_and_repairs_a_torn_tail(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    first = collect(config(tmp_path, num_seeds=2), backend=ScriptedBackend())
+    assert first.episodes == 4
+    with open(cfg.out, "a") as f:
+        f.write('{"schema_version": 1, "id": "torn')  # what a kill mid-write leaves
+    second = collect(cfg, backend=ScriptedBackend())
+    assert (second.skipped, second.episodes) == (4, 8)
+    ids = [t.id for t in read_trajectories(cfg.out)]
+    assert len(ids) == len(set(ids)) == 12
+    third = collect(cfg, backend=ScriptedBackend())
+    assert (third.skipped, third.episodes) == (12, 0)
+
+
+def test_pending_jobs_on_missing_or_empty_file(tmp_path: Path) -> None:
+    jobs = [EpisodeJob(1), EpisodeJob(1, 1)]
+    assert pending_jobs(tmp_path / "none.jsonl", jobs, "E", 0) == jobs
+    (tmp_path / "empty.jsonl").write_text("")
+    assert pending_jobs(tmp_path / "empty.jsonl", jobs, "E", 0) == jobs
+    assert trajectory_id("E", 3, EpisodeJob(5, 2)) == "E-r3-s5-k2"
+
+
+def test_knowledge_fills_the_teacher_template(tmp_path: Path) -> None:
+    (tmp_path / "k.txt").write_text("- EXPERIENCE ITEM: H is a hole.\n")
+    cfg = config(tmp_path, num_seeds=1, samples_per_seed=1, prompt="teacher_grid_v1",
+                 knowledge_file=str(tmp_path / "k.txt"))
+    collect(cfg, backend=ScriptedBackend())
+    (t,) = read_trajectories(cfg.out)
+    assert "H is a hole." in t.turns[0].prompt[0].content
+    with pytest.raises(ConfigError, match="knowledge"):
+        collect(config(tmp_path, out=str(tmp_path / "x.jsonl"), knowledge_file=str(tmp_path / "k.txt")),
+                backend=ScriptedBackend())
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="num_seeds"):
+        CollectConfig(seeds="heldout", num_seeds=129)
+    with pytest.raises(ConfigError, match="batch_size"):
+        CollectConfig(batch_size=0)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from oel.rollout.backend import Generation
+    from oel.rollout.collect import CollectConfig, collect
+
+    class Slow:
+        model_id = "slow"
+        def chat(self, prompts, params):
+            time.sleep(0.05)
+            return [Generation("[right] then [down]", 10, 3) for _ in prompts]
+
+    collect(CollectConfig(seeds="heldout", num_seeds=40, samples_per_seed=2, batch_size=4, out=sys.argv[1]),
+            backend=Slow())
+""")
+
+
+def test_kill_minus_nine_then_rerun_gives_each_episode_once(tmp_path: Path) -> None:
+    out = tmp_path / "traj.jsonl"
+    script = tmp_path / "play.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 10):
+        assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = out.read_bytes().count(b"\n")
+    assert 10 <= done_before < 80, "the kill must land mid-collection"
+    with open(out, "ab") as f:  # and a torn line, as a kill inside write() would leave
+        f.write(b'{"schema_version": 1, "id": "Froz')
+    rerun = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trajs = read_trajectories(out)
+    keys = [(t.seed, t.sample) for t in trajs]
+    assert len(keys) == len(set(keys)) == 80
+    assert json.loads(summary_path(out).read_text())["skipped"] >= done_before
