@@ -16,6 +16,7 @@ from oel.experience.store import Kind
 from oel.experience.text import Format
 from oel.models import ModelConfig
 from oel.rollout.backend import SamplingParams
+from oel.rollout.openai_backend import EndpointConfig
 
 DEFAULT_EXTRACT_MAX_NEW_TOKENS = 256
 """Two one-sentence lessons need ~80 tokens; 256 leaves room for a short preamble the
@@ -41,13 +42,16 @@ def _default_sampling() -> SamplingParams:
 
 @dataclass
 class ExtractorConfig:
-    """Which model writes the knowledge (for the knowledge-source ablation, a different one)."""
+    """Which model writes the knowledge: by default the policy preset, in-process.
 
-    backend: Literal["hf", "openai"] = cfg("hf", "hf: load `model` in-process; openai: an OpenAI-compatible endpoint")
-    model: ModelConfig = cfg(help="the extractor model (hf backend); default = the policy preset", factory=ModelConfig)
-    base_url: str = cfg("", "openai backend: the endpoint, e.g. http://localhost:8000/v1")
-    endpoint_model: str = cfg("", "openai backend: the model name the endpoint serves")
-    max_batch_size: int = cfg(8, "hf backend: most prompts per forward pass")
+    For the knowledge-source ablation (baseline b) point it at another model -- another
+    preset, or any OpenAI-compatible endpoint; its id is recorded in every item.
+    """
+
+    backend: Literal["hf", "openai"] = cfg("hf", "hf: load `model` in this process; openai: call `endpoint`")
+    model: ModelConfig = cfg(help="the extractor model when backend=hf", factory=ModelConfig)
+    endpoint: EndpointConfig = cfg(help="the OpenAI-compatible endpoint when backend=openai", factory=EndpointConfig)
+    max_batch_size: int = cfg(8, "backend=hf: most prompts in one forward pass (the K runs of a step are batched)")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from oel import prompts
 from oel.config import to_dict
 from oel.errors import ConfigError, DataError
-from oel.experience.config import ExtractConfig, extraction_seed
+from oel.experience.config import ExtractConfig, ExtractorConfig, extraction_seed
 from oel.experience.render import ExtractionPrompt, build_extraction_prompt, render_raw_trajectory
 from oel.experience.store import (
     ITEM_SEPARATOR,
@@ -144,14 +144,27 @@ def _prepare_round(config: ExtractConfig, trajs: Sequence[Trajectory], fingerpri
 
 def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: list[int],
               params: SamplingParams) -> list[Generation]:
-    """One generation per prompt, row r sampled with seeds[r] whatever else shares the batch."""
-    chats = [[Message(role="user", content=p.text)] for p in prompts_]
-    rows_api = getattr(backend, "generate_rows", None)
-    if rows_api is not None:
-        from oel.rollout.hf_backend import RowRequest
+    """One generation per prompt, row r sampled with seeds[r] whatever else shares the batch.
 
-        return rows_api([RowRequest(c, replace(params, seed=s), s) for c, s in zip(chats, seeds)])
+    Uses the backend's `chat_with_seeds` (one batched call, per-row seeds: the same
+    convention as collection) when it has one; otherwise one `chat` call per run.
+    """
+    chats = [[Message(role="user", content=p.text)] for p in prompts_]
+    chat_with_seeds = getattr(backend, "chat_with_seeds", None)
+    if chat_with_seeds is not None:
+        return list(chat_with_seeds(chats, params, seeds))
     return [backend.chat([c], replace(params, seed=s))[0] for c, s in zip(chats, seeds)]
+
+
+def make_extractor(config: ExtractorConfig) -> ChatBackend:
+    """The extractor backend `config` asks for (loads the model for backend=hf)."""
+    if config.backend == "openai":
+        from oel.rollout.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(config.endpoint)
+    from oel.rollout.hf_backend import HFBackend
+
+    return HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
 
 
 def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,
