@@ -280,3 +280,16 @@ def test_config_errors_name_the_field():
         ExtractConfig(num_trajectories=4, use_step=5)
     with pytest.raises(ConfigError, match="max_input_tokens"):
         ExtractConfig(budget_tokens=100, max_input_tokens=50)
+
+
+def test_history_replaying_observations_are_not_repeated():
+    from oel.experience.render import turn_blocks
+
+    board0, reply0 = "rules\nBoard A", "You moved down.\nBoard B"
+    obs1 = f"{board0}\n[Player] [down]\n{reply0}"
+    turns = [Turn(prompt=[Message(role="user", content=board0)], observation=board0, response="[down]", feedback=reply0),
+             Turn(prompt=[Message(role="user", content=obs1)], observation=obs1, response="[right]", feedback="hole")]
+    traj = Trajectory(id="h", env_id="fake", seed=0, model_id="m", turns=turns, outcome="fell", passed=False)
+    text = "\n\n".join(turn_blocks(traj, strip_response_thinking=True))
+    assert text.count("Board B") == 1 and text.count("Board A") == 1 and "[Player]" not in text
+    assert "Turn 2\nAgent: [right]\nGame reply: hole" in text

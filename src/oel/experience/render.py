@@ -39,18 +39,38 @@ def new_part(previous: str, current: str) -> str:
     return current
 
 
+def shown_observation(prev_obs: str, prev_feedback: str, prev_response: str, obs: str) -> str:
+    """What this turn's observation adds to what the record already shows.
+
+    Environments that replay the whole history each turn repeat the previous turn's reply
+    and echo the agent's move (TextArena: `[Player] [down]`); the record already shows
+    both, so they are removed: first the part shared with the previous observation, then
+    the previous reply, then lines that end with the previous answer (the echo).
+    """
+    part = new_part(prev_obs, obs)
+    fb = prev_feedback.strip()
+    if fb and fb in part:
+        part = part.replace(fb, "", 1)
+    echo = prev_response.strip()
+    lines = [ln for ln in part.splitlines() if ln.strip() and not (echo and ln.strip().endswith(echo))]
+    return "\n".join(lines).strip()
+
+
 def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool) -> list[str]:
-    """One text block per turn: what the game showed, what the agent answered, the reply."""
+    """One text block per turn: what the game showed (new parts only), the agent's answer, the reply."""
     blocks: list[str] = []
-    prev_obs = ""
+    prev_obs = prev_fb = prev_resp = ""
     for i, turn in enumerate(traj.turns, start=1):
         response = strip_thinking(turn.response) if strip_response_thinking else turn.response
-        lines = [f"Turn {i}", f"Game: {new_part(prev_obs, turn.observation).strip()}",
-                 f"Agent: {response.strip()}"]
+        lines = [f"Turn {i}"]
+        shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp, turn.observation)
+        if shown:
+            lines.append(f"Game: {shown}")
+        lines.append(f"Agent: {response.strip()}")
         if turn.feedback.strip():
             lines.append(f"Game reply: {turn.feedback.strip()}")
         blocks.append("\n".join(lines))
-        prev_obs = turn.observation
+        prev_obs, prev_fb, prev_resp = turn.observation, turn.feedback, turn.response
     return blocks
 
 
