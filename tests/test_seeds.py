@@ -55,3 +55,19 @@ def test_heldout_frozenlake_maps_need_exactly_four_moves() -> None:
     for seed in heldout_seeds():
         env.reset(seed)
         assert distance_to_success(env.solver_state()) == 4, seed
+
+
+HELDOUT_MAP_DIGESTS = {"frozenlake": "c7850e9f35559f03", "sokoban": "8b3e2ecccec96b5c"}
+"""sha256[:16] of the 128 held-out first observations: pins the maps themselves, so a TextArena
+upgrade that changes map generation (and thus silently changes the evaluation set) fails here."""
+
+
+@pytest.mark.parametrize("game", sorted(HELDOUT_MAP_DIGESTS))
+def test_heldout_maps_are_pinned(game: str) -> None:
+    import hashlib
+
+    env = make_env(EnvConfig(game=game))
+    digest = hashlib.sha256()
+    for seed in heldout_seeds():
+        digest.update(env.reset(seed).encode())
+    assert digest.hexdigest()[:16] == HELDOUT_MAP_DIGESTS[game]
