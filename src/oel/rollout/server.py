@@ -234,6 +234,8 @@ def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             return body
 
         def _error(self, status: int, message: str) -> None:
+            # The body may be unread (404, 413): close, or its bytes would parse as the next request.
+            self.close_connection = True
             self._send(status, {"error": {"message": message, "type": "invalid_request_error"
                                           if status < 500 else "server_error", "code": status}})
 
