@@ -110,6 +110,21 @@ def test_bad_requests_fail_at_once_with_a_reason(server: ChatServer) -> None:
     assert post(server.url + "/completions", b"{}")[0] == 404
 
 
+def test_keep_alive_survives_an_error_with_an_unread_body(server: ChatServer) -> None:
+    import http.client
+
+    host, port = server.httpd.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", "/v1/nowhere", body=b'{"messages": []}')
+    first = conn.getresponse()
+    assert first.status == 404 and first.read()
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "temperature": 0})
+    conn.request("POST", "/v1/chat/completions", body=body.encode())
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["usage"]["completion_tokens"] >= 1
+    conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
