@@ -293,3 +293,28 @@ def test_history_replaying_observations_are_not_repeated():
     text = "\n\n".join(turn_blocks(traj, strip_response_thinking=True))
     assert text.count("Board B") == 1 and text.count("Board A") == 1 and "[Player]" not in text
     assert "Turn 2\nAgent: [right]\nGame reply: hole" in text
+
+
+def test_unstructured_keeps_every_line_and_budgets_by_line(tmp_path):
+    def notes(text, params):
+        tag = TAG.search(text).group(1)
+        return f"<think>private</think>Note {tag} one.\n\nNote {tag} two."
+
+    cfg = config(tmp_path, format="unstructured", num_trajectories=3, budget_tokens=10)
+    extract_round(cfg, [make_traj(i) for i in range(1, 4)], ScriptedExtractor(notes))
+    final = read_experience(step_path(cfg.out_dir, 0, 0, 3))
+    assert final.prompt["name"] == "extract_unstructured_v1"
+    assert final.texts == ["Note T3 one.", "Note T3 two."]  # 25 chars -> 8 tokens; three lines are 11
+    first = read_experience(step_path(cfg.out_dir, 0, 0, 1))
+    assert first.texts == ["Note T1 one.", "Note T1 two."] and "private" not in first.rendered
+
+
+def test_config_from_overrides():
+    from oel.config import load_config
+
+    cfg = load_config(ExtractConfig, None, ["num_runs=2", "extractor.model.name=other", "sampling.max_new_tokens=32",
+                                            "kind=raw_trajectories"])
+    assert cfg.num_runs == 2 and cfg.extractor.model.name == "other" and cfg.sampling.max_new_tokens == 32
+    assert cfg.resolved_use_step == cfg.num_trajectories and cfg.prompt_name == "extract_structured_v1"
+    with pytest.raises(ConfigError, match="kind"):
+        load_config(ExtractConfig, None, ["kind=bogus"])
