@@ -183,3 +183,20 @@ def test_kill_minus_nine_then_rerun_gives_each_episode_once(tmp_path: Path) -> N
     keys = [(t.seed, t.sample) for t in trajs]
     assert len(keys) == len(set(keys)) == 80
     assert json.loads(summary_path(out).read_text())["skipped"] >= done_before
+
+
+def test_oel_collect_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from oel.cli import main
+    from oel.rollout.tiny import save_tiny_chat_model
+
+    model_dir = save_tiny_chat_model(tmp_path / "tiny")
+    out = tmp_path / "c" / "traj.jsonl"
+    args = ["collect", f"model.name={model_dir}", "model.dtype=float32", "seeds=heldout", "num_seeds=2",
+            "batch_size=2", "sampling.max_new_tokens=3", f"out={out}"]
+    assert main(args) == 0
+    assert "pass rate" in capsys.readouterr().out
+    assert len(read_trajectories(out)) == 2
+    assert (tmp_path / "c" / "traj.config.yaml").exists()
+    assert main(args) == 0 and "(2 already on file)" in capsys.readouterr().out
+    assert main(["collect", "num_seeds=zero"]) == 2
+    assert "num_seeds: expected an integer" in capsys.readouterr().err
