@@ -318,3 +318,19 @@ def test_config_from_overrides():
     assert cfg.resolved_use_step == cfg.num_trajectories and cfg.prompt_name == "extract_structured_v1"
     with pytest.raises(ConfigError, match="kind"):
         load_config(ExtractConfig, None, ["kind=bogus"])
+
+
+class LengthCapped(ScriptedExtractor):
+    """Every answer hit the token limit mid-line."""
+
+    def chat(self, prompts_, params):
+        return [Generation(g.text, g.prompt_tokens, g.completion_tokens, finish_reason="length")
+                for g in super().chat(prompts_, params)]
+
+
+def test_answer_cut_by_token_limit_loses_its_unfinished_last_line(tmp_path):
+    fake = LengthCapped(lambda t, p: "- EXPERIENCE ITEM: holes end the game\n- EXPERIENCE ITEM: walls do not")
+    extract_round(config(tmp_path, num_trajectories=1), [make_traj(1)], fake)
+    f = read_experience(step_path(tmp_path / "store", 0, 0, 1))
+    assert f.texts == ["- EXPERIENCE ITEM: holes end the game"]
+    assert f.record.unfinished_dropped == "- EXPERIENCE ITEM: walls do not"

@@ -64,16 +64,31 @@ class Extraction:
     prompt: ExtractionPrompt | None
     output_tokens: int
     sampling_seed: int | None
+    finish_reason: str = "stop"
+
+
+def drop_unfinished_line(answer: str, finish_reason: str) -> tuple[str, str]:
+    """(answer, dropped): when generation hit the token limit, its last line is cut mid-item.
+
+    A half-written lesson ("- EXPERIENCE ITEM: The agent must always move the") is worse
+    than none, so the last line of a length-capped answer is dropped (and recorded).
+    """
+    if finish_reason != "length":
+        return answer, ""
+    head, _, last = answer.rstrip("\n").rpartition("\n")
+    return head, last.strip()
 
 
 def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extraction, *, config: ExtractConfig,
                     count: TokenCounter, extractor_model: str, seconds: float = 0.0) -> ExperienceFile:
     """e_i from e_{i-1} and the extractor's answer: filter, dedup, append, enforce the budget."""
     step = prev.step + 1
+    unfinished = ""
     if config.kind == "raw_trajectories":
         candidates = [extraction.text]
     else:
-        candidates = parse_items(strip_thinking(extraction.text), config.format,
+        answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
+        candidates = parse_items(answer, config.format,
                                  max_items=config.max_new_items if config.format == "structured" else 0)
     kept, duplicates = dedup_new(prev.texts, candidates)
     new_items = [
@@ -89,7 +104,7 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     record = StepRecord(
         trajectory_id=traj.id,
         raw_output=extraction.text if config.kind == "extracted" else "",
-        new_items=kept, duplicates_dropped=duplicates, budget_dropped=start,
+        new_items=kept, duplicates_dropped=duplicates, unfinished_dropped=unfinished, budget_dropped=start,
         input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
         input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
         cut_chars=p.cut_chars if p else 0, sampling_seed=extraction.sampling_seed, seconds=round(seconds, 3),
@@ -231,4 +246,4 @@ def _extract_many(config: ExtractConfig, backend: ChatBackend | None, template: 
     gens = _generate(backend, built, seeds, config.sampling)
     if len(gens) != len(built):
         raise DataError(f"extractor {backend.model_id}: returned {len(gens)} answers for {len(built)} prompts")
-    return [Extraction(g.text, p, g.completion_tokens, s) for g, p, s in zip(gens, built, seeds)]
+    return [Extraction(g.text, p, g.completion_tokens, s, g.finish_reason) for g, p, s in zip(gens, built, seeds)]

@@ -64,6 +64,7 @@ class StepRecord(BaseModel):
     raw_output: str = Field(description="the extractor's full answer, thinking included ('' for raw)")
     new_items: list[str] = Field(default_factory=list)
     duplicates_dropped: list[str] = Field(default_factory=list)
+    unfinished_dropped: str = Field(default="", description="last line of an answer cut by the token limit, dropped")
     budget_dropped: int = Field(default=0, ge=0, description="old items dropped to stay within the budget")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
