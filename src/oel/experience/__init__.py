@@ -11,7 +11,8 @@ The consolidation trainer only needs `knowledge_texts`. See docs/experience.md.
 """
 
 from oel.experience.config import ExtractConfig, ExtractorConfig, extraction_seed
-from oel.experience.extract import accumulate_step, extract_round
+from oel.experience.curve import CurveConfig, CurvePoint, evaluate_curve, wilson_interval
+from oel.experience.extract import accumulate_step, extract_round, make_extractor
 from oel.experience.store import (
     ExperienceFile,
     ExperienceItem,
@@ -26,7 +27,8 @@ from oel.experience.store import (
 from oel.experience.text import STRUCTURED_MARKER, strip_thinking
 
 __all__ = [
-    "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step", "extract_round",
+    "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step", "extract_round", "make_extractor",
+    "CurveConfig", "CurvePoint", "evaluate_curve", "wilson_interval",
     "ExperienceFile", "ExperienceItem", "ExperienceSet", "diff_experience", "format_diff",
     "knowledge_texts", "load_experience_set", "read_experience", "step_path",
     "STRUCTURED_MARKER", "strip_thinking",
