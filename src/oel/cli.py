@@ -28,6 +28,7 @@ STAGE_MODULES: list[str] = [
     "oel.envs.cli",
     "oel.rollout.cli",
     "oel.experience.cli",
+    "oel.evaluation.cli",
 ]
 
 
