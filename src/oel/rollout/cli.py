@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from oel.cli import add_config_command
+
+_CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 
 
 def run_collect(config: Any, ns: argparse.Namespace) -> int:
@@ -21,6 +24,8 @@ def run_collect(config: Any, ns: argparse.Namespace) -> int:
     from oel.config import save_config
     from oel.rollout.collect import collect, summary_path
 
+    for name in _CHATTY_LOGGERS:  # one INFO line per HTTP request would bury the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
     out_cfg = summary_path(config.out).with_name(summary_path(config.out).name.replace(".summary.json", ".config.yaml"))
     save_config(config, out_cfg)
     columns = (TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),

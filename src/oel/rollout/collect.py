@@ -198,6 +198,7 @@ def play_episodes(
     `prompt_fields` fills template fields other than {observation}, e.g. {knowledge}.
     """
     tmpl = prompts.get(template)
+    tmpl_record = tmpl.record()
     fields = dict(prompt_fields or {})
     unused = set(fields) - tmpl.fields
     if unused:
@@ -219,7 +220,7 @@ def play_episodes(
         stats.generate_seconds += time.perf_counter() - t0
         still: list[_Episode] = []
         for ep, prompt, gen in zip(active, prompts_, gens):
-            traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl.record(), params, stats)
+            traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl_record, params, stats)
             if traj is None:
                 still.append(ep)
                 continue
