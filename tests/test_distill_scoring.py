@@ -106,8 +106,8 @@ def test_merged_checkpoint_loads_with_plain_transformers(tiny, tmp_path):
     save_hf_model(peft_model, tok, tmp_path / "merged")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").float()
     batch = pack(PROMPTS, RESPONSES, pad_id=0)
-    with torch.no_grad():
-        assert torch.allclose(response_logits(plain, batch), response_logits(peft_model, batch), atol=TOL)
+    with torch.no_grad():  # W + BA vs Wx + B(Ax): equal up to float32 rounding
+        assert torch.allclose(response_logits(plain, batch), response_logits(peft_model, batch), atol=1e-4)
     assert not any("lora" in k for k in merged_state_dict(peft_model))
     # the live model was not merged in place: adapter off still gives the base model
     with torch.no_grad(), peft_model.disable_adapter():

@@ -51,6 +51,7 @@ CHECKPOINT_DIR = "checkpoints"
 # Named random streams: derive_seed(config.seed, STREAM, step, ...) never collide across uses.
 STREAM_DATA = 1
 STREAM_SAMPLING = 2
+STREAM_INIT = 3
 KIB = 1024
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
@@ -135,6 +136,8 @@ class Consolidator:
 
             lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                               target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
+            # peft draws the adapter's initial A matrices from torch's global RNG.
+            torch.manual_seed(derive_seed(c.seed, STREAM_INIT))
             model = get_peft_model(model, lora)
         else:
             model.requires_grad_(True)
