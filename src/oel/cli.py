@@ -28,6 +28,7 @@ STAGE_MODULES: list[str] = [
     "oel.envs.cli",
     "oel.rollout.cli",
     "oel.experience.cli",
+    "oel.distill.cli",
     "oel.evaluation.cli",
 ]
 
