@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import secrets
+import signal
 import threading
 import time
 import uuid
@@ -256,9 +257,15 @@ def serve(config: ServeConfig) -> None:
     """Load the model and serve until interrupted (the `oel serve` command)."""
     backend = HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
     server = ChatServer(backend, config).start()
+    # SIGTERM (service managers, `kill`) stops it as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"oel serve: {server.served_name} at {server.url} (Ctrl-C to stop)", flush=True)
     try:
         while True:
             time.sleep(1)
     finally:
         server.close()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
