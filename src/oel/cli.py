@@ -30,6 +30,8 @@ STAGE_MODULES: list[str] = [
     "oel.experience.cli",
     "oel.distill.cli",
     "oel.evaluation.cli",
+    "oel.loop.cli",
+    "oel.report",
 ]
 
 

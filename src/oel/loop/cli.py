@@ -1,0 +1,72 @@
+"""`oel loop CONFIG [key=value ...]`: run (or resume) an OEL run, with live progress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from oel.cli import add_config_command
+from oel.loop.config import LoopConfig
+
+log = logging.getLogger(__name__)
+
+
+class LoopProgress:
+    """Turns the loop's events into one rich status line per stage and a log line per result."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.status: Any = None
+        self.done = 0
+        self.passed = 0
+
+    def __call__(self, kind: str, event: dict[str, Any]) -> None:
+        r, stage = event["round"], event.get("stage", "")
+        if kind == "start":
+            self.done = self.passed = 0
+            self.status = self.console.status(f"round {r}: {stage} ...")
+            self.status.start()
+        elif kind == "skip":
+            self.console.print(f"round {r}: {stage} already complete, skipped")
+        elif kind == "episode" and self.status is not None:
+            self.done += 1
+            self.passed += bool(event["passed"])
+            self.status.update(f"round {r}: {stage}: {self.done} episodes, pass rate {self.passed / self.done:.1%}")
+        elif kind == "extract_step" and self.status is not None:
+            self.status.update(f"round {r}: {stage}: run {event['run']} step {event['step']}")
+        elif kind == "train_step" and self.status is not None:
+            self.status.update(f"round {r}: {stage}: step {event['step']}/{event['total']} "
+                               f"loss {event['loss']:.4f} top-k mass {event['student_topk_mass']:.3f} "
+                               f"{event.get('tokens_per_s', 0):.0f} tok/s")
+        elif kind == "done":
+            if self.status is not None:
+                self.status.stop()
+            shown = {k: v for k, v in event["summary"].items() if isinstance(v, float) and ("pass" in k or "loss" in k or "ifeval" in k)}
+            nums = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:6])
+            self.console.print(f"round {r}: {stage} done in {event['summary']['seconds']:.0f}s" + (f" ({nums})" if nums else ""))
+
+
+def _run(config: LoopConfig, ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from oel.loop.run import run_loop
+
+    console = Console(stderr=True)
+    progress = LoopProgress(console)
+    try:
+        run_loop(config, on_event=progress)
+    finally:
+        if progress.status is not None:
+            progress.status.stop()
+    console.print(f"run complete: {config.run_dir} (report: oel report {config.run_dir})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    add_config_command(
+        subparsers, "loop", LoopConfig, _run,
+        help="run OEL rounds: collect -> extract -> consolidate, evaluating every round's model (resumable)",
+        description=("Run (or resume) an OEL run. Each stage writes RUN_DIR/round_<r>/<stage>/ and a completion "
+                     "marker last; rerunning the same command continues at the first incomplete stage."),
+    )

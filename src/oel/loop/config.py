@@ -1,0 +1,75 @@
+"""`LoopConfig`: one OEL run, composed of the stage configs.
+
+The loop owns the plumbing between stages -- which model each stage uses, where each
+reads and writes, which round's seeds -- so the stage-config fields that carry it are set
+by the loop and must stay at their defaults in a loop config (a clear error says so).
+Everything else in a stage config is the user's to set, under the stage's name:
+
+    oel loop configs/frozenlake-cpu.yaml consolidate.lr=1e-4 extract.num_runs=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from oel.config import cfg
+from oel.distill.config import ConsolidateConfig
+from oel.envs import EnvConfig
+from oel.errors import ConfigError
+from oel.evaluation.config import EvaluateConfig
+from oel.experience.config import ExtractConfig
+from oel.models import ModelConfig
+from oel.rollout.collect import CollectConfig
+
+# Stage-config fields the loop fills in itself; a user value there would be silently overwritten.
+LOOP_OWNED: dict[str, tuple[str, ...]] = {
+    "collect": ("env", "backend", "model", "endpoint", "seeds", "round", "out", "knowledge_file", "seed_offset"),
+    "extract": ("trajectories", "out_dir", "round", "overwrite"),
+    "consolidate": ("trajectories", "knowledge", "output_dir", "model", "on_existing"),
+    "evaluate": ("model", "env", "out_dir", "knowledge_file"),
+}
+
+
+@dataclass
+class LoopConfig:
+    """Rounds of collect -> extract -> consolidate, with evaluation of every round's model."""
+
+    run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, config.yaml, report/")
+    rounds: int = cfg(2, "OEL rounds; round r trains M_r into M_{r+1}; the last model is evaluated too")
+    model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)", factory=ModelConfig)
+    env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
+    extractor: Literal["policy", "config"] = cfg("policy", "policy: the current round's model extracts (the paper); config: extract.extractor says which model (knowledge-source ablation)")
+    in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
+    force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
+    tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")
+    collect: CollectConfig = cfg(help="collection of each round's trajectories (user side)", factory=CollectConfig)
+    extract: ExtractConfig = cfg(help="accumulative extraction of each round's knowledge", factory=ExtractConfig)
+    consolidate: ConsolidateConfig = cfg(help="on-policy context distillation of each round", factory=ConsolidateConfig)
+    evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model", factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
+        for stage, names in LOOP_OWNED.items():
+            default = type(getattr(self, stage))()
+            for name in names:
+                if getattr(getattr(self, stage), name) != getattr(default, name):
+                    raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
+                                      f"(set the top-level model/env/run_dir instead)")
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain-data configs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def with_fields(config: Any, **changes: Any) -> Any:
+    """A copy of a stage config with loop-owned fields filled in (re-validated)."""
+    return dataclasses.replace(config, **changes)

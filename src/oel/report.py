@@ -1,0 +1,237 @@
+"""`oel report RUN_DIR`: plots and a markdown summary of an OEL run, offline.
+
+Reads only what the loop wrote: each stage's completion marker (its summary numbers), the
+consolidation's per-step metrics, the collected trajectories and the knowledge texts.
+Writes RUN_DIR/report/: report.md and PNG plots (pass rate per round with 95% CIs, tokens
+per turn, move quality, IF-Eval, the KL curve across all consolidation steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oel.errors import DataError
+from oel.io import atomic_write_text, iter_jsonl
+
+REPORT_DIR = "report"
+MARKER = "_complete.json"
+SAMPLE_CHARS = 1500
+"""Longest excerpt of a trajectory or knowledge text shown in the report."""
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, gathered from a run dir."""
+
+    run_dir: Path
+    rounds: list[int]
+    evaluate: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evaluate_icl: dict[int, dict[str, Any]] = field(default_factory=dict)
+    collect: dict[int, dict[str, Any]] = field(default_factory=dict)
+    consolidate_steps: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    knowledge: dict[int, str] = field(default_factory=dict)
+    config: str = ""
+
+
+def _marker(d: Path) -> dict[str, Any] | None:
+    p = d / MARKER
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: invalid JSON ({e.msg})") from None
+
+
+def gather(run_dir: str | os.PathLike) -> RunData:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: run directory not found")
+    rounds = sorted(int(p.name.split("_")[1]) for p in run_dir.glob("round_*") if p.name.split("_")[1].isdigit())
+    if not rounds:
+        raise DataError(f"{run_dir}: no round_<r> directories: is this an `oel loop` run dir?")
+    data = RunData(run_dir, rounds)
+    cfg = run_dir / "config.yaml"
+    data.config = cfg.read_text() if cfg.is_file() else ""
+    for r in rounds:
+        rd = run_dir / f"round_{r}"
+        for stage, target in (("evaluate", data.evaluate), ("collect", data.collect)):
+            m = _marker(rd / stage)
+            if m is not None:
+                target[r] = m
+        icl = {"game_" + k[4:]: v for k, v in data.evaluate.get(r, {}).items() if k.startswith("icl_")}
+        if icl:
+            data.evaluate_icl[r] = icl
+        metrics = rd / "consolidate" / "metrics.jsonl"
+        if metrics.is_file():
+            data.consolidate_steps[r] = [obj for _, obj in iter_jsonl(metrics)]
+        k0 = rd / "extract" / "knowledge_0.txt"
+        if k0.is_file():
+            data.knowledge[r] = k0.read_text(encoding="utf-8").strip()
+    return data
+
+
+def _errorbars(summaries: dict[int, dict[str, Any]], key: str) -> tuple[list[int], list[float], list[list[float]]]:
+    xs = sorted(r for r in summaries if key in summaries[r])
+    ys = [100 * summaries[r][key] for r in xs]
+    lo = [100 * summaries[r].get("game_ci_low", summaries[r][key]) for r in xs]
+    hi = [100 * summaries[r].get("game_ci_high", summaries[r][key]) for r in xs]
+    return xs, ys, [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
+
+
+def plot_pass_rate(data: RunData, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for summaries, label, offset in ((data.evaluate, "consolidated (no knowledge)", -0.05),
+                                     (data.evaluate_icl, "in context (with knowledge)", 0.05)):
+        xs, ys, err = _errorbars(summaries, "game_pass_rate")
+        if xs:
+            ax.errorbar([x + offset for x in xs], ys, yerr=err, marker="o", capsize=4, label=label)
+    ax.set_xlabel("round (model M_r)")
+    ax.set_ylabel("held-out pass rate (%)")
+    ax.set_xticks(data.rounds)
+    ax.set_title("Pass rate per round (95% CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pass_rate.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_series(data: RunData, out: Path, key: str, ylabel: str, filename: str, scale: float = 1.0) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r for r in data.rounds if key in data.evaluate.get(r, {})]
+    if not xs:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(xs, [scale * data.evaluate[r][key] for r in xs], marker="o", label="no knowledge")
+    xi = [r for r in data.rounds if key in data.evaluate_icl.get(r, {})]
+    if xi:
+        ax.plot(xi, [scale * data.evaluate_icl[r][key] for r in xi], marker="s", label="with knowledge")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("round (model M_r)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(data.rounds)
+    fig.tight_layout()
+    path = out / filename
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_kl(data: RunData, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not data.consolidate_steps:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    start = 0
+    for r in sorted(data.consolidate_steps):
+        rows = data.consolidate_steps[r]
+        loss = [row.get("consolidate/loss", row.get("loss")) for row in rows]
+        steps = list(range(start + 1, start + len(loss) + 1))
+        ax.plot(steps, loss, marker=".", label=f"round {r}")
+        start += len(loss)
+    ax.set_xlabel("consolidation step (all rounds)")
+    ax.set_ylabel("reverse KL (student || teacher)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "kl_per_step.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fmt_rate(s: dict[str, Any] | None) -> str:
+    if not s or "game_pass_rate" not in s:
+        return "-"
+    lo, hi = s.get("game_ci_low"), s.get("game_ci_high")
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+    return f"{100 * s['game_pass_rate']:.1f}%{ci}"
+
+
+def _fmt(s: dict[str, Any] | None, key: str, scale: float = 1.0, suffix: str = "") -> str:
+    return f"{scale * s[key]:.1f}{suffix}" if s and key in s else "-"
+
+
+def results_table(data: RunData) -> str:
+    rows = ["| round | pass rate (95% CI) | in context | move quality | tokens/turn | steps/episode | IF-Eval prompt strict | IF-Eval inst. loose |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in data.rounds:
+        e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
+        rows.append(f"| {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt(e, 'game_move_quality', 100, '%')} | "
+                    f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'game_steps_per_episode')} | "
+                    f"{_fmt(e, 'ifeval_prompt_strict', 100, '%')} | {_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
+    return "\n".join(rows)
+
+
+def sample_trajectory(run_dir: Path, r: int) -> str:
+    path = run_dir / f"round_{r}" / "collect" / "train.jsonl"
+    if not path.is_file():
+        return ""
+    for _, obj in iter_jsonl(path):
+        lines = [f"seed {obj['seed']}, outcome: {obj['outcome']}"]
+        for t, turn in enumerate(obj["turns"]):
+            lines.append(f"turn {t + 1} response: {turn['response'].strip()!r} -> {turn['feedback'].strip()[:200]!r}")
+        return "\n".join(lines)[:SAMPLE_CHARS]
+    return ""
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Gather, plot, and write RUN_DIR/report/report.md; returns its path."""
+    data = gather(run_dir)
+    out = data.run_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [plot_pass_rate(data, out),
+             plot_series(data, out, "game_tokens_per_turn", "response tokens per turn", "tokens_per_turn.png"),
+             plot_series(data, out, "game_move_quality", "moves on a shortest path (%)", "move_quality.png", 100),
+             plot_series(data, out, "ifeval_prompt_strict", "IF-Eval prompt-level strict (%)", "ifeval.png", 100),
+             plot_kl(data, out)]
+    md = [f"# OEL run report: `{data.run_dir}`", "",
+          "Round r's row is model M_r (round 0 = the initial model); 'in context' is M_r with its round's "
+          "knowledge in the prompt. Held-out maps only; CIs are 95% Wilson intervals over episodes.", "",
+          results_table(data), ""]
+    md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    for r in data.rounds:
+        if r in data.knowledge or sample_trajectory(data.run_dir, r):
+            md += ["", f"## Round {r}"]
+        if r in data.knowledge:
+            md += ["", "Knowledge (run 0, the text the teacher saw):", "", "```", data.knowledge[r][:SAMPLE_CHARS], "```"]
+        sample = sample_trajectory(data.run_dir, r)
+        if sample:
+            md += ["", "A collected trajectory:", "", "```", sample, "```"]
+    if data.config:
+        md += ["", "## Resolved config", "", "```yaml", data.config.rstrip(), "```"]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md) + "\n")
+    return path
+
+
+def register(subparsers: Any) -> None:
+    import argparse
+
+    p = subparsers.add_parser("report", help="plots and a markdown summary of an `oel loop` run (offline)",
+                              description="Write RUN_DIR/report/report.md and PNG plots from what the loop wrote.")
+    p.add_argument("run_dir", help="the run directory of an `oel loop` run")
+
+    def _run(ns: argparse.Namespace) -> int:
+        print(write_report(ns.run_dir))
+        return 0
+
+    p.set_defaults(func=_run)
