@@ -51,6 +51,22 @@ def test_greedy_batched_equals_unbatched(tiny: tuple) -> None:
     assert len(set(texts(batched))) > 1, "the tiny model should not answer every prompt the same"
 
 
+def test_micro_batches_respect_row_and_token_limits(tiny: tuple) -> None:
+    model, tok = tiny
+    b = HFBackend(model, tok, model_id="tiny", max_batch_size=3, max_batch_tokens=200)
+    encoded = sorted((b.encode(c) for c in chats()), key=len, reverse=True)
+    from oel.rollout.hf_backend import RowRequest, _Encoded
+
+    items = [_Encoded(i, ids, RowRequest([], SamplingParams(), 0)) for i, ids in enumerate(encoded)]
+    batches = b._micro_batches(items)
+    assert [i.index for batch in batches for i in batch] == list(range(len(items)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * len(batch[0].ids) <= 200
+    params = SamplingParams(temperature=0, max_new_tokens=MAX_NEW)
+    assert texts(b.chat(chats(), params)) == texts(backend(tiny, 64).chat(chats(), params))
+
+
 def test_sampling_reproducible_by_seed_and_independent_of_batching(tiny: tuple) -> None:
     params = SamplingParams(temperature=1.0, top_p=0.95, top_k=40, max_new_tokens=MAX_NEW, seed=11)
     a = backend(tiny, 3).chat(chats(), params)

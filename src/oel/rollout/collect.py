@@ -61,6 +61,7 @@ class CollectConfig:
     model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf")
     endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai")
     max_batch_size: int = cfg(16, "backend=hf: most prompts in one forward pass (bounds memory); larger calls are split")
+    max_batch_tokens: int = cfg(32_768, "backend=hf: most padded prompt tokens in one forward pass (bounds memory)")
     seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's 'collect', 'extract' or 'train' block")
     num_seeds: int = cfg(32, "how many maps (seeds) to play, taken from the start of the chosen set plus seed_offset")
     seed_offset: int = cfg(0, "skip this many seeds of the chosen set (take more maps from a block later)")
@@ -73,7 +74,7 @@ class CollectConfig:
     out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed on rerun")
 
     def __post_init__(self) -> None:
-        for name in ("num_seeds", "samples_per_seed", "batch_size", "max_batch_size"):
+        for name in ("num_seeds", "samples_per_seed", "batch_size", "max_batch_size", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.seed_offset < 0:
@@ -267,7 +268,8 @@ def make_backend(config: CollectConfig) -> ChatBackend:
         return OpenAIBackend(config.endpoint)
     from oel.rollout.hf_backend import HFBackend
 
-    return HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
+    return HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size,
+                                       max_batch_tokens=config.max_batch_tokens)
 
 
 def summary_path(out: str | Path) -> Path:

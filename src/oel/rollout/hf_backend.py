@@ -4,8 +4,9 @@ With the ~3-token answers small models give in these games, the cost of a turn i
 prompt prefill (SPEC §4), so throughput comes from batching prompts of many concurrent
 episodes into one padded forward pass. Prompts are LEFT-padded (new tokens are appended
 on the right of every row), sorted by length so that each micro-batch wastes little on
-padding, and cut into micro-batches of at most `max_batch_size` rows so that the prefill
-activations and KV cache stay within memory. Only the last position's logits are computed
+padding, and cut into micro-batches of at most `max_batch_size` rows and
+`max_batch_tokens` padded prompt tokens so that the prefill activations and KV cache stay
+within memory. Only the last position's logits are computed
 (`generate` asks the model for `logits_to_keep=1`), never the full-vocabulary logits of
 a long prompt.
 
@@ -29,6 +30,8 @@ from oel.trajectory import Message
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_BATCH_TOKENS = 32_768
+"""Padded prompt tokens per forward pass: bounds prefill memory when prompts are long."""
 
 
 @dataclass(frozen=True)
@@ -55,27 +58,33 @@ class HFBackend:
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens: must be >= 1, got {max_batch_tokens}")
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"tokenizer of {model_id} has no chat template")
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.pad_id = _pad_token_id(tokenizer)
         self.stop_ids = _stop_token_ids(model, tokenizer)
         self._template_thinks = "enable_thinking" in str(tokenizer.chat_template)
         self._warned_thinking = False
 
     @classmethod
-    def from_model_config(cls, model_cfg: Any, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> "HFBackend":
+    def from_model_config(cls, model_cfg: Any, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                          max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> "HFBackend":
         """Load a model preset or directory through `oel.models` and wrap it."""
         from oel.models import load_model
 
         lm = load_model(model_cfg)
-        return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size)
+        return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size,
+                   max_batch_tokens=max_batch_tokens)
 
     # -- the ChatBackend interface -------------------------------------------------------
     def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
@@ -94,11 +103,26 @@ class HFBackend:
         encoded = [_Encoded(i, self.encode(r.messages, r.params.enable_thinking), r) for i, r in enumerate(rows)]
         encoded.sort(key=lambda e: len(e.ids), reverse=True)
         results: list[Generation | None] = [None] * len(rows)
-        for start in range(0, len(encoded), self.max_batch_size):
-            batch = encoded[start:start + self.max_batch_size]
+        for batch in self._micro_batches(encoded):
             for item, gen in zip(batch, self._generate_batch(batch)):
                 results[item.index] = gen
         return [g for g in results if g is not None]
+
+    def _micro_batches(self, encoded: list[_Encoded]) -> list[list[_Encoded]]:
+        """Cut length-sorted (longest first) rows into batches within both row and token limits.
+
+        A batch's padded size is rows x its first (longest) row; a single row over the token
+        budget still runs, alone.
+        """
+        batches: list[list[_Encoded]] = []
+        for item in encoded:
+            cur = batches[-1] if batches else None
+            if (cur is None or len(cur) >= self.max_batch_size
+                    or (len(cur) + 1) * len(cur[0].ids) > self.max_batch_tokens):
+                batches.append([item])
+            else:
+                cur.append(item)
+        return batches
 
     # -- internals -----------------------------------------------------------------------
     def render(self, messages: Sequence[Message], enable_thinking: bool = False) -> str:

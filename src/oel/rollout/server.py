@@ -52,6 +52,7 @@ class ServeConfig:
     port: int = cfg(8000, "TCP port; 0 picks a free one (printed at start)")
     served_name: str = cfg("", "model name clients use in requests; empty = the model's id")
     max_batch_size: int = cfg(16, "most requests generated together in one batch")
+    max_batch_tokens: int = cfg(32_768, "most padded prompt tokens in one forward pass (a batch is split beyond it)")
     batch_window_s: float = cfg(0.02, "how long the first request waits for others to batch with it")
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(1 << 20, "largest request body accepted, in bytes")
@@ -59,7 +60,7 @@ class ServeConfig:
     request_timeout_s: float = cfg(600.0, "a request still unanswered after this long gets HTTP 504")
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_tokens_limit", "max_body_bytes", "max_queue"):
+        for name in ("max_batch_size", "max_batch_tokens", "max_tokens_limit", "max_body_bytes", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port < 2**16:
@@ -255,7 +256,8 @@ def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
 
 def serve(config: ServeConfig) -> None:
     """Load the model and serve until interrupted (the `oel serve` command)."""
-    backend = HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
+    backend = HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size,
+                                          max_batch_tokens=config.max_batch_tokens)
     server = ChatServer(backend, config).start()
     # SIGTERM (service managers, `kill`) stops it as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
