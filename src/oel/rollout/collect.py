@@ -175,9 +175,13 @@ def _generate(backend: ChatBackend, prompts_: list[list[Message]], params: Sampl
     """One batched call; per-prompt seeds when the backend takes them, else one call seed."""
     chat_with_seeds = getattr(backend, "chat_with_seeds", None)
     if chat_with_seeds is not None:
-        return chat_with_seeds(prompts_, params, seeds)
-    call_params = SamplingParams(**{**asdict(params), "seed": derive_seed(*seeds)})
-    return backend.chat(prompts_, call_params)
+        gens = chat_with_seeds(prompts_, params, seeds)
+    else:
+        call_params = SamplingParams(**{**asdict(params), "seed": derive_seed(*seeds)})
+        gens = backend.chat(prompts_, call_params)
+    if len(gens) != len(prompts_):
+        raise RuntimeError(f"backend {backend.model_id}: returned {len(gens)} completions for {len(prompts_)} prompts")
+    return gens
 
 
 def play_episodes(
