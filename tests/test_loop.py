@@ -1,0 +1,160 @@
+"""The OEL loop on a tiny random model: config rules, a full run, and kill -9 + resume.
+
+The kill test runs `oel loop` in a subprocess, kills it with SIGKILL in the middle of each
+stage in turn (collect, extract, evaluate, consolidate), reruns it, and checks that the
+final artifacts equal those of an uninterrupted run with the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from oel.config import load_config
+from oel.errors import ConfigError
+from oel.loop import LoopConfig, run_loop
+from oel.loop.run import MARKER, prepare_run_dir
+from oel.report import write_report
+from oel.rollout.tiny import save_tiny_chat_model
+
+POLL_S = 0.01
+KILL_TIMEOUT_S = 240
+
+
+def tiny_overrides(model_dir: str, run_dir: Path) -> list[str]:
+    """A one-round run small enough for CI, yet every stage has several units of work."""
+    return [
+        f"run_dir={run_dir}", "rounds=1", f"model.name={model_dir}", "model.dtype=float32", "model.device=cpu",
+        "tensorboard=false",
+        "collect.num_seeds=6", "collect.batch_size=2", "collect.sampling.max_new_tokens=6",
+        "extract.kind=raw_trajectories", "extract.num_runs=2", "extract.num_trajectories=3", "extract.budget_tokens=3000",
+        "consolidate.steps=4", "consolidate.batch_size=2", "consolidate.micro_batch_size=1",
+        "consolidate.max_new_tokens=6", "consolidate.save_every=1",
+        "evaluate.games.num_maps=4", "evaluate.games.sampling_seeds=[0,1]", "evaluate.games.batch_size=2",
+        "evaluate.games.sampling.max_new_tokens=6", "evaluate.ifeval.num_prompts=2",
+        "evaluate.ifeval.max_new_tokens=6", "evaluate.ifeval.batch_size=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", seed=3)
+
+
+def test_loop_owned_fields_and_config_changes_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^collect\.out: set by the loop"):
+        load_config(LoopConfig, None, ["collect.out=x.jsonl"])
+    with pytest.raises(ConfigError, match=r"^consolidate\.model: set by the loop"):
+        load_config(LoopConfig, None, ["consolidate.model.name=x"])
+    base = load_config(LoopConfig, None, [f"run_dir={tmp_path}"])
+    prepare_run_dir(base)
+    changed = load_config(LoopConfig, None, [f"run_dir={tmp_path}", "consolidate.lr=0.5", "rounds=3"])
+    with pytest.raises(ConfigError, match=r"different config \(consolidate\.lr, rounds\); .*force=true"):
+        prepare_run_dir(changed)
+    prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={tmp_path}", "consolidate.lr=0.5", "force=true"]))
+
+
+def _run_cli(overrides: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "oel.cli", "loop", *overrides], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _kill_when(proc: subprocess.Popen, started: Path, finished: Path) -> bool:
+    """SIGKILL `proc` once `started` exists and before `finished` does; True if killed mid-stage."""
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _nonempty(started) and not finished.exists():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(POLL_S)
+    proc.wait()
+    return False
+
+
+def _trajectories(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _artifacts(run: Path) -> dict:
+    """What must not depend on whether the run was interrupted."""
+    r0 = run / "round_0"
+    out = {name: _trajectories(r0 / "collect" / name) for name in ("extract.jsonl", "train.jsonl")}
+    out["knowledge"] = [(r0 / "extract" / f"knowledge_{k}.txt").read_text() for k in range(2)]
+    for r in (0, 1):
+        ev = json.loads((run / f"round_{r}" / "evaluate" / "evaluation.json").read_text())
+        out[f"eval{r}"] = {part: (ev[part] or {}).get("metrics") for part in ("games", "games_knowledge")}
+        out[f"ifeval{r}"] = ev["ifeval"]["scores"]
+        out[f"eval{r}_trajectories"] = _trajectories(run / f"round_{r}" / "evaluate" / "games_no_knowledge" / "trajectories.jsonl")
+    out["losses"] = [round(json.loads(line)["consolidate/loss"], 4)
+                     for line in (r0 / "consolidate" / "metrics.jsonl").read_text().splitlines()]
+    return out
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "round_0" / "consolidate" / "model" / "model.safetensors"))
+
+
+def test_full_loop_then_report(tiny_model, tmp_path):
+    run = tmp_path / "run"
+    config = load_config(LoopConfig, None, tiny_overrides(tiny_model, run))
+    results = run_loop(config)
+    assert set(results) == {"0", "1"}
+    assert set(results["0"]) == {"collect", "extract", "evaluate", "consolidate"} and set(results["1"]) == {"evaluate"}
+    for stage in ("collect", "extract", "evaluate", "consolidate"):
+        assert (run / "round_0" / stage / MARKER).is_file()
+    assert results["0"]["evaluate"]["game_episodes"] == 8 and "icl_pass_rate" in results["0"]["evaluate"]
+    assert "icl_pass_rate" not in results["1"]["evaluate"]  # the last model has no knowledge of its own
+    # M_1 is a plain HF directory the next round loaded
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "round_0" / "consolidate" / "model", use_safetensors=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("consolidate/loss" in r for r in rows) and any("evaluate/game_pass_rate" in r for r in rows)
+    assert (run / "config.yaml").is_file()
+    # a rerun of a finished run does nothing and returns the same summaries
+    assert run_loop(config)["0"]["consolidate"] == results["0"]["consolidate"]
+    report = write_report(run)
+    text = report.read_text()
+    assert "| 0 |" in text and "| 1 |" in text
+    for png in ("pass_rate.png", "kl_per_step.png", "tokens_per_turn.png", "ifeval.png"):
+        assert (report.parent / png).stat().st_size > 1000
+
+
+def test_kill_in_each_stage_then_resume_gives_the_same_artifacts(tiny_model, tmp_path):
+    ref, chaos = tmp_path / "ref", tmp_path / "chaos"
+    reference = _run_cli(tiny_overrides(tiny_model, ref))
+    assert reference.wait() == 0, reference.stderr.read()
+    r0 = chaos / "round_0"
+    kill_points = [
+        (r0 / "collect" / "train.jsonl", r0 / "collect" / MARKER),
+        (r0 / "extract" / "store" / "round_000" / "run_00" / "step_001.json", r0 / "extract" / MARKER),
+        (r0 / "evaluate" / "games_no_knowledge" / "trajectories.jsonl", r0 / "evaluate" / MARKER),
+        (r0 / "consolidate" / "metrics.jsonl", r0 / "consolidate" / MARKER),
+    ]
+    killed = 0
+    for started, finished in kill_points:
+        killed += _kill_when(_run_cli(tiny_overrides(tiny_model, chaos)), started, finished)
+    assert killed >= 3, "the loop finished stages before the test could kill it mid-stage"
+    final = _run_cli(tiny_overrides(tiny_model, chaos))
+    assert final.wait() == 0, final.stderr.read()
+    assert _artifacts(chaos) == _artifacts(ref)
+    a, b = _weights(chaos), _weights(ref)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
