@@ -124,3 +124,14 @@ def test_cli_prints_one_line_error_for_a_bad_key(capsys):
     assert main(["models", "prepare", "--dtype", "bfloat16", "/nonexistent/model.gguf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "GGUF file not found" in err[0]
+
+
+def test_base_chain_merges_underneath(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\nconsolidate:\n  lr: 2.0e-6\n  steps: 5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nconsolidate:\n  steps: 7\n")
+    c = load_config(Outer, tmp_path / "sub" / "b.yaml", ["seed=1"])
+    assert (c.name, c.consolidate.lr, c.consolidate.steps, c.seed) == ("a", 2e-6, 7, 1)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="chain loops back"):
+        load_config(Outer, tmp_path / "loop.yaml")

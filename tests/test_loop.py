@@ -158,3 +158,9 @@ def test_kill_in_each_stage_then_resume_gives_the_same_artifacts(tiny_model, tmp
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml")))
+def test_every_shipped_config_is_a_valid_loop_config(path):
+    config = load_config(LoopConfig, path)
+    assert config.run_dir.startswith("runs/")

@@ -193,9 +193,34 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"
+"""A config file may start from another: `base: ../frozenlake-cpu.yaml` (path relative to the file)."""
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml_with_base(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config with its `base:` chain merged underneath (the file's own keys win)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: `{BASE_KEY}` chain loops back to this file")
+    data = load_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {BASE_KEY}: expected a path to another YAML config, got {base!r}")
+    return deep_merge(load_yaml_with_base(path.parent / base, (*_seen, path)), data)
+
+
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
-    """YAML file (optional) + dotted overrides -> validated config of type `cls`."""
-    data = load_yaml(path) if path else {}
+    """YAML file (optional, with its `base:` chain) + dotted overrides -> validated config of type `cls`."""
+    data = load_yaml_with_base(path) if path else {}
     data = apply_overrides(data, list(overrides or []))
     return from_dict(cls, data)
 
