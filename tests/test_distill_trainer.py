@@ -238,3 +238,28 @@ def test_sampled_estimator_and_full_kl_run(world, tmp_path):
     for loss in ("sampled_reverse_kl", "reverse_kl"):
         result = consolidate(_config(world, tmp_path / loss, loss=loss, steps=1))
         assert result.last_metrics["consolidate/loss"] == result.last_metrics["consolidate/loss"]  # finite
+
+
+def test_knowledge_as_strings_and_empty_knowledge_is_refused(world, tmp_path):
+    from oel.errors import DataError
+
+    result = consolidate(_config(world, tmp_path / "s", knowledge=[], steps=1), knowledge_texts=[KNOWLEDGE, "Go down."])
+    assert result.steps == 1
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(DataError, match="empty"):
+        consolidate(_config(world, tmp_path / "e", knowledge=[str(tmp_path / "empty.txt")], steps=1))
+
+
+def test_cli_runs_a_round_from_key_value_overrides(world, tmp_path, capsys):
+    import argparse
+
+    from oel.distill import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(["consolidate", f"trajectories={world['traj']}", f"knowledge=[{world['knowledge']}]",
+                            f"output_dir={tmp_path / 'run'}", f"model.name={world['random']}", "model.dtype=float32",
+                            "model.device=cpu", "steps=2", "batch_size=2", "micro_batch_size=1", "max_new_tokens=2"])
+    assert ns.func(ns) == 0
+    assert "consolidated model:" in capsys.readouterr().out
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

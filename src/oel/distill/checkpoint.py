@@ -75,10 +75,8 @@ def save_hf_model(model: Any, tokenizer: Any, directory: str | os.PathLike) -> P
     """Write the merged model + tokenizer as a Hugging Face directory, atomically."""
     final = Path(directory)
     tmp = _tmp_dir(final)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        base.save_pretrained(tmp, state_dict=merged_state_dict(model), safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        _write_hf(tmp, model, tokenizer)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,15 +84,19 @@ def save_hf_model(model: Any, tokenizer: Any, directory: str | os.PathLike) -> P
     return final
 
 
+def _write_hf(directory: Path, model: Any, tokenizer: Any) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.save_pretrained(directory, state_dict=merged_state_dict(model), safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
                     config: dict[str, Any], keep_last: int) -> Path:
     """Write `root/step-NNNNNN` atomically, then prune to the `keep_last` newest."""
     final = Path(root) / f"step-{step:06d}"
     tmp = _tmp_dir(final)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        base.save_pretrained(tmp, state_dict=merged_state_dict(model), safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        _write_hf(tmp, model, tokenizer)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         adapter = _adapter_state(model)
         if adapter:

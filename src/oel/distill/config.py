@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from oel.config import cfg
+from oel.errors import ConfigError
 from oel.models import ModelConfig
 
 Sampler = Literal["on_policy", "off_policy"]
@@ -84,13 +85,13 @@ class ConsolidateConfig:
         if self.save_every < 0 or self.keep_last < 1:
             raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
 
-    def check_inputs(self) -> None:
+    def check_inputs(self, *, need_knowledge_files: bool = True) -> None:
         """The fields a run cannot start without (left optional so presets can be built first)."""
         for name in ("trajectories", "output_dir"):
             if not getattr(self, name):
-                raise ValueError(f"{name}: required, got an empty value")
-        if not self.knowledge:
-            raise ValueError("knowledge: give at least one knowledge text file")
+                raise ConfigError(f"{name}: required, got an empty value")
+        if need_knowledge_files and not self.knowledge:
+            raise ConfigError("knowledge: give at least one knowledge text file")
 
 
 def paper_gpu_preset(**overrides: Any) -> ConsolidateConfig:

@@ -103,13 +103,18 @@ def peak_rss_mib() -> float:
 class Consolidator:
     """Holds the student, teacher, optimizer and data of one round; `run()` trains it."""
 
-    def __init__(self, config: ConsolidateConfig, *, loaded: Any = None) -> None:
-        """`loaded`: an already loaded `oel.models.LoadedModel` (tests, the loop); else loads config.model."""
-        config.check_inputs()
+    def __init__(self, config: ConsolidateConfig, *, loaded: Any = None,
+                 knowledge_texts: Sequence[str] | None = None) -> None:
+        """`loaded`: an already loaded `oel.models.LoadedModel`, else config.model is loaded. It is
+        CONSUMED: LoRA layers are injected into it in place; reload `result.model_dir` afterwards.
+        `knowledge_texts`: the K knowledge texts as strings, instead of config.knowledge's files."""
+        config.check_inputs(need_knowledge_files=knowledge_texts is None)
         self.config = config
         self.out = Path(config.output_dir)
         self.prefixes: list[Prefix] = prefixes(read_trajectories(config.trajectories))
-        self.knowledge = read_knowledge(config.knowledge)
+        self.knowledge = list(knowledge_texts) if knowledge_texts is not None else read_knowledge(config.knowledge)
+        if not self.knowledge or not all(k.strip() for k in self.knowledge):
+            raise DataError("knowledge: every knowledge text must be non-empty, and at least one is needed")
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if loaded is None:
@@ -141,6 +146,10 @@ class Consolidator:
             model = get_peft_model(model, lora)
         else:
             model.requires_grad_(True)
+            if next(model.parameters()).dtype != torch.float32:
+                log.warning("full fine-tuning with %s weights: AdamW updates smaller than the weights' rounding step "
+                            "(~0.4%% of a weight in bf16) are lost; set model.dtype=float32 for small learning rates",
+                            next(model.parameters()).dtype)
         if c.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             if hasattr(model, "enable_input_require_grads"):
@@ -183,6 +192,8 @@ class Consolidator:
             self.step = checkpoint.load_checkpoint(path, model=self.student, optimizer=self.optimizer)
             log.info("resumed from %s (step %d)", path, self.step)
         self._truncate_metrics(self.step)
+        log.info("%d prefixes, %d knowledge texts, starting at step %d; peak RSS after setup %.0f MiB",
+                 len(self.prefixes), len(self.knowledge), self.step, peak_rss_mib())
         save_config(c, self.out / "config.yaml")
         atomic_write_text(self.out / "prompts.json", _json(prompt_records()))
 
@@ -304,10 +315,10 @@ class Consolidator:
                                           config=to_dict(self.config), keep_last=self.config.keep_last)
 
 
-def consolidate(config: ConsolidateConfig, *, loaded: Any = None,
+def consolidate(config: ConsolidateConfig, *, loaded: Any = None, knowledge_texts: Sequence[str] | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:
     """Run (or resume) one round's consolidation; returns where the consolidated model is."""
-    trainer = Consolidator(config, loaded=loaded)
+    trainer = Consolidator(config, loaded=loaded, knowledge_texts=knowledge_texts)
     trainer.prepare_output()
     return trainer.run(on_step)
 
