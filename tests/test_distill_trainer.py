@@ -137,7 +137,8 @@ def test_student_learns_without_knowledge_what_the_teacher_knew(world, tmp_path,
 def test_metrics_and_checkpoints(world, tmp_path):
     result = consolidate(_config(world, tmp_path / "run", steps=5, save_every=1, keep_last=2))
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    keys = {"loss", "student_topk_mass", "response_len_mean", "tokens_per_s", "grad_norm", "lr", "step_s"}
+    keys = {"loss", "student_topk_mass", "response_len_mean", "tokens_per_s", "grad_norm", "lr", "step_s",
+            "reverse_kl_full"}
     assert all(f"consolidate/{k}" in r for r in records for k in keys)
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3, 4]
     assert (result.model_dir / "model.safetensors").is_file()

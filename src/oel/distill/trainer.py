@@ -245,9 +245,14 @@ class Consolidator:
             self.student.eval()
         tokens_N = batch.response_tokens_N.to(student_NV.device)
         loss, metrics = LOSSES[c.loss](student_NV, teacher_NV, tokens_N, c)
+        everywhere = _all_tokens(len(tokens_N))
         if "student_topk_mass" not in metrics:
-            metrics["student_topk_mass"] = losses.student_topk_mass(
-                student_NV, _all_tokens(len(tokens_N)), k=c.top_k, temperature=c.loss_temperature)
+            metrics["student_topk_mass"] = losses.student_topk_mass(student_NV, everywhere, k=c.top_k,
+                                                                     temperature=c.loss_temperature)
+        if teacher_NV is not None:  # the exact KL, whatever the loss: top-k KL alone can be gamed
+            with torch.no_grad():
+                metrics["reverse_kl_full"] = losses.reverse_kl(student_NV, teacher_NV, everywhere,
+                                                               temperature=c.loss_temperature)[1]["loss"]
         return loss, metrics, teacher_s
 
     def train_step(self, step: int) -> dict[str, float]:
