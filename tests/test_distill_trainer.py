@@ -264,3 +264,10 @@ def test_cli_runs_a_round_from_key_value_overrides(world, tmp_path, capsys):
     assert ns.func(ns) == 0
     assert "consolidated model:" in capsys.readouterr().out
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_under_different_settings_is_refused(world, tmp_path):
+    consolidate(_config(world, tmp_path / "run", steps=2, save_every=1, keep_last=1))
+    with pytest.raises(TrainingError, match="lr="):
+        consolidate(_config(world, tmp_path / "run", steps=4, lr=1e-3, on_existing="resume"))
+    assert consolidate(_config(world, tmp_path / "run", steps=3, on_existing="resume")).steps == 3

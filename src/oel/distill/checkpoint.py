@@ -136,9 +136,14 @@ def prune(root: str | os.PathLike, keep_last: int) -> None:
         shutil.rmtree(path)
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """`trainer_state.json` of a checkpoint: {"step": int, "config": resolved config dict}."""
+    return json.loads((path / STATE_FILE).read_text())
+
+
 def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> int:
     """Restore the student's trainable weights and AdamW's state from `path`; returns its step."""
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_state(path)
     if (path / ADAPTER_FILE).is_file():
         from safetensors.torch import load_file
 

@@ -53,6 +53,8 @@ STREAM_DATA = 1
 STREAM_SAMPLING = 2
 STREAM_INIT = 3
 KIB = 1024
+# Config keys that may differ between a run and its resumption (they do not change what is learned).
+RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir"})
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
                   tuple[torch.Tensor, dict[str, float]]]
@@ -189,6 +191,7 @@ class Consolidator:
         self.out.mkdir(parents=True, exist_ok=True)
         if existing:
             step, path = existing[-1]
+            self._check_same_run(path)
             self.step = checkpoint.load_checkpoint(path, model=self.student, optimizer=self.optimizer)
             log.info("resumed from %s (step %d)", path, self.step)
         self._truncate_metrics(self.step)
@@ -196,6 +199,15 @@ class Consolidator:
                  len(self.prefixes), len(self.knowledge), self.step, peak_rss_mib())
         save_config(c, self.out / "config.yaml")
         atomic_write_text(self.out / "prompts.json", _json(prompt_records()))
+
+    def _check_same_run(self, path: Path) -> None:
+        """Resuming under different training settings would silently mix two runs: refuse."""
+        saved = checkpoint.read_state(path)["config"]
+        now = to_dict(self.config)
+        for key in sorted(now.keys() - RESUME_MAY_CHANGE):
+            if saved.get(key) != now[key]:
+                raise TrainingError(f"{path}: was trained with {key}={saved.get(key)!r}, now {key}={now[key]!r} "
+                                    "(use on_existing=overwrite or a new output_dir)")
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines of steps after the checkpoint we resume from (they will be redone)."""
