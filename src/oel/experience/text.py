@@ -110,7 +110,9 @@ def token_counter(tokenizer: Any | None = None) -> TokenCounter:
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
-    return TokenCounter(count, f"tokenizer:{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}")
+    # The directory's last part only: a machine's cache path must not make two stores differ.
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__).rstrip("/").rsplit("/", 1)[-1]
+    return TokenCounter(count, f"tokenizer:{name}")
 
 
 def counter_for_backend(backend: Any | None) -> TokenCounter:
