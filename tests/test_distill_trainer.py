@@ -271,3 +271,17 @@ def test_resume_under_different_settings_is_refused(world, tmp_path):
     with pytest.raises(TrainingError, match="lr="):
         consolidate(_config(world, tmp_path / "run", steps=4, lr=1e-3, on_existing="resume"))
     assert consolidate(_config(world, tmp_path / "run", steps=3, on_existing="resume")).steps == 3
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path, monkeypatch):
+    grads = []
+    for ckpt in (False, True):
+        t = Consolidator(_config(world, tmp_path / f"gc{ckpt}", gradient_checkpointing=ckpt))
+        t.prepare_output()
+        monkeypatch.setattr(t.optimizer, "step", lambda: None)
+        t.train_step(1)
+        grads.append({n: p.grad.clone() for n, p in t.student.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7), n
+    assert any(g.abs().sum() > 0 for g in grads[1].values())
