@@ -210,3 +210,19 @@ def test_cli_registers_evaluate(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args(["evaluate", "--help"])
     out = capsys.readouterr().out
     assert "games.num_maps" in out and "ifeval.subset" in out and "knowledge_file" in out
+
+
+def test_sokoban_moves_are_scored_too(tmp_path: Path) -> None:
+    result = evaluate_games(FixedBackend("[left]"), EnvConfig(game="sokoban"),
+                            GamesConfig(num_maps=4, sampling_seeds=[0]), tmp_path)
+    m = result.metrics
+    assert result.env_id == "Sokoban-v0-raw" and m.scored_moves == m.turns and m.move_quality is not None
+
+
+def test_diff_keys_names_nested_entries() -> None:
+    from oel.evaluation.resume import diff_keys
+
+    old = {"model": "a", "env": {"game": "frozenlake", "max_turns": 5}, "seeds": [0]}
+    new = {"model": "a", "env": {"game": "frozenlake", "max_turns": 8}, "seeds": [0, 1], "extra": 1}
+    assert diff_keys(old, new) == ["env.max_turns", "extra", "seeds"]
+    assert diff_keys(old, old) == []
