@@ -99,3 +99,19 @@ def test_curve_writes_table_and_plot_and_resumes(store, tmp_path):
     calls = policy.calls
     again = evaluate_curve(cfg, policy)
     assert policy.calls == calls and again == points  # both points reused from disk
+
+
+def test_curve_plays_identical_knowledge_once(tmp_path):
+    cfg = ExtractConfig(out_dir=str(tmp_path / "same"), num_runs=1, num_trajectories=3, budget_tokens=100,
+                        max_input_tokens=4000)
+    extract_round(cfg, [make_traj(i) for i in range(1, 4)],
+                  ScriptedExtractor(lambda t, p: "- EXPERIENCE ITEM: the only lesson"))
+    curve = CurveConfig(store=cfg.out_dir, steps=[0, 1, 3], num_maps=2, out_dir=str(tmp_path / "c"))
+    policy = KnowledgeFollower()
+    evaluate_curve(curve, policy)
+    one_point = KnowledgeFollower()
+    evaluate_curve(CurveConfig(store=cfg.out_dir, steps=[1], num_maps=2, out_dir=str(tmp_path / "d")), one_point)
+    baseline = KnowledgeFollower()
+    evaluate_curve(CurveConfig(store=cfg.out_dir, steps=[0], num_maps=2, out_dir=str(tmp_path / "e")), baseline)
+    assert policy.calls == one_point.calls + baseline.calls  # e_1 == e_3: step 3 reused step 1's episodes
+    assert (tmp_path / "c" / "step_003.jsonl").read_text() == (tmp_path / "c" / "step_001.jsonl").read_text()

@@ -131,11 +131,27 @@ def play_step(config: CurveConfig, backend: ChatBackend, step: int, texts: list[
     return sorted(played, key=lambda t: (t.seed, t.sample))
 
 
-def _reuse_key(config: CurveConfig, backend: ChatBackend, texts: list[str]) -> dict:
-    """What a saved point depends on: a point is replayed unless all of it matches."""
-    return {"model": backend.model_id, "knowledge_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),
+def _reuse_key(config: CurveConfig, backend: ChatBackend, step: int, texts: list[str]) -> dict:
+    """What a point's episodes depend on. Steps whose knowledge is identical (an extractor
+    that added nothing new) have the same key: with the same seeds they are the same
+    measurement, so it is played once and reused."""
+    template = NO_KNOWLEDGE_TEMPLATE if step == 0 else KNOWLEDGE_TEMPLATE
+    return {"model": backend.model_id, "template": template,
+            "knowledge_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),
             "env": to_dict(config.env), "sampling": to_dict(config.sampling), "num_maps": config.num_maps,
             "samples_per_map": config.samples_per_map}
+
+
+def _played_before(out: Path, key: dict, expected: int) -> list[Trajectory] | None:
+    """Episodes of any point in `out` played with exactly this key (resume, or identical knowledge)."""
+    for meta in sorted(out.glob("step_*.key.json")):
+        played = meta.with_name(meta.name.removesuffix(".key.json") + ".jsonl")
+        if played.exists() and json.loads(meta.read_text(encoding="utf-8")) == key:
+            trajs = read_trajectories(played)
+            if len(trajs) == expected:
+                log.info("curve: reusing %s (same model, knowledge, sampling and maps)", played)
+                return trajs
+    return None
 
 
 def evaluate_curve(config: CurveConfig, backend: ChatBackend, *, count_tokens: Callable[[str], int] | None = None,
@@ -151,14 +167,12 @@ def evaluate_curve(config: CurveConfig, backend: ChatBackend, *, count_tokens: C
     for step in steps:
         texts = load_experience_set(config.store, config.round, step).texts
         path = out / f"step_{step:03d}.jsonl"
-        key = _reuse_key(config, backend, texts)
-        meta = path.with_suffix(".key.json")
-        reusable = path.exists() and meta.exists() and json.loads(meta.read_text(encoding="utf-8")) == key
-        trajs = read_trajectories(path) if reusable else []
-        if len(trajs) != expected:
+        key = _reuse_key(config, backend, step, texts)
+        trajs = _played_before(out, key, expected)
+        if trajs is None:
             trajs = play_step(config, backend, step, texts)
-            write_trajectories(path, trajs)
-            atomic_write_json(meta, key)
+        write_trajectories(path, trajs)
+        atomic_write_json(path.with_suffix(".key.json"), key)
         tokens = [count_tokens(t) for t in texts] if count_tokens else [0]
         points.append(_point(step, trajs, sum(tokens) / len(tokens)))
         log.info("curve step %d: %d/%d passed", step, points[-1].passed, points[-1].episodes)
