@@ -8,7 +8,8 @@ so every point averages over the K runs. Each point gets a 95% Wilson interval.
 
 Outputs in `out_dir`: `step_III.jsonl` (every episode played, for inspection; reused
 when complete, so an interrupted curve resumes per point), `curve.json`, `curve.csv`,
-`curve.md` and `curve.png`.
+`curve.md` and `curve.png`. Steps whose knowledge is identical (the extractor added nothing
+between them) are one measurement with the same seeds: played once, reused.
 """
 
 from __future__ import annotations
