@@ -334,3 +334,12 @@ def test_answer_cut_by_token_limit_loses_its_unfinished_last_line(tmp_path):
     f = read_experience(step_path(tmp_path / "store", 0, 0, 1))
     assert f.texts == ["- EXPERIENCE ITEM: holes end the game"]
     assert f.record.unfinished_dropped == "- EXPERIENCE ITEM: walls do not"
+
+
+def test_an_item_longer_than_the_budget_does_not_empty_the_knowledge(tmp_path):
+    cfg = config(tmp_path, kind="raw_trajectories", num_trajectories=3, budget_tokens=50)
+    trajs = [make_traj(1), make_traj(2), make_traj(3, turns=12, obs="x")]  # 29, 29 (58 joined) and 110 tokens
+    extract_round(cfg, trajs, None)
+    final = read_experience(step_path(cfg.out_dir, 0, 0, 3))
+    assert [it.source_trajectory_id for it in final.items] == ["t2"]  # t3 too long; t1 + t2 together too long
+    assert final.record.budget_dropped == 2

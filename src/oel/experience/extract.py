@@ -98,13 +98,14 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
         for j, t in enumerate(kept)
     ]
     items = list(prev.items) + new_items
-    start = fit_newest([it.text for it in items], config.budget_tokens, count, ITEM_SEPARATOR[config.kind])
-    items = items[start:]
+    kept_idx = fit_newest([it.text for it in items], config.budget_tokens, count, ITEM_SEPARATOR[config.kind])
+    budget_dropped = len(items) - len(kept_idx)
+    items = [items[i] for i in kept_idx]
     p = extraction.prompt
     record = StepRecord(
         trajectory_id=traj.id,
         raw_output=extraction.text if config.kind == "extracted" else "",
-        new_items=kept, duplicates_dropped=duplicates, unfinished_dropped=unfinished, budget_dropped=start,
+        new_items=kept, duplicates_dropped=duplicates, unfinished_dropped=unfinished, budget_dropped=budget_dropped,
         input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
         input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
         cut_chars=p.cut_chars if p else 0, sampling_seed=extraction.sampling_seed, seconds=round(seconds, 3),

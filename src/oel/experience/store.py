@@ -65,7 +65,7 @@ class StepRecord(BaseModel):
     new_items: list[str] = Field(default_factory=list)
     duplicates_dropped: list[str] = Field(default_factory=list)
     unfinished_dropped: str = Field(default="", description="last line of an answer cut by the token limit, dropped")
-    budget_dropped: int = Field(default=0, ge=0, description="old items dropped to stay within the budget")
+    budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one longer than the whole budget")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     input_truncated: bool = False

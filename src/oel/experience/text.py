@@ -120,16 +120,19 @@ def counter_for_backend(backend: Any | None) -> TokenCounter:
     return token_counter(getattr(backend, "tokenizer", None))
 
 
-def fit_newest(items: Sequence[str], budget_tokens: int, count: TokenCounter, sep: str) -> int:
-    """Index of the first item kept so that `sep.join(items[start:])` fits in the budget.
+def fit_newest(items: Sequence[str], budget_tokens: int, count: TokenCounter, sep: str) -> list[int]:
+    """Indices of the items kept so that the kept items, joined by `sep`, fit in the budget.
 
-    Walks from the newest item backwards and stops at the first item that would not fit,
-    so what is kept is always a run of WHOLE newest items; an item is never cut in half.
-    Returns len(items) when not even the newest item fits.
+    An item longer than the whole budget on its own can never be kept, so it is dropped
+    first (otherwise one over-long newest item -- a long raw game -- would empty the
+    knowledge). Of the rest, the newest contiguous run of WHOLE items that fits is kept:
+    walking back from the newest, the first item that would not fit and everything older
+    is dropped; an item is never cut in half.
     """
-    start = len(items)
-    for i in range(len(items) - 1, -1, -1):
-        if count(sep.join(items[i:])) > budget_tokens:
+    candidates = [i for i, text in enumerate(items) if count(text) <= budget_tokens]
+    kept: list[int] = []
+    for i in reversed(candidates):
+        if count(sep.join(items[j] for j in [i, *kept])) > budget_tokens:
             break
-        start = i
-    return start
+        kept.insert(0, i)
+    return kept
