@@ -341,5 +341,5 @@ def test_an_item_longer_than_the_budget_does_not_empty_the_knowledge(tmp_path):
     trajs = [make_traj(1), make_traj(2), make_traj(3, turns=12, obs="x")]  # 29, 29 (58 joined) and 110 tokens
     extract_round(cfg, trajs, None)
     final = read_experience(step_path(cfg.out_dir, 0, 0, 3))
-    assert [it.source_trajectory_id for it in final.items] == ["t2"]  # t3 too long; t1 + t2 together too long
-    assert final.record.budget_dropped == 2
+    assert [it.source_trajectory_id for it in final.items] == ["t2"]  # t3 too long alone; t1 + t2 too long together
+    assert final.record.budget_dropped == 1  # t3 (t1 went at step 2)
