@@ -148,13 +148,14 @@ def render_raw_trajectory(traj: Trajectory, *, strip_response_thinking: bool = T
     """A compact one-game text for the raw-trajectories baseline: moves, replies, result.
 
     Observations are left out (they repeat the map every turn); the replies carry what
-    happened. The agent's answer is shown after thinking removal, on one line.
+    happened, with their line structure kept (a board is 2-D) and blank lines removed.
+    The agent's answer is shown after thinking removal, on one line.
     """
     moves = []
     for i, turn in enumerate(traj.turns, start=1):
         response = strip_thinking(turn.response) if strip_response_thinking else turn.response
-        said = " ".join(response.split())
-        reply = " ".join(turn.feedback.split())
-        moves.append(f"  move {i}: {said}" + (f" -> {reply}" if reply else ""))
+        moves.append(f"  move {i}: {' '.join(response.split())}")
+        # Keep the reply's line structure (a board is 2-D), without blank lines.
+        moves += [f"    {line.rstrip()}" for line in turn.feedback.splitlines() if line.strip()]
     return prompts.get(RAW_TRAJECTORY_TEMPLATE).render(
         trajectory_id=traj.id, moves="\n".join(moves), outcome=" ".join(traj.outcome.split()))
