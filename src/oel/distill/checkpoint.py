@@ -6,7 +6,9 @@ A checkpoint directory `checkpoints/step-000010/` holds
   no merge step needed;
 - `trainer_state.json`: the step reached and the config it was trained under;
 - `optimizer.pt`: AdamW's state (moments and step counts; tensors only, loaded with
-  `weights_only=True`);
+  `weights_only=True`); under `parallel=fsdp` instead `optimizer_fsdp.pt`, the gathered
+  full state keyed by parameter name (torch.distributed.checkpoint's format), so a
+  sharded run can resume on any number of ranks;
 - `adapter.safetensors` (LoRA only): the unmerged adapter weights. Resuming rebuilds the
   round-start model + adapter from these, so the teacher (adapter off) is still exactly
   the round-start model.
@@ -32,6 +34,7 @@ from oel.errors import TrainingError
 CHECKPOINT_RE = re.compile(r"^step-(\d{6})$")
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+OPTIMIZER_FSDP_FILE = "optimizer_fsdp.pt"
 ADAPTER_FILE = "adapter.safetensors"
 LORA_KEY = "lora_"
 
@@ -53,7 +56,7 @@ def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
     trip would not give back the exact base weights, and the base weights are the teacher).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    state = base.state_dict()
+    state = module_tensors(base) if _is_sharded(base) else base.state_dict()
     layers = _lora_layers(model)
     if not layers:
         return dict(state)
@@ -69,6 +72,37 @@ def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
             merged = merged + layer.get_delta_weight(adapter).float()
         out[weight_key] = merged.to(out[weight_key].dtype)
     return out
+
+
+def _is_sharded(module: Any) -> bool:
+    """Does FSDP2 manage part of this module (its state_dict() would then return shards)?"""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def module_tensors(module: Any) -> dict[str, torch.Tensor]:
+    """What `state_dict()` holds, read straight off the modules, bypassing state-dict hooks.
+
+    FSDP2's hook swaps gathered weights back to shards before `state_dict()` reads them;
+    inside `full_weights()` the modules hold the gathered ones, and this reads those.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for prefix, mod in module.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, param in mod._parameters.items():
+            if param is not None:
+                out[dot + name] = param.detach()
+        for name, buf in mod._buffers.items():
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                out[dot + name] = buf
+    return out
+
+
+def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
+    return Path(root) / f"step-{step:06d}"
 
 
 def save_hf_model(model: Any, tokenizer: Any, directory: str | os.PathLike) -> Path:
@@ -91,13 +125,17 @@ def _write_hf(directory: Path, model: Any, tokenizer: Any) -> None:
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
-                    config: dict[str, Any], keep_last: int) -> Path:
-    """Write `root/step-NNNNNN` atomically, then prune to the `keep_last` newest."""
-    final = Path(root) / f"step-{step:06d}"
+                    config: dict[str, Any], keep_last: int, optimizer_state: tuple[str, dict[str, Any]] | None = None) -> Path:
+    """Write `root/step-NNNNNN` atomically, then prune to the `keep_last` newest.
+
+    `optimizer_state`: (file name, state) to write instead of `optimizer.state_dict()`
+    (FSDP passes its gathered full state)."""
+    final = checkpoint_dir(root, step)
     tmp = _tmp_dir(final)
     try:
         _write_hf(tmp, model, tokenizer)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        name, state = optimizer_state or (OPTIMIZER_FILE, optimizer.state_dict())
+        torch.save(state, tmp / name)
         adapter = _adapter_state(model)
         if adapter:
             from safetensors.torch import save_file
@@ -144,6 +182,8 @@ def read_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> int:
     """Restore the student's trainable weights and AdamW's state from `path`; returns its step."""
     state = read_state(path)
+    if not (path / OPTIMIZER_FILE).is_file():
+        raise TrainingError(f"{path}: has no {OPTIMIZER_FILE} (written by parallel=fsdp? resume it with parallel=fsdp)")
     if (path / ADAPTER_FILE).is_file():
         from safetensors.torch import load_file
 

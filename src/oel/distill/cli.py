@@ -6,6 +6,9 @@
 or put the keys in a YAML file: `oel consolidate configs/consolidate.yaml steps=20`. The
 consolidated model lands in `<output_dir>/model` (a plain Hugging Face directory). Running
 the same command again resumes from the last checkpoint (`on_existing=resume`).
+
+On several GPUs (docs/scale-out.md): `torchrun --nproc_per_node=8 -m oel.cli consolidate
+configs/gpu/consolidate-8gpu-fsdp.yaml ...`; only rank 0 draws the progress bar.
 """
 
 from __future__ import annotations
@@ -36,19 +39,26 @@ def _progress_columns() -> list[Any]:
 def run(config: ConsolidateConfig, ns: argparse.Namespace) -> int:
     from rich.progress import Progress
 
+    from oel.distill.distributed import is_main_process
     from oel.distill.trainer import Consolidator
 
     trainer = Consolidator(config)
-    trainer.prepare_output()
-    with Progress(*_progress_columns(), transient=False) as progress:
-        task = progress.add_task("consolidate", total=config.steps, completed=trainer.step,
-                                 loss="-", mass="-", tps="-")
+    try:
+        trainer.prepare_output()
+        if not is_main_process():  # other ranks of a torchrun launch: train quietly
+            trainer.run()
+            return 0
+        with Progress(*_progress_columns(), transient=False) as progress:
+            task = progress.add_task("consolidate", total=config.steps, completed=trainer.step,
+                                     loss="-", mass="-", tps="-")
 
-        def on_step(step: int, metrics: dict[str, float]) -> None:
-            progress.update(task, completed=step, loss=f"{metrics['loss']:.4f}",
-                            mass=f"{metrics['student_topk_mass']:.3f}", tps=f"{metrics['tokens_per_s']:.1f}")
+            def on_step(step: int, metrics: dict[str, float]) -> None:
+                progress.update(task, completed=step, loss=f"{metrics['loss']:.4f}",
+                                mass=f"{metrics['student_topk_mass']:.3f}", tps=f"{metrics['tokens_per_s']:.1f}")
 
-        result = trainer.run(on_step)
+            result = trainer.run(on_step)
+    finally:
+        trainer.close()
     print(f"consolidated model: {result.model_dir}")
     return 0
 

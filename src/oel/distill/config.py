@@ -69,6 +69,7 @@ class ConsolidateConfig:
     keep_last: int = cfg(2, "keep this many most recent checkpoints")
     on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: resume from its last checkpoint, delete it, or stop")
     num_threads: int = cfg(0, "torch CPU threads; 0 = torch's default")
+    parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) or fsdp (FSDP2 shards); batch_size must divide by the number of processes; ignored without a launcher")
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "micro_batch_size", "top_k", "max_new_tokens", "lora_r", "lora_alpha")

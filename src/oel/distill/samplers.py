@@ -37,6 +37,8 @@ class GenerationSettings:
     max_new_tokens: int
     chunk_size: int
     """Rows per `generate` call (the micro-batch size: bounds the KV cache)."""
+    synced: bool = False
+    """Keep stepping until every rank has finished (FSDP: each forward is a collective)."""
 
 
 class ResponseSampler(Protocol):
@@ -55,7 +57,8 @@ def _chunked_generate(model: Any, prompts: Sequence[list[int]], rows: Sequence[A
     for start in range(0, len(prompts), settings.chunk_size):
         end = start + settings.chunk_size
         out.extend(generate_ids(model, prompts[start:end], rows[start:end], pad_id=settings.pad_id,
-                                stop_ids=settings.stop_ids, max_new_tokens=settings.max_new_tokens))
+                                stop_ids=settings.stop_ids, max_new_tokens=settings.max_new_tokens,
+                                synced=settings.synced))
     return out
 
 

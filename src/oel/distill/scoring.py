@@ -83,8 +83,12 @@ def response_logits(model: Any, batch: PackedBatch) -> Tensor:
     """Logits predicting each response token, packed `[N, V]` (N = response tokens in batch).
 
     Never materialises logits at prompt positions. Row n is the distribution over the
-    n-th response token given everything before it.
+    n-th response token given everything before it. `model` is a causal LM (or peft
+    wrapper), or a `ResponseScorer` around one (then its own forward runs, so that the
+    hooks of DDP/FSDP wrappers fire).
     """
+    if isinstance(model, ResponseScorer):
+        return model(batch.input_ids_BT, batch.attention_mask_BT, batch.response_mask_BT)
     backbone, head = causal_lm_parts(model)
     device = head.weight.device
     attn = batch.attention_mask_BT.to(device)
@@ -98,6 +102,36 @@ def response_logits(model: Any, batch: PackedBatch) -> Tensor:
     return head(hidden_NH)
 
 
+class ResponseScorer(torch.nn.Module):
+    """A module whose forward IS `response_logits` of the causal LM it holds.
+
+    `response_logits` calls the backbone and the output head separately, bypassing the
+    model's own forward; DDP and FSDP only see what passes through a module's forward
+    (DDP prepares its gradient reduction there, FSDP gathers the root's parameters there).
+    Wrapping this module instead of the LM makes the scoring pass such a forward. It also
+    exposes `generate` and `disable_adapter`, so samplers and the teacher can use it
+    wherever they would use the LM.
+    """
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids_BT: Tensor, attention_mask_BT: Tensor, response_mask_BT: Tensor) -> Tensor:
+        return response_logits(self.lm, PackedBatch(input_ids_BT, attention_mask_BT, response_mask_BT))
+
+    def generate(self, **kwargs: Any) -> Any:
+        return self.lm.generate(**kwargs)
+
+    def disable_adapter(self) -> Any:
+        return self.lm.disable_adapter()
+
+
+def model_device(model: Any) -> torch.device:
+    """Where the model's (local shard of its) weights live: inputs go there."""
+    return next(model.parameters()).device
+
+
 def full_logits_reference(model: Any, batch: PackedBatch) -> Tensor:
     """The naive way (whole-sequence logits, then select): for tests only."""
     attn = batch.attention_mask_BT
@@ -107,12 +141,13 @@ def full_logits_reference(model: Any, batch: PackedBatch) -> Tensor:
 
 
 def generate_ids(model: Any, prompts: Sequence[Sequence[int]], samplers: Sequence[Any], *, pad_id: int,
-                 stop_ids: frozenset[int], max_new_tokens: int) -> list[list[int]]:
+                 stop_ids: frozenset[int], max_new_tokens: int, synced: bool = False) -> list[list[int]]:
     """Sample one continuation per prompt (left-padded batch); each cut after its first stop token.
 
     `samplers` are `oel.rollout.sampling.RowSampling`s, one per row: each row draws from its
     own seeded stream, so a response depends on its seed only, not on its batch-mates (this
-    is what makes a resumed run sample exactly what the uninterrupted one did).
+    is what makes a resumed run, or a run split over ranks, sample exactly what the
+    uninterrupted single-process one did).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -128,10 +163,13 @@ def generate_ids(model: Any, prompts: Sequence[Sequence[int]], samplers: Sequenc
     # cannot change the distribution we train on.
     gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                                eos_token_id=sorted(stop_ids))
-    device = causal_lm_parts(model)[1].weight.device
-    with torch.inference_mode():
+    device = model_device(model)
+    # no_grad, not inference_mode: FSDP's gathered weights must stay usable by autograd later.
+    # `synced`: every rank keeps stepping until all ranks are done (FSDP gathers weights in
+    # every forward, so all ranks must run the same number of them).
+    with torch.no_grad():
         out_BT = model.generate(input_ids=ids_BT.to(device), attention_mask=attn_BT.to(device),
-                                generation_config=gen_cfg,
+                                generation_config=gen_cfg, synced_gpus=synced,
                                 logits_processor=LogitsProcessorList([PerRowSampler(list(samplers))]))
     return [_cut_at_stop(row, stop_ids) for row in out_BT[:, width:].cpu().tolist()]
 

@@ -83,6 +83,11 @@ class Teacher:
             self._frozen.eval()
             self._frozen.requires_grad_(False)
 
+    @property
+    def frozen_model(self) -> Any:
+        """The frozen copy (full fine-tuning), None with LoRA: what a sharding wrapper must also shard."""
+        return self._frozen
+
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
         if self.lora:

@@ -15,10 +15,15 @@ its share of the batch's response tokens).
 Run directory: `config.yaml` (resolved config + prompt records), `metrics.jsonl` (one line
 per step, keys prefixed `consolidate/`), `checkpoints/step-NNNNNN/`, and `model/`: the final
 consolidated model, LoRA merged.
+
+Under `torchrun` / `accelerate launch` with `parallel=ddp|fsdp` the same loop runs on every
+rank over its block of each step's batch; `oel.distill.distributed` holds everything that
+differs (process group, wrappers, reductions) and explains why the result equals one process's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import resource
@@ -32,10 +37,10 @@ from typing import Any
 import torch
 
 from oel.config import save_config, to_dict
-from oel.distill import checkpoint, losses
+from oel.distill import checkpoint, distributed, losses
 from oel.distill.config import ConsolidateConfig
 from oel.distill.samplers import SAMPLERS, GenerationSettings, Sample
-from oel.distill.scoring import PackedBatch, pack, response_logits
+from oel.distill.scoring import PackedBatch, ResponseScorer, pack, response_logits
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
 from oel.errors import DataError, TrainingError
 from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
@@ -54,7 +59,8 @@ STREAM_SAMPLING = 2
 STREAM_INIT = 3
 KIB = 1024
 # Config keys that may differ between a run and its resumption (they do not change what is learned).
-RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir"})
+RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir",
+                               "parallel"})
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
                   tuple[torch.Tensor, dict[str, float]]]
@@ -119,14 +125,21 @@ class Consolidator:
             raise DataError("knowledge: every knowledge text must be non-empty, and at least one is needed")
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        self.topology = distributed.setup(config.parallel)
         if loaded is None:
             from oel.models import load_model
 
-            loaded = load_model(config.model)
+            model_config = config.model
+            if self.topology.device is not None:  # one device per rank: cuda:LOCAL_RANK (or cpu)
+                model_config = dataclasses.replace(model_config, device=self.topology.device)
+            loaded = load_model(model_config)
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
         self.student = self._prepare_student(loaded.model)
-        self.teacher = Teacher(self.student, lora=config.finetune == "lora")
+        self.scorer = ResponseScorer(self.student)
+        self.teacher = Teacher(self.scorer, lora=config.finetune == "lora")
+        self.parallel = distributed.make_strategy(config.parallel, self.topology, self.scorer,
+                                                  self.teacher.frozen_model)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=(config.adam_beta1, config.adam_beta2))
@@ -153,7 +166,7 @@ class Consolidator:
                             "(~0.4%% of a weight in bf16) are lost; set model.dtype=float32 for small learning rates",
                             next(model.parameters()).dtype)
         if c.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable()  # non-reentrant by default in transformers 5 (DDP-safe)
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
         model.eval()  # generation and teacher passes; the student pass switches to train()
@@ -166,7 +179,8 @@ class Consolidator:
         backend = HFBackend(self.student, self.tokenizer, model_id=self.model_id)
         self.generation = GenerationSettings(pad_id=backend.pad_id, stop_ids=backend.stop_ids,
                                              max_new_tokens=self.config.max_new_tokens,
-                                             chunk_size=self.config.micro_batch_size)
+                                             chunk_size=self.config.micro_batch_size,
+                                             synced=self.parallel.synced_generation)
         return backend
 
     def _encode(self, prefix_index: int, knowledge_index: int) -> list[int]:
@@ -179,21 +193,32 @@ class Consolidator:
         return self._prompt_cache[key]
 
     def prepare_output(self) -> None:
-        """Handle an existing run dir per `on_existing`, resume if asked, write config.yaml."""
+        """Handle an existing run dir per `on_existing`, resume if asked, write config.yaml.
+
+        Every rank looks at the directory before rank 0 may delete it (so all ranks agree on
+        `on_existing=error`), and every rank loads the same checkpoint.
+        """
         c = self.config
         existing = checkpoint.list_checkpoints(self.out / CHECKPOINT_DIR)
-        if (self.out / METRICS_FILE).exists() or existing:
+        held = (self.out / METRICS_FILE).exists() or bool(existing)
+        self.parallel.barrier()
+        if held:
             if c.on_existing == "error":
                 raise TrainingError(f"{self.out}: already holds a run (set on_existing=resume or overwrite)")
             if c.on_existing == "overwrite":
-                shutil.rmtree(self.out)
+                if self.topology.is_main:
+                    shutil.rmtree(self.out)
                 existing = []
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.topology.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.parallel.barrier()
         if existing:
             step, path = existing[-1]
             self._check_same_run(path)
-            self.step = checkpoint.load_checkpoint(path, model=self.student, optimizer=self.optimizer)
+            self.step = self.parallel.load_checkpoint(path, self.student, self.optimizer)
             log.info("resumed from %s (step %d)", path, self.step)
+        if not self.topology.is_main:
+            return
         self._truncate_metrics(self.step)
         log.info("%d prefixes, %d knowledge texts, starting at step %d; peak RSS after setup %.0f MiB",
                  len(self.prefixes), len(self.knowledge), self.step, peak_rss_mib())
@@ -228,13 +253,20 @@ class Consolidator:
         return list(zip(rows.tolist(), ks.tolist()))
 
     def sample(self, step: int) -> list[Sample]:
+        """This rank's rows of step `step` (all of them in a single process), with responses.
+
+        A row's sampling seed comes from its index in the GLOBAL batch, so the ranks' blocks
+        together sample exactly what one process would.
+        """
         c = self.config
-        picks = self.draw(step)
+        everyone = self.draw(step)
+        mine = distributed.my_rows(len(everyone), self.topology)
+        picks = [everyone[i] for i in mine]
         student_prompts = [self._encode(p, -1) for p, _ in picks]
         teacher_prompts = [self._encode(p, k) for p, k in picks]
         rows = [RowSampling(c.temperature, c.top_p, c.sample_top_k, derive_seed(c.seed, STREAM_SAMPLING, step, i))
-                for i in range(len(picks))]
-        responses = self.sampler.responses(self.student, self.teacher, student_prompts, teacher_prompts,
+                for i in mine]
+        responses = self.sampler.responses(self.scorer, self.teacher, student_prompts, teacher_prompts,
                                            rows, self.generation)
         return [Sample(p, k, sp, tp, r)
                 for (p, k), sp, tp, r in zip(picks, student_prompts, teacher_prompts, responses)]
@@ -252,7 +284,8 @@ class Consolidator:
         batch: PackedBatch = pack([s.student_prompt for s in samples], responses, pad_id=pad)
         self.student.train()
         try:
-            student_NV = response_logits(self.student, batch)
+            student_NV = self.parallel.train_module(batch.input_ids_BT, batch.attention_mask_BT,
+                                                    batch.response_mask_BT)
         finally:
             self.student.eval()
         tokens_N = batch.response_tokens_N.to(student_NV.device)
@@ -268,31 +301,41 @@ class Consolidator:
         return loss, metrics, teacher_s
 
     def train_step(self, step: int) -> dict[str, float]:
-        """Sample, score, update. A non-finite loss or gradient raises before anything changes."""
+        """Sample, score, update. A non-finite loss or gradient raises before anything changes.
+
+        Each micro-batch's token-mean loss is weighted by its share of the GLOBAL batch's
+        response tokens (summed over ranks), so the gradient is that of the whole batch's
+        token mean however the rows are split into micro-batches and ranks.
+        """
         t_start = time.perf_counter()
         samples = self.sample(step)
         generate_s = time.perf_counter() - t_start
-        total = sum(len(s.response) for s in samples)
+        local_total = sum(len(s.response) for s in samples)
+        total = self.parallel.all_sum([float(local_total)])[0]
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         teacher_s = 0.0
         mb = self.config.micro_batch_size
-        for j in range(0, len(samples), mb):
+        starts = range(0, len(samples), mb)
+        for j in starts:
             chunk = samples[j:j + mb]
-            loss, metrics, t_s = self._micro_loss(chunk)
-            teacher_s += t_s
-            if not torch.isfinite(loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise TrainingError(f"consolidate step {step}: non-finite loss {float(loss)} in micro-batch {j // mb}; nothing was written")
-            share = sum(len(s.response) for s in chunk) / total
-            (loss * share).backward()
+            with self.parallel.accumulate(sync=j == starts[-1]):
+                loss, metrics, t_s = self._micro_loss(chunk)
+                teacher_s += t_s
+                if not self.parallel.all_true(bool(torch.isfinite(loss))):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise TrainingError(f"consolidate step {step}: non-finite loss {float(loss)} in micro-batch {j // mb} "
+                                        "(on this rank or another); nothing was written")
+                share = sum(len(s.response) for s in chunk) / total
+                (loss * (share * self.parallel.grad_scale)).backward()
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * share
+        sums = dict(zip(sums, self.parallel.all_sum(list(sums.values()))))
         grad_norm = self._clip_and_check(step)
         self.optimizer.step()
         step_s = time.perf_counter() - t_start
         return {
-            **sums, "grad_norm": grad_norm, "lr": self.config.lr, "response_len_mean": total / len(samples),
+            **sums, "grad_norm": grad_norm, "lr": self.config.lr, "response_len_mean": total / self.config.batch_size,
             "response_tokens": float(total), "tokens_per_s": total / step_s, "step_s": step_s,
             "generate_s": generate_s, "teacher_s": teacher_s, "student_s": step_s - generate_s - teacher_s,
             "peak_rss_mib": peak_rss_mib(),
@@ -300,7 +343,7 @@ class Consolidator:
 
     def _clip_and_check(self, step: int) -> float:
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        norm = self.parallel.grad_norm(self.params, clip)
         if not math.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(f"consolidate step {step}: non-finite gradient norm {norm}; nothing was written")
@@ -316,28 +359,48 @@ class Consolidator:
             metrics = self.train_step(step)
             self.step = step
             last = {f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}
-            append_jsonl(self.out / METRICS_FILE, {"step": step, **last})
-            log.info("step %d/%d loss %.4f mass %.3f %.1fs", step, c.steps, metrics["loss"],
-                     metrics["student_topk_mass"], metrics["step_s"])
+            if self.topology.is_main:
+                append_jsonl(self.out / METRICS_FILE, {"step": step, **last})
+                log.info("step %d/%d loss %.4f mass %.3f %.1fs", step, c.steps, metrics["loss"],
+                         metrics["student_topk_mass"], metrics["step_s"])
             if on_step is not None:
                 on_step(step, metrics)
             if c.save_every and step % c.save_every == 0 and step < c.steps:
                 self.save_checkpoint()
-        model_dir = checkpoint.save_hf_model(self.student, self.tokenizer, self.out / MODEL_DIR)
+        model_dir = self.out / MODEL_DIR
+        with self.parallel.full_weights():
+            if self.topology.is_main:
+                checkpoint.save_hf_model(self.student, self.tokenizer, model_dir)
+        self.parallel.barrier()  # no rank returns before the model is on disk
         return ConsolidateResult(model_dir, self.step, last)
 
     def save_checkpoint(self) -> Path:
-        return checkpoint.save_checkpoint(self.out / CHECKPOINT_DIR, self.step, model=self.student,
-                                          tokenizer=self.tokenizer, optimizer=self.optimizer,
-                                          config=to_dict(self.config), keep_last=self.config.keep_last)
+        """Rank 0 writes the checkpoint (weights gathered first under FSDP); all ranks wait for it."""
+        optimizer_state = self.parallel.optimizer_state(self.optimizer)
+        final = checkpoint.checkpoint_dir(self.out / CHECKPOINT_DIR, self.step)
+        with self.parallel.full_weights():
+            if self.topology.is_main:
+                final = checkpoint.save_checkpoint(self.out / CHECKPOINT_DIR, self.step, model=self.student,
+                                                   tokenizer=self.tokenizer, optimizer=self.optimizer,
+                                                   config=to_dict(self.config), keep_last=self.config.keep_last,
+                                                   optimizer_state=optimizer_state)
+        self.parallel.barrier()
+        return final
+
+    def close(self) -> None:
+        """Leave the process group if this trainer created it (a no-op in a single process)."""
+        self.parallel.close()
 
 
 def consolidate(config: ConsolidateConfig, *, loaded: Any = None, knowledge_texts: Sequence[str] | None = None,
                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:
     """Run (or resume) one round's consolidation; returns where the consolidated model is."""
     trainer = Consolidator(config, loaded=loaded, knowledge_texts=knowledge_texts)
-    trainer.prepare_output()
-    return trainer.run(on_step)
+    try:
+        trainer.prepare_output()
+        return trainer.run(on_step)
+    finally:
+        trainer.close()
 
 
 def _json(obj: Any, indent: int | None = 2) -> str:
