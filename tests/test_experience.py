@@ -343,3 +343,14 @@ def test_an_item_longer_than_the_budget_does_not_empty_the_knowledge(tmp_path):
     final = read_experience(step_path(cfg.out_dir, 0, 0, 3))
     assert [it.source_trajectory_id for it in final.items] == ["t2"]  # t3 too long alone; t1 + t2 too long together
     assert final.record.budget_dropped == 1  # t3 (t1 went at step 2)
+
+
+def test_new_item_cap_counts_only_items_that_are_not_repeats(tmp_path):
+    answers = iter(["- EXPERIENCE ITEM: a\n- EXPERIENCE ITEM: b",
+                    "- EXPERIENCE ITEM: a\n- EXPERIENCE ITEM: b\n- EXPERIENCE ITEM: c\n- EXPERIENCE ITEM: d\n"
+                    "- EXPERIENCE ITEM: e"])
+    extract_round(config(tmp_path, num_trajectories=2), [make_traj(1), make_traj(2)],
+                  ScriptedExtractor(lambda t, p: next(answers)))
+    f = read_experience(step_path(tmp_path / "store", 0, 0, 2))
+    assert [t[-1] for t in f.texts] == ["a", "b", "c", "d"]  # copies of a, b do not use up the cap of 2
+    assert f.record.over_cap_dropped == ["- EXPERIENCE ITEM: e"] and len(f.record.duplicates_dropped) == 2

@@ -67,7 +67,7 @@ class ExtractConfig:
     budget_tokens: int = cfg(1024, "L: most tokens of accumulated knowledge; over it, the newest whole items that fit are kept")
     max_input_tokens: int = cfg(4096, "most tokens of the extractor prompt (chat-template wrapper excluded); over it, the trajectory is cut from the left")
     format: Format = cfg("structured", "structured: keep only '- EXPERIENCE ITEM:' lines; unstructured: keep every line")
-    max_new_items: int = cfg(2, "structured: keep at most this many new items per step (the prompt asks for 1-2); 0 = no cap")
+    max_new_items: int = cfg(2, "structured: keep at most this many NEW (non-repeated) items per step (the prompt asks for 1-2); 0 = no cap")
     prompt: str = cfg("", "extractor prompt template name; '' = extract_<format>_v1")
     kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the budget with the newest raw games")
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")

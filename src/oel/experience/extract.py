@@ -88,9 +88,11 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
         candidates = [extraction.text]
     else:
         answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
-        candidates = parse_items(answer, config.format,
-                                 max_items=config.max_new_items if config.format == "structured" else 0)
+        candidates = parse_items(answer, config.format)
     kept, duplicates = dedup_new(prev.texts, candidates)
+    # The cap counts NEW items only: small models often copy the list back before adding one.
+    cap = config.max_new_items if (config.kind == "extracted" and config.format == "structured") else 0
+    kept, over_cap = (kept[:cap], kept[cap:]) if cap else (kept, [])
     new_items = [
         ExperienceItem(id=f"r{prev.round}-k{prev.seed}-s{step}-{j}", text=t, step_added=step,
                        source_trajectory_id=traj.id, seed=prev.seed, round=prev.round,
@@ -105,7 +107,7 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     record = StepRecord(
         trajectory_id=traj.id,
         raw_output=extraction.text if config.kind == "extracted" else "",
-        new_items=kept, duplicates_dropped=duplicates, unfinished_dropped=unfinished, budget_dropped=budget_dropped,
+        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished, budget_dropped=budget_dropped,
         input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
         input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
         cut_chars=p.cut_chars if p else 0, sampling_seed=extraction.sampling_seed, seconds=round(seconds, 3),

@@ -64,6 +64,7 @@ class StepRecord(BaseModel):
     raw_output: str = Field(description="the extractor's full answer, thinking included ('' for raw)")
     new_items: list[str] = Field(default_factory=list)
     duplicates_dropped: list[str] = Field(default_factory=list)
+    over_cap_dropped: list[str] = Field(default_factory=list, description="new items beyond max_new_items")
     unfinished_dropped: str = Field(default="", description="last line of an answer cut by the token limit, dropped")
     budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one longer than the whole budget")
     input_tokens: int = Field(default=0, ge=0)
