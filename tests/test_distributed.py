@@ -37,6 +37,10 @@ JOBS: dict[str, dict[str, Any]] = {
     "fsdp-lora": dict(parallel="fsdp", finetune="lora"),
     "fsdp-full": dict(parallel="fsdp", finetune="full", loss="reverse_kl"),
 }
+# Half of the byte tokens made stop tokens: responses end after different numbers of steps on
+# the two ranks, so FSDP's generation must keep the ranks stepping together (synced_gpus).
+RAGGED = "fsdp-lora-ragged"
+RAGGED_STOP_IDS = frozenset(range(0, 256, 2))
 # interrupted after step 2 (checkpoint at step 1), then resumed: {run name: job it must equal}
 RESUMED = {"ddp-lora-resumed": "ddp-lora", "fsdp-full-resumed": "fsdp-full"}
 
@@ -76,6 +80,20 @@ def _crash_at(step: int):
     return on_step
 
 
+def ragged_run(cfg: ConsolidateConfig) -> Path:
+    """Consolidate with many stop tokens, so response lengths differ from row to row."""
+    import dataclasses
+
+    t = Consolidator(cfg)
+    t.generation = dataclasses.replace(t.generation, stop_ids=t.generation.stop_ids | RAGGED_STOP_IDS)
+    try:
+        t.prepare_output()
+        t.run()
+    finally:
+        t.close()
+    return Path(cfg.output_dir)
+
+
 def _worker(rank: int, port: int, root: str, inputs: dict[str, Any]) -> None:
     """One rank: every job of JOBS, then the interrupted + resumed runs. Errors go to a file."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -88,6 +106,7 @@ def _worker(rank: int, port: int, root: str, inputs: dict[str, Any]) -> None:
     try:
         for name, kw in JOBS.items():
             consolidate(config(inputs, out / name, **kw))
+        ragged_run(config(inputs, out / RAGGED, **JOBS["fsdp-lora"]))
         for name, job in RESUMED.items():
             kw = JOBS[job]
             first = Consolidator(config(inputs, out / name, **{**kw, "save_every": 1}))
@@ -172,6 +191,13 @@ def test_two_ranks_equal_one_process(runs, tmp_path, name):
     single = consolidate(config(runs["inputs"], tmp_path / name, **{**JOBS[name], "parallel": "none"}))
     assert single.steps == STEPS
     _assert_same_run(tmp_path / name, runs["root"] / "dist" / name, runs["inputs"]["model"])
+
+
+def test_fsdp_generation_with_ragged_lengths_keeps_the_ranks_in_step(runs, tmp_path):
+    single = ragged_run(config(runs["inputs"], tmp_path / RAGGED, **{**JOBS["fsdp-lora"], "parallel": "none"}))
+    lengths = [m["consolidate/response_len_mean"] for m in _metrics(single)]
+    assert any(x < 4 for x in lengths)  # some responses stopped early: the ranks' lengths differed
+    _assert_same_run(single, runs["root"] / "dist" / RAGGED, runs["inputs"]["model"])
 
 
 @pytest.mark.parametrize("name", list(RESUMED))
