@@ -93,6 +93,8 @@ def test_curve_writes_table_and_plot_and_resumes(store, tmp_path):
     points = evaluate_curve(cfg, policy)
     assert [p.step for p in points] == [0, 2] and all(p.episodes == 4 for p in points)
     assert points[0].passed == 0  # [up] at the top edge twice: two invalid moves end the game
+    assert points[0].scored_moves == 8 and points[0].optimal_moves == 0 and points[0].move_quality == 0.0
+    assert points[1].scored_moves > 0  # scored from the replayed solver positions
     for name in ("curve.csv", "curve.md", "curve.png", "curve.json", "step_000.jsonl", "step_002.jsonl"):
         assert (tmp_path / "curve" / name).exists()
     assert "| step i | pass rate |" in (tmp_path / "curve" / "curve.md").read_text()

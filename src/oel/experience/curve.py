@@ -4,7 +4,9 @@ For each chosen step i the policy plays the same held-out maps with the same sam
 seeds (so the points differ only by the knowledge in the prompt): step 0 uses the plain
 policy prompt (`policy_grid_v1`), step i > 0 the teacher prompt (`teacher_grid_v1`) with
 e_i. With K accumulation runs, held-out map j is played with run (j mod K)'s knowledge,
-so every point averages over the K runs. Each point gets a 95% Wilson interval.
+so every point averages over the K runs. Each point gets a 95% Wilson interval and the
+move quality (share of moves on a shortest path, `oel.evaluation.metrics`), which moves
+long before the pass rate does for small models.
 
 Outputs in `out_dir`: `step_III.jsonl` (every episode played, for inspection; reused
 when complete, so an interrupted curve resumes per point), `curve.json`, `curve.csv`,
@@ -95,10 +97,18 @@ class CurvePoint:
     knowledge_tokens_mean: float
     response_tokens_per_turn: float
     end_reasons: dict[str, int]
+    optimal_moves: int = 0
+    """Model turns whose move lay on a shortest path to success (SPEC §3's move quality)."""
+    scored_moves: int = 0
+    """Turns scored for move quality (0 when the environment has no solver)."""
 
     @property
     def pass_rate(self) -> float:
         return self.passed / self.episodes if self.episodes else 0.0
+
+    @property
+    def move_quality(self) -> float | None:
+        return self.optimal_moves / self.scored_moves if self.scored_moves else None
 
 
 def default_steps(num_trajectories: int, stride: int) -> list[int]:
@@ -106,13 +116,18 @@ def default_steps(num_trajectories: int, stride: int) -> list[int]:
     return steps if steps[-1] == num_trajectories else steps + [num_trajectories]
 
 
-def _point(step: int, trajs: list[Trajectory], knowledge_tokens: float) -> CurvePoint:
+def _point(step: int, trajs: list[Trajectory], knowledge_tokens: float, starts: dict) -> CurvePoint:
+    """Pass rate with its interval, and move quality -- far more sensitive at low pass rates."""
+    from oel.evaluation.metrics import episode_move_marks, move_quality
+
     passed = sum(t.passed for t in trajs)
     turns = sum(len(t.turns) for t in trajs)
     lo, hi = wilson_interval(passed, len(trajs))
     reasons = Counter(str(t.meta.get("end_reason")) for t in trajs)
+    quality = move_quality([episode_move_marks(starts[t.seed], t) for t in trajs if t.seed in starts])
     return CurvePoint(step, len(trajs), passed, lo, hi, knowledge_tokens,
-                      sum(t.num_response_tokens for t in trajs) / turns if turns else 0.0, dict(sorted(reasons.items())))
+                      sum(t.num_response_tokens for t in trajs) / turns if turns else 0.0, dict(sorted(reasons.items())),
+                      quality.optimal, quality.moves)
 
 
 def play_step(config: CurveConfig, backend: ChatBackend, step: int, texts: list[str]) -> list[Trajectory]:
@@ -164,6 +179,9 @@ def evaluate_curve(config: CurveConfig, backend: ChatBackend, *, count_tokens: C
         raise ConfigError(f"steps: {steps[-1]} is past the store's last step {manifest.num_trajectories}")
     out = config.resolved_out_dir()
     expected = config.num_maps * config.samples_per_map
+    from oel.evaluation.games import start_states
+
+    starts = start_states(config.env, heldout_seeds(config.num_maps))
     points: list[CurvePoint] = []
     for step in steps:
         texts = load_experience_set(config.store, config.round, step).texts
@@ -175,7 +193,7 @@ def evaluate_curve(config: CurveConfig, backend: ChatBackend, *, count_tokens: C
         write_trajectories(path, trajs)
         atomic_write_json(path.with_suffix(".key.json"), key)
         tokens = [count_tokens(t) for t in texts] if count_tokens else [0]
-        points.append(_point(step, trajs, sum(tokens) / len(tokens)))
+        points.append(_point(step, trajs, sum(tokens) / len(tokens), starts))
         log.info("curve step %d: %d/%d passed", step, points[-1].passed, points[-1].episodes)
         if on_point:
             on_point(points[-1])
@@ -185,26 +203,28 @@ def evaluate_curve(config: CurveConfig, backend: ChatBackend, *, count_tokens: C
 
 def curve_table(points: list[CurvePoint]) -> str:
     """The markdown table of the curve."""
-    lines = ["| step i | pass rate | 95% CI (Wilson) | passed/episodes | knowledge tokens | tokens/turn | how episodes ended |",
-             "|---:|---:|---|---:|---:|---:|---|"]
+    lines = ["| step i | pass rate | 95% CI (Wilson) | passed/episodes | move quality | knowledge tokens | tokens/turn "
+             "| how episodes ended |", "|---:|---:|---|---:|---:|---:|---:|---|"]
     for p in points:
         ends = ", ".join(f"{k} {v}" for k, v in p.end_reasons.items())
+        quality = f"{p.move_quality:.0%} ({p.optimal_moves}/{p.scored_moves})" if p.move_quality is not None else "-"
         lines.append(f"| {p.step} | {p.pass_rate:.1%} | {p.ci_low:.1%} - {p.ci_high:.1%} | {p.passed}/{p.episodes} "
-                     f"| {p.knowledge_tokens_mean:.0f} | {p.response_tokens_per_turn:.1f} | {ends} |")
+                     f"| {quality} | {p.knowledge_tokens_mean:.0f} | {p.response_tokens_per_turn:.1f} | {ends} |")
     return "\n".join(lines)
 
 
 def write_curve(out: Path, points: list[CurvePoint], config: CurveConfig) -> None:
     """curve.json (points + config), curve.csv, curve.md, curve.png."""
-    rows = [{**asdict(p), "pass_rate": p.pass_rate} for p in points]
+    rows = [{**asdict(p), "pass_rate": p.pass_rate, "move_quality": p.move_quality} for p in points]
     atomic_write_json(out / "curve.json", {"points": rows, "config": to_dict(config)})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["step", "episodes", "passed", "pass_rate", "ci_low", "ci_high", "knowledge_tokens_mean",
-                     "response_tokens_per_turn", "end_reasons"])
+    writer.writerow(["step", "episodes", "passed", "pass_rate", "ci_low", "ci_high", "optimal_moves", "scored_moves",
+                     "knowledge_tokens_mean", "response_tokens_per_turn", "end_reasons"])
     for p in points:
         writer.writerow([p.step, p.episodes, p.passed, f"{p.pass_rate:.4f}", f"{p.ci_low:.4f}", f"{p.ci_high:.4f}",
-                         f"{p.knowledge_tokens_mean:.1f}", f"{p.response_tokens_per_turn:.2f}", json.dumps(p.end_reasons)])
+                         p.optimal_moves, p.scored_moves, f"{p.knowledge_tokens_mean:.1f}",
+                         f"{p.response_tokens_per_turn:.2f}", json.dumps(p.end_reasons)])
     atomic_write_text(out / "curve.csv", buf.getvalue())
     maps = f"held-out maps 0..{config.num_maps - 1} x {config.samples_per_map} sample(s)"
     atomic_write_text(out / "curve.md", f"In-context curve, round {config.round}, {config.env.game}, {maps}\n\n"
