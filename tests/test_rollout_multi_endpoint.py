@@ -123,3 +123,19 @@ def test_a_server_that_is_down_or_serves_another_model_is_named(servers):
         OpenAIBackend(EndpointConfig(base_url=servers[0].url, base_urls=[servers[1].url], model="other", timeout_s=5))
     with pytest.raises(ValueError, match="base_urls"):
         EndpointConfig(base_url=servers[0].url, base_urls=[servers[0].url])
+
+
+def test_evaluation_through_two_servers_equals_in_process_evaluation(servers, hf, tmp_path: Path):
+    from oel.evaluation.config import EvaluateConfig, GamesConfig, IFEvalConfig
+    from oel.evaluation.evaluate import evaluate
+
+    def cfg(name: str) -> EvaluateConfig:
+        games = GamesConfig(num_maps=2, sampling_seeds=[0], batch_size=2, sampling=SamplingParams(max_new_tokens=MAX_NEW))
+        return EvaluateConfig(games=games, ifeval=IFEvalConfig(enabled=False), out_dir=str(tmp_path / name))
+
+    over_http = evaluate(cluster(servers), cfg("http"), knowledge="Avoid H.")
+    local = evaluate(hf, cfg("local"), knowledge="Avoid H.")
+    assert over_http.games is not None and local.games is not None
+    assert over_http.games.metrics.episodes == local.games.metrics.episodes == 2
+    assert over_http.to_dict()["games"]["metrics"] == local.to_dict()["games"]["metrics"]
+    assert over_http.to_dict()["games_knowledge"]["metrics"] == local.to_dict()["games_knowledge"]["metrics"]
