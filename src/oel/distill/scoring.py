@@ -180,3 +180,72 @@ def _cut_at_stop(ids: list[int], stop_ids: frozenset[int]) -> list[int]:
         if tok in stop_ids:
             return ids[: j + 1]
     return ids
+
+
+# -- shared-prefix scoring (teacher only) ---------------------------------------------------
+# The teacher's prompts of one step share a long head: the chat template's opening, the
+# instruction line and the whole knowledge block, identical for every row that drew the same
+# knowledge text. Scoring them one padded row each recomputes that head B times. Below, the
+# head's keys/values are computed ONCE (batch 1), repeated over the rows, and only each row's
+# own tail (rest of the prompt + response) runs through the model. The result equals
+# `response_logits` up to floating-point reassociation (attention over a cached prefix adds
+# the same terms in a different order). No gradient flows through it: a teacher-only tool.
+
+MIN_SHARED_PREFIX_TOKENS = 1
+"""Below this many shared tokens the cached path cannot save anything; plain scoring runs instead."""
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix common to every prompt, leaving each row >= 1 own token.
+
+    The last prompt token must stay in the per-row tail: its hidden state predicts the first
+    response token.
+    """
+    if not prompts:
+        return 0
+    cap = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < cap and all(p[n] == first[n] for p in prompts[1:]):
+        n += 1
+    return max(n, 0)
+
+
+def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[int]],
+                                       responses: Sequence[Sequence[int]], *, pad_id: int,
+                                       min_shared: int = MIN_SHARED_PREFIX_TOKENS) -> Tensor:
+    """`response_logits(model, pack(prompts, responses))`, with the rows' common prefix run once.
+
+    Rows: prompts[b] + responses[b]. The longest common prefix P of the prompts is encoded
+    once into a KV cache, repeated over the B rows, and the tails (prompt[P:] + response,
+    right-padded) are run against it. Returns packed `[N, V]` logits in the same row order
+    as `response_logits`. Call under `torch.no_grad()` (the cache is built for inference).
+    Falls back to plain scoring when fewer than `min_shared` tokens are shared.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if any(len(r) == 0 for r in responses):
+        raise ValueError("every response needs at least one token to score")
+    shared = shared_prefix_length(prompts)
+    if shared < max(min_shared, 1):
+        return response_logits(model, pack(prompts, responses, pad_id=pad_id))
+    from transformers import DynamicCache
+
+    lm = model.lm if isinstance(model, ResponseScorer) else model
+    backbone, head = causal_lm_parts(lm)
+    device = head.weight.device
+    head_ids_1P = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+    cache = DynamicCache(config=getattr(lm, "config", None))
+    backbone(input_ids=head_ids_1P, attention_mask=torch.ones_like(head_ids_1P),
+             past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(len(prompts))
+    tails = pack([list(p[shared:]) for p in prompts], responses, pad_id=pad_id, side="right")
+    tail_attn_BS = tails.attention_mask_BT.to(device)
+    attn_BT = torch.cat([torch.ones((len(prompts), shared), dtype=tail_attn_BS.dtype, device=device),
+                         tail_attn_BS], dim=1)
+    positions_BS = shared + torch.arange(tail_attn_BS.shape[1], device=device).expand_as(tail_attn_BS)
+    out = backbone(input_ids=tails.input_ids_BT.to(device), attention_mask=attn_BT, position_ids=positions_BS,
+                   past_key_values=cache, use_cache=True)
+    hidden_BSH = out.last_hidden_state
+    predicts_response_BS = tails.response_mask_BT[:, 1:].to(device)
+    return head(hidden_BSH[:, :-1][predicts_response_BS])

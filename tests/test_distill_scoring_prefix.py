@@ -1,0 +1,92 @@
+"""Teacher scoring with the shared prompt head's KV cache computed once equals plain scoring."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from oel.distill.scoring import (ResponseScorer, pack, response_logits, response_logits_with_shared_prefix,
+                                 shared_prefix_length)
+from oel.rollout.tiny import tiny_chat_model
+
+TOL = 1e-5
+BF16_TOL = 0.1
+"""bf16 logits carry ~3 significant digits; reassociated sums differ by a few of their ulps."""
+HEAD = [1, 5, 9, 13, 2, 7, 40, 41, 42, 43, 44, 45]
+PROMPTS = [HEAD + [60, 61, 62], HEAD + [70], HEAD + [80, 81, 82, 83, 84, 85]]
+RESPONSES = [[20, 21, 22], [30], [50, 51]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, _ = tiny_chat_model(seed=3)
+    return model.float().eval()
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return peft_model
+
+
+def test_shared_prefix_length():
+    assert shared_prefix_length(PROMPTS) == len(HEAD)
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # the last prompt token stays per row
+    assert shared_prefix_length([[1, 2], [3, 4]]) == 0
+    assert shared_prefix_length([[4, 5, 6, 7]]) == 3
+    assert shared_prefix_length([]) == 0
+
+
+def test_equals_plain_scoring(tiny):
+    with torch.no_grad():
+        plain = response_logits(tiny, pack(PROMPTS, RESPONSES, pad_id=0))
+        cached = response_logits_with_shared_prefix(tiny, PROMPTS, RESPONSES, pad_id=0)
+    assert cached.shape == plain.shape == (sum(map(len, RESPONSES)), tiny.config.vocab_size)
+    assert torch.allclose(cached, plain, atol=TOL)
+
+
+def test_single_row_and_no_shared_prefix(tiny):
+    with torch.no_grad():
+        one = response_logits_with_shared_prefix(tiny, PROMPTS[:1], RESPONSES[:1], pad_id=0)
+        assert torch.allclose(one, response_logits(tiny, pack(PROMPTS[:1], RESPONSES[:1], pad_id=0)), atol=TOL)
+        disjoint = [[3, 4, 5], [6, 7]]
+        fallback = response_logits_with_shared_prefix(tiny, disjoint, [[1], [2, 3]], pad_id=0)
+        assert torch.allclose(fallback, response_logits(tiny, pack(disjoint, [[1], [2, 3]], pad_id=0)), atol=TOL)
+
+
+def test_lora_teacher_with_adapter_disabled(tiny):
+    """The consolidation teacher: a peft model under disable_adapter(), reached through ResponseScorer."""
+    scorer = ResponseScorer(_lora(tiny))
+    with torch.no_grad(), scorer.disable_adapter():
+        plain = response_logits(scorer, pack(PROMPTS, RESPONSES, pad_id=0))
+        cached = response_logits_with_shared_prefix(scorer, PROMPTS, RESPONSES, pad_id=0)
+        base = response_logits(tiny, pack(PROMPTS, RESPONSES, pad_id=0))
+    assert torch.allclose(cached, plain, atol=TOL)
+    assert torch.allclose(cached, base, atol=TOL)  # the adapter really was off
+    with torch.no_grad():
+        adapted = response_logits_with_shared_prefix(scorer, PROMPTS, RESPONSES, pad_id=0)
+    assert not torch.allclose(adapted, base, atol=TOL)
+
+
+def test_bf16_within_tolerance(tiny):
+    model = copy.deepcopy(tiny).to(torch.bfloat16)
+    with torch.no_grad():
+        plain = response_logits(model, pack(PROMPTS, RESPONSES, pad_id=0)).float()
+        cached = response_logits_with_shared_prefix(model, PROMPTS, RESPONSES, pad_id=0).float()
+    assert (cached - plain).abs().max() < BF16_TOL
+    assert torch.equal(cached.argmax(-1), plain.argmax(-1))
+
+
+def test_rejects_mismatched_inputs(tiny):
+    with pytest.raises(ValueError):
+        response_logits_with_shared_prefix(tiny, PROMPTS, RESPONSES[:2], pad_id=0)
+    with pytest.raises(ValueError):
+        response_logits_with_shared_prefix(tiny, PROMPTS[:1], [[]], pad_id=0)
