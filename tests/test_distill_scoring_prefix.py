@@ -90,3 +90,18 @@ def test_rejects_mismatched_inputs(tiny):
         response_logits_with_shared_prefix(tiny, PROMPTS, RESPONSES[:2], pad_id=0)
     with pytest.raises(ValueError):
         response_logits_with_shared_prefix(tiny, PROMPTS[:1], [[]], pad_id=0)
+
+
+def test_groups_keep_row_order(tiny):
+    from oel.distill.scoring import response_logits_by_shared_prefix_groups
+
+    other = [9, 9, 9, 9, 1, 2]
+    prompts = [PROMPTS[0], other + [3], PROMPTS[1], other + [4, 5], PROMPTS[2]]
+    responses = [[20, 21], [22], [23, 24, 25], [26], [27]]
+    keys = [0, 1, 0, 1, 0]
+    with torch.no_grad():
+        plain = response_logits(tiny, pack(prompts, responses, pad_id=0))
+        grouped = response_logits_by_shared_prefix_groups(tiny, prompts, responses, keys, pad_id=0)
+    assert torch.allclose(grouped, plain, atol=TOL)
+    with pytest.raises(ValueError):
+        response_logits_by_shared_prefix_groups(tiny, prompts, responses, keys[:2], pad_id=0)

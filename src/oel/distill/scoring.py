@@ -249,3 +249,26 @@ def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[in
     hidden_BSH = out.last_hidden_state
     predicts_response_BS = tails.response_mask_BT[:, 1:].to(device)
     return head(hidden_BSH[:, :-1][predicts_response_BS])
+
+
+def response_logits_by_shared_prefix_groups(model: Any, prompts: Sequence[Sequence[int]],
+                                            responses: Sequence[Sequence[int]], group_keys: Sequence[Any], *,
+                                            pad_id: int) -> Tensor:
+    """`response_logits` of all rows, scoring each group of rows (same key) with its shared prefix once.
+
+    Rows drawing the same knowledge text share their prompt head up to the end of the
+    knowledge; rows of different texts share only the template's opening. Grouping by the
+    knowledge index lets each group reuse its long head. Output rows are in the input's order.
+    """
+    if not len(prompts) == len(responses) == len(group_keys):
+        raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses, {len(group_keys)} group keys")
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(group_keys):
+        groups.setdefault(key, []).append(i)
+    per_row: list[Tensor | None] = [None] * len(prompts)
+    for rows in groups.values():
+        logits_NV = response_logits_with_shared_prefix(model, [prompts[i] for i in rows],
+                                                       [responses[i] for i in rows], pad_id=pad_id)
+        for i, part in zip(rows, logits_NV.split([len(responses[i]) for i in rows])):
+            per_row[i] = part
+    return torch.cat([p for p in per_row if p is not None])

@@ -1,0 +1,203 @@
+"""Rollout throughput: our batched collection vs naive one-episode-one-turn `model.generate`.
+
+    python benchmarks/rollout.py [--preset qwen2.5-coder-0.5b-instruct] [--episodes 64] [--repeats 3]
+
+Both sides play the same FrozenLake maps (round 0's collection seeds) with the same prompt
+template, the same chat template and the same sampling settings (T=0.7, top_p 0.8, top_k 20,
+48 new tokens at most), on the same model object in one process:
+
+- ours: `oel.rollout.collect.collect` with `HFBackend` (every unfinished episode's prompt in
+  one left-padded, length-sorted batched call per turn; per-episode seeded sampling; each
+  trajectory appended to a JSONL as it ends, as `oel collect` does);
+- naive: for each episode, for each turn, `model.generate(do_sample=True, ...)` on that one
+  prompt, the way one would write it with plain Hugging Face.
+
+Repetitions alternate (ours, naive, ours, naive, ...) after one warm-up call, so a change in
+machine load hits both sides alike; medians over `--repeats` are reported with the torch thread
+count and load average. Generated tokens are counted alike on both sides (up to and including
+the stop token). The two sides sample with different random streams, so their episodes differ
+in length; tokens/s and episodes/min are the comparable rates.
+
+It also prints where prefill goes: the share of prompt tokens that merely repeat tokens already
+seen (the prompt head shared by all episodes, and the previous turn's prompt of the same episode),
+which prefix KV-cache reuse could skip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_PRESET, machine_state, median, ratio, state_note  # noqa: E402
+
+TEMPERATURE = 0.7
+TOP_P = 0.8
+TOP_K = 20
+MAX_NEW_TOKENS = 48
+DEFAULT_EPISODES = 64
+DEFAULT_REPEATS = 3
+DEFAULT_IN_FLIGHT = 32
+"""`oel collect`'s default batch_size (episodes in flight)."""
+SECONDS_PER_MINUTE = 60
+
+
+@dataclass
+class RunResult:
+    episodes: int
+    turns: int
+    prompt_tokens: int
+    generated_tokens: int
+    seconds: float
+    state: dict[str, Any]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds
+
+    @property
+    def episodes_per_min(self) -> float:
+        return SECONDS_PER_MINUTE * self.episodes / self.seconds
+
+
+def run_ours(backend: Any, episodes: int, in_flight: int) -> tuple[RunResult, list[Any]]:
+    """`collect` into a fresh temporary file (so nothing is skipped as already done)."""
+    from oel.rollout.backend import SamplingParams
+    from oel.rollout.collect import CollectConfig, collect
+    from oel.trajectory import read_trajectories
+
+    with tempfile.TemporaryDirectory(prefix="oel-bench-rollout-") as tmp:
+        cfg = CollectConfig(num_seeds=episodes, batch_size=in_flight, out=f"{tmp}/t.jsonl",
+                            sampling=SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
+                                                    max_new_tokens=MAX_NEW_TOKENS))
+        state = machine_state()
+        t0 = time.perf_counter()
+        stats = collect(cfg, backend=backend)
+        seconds = time.perf_counter() - t0
+        trajs = read_trajectories(cfg.out)
+    return RunResult(stats.episodes, stats.turns, stats.prompt_tokens, stats.response_tokens, seconds, state), trajs
+
+
+def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult:
+    """One episode at a time, one `generate` call per turn, batch size 1."""
+    import torch
+    from transformers import GenerationConfig
+
+    from oel import prompts
+    from oel.envs import EnvConfig, make_env
+    from oel.rollout.collect import CollectConfig, select_jobs
+
+    template = prompts.get("policy_grid_v1")
+    jobs = select_jobs(CollectConfig(num_seeds=episodes))
+    gen_cfg = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
+                               max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id,
+                               eos_token_id=model.generation_config.eos_token_id)
+    env = make_env(EnvConfig())
+    torch.manual_seed(seed)
+    turns = prompt_tokens = generated = 0
+    state = machine_state()
+    t0 = time.perf_counter()
+    for job in jobs:
+        observation, done = env.reset(job.seed), False
+        while not done:
+            chat = [{"role": "user", "content": template.render(observation=observation)}]
+            # enable_thinking=False as our backend renders it (templates without the switch ignore it)
+            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True, enable_thinking=False)
+            with torch.inference_mode():
+                out = model.generate(**ids, generation_config=gen_cfg)
+            new = out[0, ids["input_ids"].shape[1]:]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            result = env.step(text)
+            observation, done = result.observation, result.done
+            turns += 1
+            prompt_tokens += ids["input_ids"].shape[1]
+            generated += len(new)
+    return RunResult(len(jobs), turns, prompt_tokens, generated, time.perf_counter() - t0, state)
+
+
+def repeated_prefill_share(trajs: list[Any], encode: Any) -> dict[str, float]:
+    """Share of prompt tokens that repeat tokens computed before (head shared by all, previous turn)."""
+    total = shared_head = previous_turn = 0
+    first_prompts = [encode(t.turns[0].prompt) for t in trajs]
+    head = _common_prefix(first_prompts)
+    for traj in trajs:
+        before: list[int] = []
+        for turn in traj.turns:
+            ids = encode(turn.prompt)
+            total += len(ids)
+            from_prev = _common_prefix([before, ids]) if before else 0
+            shared_head += min(head, len(ids))
+            previous_turn += max(from_prev - head, 0)
+            before = ids
+    return {"prompt_tokens": total, "head_tokens": head, "shared_head_share": shared_head / total,
+            "previous_turn_share": previous_turn / total}
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    n = 0
+    while all(len(r) > n for r in rows) and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default=DEFAULT_PRESET, help="model preset or directory")
+    ap.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="FrozenLake episodes per run")
+    ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each side (medians)")
+    ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect batch_size)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+
+    import torch
+
+    from oel.models import ModelConfig, load_model
+    from oel.rollout.hf_backend import HFBackend
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(ModelConfig(name=args.preset))
+    backend = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id)
+    run_naive(lm.model, lm.tokenizer, 1, seed=0)  # warm-up (first-call costs), untimed
+    ours: list[RunResult] = []
+    naive: list[RunResult] = []
+    trajs: list[Any] = []
+    for rep in range(args.repeats):
+        result, trajs = run_ours(backend, args.episodes, args.in_flight)
+        ours.append(result)
+        naive.append(run_naive(lm.model, lm.tokenizer, args.episodes, seed=rep))
+        for name, r in (("ours", ours[-1]), ("naive", naive[-1])):
+            print(f"  rep {rep} {name:5s}: {r.episodes} episodes, {r.turns} turns, {r.generated_tokens} gen tokens, "
+                  f"{r.prompt_tokens} prompt tokens, {r.seconds:.1f} s {state_note(r.state)}", flush=True)
+    _report(args, ours, naive)
+    share = repeated_prefill_share(trajs, backend.encode)
+    print(f"prefill: {share['prompt_tokens']} prompt tokens in ours' last run; the head shared by every episode is "
+          f"{share['head_tokens']} tokens = {100 * share['shared_head_share']:.0f}% of them, the previous turn's "
+          f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could skip these")
+
+
+def _report(args: argparse.Namespace, ours: list[RunResult], naive: list[RunResult]) -> None:
+    print(f"\n{args.preset}, {args.episodes} FrozenLake episodes, medians of {args.repeats} runs each "
+          f"(ours: {args.in_flight} in flight)")
+    rows = [("generated tokens/s", "tokens_per_s"), ("episodes/min", "episodes_per_min")]
+    for label, attr in rows:
+        o = median([getattr(r, attr) for r in ours])
+        n = median([getattr(r, attr) for r in naive])
+        print(f"  {label:20s} ours {o:8.2f}   naive {n:8.2f}   ratio {ratio(o, n):5.2f}x")
+    o_ptok = median([r.prompt_tokens / r.seconds for r in ours])
+    n_ptok = median([r.prompt_tokens / r.seconds for r in naive])
+    print(f"  {'prompt tokens/s':20s} ours {o_ptok:8.1f}   naive {n_ptok:8.1f}   ratio {ratio(o_ptok, n_ptok):5.2f}x")
+    print(f"  turns per episode    ours {median([r.turns / r.episodes for r in ours]):.2f}   "
+          f"naive {median([r.turns / r.episodes for r in naive]):.2f}")
+    loads = [r.state["loadavg_1m"] for r in ours + naive]
+    print(f"  torch threads {ours[0].state['torch_threads']}, load avg {min(loads)}-{max(loads)}")
+
+
+if __name__ == "__main__":
+    main()
