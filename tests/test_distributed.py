@@ -28,7 +28,7 @@ from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 WORLD = 2
 STEPS = 3
 ATOL = 1e-5
-SPAWN_TIMEOUT_S = 240
+SPAWN_TIMEOUT_S = 180
 OBSERVATIONS = [f"Turn {t}\nP . .\n. H .\n. . G{'.' * i}" for i in range(4) for t in (1, 2)]
 # (name, overrides): each job runs distributed in the spawn and single-process in the tests.
 JOBS: dict[str, dict[str, Any]] = {
@@ -41,6 +41,8 @@ JOBS: dict[str, dict[str, Any]] = {
 # the two ranks, so FSDP's generation must keep the ranks stepping together (synced_gpus).
 RAGGED = "fsdp-lora-ragged"
 RAGGED_STOP_IDS = frozenset(range(0, 256, 2))
+# FSDP computing in bf16 on float32 shards: no single-process twin, so a smoke run only.
+MIXED = "fsdp-full-bf16"
 # interrupted after step 2 (checkpoint at step 1), then resumed: {run name: job it must equal}
 RESUMED = {"ddp-lora-resumed": "ddp-lora", "fsdp-full-resumed": "fsdp-full"}
 
@@ -107,6 +109,7 @@ def _worker(rank: int, port: int, root: str, inputs: dict[str, Any]) -> None:
         for name, kw in JOBS.items():
             consolidate(config(inputs, out / name, **kw))
         ragged_run(config(inputs, out / RAGGED, **JOBS["fsdp-lora"]))
+        consolidate(config(inputs, out / MIXED, **JOBS["fsdp-full"], fsdp_mixed_precision=True))
         for name, job in RESUMED.items():
             kw = JOBS[job]
             first = Consolidator(config(inputs, out / name, **{**kw, "save_every": 1}))
@@ -212,6 +215,15 @@ def test_each_rank_took_its_own_half_of_the_batch(runs):
         assert all(s["world"] == WORLD and s["strategy"] == strategy for s in seen)
         assert seen[0]["rows"] + seen[1]["rows"] == seen[0]["all_rows"] == seen[1]["all_rows"]
         assert len(seen[0]["rows"]) == len(seen[1]["rows"]) == 2
+
+
+def test_fsdp_mixed_precision_trains_and_saves_float32_weights(runs):
+    run = runs["root"] / "dist" / MIXED
+    losses = [m["consolidate/loss"] for m in _metrics(run)]
+    assert len(losses) == STEPS and all(x == x and abs(x) < float("inf") for x in losses)
+    weights, base = _weights(run / "model"), _weights(Path(runs["inputs"]["model"]))
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert any(not torch.equal(weights[k], base[k]) for k in weights if k in base)
 
 
 def test_checkpoints_are_plain_hf_directories_written_once(runs):

@@ -70,6 +70,7 @@ class ConsolidateConfig:
     on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: resume from its last checkpoint, delete it, or stop")
     num_threads: int = cfg(0, "torch CPU threads; 0 = torch's default")
     parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) or fsdp (FSDP2 shards); batch_size must divide by the number of processes; ignored without a launcher")
+    fsdp_mixed_precision: bool = cfg(False, "parallel=fsdp: compute in bfloat16 on float32 master weights (load with model.dtype=float32); gradients reduced in float32")
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "micro_batch_size", "top_k", "max_new_tokens", "lora_r", "lora_alpha")
@@ -83,6 +84,8 @@ class ConsolidateConfig:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.fsdp_mixed_precision and self.parallel != "fsdp":
+            raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
         if self.save_every < 0 or self.keep_last < 1:
             raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
 

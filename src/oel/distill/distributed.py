@@ -209,11 +209,12 @@ class FullyShardedDataParallel(DataParallel):
 
     synced_generation = True
 
-    def __init__(self, topo: Topology, scorer: torch.nn.Module, frozen_teacher: torch.nn.Module | None) -> None:
+    def __init__(self, topo: Topology, scorer: torch.nn.Module, frozen_teacher: torch.nn.Module | None,
+                 mixed_precision: bool = False) -> None:
         SingleProcess.__init__(self, topo, scorer)
         for module in (scorer, frozen_teacher):
             if module is not None:
-                shard(module, topo)
+                shard(module, topo, mixed_precision=mixed_precision)
         self.train_module = scorer
 
     def accumulate(self, sync: bool) -> contextlib.AbstractContextManager[None]:
@@ -226,16 +227,34 @@ class FullyShardedDataParallel(DataParallel):
 
     @contextlib.contextmanager
     def full_weights(self) -> Iterator[None]:
-        from torch.distributed.fsdp import FSDPModule
+        """Rank 0's modules hold full float32 copies (on CPU) of every sharded parameter.
 
-        units = [m for m in self.scorer.modules() if isinstance(m, FSDPModule)]
-        for unit in units:
-            unit.unshard()
+        Gathered from the shards themselves (`full_tensor`, a collective every rank joins),
+        not from FSDP's compute copies, which are bf16 under `fsdp_mixed_precision`. Other
+        ranks drop what they gather, so only rank 0 pays the CPU memory. The sharded
+        parameters are put back on exit.
+        """
+        from torch.distributed.tensor import DTensor
+
+        swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+        gathered: dict[int, torch.nn.Parameter | None] = {}  # tied weights: gathered once on EVERY rank
+        for module in self.scorer.modules():
+            for name, param in list(module._parameters.items()):
+                if not isinstance(param, DTensor):
+                    continue
+                if id(param) not in gathered:
+                    full = param.full_tensor().detach()
+                    gathered[id(param)] = (torch.nn.Parameter(full.cpu(), requires_grad=param.requires_grad)
+                                           if self.topo.is_main else None)
+                copy = gathered[id(param)]
+                if copy is not None:
+                    swapped.append((module, name, param))
+                    module._parameters[name] = copy
         try:
             yield
         finally:
-            for unit in units:
-                unit.reshard()
+            for module, name, param in swapped:
+                module._parameters[name] = param
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> tuple[str, dict[str, Any]] | None:
         """The full AdamW state gathered to rank 0's CPU (a collective: every rank calls it)."""
@@ -298,29 +317,32 @@ def decoder_layer_types(lm: Any) -> tuple[type, ...]:
     return types_
 
 
-def shard(scorer: torch.nn.Module, topo: Topology) -> None:
+def shard(scorer: torch.nn.Module, topo: Topology, *, mixed_precision: bool = False) -> None:
     """fully_shard every decoder layer, then the scorer as the root (embeddings, norm, head).
 
     `generate` is registered as a forward method so that generation, which does not call
-    the root's forward, still gathers the root's weights.
+    the root's forward, still gathers the root's weights. `mixed_precision`: weights are
+    gathered as bf16 for compute while the shards (and AdamW) stay float32.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh("cuda" if topo.device and topo.device.startswith("cuda") else "cpu", (topo.world_size,))
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision
+              else MixedPrecisionPolicy())
     layer_types = decoder_layer_types(scorer.lm)  # type: ignore[arg-type]
     for module in list(scorer.modules()):
         if isinstance(module, layer_types):
-            fully_shard(module, mesh=mesh)
-    fully_shard(scorer, mesh=mesh)
+            fully_shard(module, mesh=mesh, mp_policy=policy)
+    fully_shard(scorer, mesh=mesh, mp_policy=policy)
     register_fsdp_forward_method(scorer, "generate")
 
 
 def make_strategy(parallel: Parallel, topo: Topology, scorer: torch.nn.Module,
-                  frozen_teacher: torch.nn.Module | None = None) -> SingleProcess:
+                  frozen_teacher: torch.nn.Module | None = None, *, mixed_precision: bool = False) -> SingleProcess:
     """The strategy for `parallel` (always `SingleProcess` without a launcher)."""
     if not topo.distributed:
         return SingleProcess(topo, scorer)
     if parallel == "ddp":
         return DataParallel(topo, scorer)
-    return FullyShardedDataParallel(topo, scorer, frozen_teacher)
+    return FullyShardedDataParallel(topo, scorer, frozen_teacher, mixed_precision=mixed_precision)

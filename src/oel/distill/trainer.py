@@ -139,7 +139,8 @@ class Consolidator:
         self.scorer = ResponseScorer(self.student)
         self.teacher = Teacher(self.scorer, lora=config.finetune == "lora")
         self.parallel = distributed.make_strategy(config.parallel, self.topology, self.scorer,
-                                                  self.teacher.frozen_model)
+                                                  self.teacher.frozen_model,
+                                                  mixed_precision=config.fsdp_mixed_precision)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=(config.adam_beta1, config.adam_beta2))
