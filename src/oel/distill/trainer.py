@@ -217,7 +217,8 @@ class Consolidator:
             step, path = existing[-1]
             self._check_same_run(path)
             self.step = self.parallel.load_checkpoint(path, self.student, self.optimizer)
-            log.info("resumed from %s (step %d)", path, self.step)
+            if self.topology.is_main:
+                log.info("resumed from %s (step %d)", path, self.step)
         if not self.topology.is_main:
             return
         self._truncate_metrics(self.step)
