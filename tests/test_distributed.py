@@ -2,7 +2,9 @@
 
 One spawn of two ranks (torch.multiprocessing, 127.0.0.1, a free port) runs every
 distributed job of this module in turn: DDP with LoRA, DDP with full fine-tuning, FSDP2
-with both, and an interrupted-then-resumed DDP run. The tests then compare the written
+with both (and with the off-policy sampler, where the sharded teacher generates), FSDP
+generation with ragged response lengths, FSDP in bf16 compute, and interrupted-then-resumed
+DDP and FSDP runs. The tests then compare the written
 models and metrics with single-process runs made here. One spawn, because starting a
 process that imports torch + transformers costs seconds on this machine.
 """
@@ -36,6 +38,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "ddp-full": dict(parallel="ddp", finetune="full", loss="reverse_kl"),
     "fsdp-lora": dict(parallel="fsdp", finetune="lora"),
     "fsdp-full": dict(parallel="fsdp", finetune="full", loss="reverse_kl"),
+    "fsdp-full-off-policy": dict(parallel="fsdp", finetune="full", sampler="off_policy", loss="forward_kl"),
 }
 # Half of the byte tokens made stop tokens: responses end after different numbers of steps on
 # the two ranks, so FSDP's generation must keep the ranks stepping together (synced_gpus).
