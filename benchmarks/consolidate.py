@@ -23,6 +23,8 @@ What TRL cannot express exactly (each is named in the printed report):
 - its top-k loss renormalises inside the student's top-k (or adds a tail bucket); ours does not
   renormalise. We set alpha=1 (reverse KL), k=256, no tail: the same work per token;
 - its loss is a per-sequence mean then a batch mean; ours a token mean over the batch;
+- TRL's own defaults are kept where they are a user's choice: gradient checkpointing ON (TRL's
+  default; `--trl-no-grad-ckpt` turns it off), bf16 autocast on CPU;
 - its responses are drawn from HF's global RNG, ours from per-row seeded streams: the sampled
   answers (and so their lengths) differ; both report response tokens per step.
 
@@ -129,7 +131,7 @@ def child_trl(args: argparse.Namespace) -> None:
             distillation_mode="topk_logits", distillation_topk=ours.top_k, distillation_alpha=1.0,
             distillation_add_tail=False, teacher_model_kind="base", teacher_prompt_template=TRL_TEACHER_TEMPLATE,
             shuffle_dataset=False, logging_steps=1, save_strategy="no", report_to=[], seed=ours.seed,
-            dataloader_num_workers=0, gradient_checkpointing=args.trl_grad_ckpt,
+            dataloader_num_workers=0, gradient_checkpointing=not args.trl_no_grad_ckpt,
         )
         peft_cfg = LoraConfig(r=ours.lora_r, lora_alpha=ours.lora_alpha, lora_dropout=ours.lora_dropout,
                               target_modules=list(ours.lora_target_modules), task_type="CAUSAL_LM")
@@ -235,8 +237,8 @@ def _child_args(args: argparse.Namespace, side: str, sets: list[str]) -> list[st
     out = ["--child", side, "--preset", args.preset, "--batch", str(args.batch), "--steps", str(args.steps),
            "--max-new-tokens", str(args.max_new_tokens), "--trajectories", args.trajectories,
            "--knowledge", *args.knowledge]
-    if args.trl_grad_ckpt:
-        out.append("--trl-grad-ckpt")
+    if args.trl_no_grad_ckpt:
+        out.append("--trl-no-grad-ckpt")
     for kv in sets:
         out += ["--set", kv]
     return out
@@ -268,7 +270,8 @@ def main() -> None:
     ap.add_argument("--ours-variant", action="append", default=[],
                     help="NAME:key=value[,key=value]: also run our trainer with these config overrides")
     ap.add_argument("--skip-trl", action="store_true", help="only our trainer (and its variants)")
-    ap.add_argument("--trl-grad-ckpt", action="store_true", help="TRL with gradient checkpointing")
+    ap.add_argument("--trl-no-grad-ckpt", action="store_true",
+                    help="TRL without gradient checkpointing (its default, which we keep otherwise, is on)")
     ap.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args()

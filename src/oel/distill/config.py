@@ -63,6 +63,7 @@ class ConsolidateConfig:
     lora_dropout: float = cfg(0.0, "LoRA dropout")
     lora_target_modules: list[str] = cfg(help="module names that get LoRA adapters", factory=lambda: list(DEFAULT_LORA_TARGETS))
     gradient_checkpointing: bool = cfg(False, "recompute activations in backward (less memory, ~30% slower)")
+    teacher_prefix_cache: bool = cfg(False, "score the teacher with each knowledge text's shared prompt head run once per batch (its KV cache repeated over the rows) instead of once per row; equal to plain scoring up to float rounding; not with parallel=fsdp")
 
     seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
     save_every: int = cfg(5, "write a resumable checkpoint every this many steps (0: only the final model)")
@@ -86,6 +87,9 @@ class ConsolidateConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.fsdp_mixed_precision and self.parallel != "fsdp":
             raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
+        if self.teacher_prefix_cache and self.parallel == "fsdp":
+            raise ValueError("teacher_prefix_cache: not supported with parallel=fsdp (it calls the sharded "
+                             "backbone outside the wrapper's forward); set it to false")
         if self.save_every < 0 or self.keep_last < 1:
             raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
 

@@ -40,7 +40,8 @@ from oel.config import save_config, to_dict
 from oel.distill import checkpoint, distributed, losses
 from oel.distill.config import ConsolidateConfig
 from oel.distill.samplers import SAMPLERS, GenerationSettings, Sample
-from oel.distill.scoring import PackedBatch, ResponseScorer, pack, response_logits
+from oel.distill.scoring import (PackedBatch, ResponseScorer, pack, response_logits,
+                                 response_logits_by_shared_prefix_groups)
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
 from oel.errors import DataError, TrainingError
 from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
@@ -60,7 +61,7 @@ STREAM_INIT = 3
 KIB = 1024
 # Config keys that may differ between a run and its resumption (they do not change what is learned).
 RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir",
-                               "parallel"})
+                               "parallel", "teacher_prefix_cache"})
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
                   tuple[torch.Tensor, dict[str, float]]]
@@ -280,8 +281,13 @@ class Consolidator:
         t0 = time.perf_counter()
         teacher_NV = None
         if c.loss != "sft":
+            teacher_prompts = [s.teacher_prompt for s in samples]
             with torch.no_grad(), self.teacher.active() as teacher:
-                teacher_NV = response_logits(teacher, pack([s.teacher_prompt for s in samples], responses, pad_id=pad))
+                if c.teacher_prefix_cache:  # rows of one knowledge text share their prompt head
+                    teacher_NV = response_logits_by_shared_prefix_groups(
+                        teacher, teacher_prompts, responses, [s.knowledge_index for s in samples], pad_id=pad)
+                else:
+                    teacher_NV = response_logits(teacher, pack(teacher_prompts, responses, pad_id=pad))
         teacher_s = time.perf_counter() - t0
         batch: PackedBatch = pack([s.student_prompt for s in samples], responses, pad_id=pad)
         self.student.train()
