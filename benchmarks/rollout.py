@@ -139,6 +139,52 @@ def repeated_prefill_share(trajs: list[Any], encode: Any) -> dict[str, float]:
             "previous_turn_share": previous_turn / total}
 
 
+def profile_first_turn(backend: Any, episodes: int, repeats: int) -> dict[str, float]:
+    """Where a turn's time goes: the first turn's prompts, prefill alone vs the whole generate call.
+
+    Batched (all prompts in one padded pass, as ours) and one prompt alone (as naive);
+    each figure a median of `repeats`.
+    """
+    import torch
+
+    from oel import prompts
+    from oel.envs import EnvConfig, make_env
+    from oel.rollout.backend import SamplingParams
+    from oel.rollout.collect import CollectConfig, select_jobs
+    from oel.trajectory import Message
+
+    env = make_env(EnvConfig())
+    template = prompts.get("policy_grid_v1")
+    chats = [[Message(role="user", content=template.render(observation=env.reset(j.seed)))]
+             for j in select_jobs(CollectConfig(num_seeds=min(episodes, backend.max_batch_size)))]
+    params = SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, max_new_tokens=MAX_NEW_TOKENS)
+
+    def prefill(rows: list[Any]) -> float:
+        ids = [backend.encode(c) for c in rows]
+        width = max(map(len, ids))
+        ids_BT = torch.full((len(ids), width), backend.pad_id, dtype=torch.long)
+        mask_BT = torch.zeros_like(ids_BT)
+        for b, row in enumerate(ids):
+            ids_BT[b, width - len(row):] = torch.tensor(row)
+            mask_BT[b, width - len(row):] = 1
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            backend.model(input_ids=ids_BT, attention_mask=mask_BT, logits_to_keep=1)
+        return time.perf_counter() - t0
+
+    def generate(rows: list[Any]) -> float:
+        t0 = time.perf_counter()
+        backend.chat(rows, params)
+        return time.perf_counter() - t0
+
+    out = {}
+    for name, rows in (("batch", chats), ("single", chats[:1])):
+        out[f"{name}_prefill_s"] = median([prefill(rows) for _ in range(repeats)])
+        out[f"{name}_generate_s"] = median([generate(rows) for _ in range(repeats)])
+    out["rows"] = len(chats)
+    return out
+
+
 def _common_prefix(rows: list[list[int]]) -> int:
     n = 0
     while all(len(r) > n for r in rows) and all(r[n] == rows[0][n] for r in rows):
@@ -176,6 +222,12 @@ def main() -> None:
             print(f"  rep {rep} {name:5s}: {r.episodes} episodes, {r.turns} turns, {r.generated_tokens} gen tokens, "
                   f"{r.prompt_tokens} prompt tokens, {r.seconds:.1f} s {state_note(r.state)}", flush=True)
     _report(args, ours, naive)
+    prof = profile_first_turn(backend, args.episodes, args.repeats)
+    print(f"profile, first turn, medians of {args.repeats}: {prof['rows']} prompts batched: prefill "
+          f"{prof['batch_prefill_s']:.2f} s of {prof['batch_generate_s']:.2f} s generate "
+          f"({100 * prof['batch_prefill_s'] / prof['batch_generate_s']:.0f}%); one prompt alone: prefill "
+          f"{prof['single_prefill_s']:.2f} s of {prof['single_generate_s']:.2f} s "
+          f"({100 * prof['single_prefill_s'] / prof['single_generate_s']:.0f}%) {state_note(machine_state())}")
     share = repeated_prefill_share(trajs, backend.encode)
     print(f"prefill: {share['prompt_tokens']} prompt tokens in ours' last run; the head shared by every episode is "
           f"{share['head_tokens']} tokens = {100 * share['shared_head_share']:.0f}% of them, the previous turn's "
