@@ -240,3 +240,27 @@ def test_checkpoints_are_plain_hf_directories_written_once(runs):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(run / "model") is not None
+
+
+def test_launcher_without_parallel_is_refused_and_no_launcher_means_one_process(monkeypatch):
+    from oel.distill import distributed
+    from oel.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="parallel: 'none' under a launcher with WORLD_SIZE=2"):
+        distributed.setup("none")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert distributed.setup("fsdp") == distributed.Topology()  # no process group is created
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_rows_are_split_into_disjoint_blocks_that_cover_the_batch():
+    from oel.distill import distributed
+    from oel.errors import ConfigError
+
+    blocks = [list(distributed.my_rows(8, distributed.Topology(rank=r, world_size=4))) for r in range(4)]
+    assert sum(blocks, []) == list(range(8))
+    with pytest.raises(ConfigError, match="batch_size: 6 is not divisible by the 4 ranks"):
+        distributed.my_rows(6, distributed.Topology(rank=0, world_size=4))
