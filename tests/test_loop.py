@@ -161,6 +161,11 @@ def test_kill_in_each_stage_then_resume_gives_the_same_artifacts(tiny_model, tmp
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml")))
-def test_every_shipped_config_is_a_valid_loop_config(path):
-    config = load_config(LoopConfig, path)
-    assert config.run_dir.startswith("runs/")
+def test_every_shipped_config_is_valid(path):
+    """`consolidate-*.yaml` are `oel consolidate` configs; every other file is an `oel loop` config."""
+    if Path(path).name.startswith("consolidate-"):
+        from oel.distill.config import ConsolidateConfig
+
+        assert load_config(ConsolidateConfig, path).batch_size >= 1
+    else:
+        assert load_config(LoopConfig, path).run_dir.startswith("runs/")
