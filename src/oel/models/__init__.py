@@ -44,7 +44,7 @@ class ModelConfig:
     device: str = cfg("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     cache_dir: str | None = cfg(None, "where dense copies of GGUF models are cached; null = $OEL_CACHE_DIR or the user cache dir")
     use_cache: bool = cfg(True, "cache a dense safetensors copy of GGUF models (second load takes seconds)")
-    verify_cache: bool = cfg(True, "check the cached weights' sha256 on every load")
+    verify_cache: bool = cfg(False, "re-hash the cached weights on every load (they are always re-hashed when their size or mtime changed since written)")
     trust_remote_code: bool = cfg(False, "allow a hub model's own Python code to run (off unless you trust it)")
     revision: str | None = cfg(None, "hub revision (branch, tag or commit) for hub ids")
 

@@ -4,8 +4,9 @@ GGUF weights (the offline presets, or a user's own file) are dequantised once th
 transformers' GGUF reader, then cached as a dense safetensors Hugging Face directory,
 keyed by the GGUF's sha256 and the dtype; later loads read that directory in about a
 second. Every byte we did not write ourselves is verified by sha256 before use: the
-assembled preset file against its pinned hash, and the cached copy against the hash
-recorded when it was written. Nothing is ever unpickled (`use_safetensors=True`).
+assembled preset file against its pinned hash. The cached copy carries the hash and the
+file stat recorded when it was written; a copy whose stat changed is re-hashed before use
+(every load re-hashes with `verify_cache=true`). Nothing is ever unpickled (`use_safetensors=True`).
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def write_dense_cache(model: Any, tok: Any, dest: Path, meta: dict[str, Any]) ->
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         weights = sorted(p.name for p in tmp.glob("*.safetensors"))
-        meta = {**meta, "weights_sha256": {w: sha256_file(tmp / w) for w in weights}}
+        meta = {**meta, "weights_sha256": {w: sha256_file(tmp / w) for w in weights},
+                "weights_stat": {w: _stat_key(tmp / w) for w in weights}}
         (tmp / CACHE_MARKER).write_text(json.dumps(meta, indent=2))
         if dest.exists():
             shutil.rmtree(dest, ignore_errors=True)
@@ -196,12 +198,24 @@ def read_dense_cache(dest: Path, *, verify: bool) -> dict[str, Any] | None:
     except (json.JSONDecodeError, KeyError):
         log.warning("%s: unreadable cache marker; rebuilding", marker)
         return None
-    if verify:
-        for name, digest in hashes.items():
-            if not (dest / name).is_file() or sha256_file(dest / name) != digest:
-                log.warning("%s: cached weights fail their sha256; rebuilding", dest / name)
-                return None
+    stats = meta.get("weights_stat", {})
+    for name, digest in hashes.items():
+        path = dest / name
+        if not path.is_file():
+            log.warning("%s: cached weights missing; rebuilding", path)
+            return None
+        # A file whose size and mtime are as written is re-hashed only when asked: the
+        # full hash costs about a second per GB, the stat check nothing.
+        if (verify or _stat_key(path) != stats.get(name)) and sha256_file(path) != digest:
+            log.warning("%s: cached weights fail their sha256; rebuilding", path)
+            return None
     return meta
+
+
+def _stat_key(path: Path) -> list[int]:
+    """What changes whenever a file is rewritten (size, nanosecond mtime, inode)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def gguf_cached(
