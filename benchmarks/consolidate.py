@@ -270,6 +270,7 @@ def main() -> None:
     ap.add_argument("--ours-variant", action="append", default=[],
                     help="NAME:key=value[,key=value]: also run our trainer with these config overrides")
     ap.add_argument("--skip-trl", action="store_true", help="only our trainer (and its variants)")
+    ap.add_argument("--skip-ours", action="store_true", help="not our default trainer (only its variants and TRL)")
     ap.add_argument("--trl-no-grad-ckpt", action="store_true",
                     help="TRL without gradient checkpointing (its default, which we keep otherwise, is on)")
     ap.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -286,7 +287,7 @@ def main() -> None:
         tmp_knowledge.write(DEFAULT_KNOWLEDGE)
         tmp_knowledge.close()
         args.knowledge = [tmp_knowledge.name]
-    sides: dict[str, list[str]] = {"ours": []}
+    sides: dict[str, list[str]] = {} if args.skip_ours else {"ours": []}
     for spec in args.ours_variant:
         name, _, sets = spec.partition(":")
         sides[f"ours[{name}]"] = [kv for kv in sets.split(",") if kv]
