@@ -163,3 +163,13 @@ def test_import_logs_cli_reports_errors_in_one_line(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err.strip()
     assert err == f"oel: error: {src}:1: file is empty, expected at least one record"
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from oel.io import FILE_MODE, atomic_write_text
+
+    atomic_write_text(tmp_path / "x.txt", "hi")
+    assert stat.S_IMODE(os.stat(tmp_path / "x.txt").st_mode) == FILE_MODE

@@ -20,6 +20,16 @@ from oel.errors import DataError
 T = TypeVar("T")
 
 
+def _default_file_mode() -> int:
+    """rw for whoever the umask allows: mkstemp's own 0600 would hide results from other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _default_file_mode()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory + fsync + rename."""
     path = Path(path)
@@ -30,6 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

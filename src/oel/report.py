@@ -83,13 +83,27 @@ def _errorbars(summaries: dict[int, dict[str, Any]], key: str) -> tuple[list[int
     return xs, ys, [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
 
 
-def plot_pass_rate(data: RunData, out: Path) -> Path:
+def _axes(size: tuple[float, float] = (5, 3.5)) -> tuple[Any, Any]:
+    """A new figure on the non-interactive backend (reports are written headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    return plt.subplots(figsize=size)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pass_rate(data: RunData, out: Path) -> Path:
+    fig, ax = _axes()
     for summaries, label, offset in ((data.evaluate, "consolidated (no knowledge)", -0.05),
                                      (data.evaluate_icl, "in context (with knowledge)", 0.05)):
         xs, ys, err = _errorbars(summaries, "game_pass_rate")
@@ -100,23 +114,14 @@ def plot_pass_rate(data: RunData, out: Path) -> Path:
     ax.set_xticks(data.rounds)
     ax.set_title("Pass rate per round (95% CI)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "pass_rate.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "pass_rate.png")
 
 
 def plot_series(data: RunData, out: Path, key: str, ylabel: str, filename: str, scale: float = 1.0) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     xs = [r for r in data.rounds if key in data.evaluate.get(r, {})]
     if not xs:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _axes()
     ax.plot(xs, [scale * data.evaluate[r][key] for r in xs], marker="o", label="no knowledge")
     xi = [r for r in data.rounds if key in data.evaluate_icl.get(r, {})]
     if xi:
@@ -125,22 +130,13 @@ def plot_series(data: RunData, out: Path, key: str, ylabel: str, filename: str, 
     ax.set_xlabel("round (model M_r)")
     ax.set_ylabel(ylabel)
     ax.set_xticks(data.rounds)
-    fig.tight_layout()
-    path = out / filename
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / filename)
 
 
 def plot_kl(data: RunData, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not data.consolidate_steps:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _axes((6, 3.5))
     start = 0
     for r in sorted(data.consolidate_steps):
         rows = data.consolidate_steps[r]
@@ -151,11 +147,7 @@ def plot_kl(data: RunData, out: Path) -> Path | None:
     ax.set_xlabel("consolidation step (all rounds)")
     ax.set_ylabel("reverse KL (student || teacher)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "kl_per_step.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "kl_per_step.png")
 
 
 def _fmt_rate(s: dict[str, Any] | None) -> str:
