@@ -47,6 +47,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def read_text_file(path: str | os.PathLike, what: str, *, allow_empty: bool = False) -> str:
+    """A stripped text file (a knowledge text, say); missing or empty -> DataError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: {what} not found")
+    text = p.read_text(encoding="utf-8").strip()
+    if not text and not allow_empty:
+        raise DataError(f"{path}: {what} is empty")
+    return text
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

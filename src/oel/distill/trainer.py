@@ -44,7 +44,7 @@ from oel.distill.scoring import (PackedBatch, ResponseScorer, pack, response_log
                                  response_logits_by_shared_prefix_groups)
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
 from oel.errors import DataError, TrainingError
-from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text_file, repair_jsonl_tail
 from oel.rollout.sampling import RowSampling, derive_seed
 from oel.trajectory import Prefix, prefixes, read_trajectories
 
@@ -92,16 +92,7 @@ class ConsolidateResult:
 
 def read_knowledge(paths: Sequence[str]) -> list[str]:
     """One knowledge text per plain-text file; an empty file is an error (it would teach nothing)."""
-    texts = []
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise DataError(f"{path}: knowledge file not found")
-        text = path.read_text(encoding="utf-8").strip()
-        if not text:
-            raise DataError(f"{path}: knowledge file is empty")
-        texts.append(text)
-    return texts
+    return [read_text_file(p, "knowledge file") for p in paths]
 
 
 def peak_rss_mib() -> float:

@@ -22,7 +22,7 @@ from oel.config import to_dict
 from oel.evaluation.config import EvaluateConfig
 from oel.evaluation.games import GameEval, Knowledge, evaluate_games, knowledge_texts
 from oel.evaluation.ifeval import IFEvalResult, evaluate_ifeval
-from oel.io import atomic_write_json
+from oel.io import atomic_write_json, read_text_file
 from oel.rollout.backend import ChatBackend
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,7 @@ class Evaluation:
 
 def read_knowledge_file(path: str) -> str:
     """The knowledge text in `path` (stripped); a missing or empty file is an error naming it."""
-    from oel.errors import DataError
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: knowledge file not found")
-    text = p.read_text(encoding="utf-8").strip()
-    if not text:
-        raise DataError(f"{path}: knowledge file is empty")
-    return text
+    return read_text_file(path, "knowledge file")
 
 
 def evaluate(backend: ChatBackend, config: EvaluateConfig, *, knowledge: Knowledge = None) -> Evaluation:

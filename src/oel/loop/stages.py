@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from oel.errors import DataError
-from oel.io import atomic_write_text
+from oel.io import atomic_write_text, read_text_file
 from oel.loop.config import with_fields
 from oel.loop.run import (
     EXTRACT_TRAJECTORIES,
@@ -80,7 +80,7 @@ def consolidate(ctx: RoundContext) -> dict[str, Any]:
 
     c = ctx.config
     out = ctx.dir("consolidate")
-    files = [f for f in knowledge_files(ctx) if Path(f).read_text(encoding="utf-8").strip()]
+    files = [f for f in knowledge_files(ctx) if read_text_file(f, "knowledge file", allow_empty=True)]
     if not files:
         raise DataError(f"{stage_dir(c.run_dir, ctx.round, 'extract')}: extraction produced no knowledge in any of "
                         f"the {c.extract.num_runs} runs, so there is nothing to consolidate; try "
@@ -107,7 +107,7 @@ def evaluate(ctx: RoundContext) -> dict[str, Any]:
     c = ctx.config
     out = ctx.dir("evaluate")
     files = knowledge_files(ctx) if (c.in_context_eval and ctx.round < c.rounds) else []
-    texts = [Path(f).read_text(encoding="utf-8").strip() for f in files]
+    texts = [read_text_file(f, "knowledge file", allow_empty=True) for f in files]
     texts = [t for t in texts if t] or None
     cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out))
     result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), cfg, knowledge=texts)

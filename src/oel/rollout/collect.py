@@ -36,8 +36,8 @@ from oel.config import cfg
 from oel.envs import EnvConfig, make_env
 from oel.envs.base import TextEnv
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
-from oel.errors import ConfigError, DataError
-from oel.io import atomic_write_json, repair_jsonl_tail
+from oel.errors import ConfigError
+from oel.io import atomic_write_json, read_text_file, repair_jsonl_tail
 from oel.models import ModelConfig
 from oel.rollout.backend import ChatBackend, Generation, SamplingParams
 from oel.rollout.openai_backend import EndpointConfig
@@ -300,7 +300,7 @@ def collect(
     if on_start is not None:
         on_start(len(todo), len(jobs))
     if todo:
-        fields = {"knowledge": _read_knowledge(config.knowledge_file)} if config.knowledge_file else {}
+        fields = {"knowledge": read_text_file(config.knowledge_file, "knowledge file", allow_empty=True)} if config.knowledge_file else {}
         backend = backend if backend is not None else make_backend(config)
 
         def _append(traj: Trajectory, st: CollectStats) -> None:
@@ -316,9 +316,3 @@ def collect(
              stats.episodes, stats.skipped, stats.pass_rate, stats.tokens_per_turn, stats.generation_tokens_per_s)
     return stats
 
-
-def _read_knowledge(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: knowledge file not found")
-    return p.read_text(encoding="utf-8").strip()
