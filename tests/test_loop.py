@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from oel.config import load_config
 from oel.errors import ConfigError
 from oel.loop import LoopConfig, run_loop
-from oel.loop.run import MARKER, prepare_run_dir
+from oel.loop.run import MARKER, ReuseSource, copy_stage, prepare_run_dir, stages_for_round
 from oel.report import write_report
 from oel.rollout.tiny import save_tiny_chat_model
 
@@ -61,6 +63,8 @@ def test_loop_owned_fields_and_config_changes_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"different config \(consolidate\.lr, rounds\); .*force=true"):
         prepare_run_dir(changed)
     prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={tmp_path}", "consolidate.lr=0.5", "force=true"]))
+    # where finished stages may be copied from changes no result, so a run resumes with another
+    prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={tmp_path}", "consolidate.lr=0.5", "reuse_from=elsewhere"]))
 
 
 def _run_cli(overrides: list[str]) -> subprocess.Popen:
@@ -158,6 +162,90 @@ def test_kill_in_each_stage_then_resume_gives_the_same_artifacts(tiny_model, tmp
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    """Every file under `d` by relative path, with its bytes."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _metric_rows(run: Path, stages: tuple[str, ...]) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if (r["round"], r["stage"]) in {(0, s) for s in stages}]
+
+
+@pytest.fixture(scope="module")
+def source_run(tiny_model, tmp_path_factory) -> Path:
+    """A finished one-round run that the reuse tests copy from."""
+    run = tmp_path_factory.mktemp("source") / "run"
+    run_loop(load_config(LoopConfig, None, tiny_overrides(tiny_model, run)))
+    return run
+
+
+def test_reuse_from_copies_stages_with_identical_inputs_and_runs_the_rest(tiny_model, source_run, tmp_path):
+    run = tmp_path / "ablation"
+    config = load_config(LoopConfig, None, [*tiny_overrides(tiny_model, run), f"reuse_from={source_run}",
+                                            "consolidate.lr=0.5"])
+    events: list[tuple[str, int, str]] = []
+    results = run_loop(config, on_event=lambda kind, e: events.append((kind, e["round"], e.get("stage", ""))))
+    reused = ("collect", "extract", "evaluate")
+    assert [(r, s) for kind, r, s in events if kind == "reuse"] == [(0, s) for s in reused]
+    # another lr changes M_1, so consolidation and everything evaluated after it are this run's own
+    assert [(r, s) for kind, r, s in events if kind == "start"] == [(0, "consolidate"), (1, "evaluate")]
+    for stage in reused:
+        assert _tree(run / "round_0" / stage) == _tree(source_run / "round_0" / stage)
+    consolidated = yaml.safe_load((run / "round_0" / "consolidate" / "config.yaml").read_text())
+    assert consolidated["lr"] == 0.5 and consolidated["output_dir"] == str(run / "round_0" / "consolidate")
+    assert _metric_rows(run, reused) == _metric_rows(source_run, reused)
+    assert not list((run / "round_0").glob(".*")), "a temporary copy was left behind"
+    assert json.loads((run / "results.json").read_text()) == results
+    assert set(results["0"]) == {"collect", "extract", "evaluate", "consolidate"} and "game_pass_rate" in results["1"]["evaluate"]
+    # a rerun finds every stage complete
+    events.clear()
+    run_loop(config, on_event=lambda kind, e: events.append((kind, e["round"], e.get("stage", ""))))
+    assert {kind for kind, _, _ in events} == {"skip"}
+
+
+def test_reuse_from_with_another_collect_setting_reuses_nothing(tiny_model, source_run, tmp_path):
+    def config(*extra: str) -> LoopConfig:
+        return load_config(LoopConfig, None, [*tiny_overrides(tiny_model, tmp_path / "run"),
+                                              f"reuse_from={source_run}", *extra])
+
+    same = config()
+    source = ReuseSource.open(same)
+    assert source is not None
+    stages = [(r, name) for r in range(same.rounds + 1) for name, _ in stages_for_round(same, r)]
+    assert all(source.reusable(same, r, s) == source_run / f"round_{r}" / s for r, s in stages)
+    other_collect = config("collect.num_seeds=4")
+    assert [(r, s) for r, s in stages if source.reusable(other_collect, r, s)] == []
+    # collection also plays the extraction maps, so their number is one of its inputs
+    fewer_extraction_maps = config("extract.num_trajectories=2")
+    assert source.reusable(fewer_extraction_maps, 0, "collect") is None
+    # with two rounds, round 1's evaluate is an ordinary one (with knowledge), not the source's final one
+    assert source.reusable(config("rounds=2"), 1, "evaluate") is None
+
+
+def test_reuse_from_without_config_yaml_is_a_config_error(tmp_path):
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    config = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'run'}", f"reuse_from={not_a_run}"])
+    with pytest.raises(ConfigError, match=rf"^reuse_from: {re.escape(str(not_a_run))} has no config\.yaml"):
+        run_loop(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_copy_stage_replaces_a_partial_attempt_and_a_killed_copy(tmp_path):
+    src, dest = tmp_path / "a" / "collect", tmp_path / "b" / "collect"
+    src.mkdir(parents=True)
+    (src / "train.jsonl").write_text("complete\n")
+    (src / MARKER).write_text("{}\n")
+    dest.mkdir(parents=True)
+    (dest / "train.jsonl").write_text("partial")
+    killed_copy = dest.with_name(".collect.reuse-tmp")
+    killed_copy.mkdir()
+    (killed_copy / "stale").write_text("x")
+    copy_stage(src, dest)
+    assert _tree(dest) == _tree(src) and not killed_copy.exists()
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml")))

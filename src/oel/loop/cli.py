@@ -29,6 +29,8 @@ class LoopProgress:
             self.status.start()
         elif kind == "skip":
             self.console.print(f"round {r}: {stage} already complete, skipped")
+        elif kind == "reuse":
+            self.console.print(f"round {r}: {stage} reused from {event['source']}")
         elif kind == "episode" and self.status is not None:
             self.done += 1
             self.passed += bool(event["passed"])

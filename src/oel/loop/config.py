@@ -44,6 +44,8 @@ class LoopConfig:
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
     force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
     tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")
+    reuse_from: str = cfg("", "another run dir (relative to the cwd, like run_dir) whose completed stages are copied "
+                              "instead of recomputed when every config section they depend on is identical (ablations)")
     collect: CollectConfig = cfg(help="collection of each round's trajectories (user side)", factory=CollectConfig)
     extract: ExtractConfig = cfg(help="accumulative extraction of each round's knowledge", factory=ExtractConfig)
     consolidate: ConsolidateConfig = cfg(help="on-policy context distillation of each round", factory=ConsolidateConfig)
