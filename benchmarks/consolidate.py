@@ -88,7 +88,8 @@ def _ours_config(args: argparse.Namespace, out_dir: str, knowledge_files: list[s
 
 
 def child_ours(args: argparse.Namespace) -> None:
-    from oel.distill.trainer import Consolidator, peak_rss_mib
+    from oel.distill.trainer import Consolidator
+    from oel.memory import peak_rss_mib
 
     with tempfile.TemporaryDirectory(prefix="oel-bench-cons-") as tmp:
         cfg = _ours_config(args, f"{tmp}/run", args.knowledge)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from oel.distill.scoring import (PackedBatch, ResponseScorer, pack, response_log
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
 from oel.errors import DataError, TrainingError
 from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text_file, repair_jsonl_tail
+from oel.memory import peak_rss_mib
 from oel.rollout.sampling import RowSampling, derive_seed
 from oel.trajectory import Prefix, prefixes, read_trajectories
 
@@ -58,7 +58,6 @@ CHECKPOINT_DIR = "checkpoints"
 STREAM_DATA = 1
 STREAM_SAMPLING = 2
 STREAM_INIT = 3
-KIB = 1024
 # Config keys that may differ between a run and its resumption (they do not change what is learned).
 RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir",
                                "parallel", "teacher_prefix_cache"})
@@ -93,11 +92,6 @@ class ConsolidateResult:
 def read_knowledge(paths: Sequence[str]) -> list[str]:
     """One knowledge text per plain-text file; an empty file is an error (it would teach nothing)."""
     return [read_text_file(p, "knowledge file") for p in paths]
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
 
 
 class Consolidator:
@@ -169,7 +163,8 @@ class Consolidator:
         """The collection stage's own chat encoding, so the student sees exactly what it played with."""
         from oel.rollout.hf_backend import HFBackend
 
-        backend = HFBackend(self.student, self.tokenizer, model_id=self.model_id)
+        # No prefix store: the weights change every step, so stored KV would be stale.
+        backend = HFBackend(self.student, self.tokenizer, model_id=self.model_id, prefix_cache_bytes=0)
         self.generation = GenerationSettings(pad_id=backend.pad_id, stop_ids=backend.stop_ids,
                                              max_new_tokens=self.config.max_new_tokens,
                                              chunk_size=self.config.micro_batch_size,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import resource
 import sys
 
+from oel.memory import peak_rss_mib
 from oel.models import ModelConfig, load_model
 from oel.models.loading import default_cache_dir
 from oel.models.presets import DEFAULT_PRESET, PRESETS
@@ -18,11 +18,6 @@ def _installed(dist: str) -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
