@@ -8,7 +8,11 @@ template, the same chat template and the same sampling settings (T=0.7, top_p 0.
 
 - ours: `oel.rollout.collect.collect` with `HFBackend` (every unfinished episode's prompt in
   one left-padded, length-sorted batched call per turn; per-episode seeded sampling; each
-  trajectory appended to a JSONL as it ends, as `oel collect` does);
+  trajectory appended to a JSONL as it ends, as `oel collect` does), with its prefix KV
+  store (each turn runs only the tokens after the previous turn's prompt + answer, and the
+  opening every episode shares is run once); the store starts empty in every repetition;
+- ours, no reuse: the same with the prefix store off (`prefix_cache_bytes=0`), to show what
+  batching alone and KV reuse each contribute;
 - naive: for each episode, for each turn, `model.generate(do_sample=True, ...)` on that one
   prompt, the way one would write it with plain Hugging Face.
 
@@ -71,6 +75,8 @@ def run_ours(backend: Any, episodes: int, in_flight: int) -> tuple[RunResult, li
     from oel.rollout.collect import CollectConfig, collect
     from oel.trajectory import read_trajectories
 
+    if backend.prefix_store is not None:
+        backend.prefix_store.clear()  # no reuse of an earlier repetition's identical prompts
     with tempfile.TemporaryDirectory(prefix="oel-bench-rollout-") as tmp:
         cfg = CollectConfig(num_seeds=episodes, batch_size=in_flight, out=f"{tmp}/t.jsonl",
                             sampling=SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
@@ -210,19 +216,24 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lm = load_model(ModelConfig(name=args.preset))
     backend = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id)
+    no_reuse = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id, prefix_cache_bytes=0)
     run_naive(lm.model, lm.tokenizer, 1, seed=0)  # warm-up (first-call costs), untimed
-    ours: list[RunResult] = []
-    naive: list[RunResult] = []
+    sides: dict[str, list[RunResult]] = {"ours": [], "no-reuse": [], "naive": []}
     trajs: list[Any] = []
     for rep in range(args.repeats):
         result, trajs = run_ours(backend, args.episodes, args.in_flight)
-        ours.append(result)
-        naive.append(run_naive(lm.model, lm.tokenizer, args.episodes, seed=rep))
-        for name, r in (("ours", ours[-1]), ("naive", naive[-1])):
-            print(f"  rep {rep} {name:5s}: {r.episodes} episodes, {r.turns} turns, {r.generated_tokens} gen tokens, "
+        sides["ours"].append(result)
+        sides["no-reuse"].append(run_ours(no_reuse, args.episodes, args.in_flight)[0])
+        sides["naive"].append(run_naive(lm.model, lm.tokenizer, args.episodes, seed=rep))
+        for name, runs in sides.items():
+            r = runs[-1]
+            print(f"  rep {rep} {name:8s}: {r.episodes} episodes, {r.turns} turns, {r.generated_tokens} gen tokens, "
                   f"{r.prompt_tokens} prompt tokens, {r.seconds:.1f} s {state_note(r.state)}", flush=True)
-    _report(args, ours, naive)
-    prof = profile_first_turn(backend, args.episodes, args.repeats)
+    _report(args, sides)
+    store = backend.prefix_store.stats() if backend.prefix_store is not None else {}
+    print(f"prefix store after ours' runs: {store.get('reused_share', 0.0) * 100:.0f}% of looked-up prompt tokens "
+          f"reused, {store.get('entries', 0)} entries, {store.get('bytes', 0) / 2**20:.0f} MiB held")
+    prof = profile_first_turn(no_reuse, args.episodes, args.repeats)
     print(f"profile, first turn, medians of {args.repeats}: {prof['rows']} prompts batched: prefill "
           f"{prof['batch_prefill_s']:.2f} s of {prof['batch_generate_s']:.2f} s generate "
           f"({100 * prof['batch_prefill_s'] / prof['batch_generate_s']:.0f}%); one prompt alone: prefill "
@@ -234,21 +245,21 @@ def main() -> None:
           f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could skip these")
 
 
-def _report(args: argparse.Namespace, ours: list[RunResult], naive: list[RunResult]) -> None:
+def _report(args: argparse.Namespace, sides: dict[str, list[RunResult]]) -> None:
     print(f"\n{args.preset}, {args.episodes} FrozenLake episodes, medians of {args.repeats} runs each "
-          f"(ours: {args.in_flight} in flight)")
-    rows = [("generated tokens/s", "tokens_per_s"), ("episodes/min", "episodes_per_min")]
-    for label, attr in rows:
-        o = median([getattr(r, attr) for r in ours])
-        n = median([getattr(r, attr) for r in naive])
-        print(f"  {label:20s} ours {o:8.2f}   naive {n:8.2f}   ratio {ratio(o, n):5.2f}x")
-    o_ptok = median([r.prompt_tokens / r.seconds for r in ours])
-    n_ptok = median([r.prompt_tokens / r.seconds for r in naive])
-    print(f"  {'prompt tokens/s':20s} ours {o_ptok:8.1f}   naive {n_ptok:8.1f}   ratio {ratio(o_ptok, n_ptok):5.2f}x")
-    print(f"  turns per episode    ours {median([r.turns / r.episodes for r in ours]):.2f}   "
-          f"naive {median([r.turns / r.episodes for r in naive]):.2f}")
-    loads = [r.state["loadavg_1m"] for r in ours + naive]
-    print(f"  torch threads {ours[0].state['torch_threads']}, load avg {min(loads)}-{max(loads)}")
+          f"(ours: {args.in_flight} in flight); ratios against naive")
+    naive = sides["naive"]
+    rates = [("generated tokens/s", lambda r: r.tokens_per_s), ("episodes/min", lambda r: r.episodes_per_min),
+             ("prompt tokens/s", lambda r: r.prompt_tokens / r.seconds)]
+    for label, rate in rates:
+        n = median([rate(r) for r in naive])
+        cells = [f"{name} {median([rate(r) for r in runs]):8.2f} ({ratio(median([rate(r) for r in runs]), n):5.2f}x)"
+                 for name, runs in sides.items() if name != "naive"]
+        print(f"  {label:20s} " + "   ".join(cells) + f"   naive {n:8.2f}")
+    print("  turns per episode    " + "   ".join(
+        f"{name} {median([r.turns / r.episodes for r in runs]):.2f}" for name, runs in sides.items()))
+    loads = [r.state["loadavg_1m"] for runs in sides.values() for r in runs]
+    print(f"  torch threads {naive[0].state['torch_threads']}, load avg {min(loads)}-{max(loads)}")
 
 
 if __name__ == "__main__":
