@@ -77,12 +77,18 @@ def compare(model: Any, prompts: list[list[int]], responses: list[list[int]], ke
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    logp_a = torch.log_softmax(a / LOSS_TEMPERATURE, -1)
-    logp_b = torch.log_softmax(b / LOSS_TEMPERATURE, -1)
-    kl = float((logp_b.exp() * (logp_b - logp_a)).sum(-1).max())
+        # The noise floor of plain scoring itself: each row scored alone vs inside the batch.
+        alone = torch.cat([response_logits(model, pack([p], [r], pad_id=pad_id)) for p, r in zip(prompts, responses)]).float()
+
+    def max_kl(x: torch.Tensor, y: torch.Tensor) -> float:
+        logp_x = torch.log_softmax(x / LOSS_TEMPERATURE, -1)
+        logp_y = torch.log_softmax(y / LOSS_TEMPERATURE, -1)
+        return float((logp_y.exp() * (logp_y - logp_x)).sum(-1).max())
+
     return {"plain_s": median(times["plain"]), "shared_s": median(times["shared"]),
-            "max_abs_diff": float((a - b).abs().max()), "max_kl": kl,
-            "argmax_equal": bool(torch.equal(a.argmax(-1), b.argmax(-1))), "state": state}
+            "max_abs_diff": float((a - b).abs().max()), "max_kl": max_kl(a, b),
+            "argmax_equal": bool(torch.equal(a.argmax(-1), b.argmax(-1))),
+            "floor_abs_diff": float((a - alone).abs().max()), "floor_kl": max_kl(a, alone), "state": state}
 
 
 def main() -> None:
@@ -115,7 +121,8 @@ def main() -> None:
     backend = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id)
     print(f"{args.preset}: teacher scoring, medians of {args.repeats} alternating repetitions")
     print(f"{'batch':>5s} {'K':>2s} {'prompt':>6s} {'shared':>6s} {'plain s':>8s} {'shared s':>8s} {'speed-up':>8s} "
-          f"{'max|dlogit|':>11s} {'max KL':>8s} argmax=  threads/load")
+          f"{'max|dlogit|':>11s} {'max KL':>8s} argmax= {'floor|dl|':>9s} {'floor KL':>8s}  threads/load")
+    print("(floor: plain scoring of each row alone vs in the batch -- bf16's own batch-composition noise)")
     for batch in args.batches:
         for one_text in (True, False):
             prompts, responses, keys = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts, one_text)
@@ -125,7 +132,8 @@ def main() -> None:
             k_used = len(set(keys))
             print(f"{batch:5d} {k_used:2d} {median([len(p) for p in prompts]):6.0f} {head:6.0f} {r['plain_s']:8.2f} "
                   f"{r['shared_s']:8.2f} {ratio(r['plain_s'], r['shared_s']):7.2f}x {r['max_abs_diff']:11.4f} "
-                  f"{r['max_kl']:8.1e} {str(r['argmax_equal']):6s} {state_note(r['state'])}", flush=True)
+                  f"{r['max_kl']:8.1e} {str(r['argmax_equal']):6s} {r['floor_abs_diff']:9.4f} {r['floor_kl']:8.1e}  "
+                  f"{state_note(r['state'])}", flush=True)
 
 
 if __name__ == "__main__":

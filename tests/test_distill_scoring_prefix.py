@@ -107,8 +107,9 @@ def test_groups_keep_row_order(tiny):
         response_logits_by_shared_prefix_groups(tiny, prompts, responses, keys[:2], pad_id=0)
 
 
-def test_trainer_step_same_with_teacher_prefix_cache(tmp_path):
-    """One consolidation step: the teacher_prefix_cache switch changes nothing but rounding."""
+@pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
+def test_trainer_step_same_with_prefix_cache(tmp_path, switch):
+    """One consolidation step: either prefix-cache switch changes nothing but rounding (loss and gradient)."""
     from oel import prompts
     from oel.distill import ConsolidateConfig, Consolidator
     from oel.models import ModelConfig
@@ -133,7 +134,7 @@ def test_trainer_step_same_with_teacher_prefix_cache(tmp_path):
                                     output_dir=str(tmp_path / f"run{int(cached)}"),
                                     model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
                                     steps=1, batch_size=4, micro_batch_size=4, max_new_tokens=3, top_k=16,
-                                    teacher_prefix_cache=cached)
+                                    **{switch: cached})
             trainer = Consolidator(cfg)
             trainer.prepare_output()
             results.append(trainer.train_step(1))
@@ -145,8 +146,51 @@ def test_trainer_step_same_with_teacher_prefix_cache(tmp_path):
     assert plain["grad_norm"] == pytest.approx(cached["grad_norm"], rel=1e-4)
 
 
-def test_prefix_cache_refused_with_fsdp():
+@pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
+def test_prefix_cache_refused_with_fsdp(switch):
     from oel.distill import ConsolidateConfig
 
-    with pytest.raises(ValueError, match="teacher_prefix_cache"):
-        ConsolidateConfig(teacher_prefix_cache=True, parallel="fsdp")
+    with pytest.raises(ValueError, match=switch):
+        ConsolidateConfig(**{switch: True}, parallel="fsdp")
+
+
+def test_student_shared_head_logits_and_gradients_equal_plain_scoring():
+    """The student's shared-head pass: same logits and same parameter gradients as the plain pass."""
+    from oel.distill.scoring import ResponseScorer, response_logits_shared_head, shared_prefix_length
+    from oel.rollout.tiny import tiny_chat_model
+
+    model, _ = tiny_chat_model(seed=1, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    head = torch.randint(0, 250, (40,), generator=gen).tolist()
+    prompts = [head + torch.randint(0, 250, (n,), generator=gen).tolist() for n in (5, 9, 3)]
+    responses = [torch.randint(0, 250, (n,), generator=gen).tolist() for n in (4, 2, 6)]
+    batch = pack(prompts, responses, pad_id=0)
+    shared = shared_prefix_length(prompts)
+    assert shared >= 40
+
+    def logits_and_grads(fn):
+        model.zero_grad()
+        out = fn()
+        out.float().log_softmax(-1)[:, :7].sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, g_plain = logits_and_grads(lambda: response_logits(model, batch))
+    cached, g_cached = logits_and_grads(lambda: ResponseScorer(model)(batch.input_ids_BT, batch.attention_mask_BT,
+                                                                       batch.response_mask_BT, head_tokens=shared))
+    assert torch.allclose(cached, plain, atol=TOL)
+    assert len(g_plain) == len(g_cached)
+    for a, b in zip(g_plain, g_cached):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="head_tokens"):
+        response_logits_shared_head(model, pack(prompts, responses, pad_id=0, side="left"), shared)
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(ValueError, match="checkpointed"):
+        response_logits_shared_head(model, batch, shared)
+
+
+def test_student_prefix_cache_refused_with_gradient_checkpointing():
+    from oel.distill import ConsolidateConfig
+
+    with pytest.raises(ValueError, match="student_prefix_cache.*gradient_checkpointing"):
+        ConsolidateConfig(student_prefix_cache=True, gradient_checkpointing=True)

@@ -63,6 +63,7 @@ class ConsolidateConfig:
     lora_dropout: float = cfg(0.0, "LoRA dropout")
     lora_target_modules: list[str] = cfg(help="module names that get LoRA adapters", factory=lambda: list(DEFAULT_LORA_TARGETS))
     gradient_checkpointing: bool = cfg(False, "recompute activations in backward (less memory, ~30% slower)")
+    student_prefix_cache: bool = cfg(False, "run the opening all student prompts of a micro-batch share (template, instructions, rules) once, its KV repeated over the rows, gradients included; equal to plain scoring up to float rounding; not with parallel=fsdp")
     teacher_prefix_cache: bool = cfg(False, "score the teacher with each knowledge text's shared prompt head run once per batch (its KV cache repeated over the rows) instead of once per row; equal to plain scoring up to float rounding; not with parallel=fsdp")
 
     seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
@@ -90,6 +91,12 @@ class ConsolidateConfig:
         if self.teacher_prefix_cache and self.parallel == "fsdp":
             raise ValueError("teacher_prefix_cache: not supported with parallel=fsdp (it calls the sharded "
                              "backbone outside the wrapper's forward); set it to false")
+        if self.student_prefix_cache and self.gradient_checkpointing:
+            raise ValueError("student_prefix_cache: not with gradient_checkpointing (checkpointed layers drop the "
+                             "KV cache the shared head lives in); set one of them to false")
+        if self.student_prefix_cache and self.parallel == "fsdp":
+            raise ValueError("student_prefix_cache: not supported with parallel=fsdp (the sharded backbone "
+                             "would run twice in one forward); set it to false")
         if self.save_every < 0 or self.keep_last < 1:
             raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
 

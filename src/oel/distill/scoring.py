@@ -117,8 +117,14 @@ class ResponseScorer(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids_BT: Tensor, attention_mask_BT: Tensor, response_mask_BT: Tensor) -> Tensor:
-        return response_logits(self.lm, PackedBatch(input_ids_BT, attention_mask_BT, response_mask_BT))
+    def forward(self, input_ids_BT: Tensor, attention_mask_BT: Tensor, response_mask_BT: Tensor,
+                head_tokens: int = 0) -> Tensor:
+        """`response_logits`; with `head_tokens` > 0 (right-padded rows that all open with the same
+        `head_tokens` tokens), the head runs once and its KV is shared by the rows, gradients included."""
+        batch = PackedBatch(input_ids_BT, attention_mask_BT, response_mask_BT)
+        if head_tokens > 0:
+            return response_logits_shared_head(self.lm, batch, head_tokens)
+        return response_logits(self.lm, batch)
 
     def generate(self, **kwargs: Any) -> Any:
         return self.lm.generate(**kwargs)
@@ -180,6 +186,40 @@ def _cut_at_stop(ids: list[int], stop_ids: frozenset[int]) -> list[int]:
         if tok in stop_ids:
             return ids[: j + 1]
     return ids
+
+
+def response_logits_shared_head(model: Any, batch: PackedBatch, head_tokens: int) -> Tensor:
+    """`response_logits` of a RIGHT-padded batch whose rows share their first `head_tokens` tokens.
+
+    The head runs once (batch 1), its KV cache is repeated over the rows, and only the tails
+    run per row. Differentiable: the head's gradient is the sum over the rows, as in the plain
+    pass, so the student can use it too. Equal to `response_logits` up to float rounding.
+    """
+    from transformers import DynamicCache
+
+    ids_BT, attn_BT, resp_BT = batch.input_ids_BT, batch.attention_mask_BT, batch.response_mask_BT
+    rows = ids_BT.shape[0]
+    if not 0 < head_tokens < ids_BT.shape[1]:
+        raise ValueError(f"head_tokens: must be in 1..{ids_BT.shape[1] - 1}, got {head_tokens}")
+    if not (bool(attn_BT[:, :head_tokens].all()) and bool((ids_BT[:, :head_tokens] == ids_BT[:1, :head_tokens]).all())):
+        raise ValueError("head_tokens: the rows do not all open with the same real tokens (right padding needed)")
+    if bool(resp_BT[:, :head_tokens + 1].any()):
+        raise ValueError("head_tokens: a response token lies inside the shared head")
+    backbone, head = causal_lm_parts(model)
+    if backbone.training and any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules()):
+        raise ValueError("head_tokens: checkpointed layers would drop the shared head's KV cache")
+    device = head.weight.device
+    cache = DynamicCache(config=getattr(model, "config", None))
+    head_ids_1P = ids_BT[:1, :head_tokens].to(device)
+    backbone(input_ids=head_ids_1P, attention_mask=torch.ones_like(head_ids_1P), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(rows)
+    tail_ids_BS = ids_BT[:, head_tokens:].to(device)
+    attn = attn_BT.to(device)
+    positions_BS = head_tokens + torch.arange(tail_ids_BS.shape[1], device=device).expand_as(tail_ids_BS)
+    out = backbone(input_ids=tail_ids_BS, attention_mask=attn, position_ids=positions_BS,
+                   past_key_values=cache, use_cache=True)
+    predicts_response_BS = resp_BT[:, head_tokens + 1:].to(device)
+    return head(out.last_hidden_state[:, :-1][predicts_response_BS])
 
 
 # -- shared-prefix scoring (teacher only) ---------------------------------------------------

@@ -40,7 +40,7 @@ from oel.distill import checkpoint, distributed, losses
 from oel.distill.config import ConsolidateConfig
 from oel.distill.samplers import SAMPLERS, GenerationSettings, Sample
 from oel.distill.scoring import (PackedBatch, ResponseScorer, pack, response_logits,
-                                 response_logits_by_shared_prefix_groups)
+                                 response_logits_by_shared_prefix_groups, shared_prefix_length)
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
 from oel.errors import DataError, TrainingError
 from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text_file, repair_jsonl_tail
@@ -60,7 +60,9 @@ STREAM_SAMPLING = 2
 STREAM_INIT = 3
 # Config keys that may differ between a run and its resumption (they do not change what is learned).
 RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir",
-                               "parallel", "teacher_prefix_cache"})
+                               "parallel", "teacher_prefix_cache", "student_prefix_cache"})
+MIN_STUDENT_HEAD_TOKENS = 32
+"""A shorter shared opening is not worth a second backbone call in the student's pass."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
                   tuple[torch.Tensor, dict[str, float]]]
@@ -275,11 +277,14 @@ class Consolidator:
                 else:
                     teacher_NV = response_logits(teacher, pack(teacher_prompts, responses, pad_id=pad))
         teacher_s = time.perf_counter() - t0
-        batch: PackedBatch = pack([s.student_prompt for s in samples], responses, pad_id=pad)
+        student_prompts = [s.student_prompt for s in samples]
+        batch: PackedBatch = pack(student_prompts, responses, pad_id=pad)  # right-padded: rows open alike
+        head = shared_prefix_length(student_prompts) if c.student_prefix_cache and len(samples) > 1 else 0
         self.student.train()
         try:
-            student_NV = self.parallel.train_module(batch.input_ids_BT, batch.attention_mask_BT,
-                                                    batch.response_mask_BT)
+            student_NV = self.parallel.train_module(
+                batch.input_ids_BT, batch.attention_mask_BT, batch.response_mask_BT,
+                head_tokens=head if head >= MIN_STUDENT_HEAD_TOKENS else 0)
         finally:
             self.student.eval()
         tokens_N = batch.response_tokens_N.to(student_NV.device)
