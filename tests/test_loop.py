@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,23 @@ def test_full_loop_then_report(tiny_model, tmp_path):
     text = report.read_text()
     assert "| 0 |" in text and "| 1 |" in text
     for png in ("pass_rate.png", "kl_per_step.png", "tokens_per_turn.png", "ifeval.png"):
+        assert (report.parent / png).stat().st_size > 1000
+    # an in-context curve on round 0's store is picked up; another run is compared side by side
+    from oel.experience.curve import CurveConfig, evaluate_curve
+    from oel.rollout.hf_backend import HFBackend
+
+    from oel.models import ModelConfig
+    from oel.rollout.backend import SamplingParams
+
+    evaluate_curve(CurveConfig(store=str(run / "round_0" / "extract" / "store"), round=0, steps=[0, 1], num_maps=2,
+                               sampling=SamplingParams(temperature=0.0, max_new_tokens=4)),
+                   HFBackend.from_model_config(ModelConfig(name=tiny_model, dtype="float32", device="cpu")))
+    other = tmp_path / "other"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("report"))
+    report = write_report(run, compare=[other])
+    text = report.read_text()
+    assert "## Comparison with other runs" in text and "| other | 1 |" in text
+    for png in ("in_context_curve.png", "compare_pass_rate.png", "compare_move_quality.png"):
         assert (report.parent / png).stat().st_size > 1000
 
 

@@ -3,7 +3,9 @@
 Reads only what the loop wrote: each stage's completion marker (its summary numbers), the
 consolidation's per-step metrics, the collected trajectories and the knowledge texts.
 Writes RUN_DIR/report/: report.md and PNG plots (pass rate per round with 95% CIs, tokens
-per turn, move quality, IF-Eval, the KL curve across all consolidation steps).
+per turn, move quality, IF-Eval, the KL curve across all consolidation steps, and the
+in-context curve vs accumulation step wherever `oel experience curve` was run on a round's
+store). `--compare OTHER_RUN ...` adds a table and plots of other runs (ablations) next to it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ class RunData:
     collect: dict[int, dict[str, Any]] = field(default_factory=dict)
     consolidate_steps: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     knowledge: dict[int, str] = field(default_factory=dict)
+    curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     config: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
 
 
 def _marker(d: Path) -> dict[str, Any] | None:
@@ -72,6 +79,12 @@ def gather(run_dir: str | os.PathLike) -> RunData:
         k0 = rd / "extract" / "knowledge_0.txt"
         if k0.is_file():
             data.knowledge[r] = k0.read_text(encoding="utf-8").strip()
+        curve = rd / "extract" / "store" / f"round_{r:03d}" / "curve" / "curve.json"
+        if curve.is_file():
+            try:
+                data.curves[r] = json.loads(curve.read_text())["points"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise DataError(f"{curve}: not a curve written by `oel experience curve` ({e})") from None
     return data
 
 
@@ -150,6 +163,43 @@ def plot_kl(data: RunData, out: Path) -> Path | None:
     return _save(fig, out / "kl_per_step.png")
 
 
+def plot_curves(data: RunData, out: Path) -> Path | None:
+    """In-context pass rate (95% CI) vs accumulation step, one line per round with a curve."""
+    if not data.curves:
+        return None
+    fig, ax = _axes()
+    for r, points in sorted(data.curves.items()):
+        xs = [p["step"] for p in points]
+        ys = [100 * p["passed"] / p["episodes"] for p in points]
+        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)], [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"round {r}")
+    ax.set_xlabel("accumulation step i (knowledge e_i in context)")
+    ax.set_ylabel("held-out pass rate (%)")
+    ax.set_title("In-context curve (95% CI)")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "in_context_curve.png")
+
+
+def plot_compare(runs: list[RunData], out: Path, key: str, ylabel: str, filename: str) -> Path | None:
+    """One metric per round for several runs (the main run and its ablations); CIs for pass rates."""
+    series = [(data, sorted(r for r in data.evaluate if key in data.evaluate[r])) for data in runs]
+    if not any(xs for _, xs in series):
+        return None
+    fig, ax = _axes((6, 3.5))
+    for i, (data, xs) in enumerate(series):
+        shifted = [x + 0.06 * (i - (len(runs) - 1) / 2) for x in xs]  # side by side, not on top
+        ys = [100 * data.evaluate[r][key] for r in xs]
+        if key == "game_pass_rate":
+            ax.errorbar(shifted, ys, yerr=_errorbars(data.evaluate, key)[2], marker="o", capsize=4, label=data.name)
+        elif xs:
+            ax.plot(shifted, ys, marker="o", label=data.name)
+    ax.set_xlabel("round (model M_r)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(sorted({r for d in runs for r in d.rounds}))
+    ax.legend(fontsize=7)
+    return _save(fig, out / filename)
+
+
 def _fmt_rate(s: dict[str, Any] | None) -> str:
     if not s or "game_pass_rate" not in s:
         return "-"
@@ -173,6 +223,20 @@ def results_table(data: RunData) -> str:
     return "\n".join(rows)
 
 
+def compare_table(runs: list[RunData]) -> str:
+    rows = ["| run | round | pass rate (95% CI) | in context | move quality | tokens/turn | IF-Eval prompt strict | IF-Eval inst. loose |",
+            "|---|---|---|---|---|---|---|---|"]
+    for data in runs:
+        for r in data.rounds:
+            e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
+            if e is None:
+                continue
+            rows.append(f"| {data.name} | {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt(e, 'game_move_quality', 100, '%')} | "
+                        f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'ifeval_prompt_strict', 100, '%')} | "
+                        f"{_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
+    return "\n".join(rows)
+
+
 def sample_trajectory(run_dir: Path, r: int) -> str:
     path = run_dir / f"round_{r}" / "collect" / "train.jsonl"
     if not path.is_file():
@@ -185,21 +249,33 @@ def sample_trajectory(run_dir: Path, r: int) -> str:
     return ""
 
 
-def write_report(run_dir: str | os.PathLike) -> Path:
-    """Gather, plot, and write RUN_DIR/report/report.md; returns its path."""
+def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | None = None) -> Path:
+    """Gather, plot, and write RUN_DIR/report/report.md (+ a comparison with `compare` runs); returns its path."""
     data = gather(run_dir)
+    others = [gather(d) for d in compare or []]
     out = data.run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_pass_rate(data, out),
              plot_series(data, out, "game_tokens_per_turn", "response tokens per turn", "tokens_per_turn.png"),
              plot_series(data, out, "game_move_quality", "moves on a shortest path (%)", "move_quality.png", 100),
              plot_series(data, out, "ifeval_prompt_strict", "IF-Eval prompt-level strict (%)", "ifeval.png", 100),
-             plot_kl(data, out)]
+             plot_kl(data, out),
+             plot_curves(data, out)]
     md = [f"# OEL run report: `{data.run_dir}`", "",
           "Round r's row is model M_r (round 0 = the initial model); 'in context' is M_r with its round's "
           "knowledge in the prompt. Held-out maps only; CIs are 95% Wilson intervals over episodes.", "",
           results_table(data), ""]
     md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    if others:
+        runs = [data, *others]
+        md += ["", "## Comparison with other runs", "",
+               "The same table for each run (its own rounds); runs that share a round-0 stage through "
+               "`reuse_from` show identical round-0 numbers.", "", compare_table(runs), ""]
+        compared = [plot_compare(runs, out, "game_pass_rate", "held-out pass rate (%)", "compare_pass_rate.png"),
+                    plot_compare(runs, out, "game_move_quality", "moves on a shortest path (%)", "compare_move_quality.png"),
+                    plot_compare(runs, out, "ifeval_instruction_loose", "IF-Eval instruction-level loose (%)",
+                                 "compare_ifeval.png")]
+        md += [f"![{p.stem}]({p.name})" for p in compared if p is not None]
     for r in data.rounds:
         if r in data.knowledge or sample_trajectory(data.run_dir, r):
             md += ["", f"## Round {r}"]
@@ -221,9 +297,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("report", help="plots and a markdown summary of an `oel loop` run (offline)",
                               description="Write RUN_DIR/report/report.md and PNG plots from what the loop wrote.")
     p.add_argument("run_dir", help="the run directory of an `oel loop` run")
+    p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN",
+                   help="other run dirs (e.g. ablations) to tabulate and plot next to this one")
 
     def _run(ns: argparse.Namespace) -> int:
-        print(write_report(ns.run_dir))
+        print(write_report(ns.run_dir, ns.compare))
         return 0
 
     p.set_defaults(func=_run)
