@@ -45,7 +45,7 @@ from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, emit, machine_state, median, ratio, run_child, state_note  # noqa: E402
+from _common import DEFAULT_PRESET, emit, machine_state, median, ratio, run_child  # noqa: E402
 
 DEFAULT_TRAJECTORIES = "runs/quickstart/round_0/collect/train.jsonl"
 DEFAULT_BATCH = 4

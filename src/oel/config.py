@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import os
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 

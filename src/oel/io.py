@@ -98,13 +98,19 @@ def repair_jsonl_tail(path: str | os.PathLike) -> bool:
     return True
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, object) for each non-blank line; bad JSON -> DataError `file:line`."""
+def iter_jsonl(path: str | os.PathLike, *, complete_lines_only: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, object) for each non-blank line; bad JSON -> DataError `file:line`.
+
+    `complete_lines_only`: stop at a last line without its newline (a file another process
+    may be appending to, or a torn tail) instead of parsing it.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
+            if complete_lines_only and not line.endswith("\n"):
+                break
             if not line.strip():
                 continue
             try:

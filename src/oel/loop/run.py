@@ -36,9 +36,9 @@ from typing import Any
 import yaml
 
 from oel.config import save_config, to_dict
-from oel.errors import ConfigError, DataError
-from oel.io import append_jsonl, atomic_write_json
-from oel.loop.config import LoopConfig, diff_keys, with_fields
+from oel.errors import ConfigError
+from oel.io import append_jsonl, atomic_write_json, iter_jsonl
+from oel.loop.config import LoopConfig, diff_keys
 from oel.models import LoadedModel, ModelConfig, load_model
 
 log = logging.getLogger(__name__)
@@ -269,19 +269,8 @@ class ReuseSource:
         path = self.run_dir / METRICS_FILE
         if not path.is_file():
             return []
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), start=1):
-            if not line.endswith("\n"):
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if isinstance(row, dict) and row.get("round") == r and row.get("stage") == stage:
-                rows.append(row)
-        return rows
+        return [row for _, row in iter_jsonl(path, complete_lines_only=True)
+                if row.get("round") == r and row.get("stage") == stage]
 
 
 def copy_stage(src: Path, dest: Path) -> None:

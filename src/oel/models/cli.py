@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import sys
 
 from oel.memory import peak_rss_mib
 from oel.models import ModelConfig, load_model
