@@ -94,3 +94,13 @@ def test_helpers() -> None:
     assert answer_text("plain") == "plain"
     assert canonical(" W ") == "[up]"
     assert canonical("jump") is None
+
+
+def test_reasoning_prompt_has_one_field_and_its_answer_style_parses() -> None:
+    """policy_grid_reason_v1 asks for a short thought, then the move last: the last bracketed move counts."""
+    from oel import prompts
+
+    template = prompts.get("policy_grid_reason_v1")
+    assert template.fields == {"observation"}
+    assert template.render(observation="BOARD").endswith("BOARD")
+    assert parse_action("P is top left; [up] hits the wall and H is right of me, so I go down. [down]") == "[down]"
