@@ -129,15 +129,17 @@ def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult
 
 def repeated_prefill_share(trajs: list[Any], encode: Any) -> dict[str, float]:
     """Share of prompt tokens that repeat tokens computed before (head shared by all, previous turn)."""
+    from oel.rollout.prefix_cache import common_prefix_length
+
     total = shared_head = previous_turn = 0
     first_prompts = [encode(t.turns[0].prompt) for t in trajs]
-    head = _common_prefix(first_prompts)
+    head = common_prefix_length(first_prompts)
     for traj in trajs:
         before: list[int] = []
         for turn in traj.turns:
             ids = encode(turn.prompt)
             total += len(ids)
-            from_prev = _common_prefix([before, ids]) if before else 0
+            from_prev = common_prefix_length([before, ids]) if before else 0
             shared_head += min(head, len(ids))
             previous_turn += max(from_prev - head, 0)
             before = ids
@@ -189,13 +191,6 @@ def profile_first_turn(backend: Any, episodes: int, repeats: int) -> dict[str, f
         out[f"{name}_generate_s"] = median([generate(rows) for _ in range(repeats)])
     out["rows"] = len(chats)
     return out
-
-
-def _common_prefix(rows: list[list[int]]) -> int:
-    n = 0
-    while all(len(r) > n for r in rows) and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
 
 
 def main() -> None:

@@ -241,14 +241,11 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     The last prompt token must stay in the per-row tail: its hidden state predicts the first
     response token.
     """
+    from oel.rollout.prefix_cache import common_prefix_length
+
     if not prompts:
         return 0
-    cap = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    n = 0
-    while n < cap and all(p[n] == first[n] for p in prompts[1:]):
-        n += 1
-    return max(n, 0)
+    return max(min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1), 0)
 
 
 def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[int]],

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from oel.rollout.backend import Generation, SamplingParams
-from oel.rollout.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch
+from oel.rollout.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
+                                      common_prefix_length)
 from oel.rollout.sampling import PerRowSampler, RowSampling, derive_seed
 from oel.trajectory import Message
 
@@ -228,8 +229,8 @@ class HFBackend:
         for b, (e, gen) in enumerate(zip(batch, gens)):
             kept = min(gen.completion_tokens, steps - 1)
             positions = torch.cat([mask_BW[b].nonzero().squeeze(1), torch.arange(width, width + kept)])
-            kv = [(layer.keys[b][:, positions.to(layer.keys.device)].clone(),
-                   layer.values[b][:, positions.to(layer.values.device)].clone()) for layer in cache.layers]
+            positions = positions.to(cache.layers[0].keys.device)
+            kv = [(layer.keys[b][:, positions].clone(), layer.values[b][:, positions].clone()) for layer in cache.layers]
             self.prefix_store.add(e.ids + new_BT[b, :kept].tolist(), kv, supersedes=e.match.entry)
 
     def _prefill_shared_head(self, prompts: Sequence[Sequence[int]]) -> None:
@@ -240,7 +241,7 @@ class HFBackend:
         assert self.prefix_store is not None
         if len(prompts) < 2:
             return
-        head = _common_prefix_length(prompts)
+        head = common_prefix_length(prompts)
         head = min(head, min(len(p) for p in prompts) - 1)
         if head < self.prefix_store.min_tokens:
             return
@@ -271,16 +272,6 @@ class HFBackend:
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         # Counted like vLLM and llama.cpp: every generated token, the stop token included.
         return Generation(text=text, prompt_tokens=len(item.ids), completion_tokens=len(ids), finish_reason=finish)
-
-
-def _common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        tok = first[i]
-        if any(s[i] != tok for s in seqs):
-            return i
-    return n
 
 
 def _pad_token_id(tokenizer: Any) -> int:

@@ -136,5 +136,16 @@ class PrefixKVStore:
                 "entries": len(self.entries), "bytes": self.nbytes}
 
 
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every sequence starts with (0 for no sequences)."""
+    if not seqs:
+        return 0
+    first = seqs[0]
+    for i in range(min(len(s) for s in seqs)):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return min(len(s) for s in seqs)
+
+
 def _is_prefix(short: Tensor, long: Tensor) -> bool:
     return len(short) <= len(long) and bool(torch.equal(short, long[: len(short)]))
