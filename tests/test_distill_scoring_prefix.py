@@ -146,14 +146,6 @@ def test_trainer_step_same_with_prefix_cache(tmp_path, switch):
     assert plain["grad_norm"] == pytest.approx(cached["grad_norm"], rel=1e-4)
 
 
-@pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
-def test_prefix_cache_refused_with_fsdp(switch):
-    from oel.distill import ConsolidateConfig
-
-    with pytest.raises(ValueError, match=switch):
-        ConsolidateConfig(**{switch: True}, parallel="fsdp")
-
-
 def test_student_shared_head_logits_and_gradients_equal_plain_scoring():
     """The student's shared-head pass: same logits and same parameter gradients as the plain pass."""
     from oel.distill.scoring import ResponseScorer, response_logits_shared_head, shared_prefix_length
@@ -187,10 +179,3 @@ def test_student_shared_head_logits_and_gradients_equal_plain_scoring():
     model.train()
     with pytest.raises(ValueError, match="checkpointed"):
         response_logits_shared_head(model, batch, shared)
-
-
-def test_student_prefix_cache_refused_with_gradient_checkpointing():
-    from oel.distill import ConsolidateConfig
-
-    with pytest.raises(ValueError, match="student_prefix_cache.*gradient_checkpointing"):
-        ConsolidateConfig(student_prefix_cache=True, gradient_checkpointing=True)

@@ -62,9 +62,14 @@ class ConsolidateConfig:
     lora_alpha: int = cfg(32, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = cfg(0.0, "LoRA dropout")
     lora_target_modules: list[str] = cfg(help="module names that get LoRA adapters", factory=lambda: list(DEFAULT_LORA_TARGETS))
+    lora_compute_dtype: Literal["model", "float32"] = cfg("model", "dtype of the LoRA adapter's matmuls in the student's passes: model = the weights' dtype (bf16 on CPU, via autocast; what TRL and the HF Trainer do with bf16=True), float32 = peft's default, which keeps a float32 copy of every adapted module's input for backward (~35% more activation memory). The adapter's weights, gradients and AdamW state are float32 either way")
     gradient_checkpointing: bool = cfg(False, "recompute activations in backward (less memory, ~30% slower)")
-    student_prefix_cache: bool = cfg(False, "run the opening all student prompts of a micro-batch share (template, instructions, rules) once, its KV repeated over the rows, gradients included; equal to plain scoring up to float rounding; not with parallel=fsdp")
-    teacher_prefix_cache: bool = cfg(False, "score the teacher with each knowledge text's shared prompt head run once per batch (its KV cache repeated over the rows) instead of once per row; equal to plain scoring up to float rounding; not with parallel=fsdp")
+    # The three switches below change how the same numbers are computed, not what is learned
+    # (equal up to float rounding: docs/performance.md measures each against float32). Each one
+    # is used where it can run and skipped, with a log line, where it cannot.
+    student_prefix_cache: bool = cfg(True, "run the opening all student prompts of a micro-batch share (template, instructions, rules) once, its KV repeated over the rows, gradients included; skipped with gradient_checkpointing and under FSDP")
+    shared_student_prefill: bool = cfg(True, "on-policy: run the student's prompts once, with gradients, and both sample the responses and score them from that pass's KV cache (one prompt prefill per step instead of two); skipped with sampler=off_policy, lora_dropout > 0, gradient_checkpointing, or more than one process")
+    teacher_prefix_cache: bool = cfg(True, "score the teacher with each knowledge text's shared prompt head (template, instructions, knowledge) run once per micro-batch, its KV repeated over the rows, instead of once per row; skipped under FSDP")
 
     seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
     save_every: int = cfg(5, "write a resumable checkpoint every this many steps (0: only the final model)")
@@ -88,15 +93,6 @@ class ConsolidateConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.fsdp_mixed_precision and self.parallel != "fsdp":
             raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
-        if self.teacher_prefix_cache and self.parallel == "fsdp":
-            raise ValueError("teacher_prefix_cache: not supported with parallel=fsdp (it calls the sharded "
-                             "backbone outside the wrapper's forward); set it to false")
-        if self.student_prefix_cache and self.gradient_checkpointing:
-            raise ValueError("student_prefix_cache: not with gradient_checkpointing (checkpointed layers drop the "
-                             "KV cache the shared head lives in); set one of them to false")
-        if self.student_prefix_cache and self.parallel == "fsdp":
-            raise ValueError("student_prefix_cache: not supported with parallel=fsdp (the sharded backbone "
-                             "would run twice in one forward); set it to false")
         if self.save_every < 0 or self.keep_last < 1:
             raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
 

@@ -23,6 +23,7 @@ differs (process group, wrappers, reductions) and explains why the result equals
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -41,6 +42,7 @@ from oel.distill.config import ConsolidateConfig
 from oel.distill.samplers import SAMPLERS, GenerationSettings, Sample
 from oel.distill.scoring import (PackedBatch, ResponseScorer, pack, response_logits,
                                  response_logits_by_shared_prefix_groups, shared_prefix_length)
+from oel.distill.shared_prefill import OpenedPrompts, open_prompts, opened_response_logits, sample_responses
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
 from oel.errors import DataError, TrainingError
 from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text_file, repair_jsonl_tail
@@ -60,7 +62,8 @@ STREAM_SAMPLING = 2
 STREAM_INIT = 3
 # Config keys that may differ between a run and its resumption (they do not change what is learned).
 RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir",
-                               "parallel", "teacher_prefix_cache", "student_prefix_cache"})
+                               "parallel", "teacher_prefix_cache", "student_prefix_cache",
+                               "shared_student_prefill"})
 MIN_STUDENT_HEAD_TOKENS = 32
 """A shorter shared opening is not worth a second backbone call in the student's pass."""
 
@@ -133,6 +136,8 @@ class Consolidator:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=(config.adam_beta1, config.adam_beta2))
         self.sampler = SAMPLERS[config.sampler]()
+        self.shared_prefill, self.student_head_cache, self.teacher_head_cache = self._fast_paths()
+        self._student_dtype = self._student_compute_dtype(loaded.model)
         self._encoder = self._make_encoder(loaded)
         self._prompt_cache: dict[tuple[int, int], list[int]] = {}
         self.step = 0
@@ -160,6 +165,50 @@ class Consolidator:
                 model.enable_input_require_grads()
         model.eval()  # generation and teacher passes; the student pass switches to train()
         return model
+
+    def _student_compute_dtype(self, model: Any) -> torch.dtype | None:
+        """The autocast dtype of the student's passes (None: no autocast).
+
+        peft keeps LoRA weights in float32 and casts each adapted module's input up to match; with
+        `lora_compute_dtype=model` the adapter's matmuls run in the weights' own low precision
+        instead (the float32 weights are cast down inside autocast, gradients flow back to them),
+        so backward keeps a bf16 copy of those inputs rather than a float32 one.
+        """
+        dtype = next(model.parameters()).dtype
+        if self.config.finetune != "lora" or self.config.lora_compute_dtype == "float32" or dtype == torch.float32:
+            return None
+        return dtype
+
+    def _student_precision(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to the student's compute dtype around its passes (a no-op in float32)."""
+        if self._student_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.scorer_device.type, dtype=self._student_dtype)
+
+    @property
+    def scorer_device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    def _fast_paths(self) -> tuple[bool, bool, bool]:
+        """Which of the switched computations (shared_student_prefill, student_prefix_cache,
+        teacher_prefix_cache) run here: each one that is on, unless something here rules it out."""
+        c = self.config
+        fsdp = self.topology.distributed and c.parallel == "fsdp"  # the sharded backbone is called outside its wrapper
+        blockers = {
+            "shared_student_prefill": {"sampler=off_policy": c.sampler != "on_policy",
+                                       "lora_dropout > 0": c.finetune == "lora" and c.lora_dropout > 0,
+                                       "gradient_checkpointing": c.gradient_checkpointing,
+                                       "more than one process": self.topology.distributed},
+            "student_prefix_cache": {"gradient_checkpointing": c.gradient_checkpointing, "FSDP": fsdp},
+            "teacher_prefix_cache": {"FSDP": fsdp},
+        }
+        used = []
+        for name, reasons in blockers.items():
+            held = [why for why, blocks in reasons.items() if blocks]
+            if getattr(c, name) and held:
+                log.info("%s: skipped here (%s)", name, ", ".join(held))
+            used.append(bool(getattr(c, name)) and not held)
+        return used[0], used[1], used[2]
 
     def _make_encoder(self, loaded: Any) -> Any:
         """The collection stage's own chat encoding, so the student sees exactly what it played with."""
@@ -243,8 +292,8 @@ class Consolidator:
         ks = torch.randint(len(self.knowledge), (bs,), generator=gen)
         return list(zip(rows.tolist(), ks.tolist()))
 
-    def sample(self, step: int) -> list[Sample]:
-        """This rank's rows of step `step` (all of them in a single process), with responses.
+    def _rows(self, step: int) -> tuple[list[tuple[int, int]], list[list[int]], list[list[int]], list[RowSampling]]:
+        """This rank's rows of step `step`: (prefix, knowledge) picks, both prompts, sampling settings.
 
         A row's sampling seed comes from its index in the GLOBAL batch, so the ranks' blocks
         together sample exactly what one process would.
@@ -257,13 +306,22 @@ class Consolidator:
         teacher_prompts = [self._encode(p, k) for p, k in picks]
         rows = [RowSampling(c.temperature, c.top_p, c.sample_top_k, derive_seed(c.seed, STREAM_SAMPLING, step, i))
                 for i in mine]
+        return picks, student_prompts, teacher_prompts, rows
+
+    def sample(self, step: int) -> list[Sample]:
+        """This rank's rows of step `step` (all of them in a single process), with responses."""
+        picks, student_prompts, teacher_prompts, rows = self._rows(step)
         responses = self.sampler.responses(self.scorer, self.teacher, student_prompts, teacher_prompts,
                                            rows, self.generation)
         return [Sample(p, k, sp, tp, r)
                 for (p, k), sp, tp, r in zip(picks, student_prompts, teacher_prompts, responses)]
 
-    def _micro_loss(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, dict[str, float], float]:
-        """Loss of one micro-batch (token-mean) and the seconds spent in the teacher."""
+    def _micro_loss(self, samples: Sequence[Sample],
+                    opened: OpenedPrompts | None = None) -> tuple[torch.Tensor, dict[str, float], float]:
+        """Loss of one micro-batch (token-mean) and the seconds spent in the teacher.
+
+        `opened`: the student's prompts already run with gradients (shared prefill): only the
+        responses are left to run for the student's logits."""
         c, pad = self.config, self.generation.pad_id
         responses = [s.response for s in samples]
         t0 = time.perf_counter()
@@ -271,23 +329,18 @@ class Consolidator:
         if c.loss != "sft":
             teacher_prompts = [s.teacher_prompt for s in samples]
             with torch.no_grad(), self.teacher.active() as teacher:
-                if c.teacher_prefix_cache:  # rows of one knowledge text share their prompt head
+                if self.teacher_head_cache:  # rows of one knowledge text share their prompt head
                     teacher_NV = response_logits_by_shared_prefix_groups(
                         teacher, teacher_prompts, responses, [s.knowledge_index for s in samples], pad_id=pad)
                 else:
                     teacher_NV = response_logits(teacher, pack(teacher_prompts, responses, pad_id=pad))
         teacher_s = time.perf_counter() - t0
-        student_prompts = [s.student_prompt for s in samples]
-        batch: PackedBatch = pack(student_prompts, responses, pad_id=pad)  # right-padded: rows open alike
-        head = shared_prefix_length(student_prompts) if c.student_prefix_cache and len(samples) > 1 else 0
-        self.student.train()
-        try:
-            student_NV = self.parallel.train_module(
-                batch.input_ids_BT, batch.attention_mask_BT, batch.response_mask_BT,
-                head_tokens=head if head >= MIN_STUDENT_HEAD_TOKENS else 0)
-        finally:
-            self.student.eval()
-        tokens_N = batch.response_tokens_N.to(student_NV.device)
+        if opened is not None:
+            with self._student_precision():
+                student_NV = opened_response_logits(self.student, opened, responses, pad_id=pad)
+            tokens_N = torch.tensor([t for r in responses for t in r], device=student_NV.device)
+        else:
+            student_NV, tokens_N = self._student_logits(samples)
         loss, metrics = LOSSES[c.loss](student_NV, teacher_NV, tokens_N, c)
         everywhere = _all_tokens(len(tokens_N))
         if "student_topk_mass" not in metrics:
@@ -299,37 +352,38 @@ class Consolidator:
                                                                temperature=c.loss_temperature)[1]["loss"]
         return loss, metrics, teacher_s
 
+    def _student_head(self, student_prompts: Sequence[list[int]]) -> int:
+        """Tokens of the opening the student's prompts share, to run once (0: run every row in full)."""
+        if not self.student_head_cache or len(student_prompts) < 2:
+            return 0
+        head = shared_prefix_length(student_prompts)
+        return head if head >= MIN_STUDENT_HEAD_TOKENS else 0
+
+    def _student_logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's scoring pass with gradients over prompt + response: (logits [N, V], tokens [N])."""
+        pad = self.generation.pad_id
+        student_prompts = [s.student_prompt for s in samples]
+        batch: PackedBatch = pack(student_prompts, [s.response for s in samples], pad_id=pad)  # right-padded
+        self.student.train()
+        try:
+            with self._student_precision():
+                student_NV = self.parallel.train_module(batch.input_ids_BT, batch.attention_mask_BT, batch.response_mask_BT,
+                                                        head_tokens=self._student_head(student_prompts))
+        finally:
+            self.student.eval()
+        return student_NV, batch.response_tokens_N.to(student_NV.device)
+
     def train_step(self, step: int) -> dict[str, float]:
         """Sample, score, update. A non-finite loss or gradient raises before anything changes.
 
-        Each micro-batch's token-mean loss is weighted by its share of the GLOBAL batch's
-        response tokens (summed over ranks), so the gradient is that of the whole batch's
-        token mean however the rows are split into micro-batches and ranks.
+        The gradient is that of the whole batch's token-mean loss, however the rows are split
+        into micro-batches and ranks (each micro-batch's token mean weighted by its share of
+        the GLOBAL batch's response tokens).
         """
         t_start = time.perf_counter()
-        samples = self.sample(step)
-        generate_s = time.perf_counter() - t_start
-        local_total = sum(len(s.response) for s in samples)
-        total = self.parallel.all_sum([float(local_total)])[0]
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        teacher_s = 0.0
-        mb = self.config.micro_batch_size
-        starts = range(0, len(samples), mb)
-        for j in starts:
-            chunk = samples[j:j + mb]
-            with self.parallel.accumulate(sync=j == starts[-1]):
-                loss, metrics, t_s = self._micro_loss(chunk)
-                teacher_s += t_s
-                if not self.parallel.all_true(bool(torch.isfinite(loss))):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    raise TrainingError(f"consolidate step {step}: non-finite loss {float(loss)} in micro-batch {j // mb} "
-                                        "(on this rank or another); nothing was written")
-                share = sum(len(s.response) for s in chunk) / total
-                (loss * (share * self.parallel.grad_scale)).backward()
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value * share
-        sums = dict(zip(sums, self.parallel.all_sum(list(sums.values()))))
+        accumulate = self._accumulate_shared_prefill if self.shared_prefill else self._accumulate_separate
+        sums, total, generate_s, teacher_s = accumulate(step)
         grad_norm = self._clip_and_check(step)
         self.optimizer.step()
         step_s = time.perf_counter() - t_start
@@ -339,6 +393,82 @@ class Consolidator:
             "generate_s": generate_s, "teacher_s": teacher_s, "student_s": step_s - generate_s - teacher_s,
             "peak_rss_mib": peak_rss_mib(),
         }
+
+    def _accumulate_separate(self, step: int) -> tuple[dict[str, float], float, float, float]:
+        """Sample every row first, then score micro-batch by micro-batch, backward each.
+
+        Returns (token-weighted metric means, global response tokens, generate s, teacher s).
+        The global token count is known before the first backward, so each micro-batch's loss
+        is scaled by its share right away (what DDP/FSDP's reduction inside backward needs).
+        """
+        t_start = time.perf_counter()
+        with self._student_precision():
+            samples = self.sample(step)
+        generate_s = time.perf_counter() - t_start
+        total = self.parallel.all_sum([float(sum(len(s.response) for s in samples))])[0]
+        sums: dict[str, float] = {}
+        teacher_s = 0.0
+        mb = self.config.micro_batch_size
+        starts = range(0, len(samples), mb)
+        for j in starts:
+            chunk = samples[j:j + mb]
+            with self.parallel.accumulate(sync=j == starts[-1]):
+                loss, metrics, t_s = self._micro_loss(chunk)
+                teacher_s += t_s
+                self._check_loss(loss, step, j // mb)
+                share = sum(len(s.response) for s in chunk) / total
+                (loss * (share * self.parallel.grad_scale)).backward()
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * share
+        sums = dict(zip(sums, self.parallel.all_sum(list(sums.values()))))
+        return sums, total, generate_s, teacher_s
+
+    def _accumulate_shared_prefill(self, step: int) -> tuple[dict[str, float], float, float, float]:
+        """Per micro-batch: the student's prompts run once with gradients, the responses are sampled
+        from that pass, the teacher scores them, the student's logits continue from the same pass.
+
+        Single process only. The batch's token count is known only after the last micro-batch
+        has sampled, so each micro-batch's backward is weighted by its own token count and the
+        summed gradient is divided by the total at the end: the same gradient as above.
+        """
+        c, pad = self.config, self.generation.pad_id
+        picks, student_prompts, teacher_prompts, rows = self._rows(step)
+        parts: list[tuple[dict[str, float], int]] = []
+        generate_s = teacher_s = 0.0
+        for j in range(0, len(picks), c.micro_batch_size):
+            part = slice(j, j + c.micro_batch_size)
+            self.student.train()
+            try:
+                with self._student_precision():
+                    opened = open_prompts(self.student, student_prompts[part], pad_id=pad,
+                                          head_tokens=self._student_head(student_prompts[part]))
+                    t0 = time.perf_counter()
+                    responses = sample_responses(self.student, opened, rows[part], stop_ids=self.generation.stop_ids,
+                                                 max_new_tokens=c.max_new_tokens)
+                    generate_s += time.perf_counter() - t0
+                chunk = [Sample(p, k, sp, tp, r) for (p, k), sp, tp, r
+                         in zip(picks[part], student_prompts[part], teacher_prompts[part], responses)]
+                loss, metrics, t_s = self._micro_loss(chunk, opened=opened)
+            finally:
+                self.student.eval()
+            teacher_s += t_s
+            self._check_loss(loss, step, j // c.micro_batch_size)
+            tokens = sum(len(r) for r in responses)
+            (loss * tokens).backward()
+            parts.append((metrics, tokens))
+            del opened, loss
+        total = sum(tokens for _, tokens in parts)
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.div_(total)
+        sums = {key: sum(m[key] * tokens for m, tokens in parts) / total for key in parts[0][0]}
+        return sums, float(total), generate_s, teacher_s
+
+    def _check_loss(self, loss: torch.Tensor, step: int, micro_batch: int) -> None:
+        if not self.parallel.all_true(bool(torch.isfinite(loss))):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"consolidate step {step}: non-finite loss {float(loss)} in micro-batch {micro_batch} "
+                                "(on this rank or another); nothing was written")
 
     def _clip_and_check(self, step: int) -> float:
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
