@@ -107,39 +107,25 @@ def test_groups_keep_row_order(tiny):
         response_logits_by_shared_prefix_groups(tiny, prompts, responses, keys[:2], pad_id=0)
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
-def test_trainer_step_same_with_prefix_cache(tmp_path, switch):
+def test_trainer_step_same_with_prefix_cache(tmp_path, grid_consolidation_inputs, switch):
     """One consolidation step: either prefix-cache switch changes nothing but rounding (loss and gradient)."""
-    from oel import prompts
     from oel.distill import ConsolidateConfig, Consolidator
     from oel.models import ModelConfig
-    from oel.rollout.tiny import save_tiny_chat_model
-    from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
-    observations = ["Turn 1\nP . .\n. H .\n. . G", "Turn 2\n. P .\n. H .\n. . G", "Turn 1\nP . H\n. . .\nH . G"]
-    turns = [Turn(prompt=[Message(role="user", content=prompts.get("policy_grid_v1").render(observation=o))],
-                  observation=o, response="[right]") for o in observations]
-    write_trajectories(tmp_path / "t.jsonl", [Trajectory(id="t", env_id="tiny", seed=0, model_id="tiny", turns=turns,
-                                                         outcome="failure", passed=False)])
-    for i, text in enumerate(["Holes are H. Go right.", "G is the goal; avoid H."]):
-        (tmp_path / f"k{i}.txt").write_text(text)
-    model_dir = save_tiny_chat_model(tmp_path / "model", seed=2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        results = []
-        for cached in (False, True):
-            cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"),
-                                    knowledge=[str(tmp_path / "k0.txt"), str(tmp_path / "k1.txt")],
-                                    output_dir=str(tmp_path / f"run{int(cached)}"),
-                                    model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
-                                    steps=1, batch_size=4, micro_batch_size=4, max_new_tokens=3, top_k=16,
-                                    **{switch: cached})
-            trainer = Consolidator(cfg)
-            trainer.prepare_output()
-            results.append(trainer.train_step(1))
-    finally:
-        torch.set_num_threads(before)
+    model_dir = grid_consolidation_inputs
+    results = []
+    for cached in (False, True):
+        cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"),
+                                knowledge=[str(tmp_path / "k0.txt"), str(tmp_path / "k1.txt")],
+                                output_dir=str(tmp_path / f"run{int(cached)}"),
+                                model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
+                                steps=1, batch_size=4, micro_batch_size=4, max_new_tokens=3, top_k=16,
+                                **{switch: cached})
+        trainer = Consolidator(cfg)
+        trainer.prepare_output()
+        results.append(trainer.train_step(1))
     plain, cached = results
     assert plain["response_tokens"] == cached["response_tokens"]
     assert plain["loss"] == pytest.approx(cached["loss"], abs=TOL)

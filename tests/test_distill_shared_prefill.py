@@ -15,12 +15,7 @@ GRAD_TOL = 1e-4
 PAD = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -111,29 +106,14 @@ def test_rejects_bad_inputs(lora_student):
             open_prompts(student, [[3, 4, 5], [3, 4]], pad_id=PAD, head_tokens=2)
 
 
-def _trainer_world(tmp_path):
-    from oel import prompts
-    from oel.rollout.tiny import save_tiny_chat_model
-    from oel.trajectory import Message, Trajectory, Turn, write_trajectories
-
-    observations = ["Turn 1\nP . .\n. H .\n. . G", "Turn 2\n. P .\n. H .\n. . G",
-                    "Turn 1\nP . H\n. . .\nH . G", "Turn 2\n. . H\nP . .\nH . G"]
-    turns = [Turn(prompt=[Message(role="user", content=prompts.get("policy_grid_v1").render(observation=o))],
-                  observation=o, response="[right]") for o in observations]
-    write_trajectories(tmp_path / "t.jsonl", [Trajectory(id="t", env_id="tiny", seed=0, model_id="tiny", turns=turns,
-                                                         outcome="failure", passed=False)])
-    for i, text in enumerate(["Holes are H. Go right.", "G is the goal; avoid H."]):
-        (tmp_path / f"k{i}.txt").write_text(text)
-    return save_tiny_chat_model(tmp_path / "model", seed=2)
-
-
 @pytest.mark.parametrize(("micro_batch_size", "student_prefix_cache"), [(4, False), (2, False), (1, False), (4, True)])
-def test_trainer_step_same_with_and_without_shared_prefill(tmp_path, micro_batch_size, student_prefix_cache):
+def test_trainer_step_same_with_and_without_shared_prefill(tmp_path, grid_consolidation_inputs, micro_batch_size,
+                                                            student_prefix_cache):
     """A whole consolidation step: same samples, loss, metrics and gradients with the switch on and off."""
     from oel.distill import ConsolidateConfig, Consolidator
     from oel.models import ModelConfig
 
-    model_dir = _trainer_world(tmp_path)
+    model_dir = grid_consolidation_inputs
     results = []
     for shared in (False, True):
         cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"),
@@ -166,13 +146,13 @@ def test_trainer_step_same_with_and_without_shared_prefill(tmp_path, micro_batch
     (dict(gradient_checkpointing=True), (False, False, True)),
     (dict(shared_student_prefill=False, student_prefix_cache=False, teacher_prefix_cache=False), (False, False, False)),
 ])
-def test_switched_paths_run_only_where_they_can(tmp_path, setting, expected):
+def test_switched_paths_run_only_where_they_can(tmp_path, grid_consolidation_inputs, setting, expected):
     """(shared_student_prefill, student_prefix_cache, teacher_prefix_cache) in use: skipped, not refused,
     where they cannot run (checkpointed layers drop the KV cache; off-policy samples from the teacher)."""
     from oel.distill import ConsolidateConfig, Consolidator
     from oel.models import ModelConfig
 
-    model_dir = _trainer_world(tmp_path)
+    model_dir = grid_consolidation_inputs
     cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"), knowledge=[str(tmp_path / "k0.txt")],
                             output_dir=str(tmp_path / "run"), model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
                             steps=1, batch_size=2, micro_batch_size=2, max_new_tokens=2,
@@ -183,12 +163,12 @@ def test_switched_paths_run_only_where_they_can(tmp_path, setting, expected):
     assert trainer.train_step(1)["response_tokens"] > 0  # and the step runs
 
 
-def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(tmp_path):
+def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(tmp_path, grid_consolidation_inputs):
     """bf16 weights: the adapter's matmuls in bf16 (autocast) vs peft's float32 path -- same step up to bf16 rounding."""
     from oel.distill import ConsolidateConfig, Consolidator
     from oel.models import ModelConfig
 
-    model_dir = _trainer_world(tmp_path)
+    model_dir = grid_consolidation_inputs
     grads, metrics = [], []
     for compute in ("float32", "model"):
         cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"), knowledge=[str(tmp_path / "k0.txt")],

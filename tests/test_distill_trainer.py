@@ -28,13 +28,7 @@ PRETRAIN_STEPS = 60
 PRETRAIN_LR = 1e-2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP spin-waiting makes tiny models ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _prompt(obs: str) -> tuple[Message, ...]:

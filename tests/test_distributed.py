@@ -27,18 +27,25 @@ from oel.models import ModelConfig
 from oel.rollout.tiny import save_tiny_chat_model
 from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORLD = 2
 STEPS = 3
 ATOL = 1e-5
 SPAWN_TIMEOUT_S = 180
 OBSERVATIONS = [f"Turn {t}\nP . .\n. H .\n. . G{'.' * i}" for i in range(4) for t in (1, 2)]
+# The single-process twin must compute the way the ranks do: FSDP ranks skip the prefix caches (so
+# its jobs turn them off), and no multi-process run uses the shared student prefill (so `config`
+# turns it off). Those paths' equality to the plain ones is tested in test_distill_shared_prefill.
+NO_PREFIX_CACHES = dict(student_prefix_cache=False, teacher_prefix_cache=False)
 # (name, overrides): each job runs distributed in the spawn and single-process in the tests.
 JOBS: dict[str, dict[str, Any]] = {
     "ddp-lora": dict(parallel="ddp", finetune="lora"),
     "ddp-full": dict(parallel="ddp", finetune="full", loss="reverse_kl"),
-    "fsdp-lora": dict(parallel="fsdp", finetune="lora"),
-    "fsdp-full": dict(parallel="fsdp", finetune="full", loss="reverse_kl"),
-    "fsdp-full-off-policy": dict(parallel="fsdp", finetune="full", sampler="off_policy", loss="forward_kl"),
+    "fsdp-lora": dict(parallel="fsdp", finetune="lora", **NO_PREFIX_CACHES),
+    "fsdp-full": dict(parallel="fsdp", finetune="full", loss="reverse_kl", **NO_PREFIX_CACHES),
+    "fsdp-full-off-policy": dict(parallel="fsdp", finetune="full", sampler="off_policy", loss="forward_kl",
+                                 **NO_PREFIX_CACHES),
 }
 # Half of the byte tokens made stop tokens: responses end after different numbers of steps on
 # the two ranks, so FSDP's generation must keep the ranks stepping together (synced_gpus).
@@ -73,7 +80,7 @@ def config(inputs: dict[str, Any], out: Path, **kw: Any) -> ConsolidateConfig:
     base = dict(trajectories=inputs["traj"], knowledge=inputs["knowledge"], output_dir=str(out),
                 model=ModelConfig(name=inputs["model"], dtype="float32", device="cpu"),
                 steps=STEPS, batch_size=4, micro_batch_size=1, max_new_tokens=4, lr=1e-3, top_k=16,
-                save_every=0, on_existing="error", seed=7)
+                save_every=0, on_existing="error", seed=7, shared_student_prefill=False)
     base.update(kw)
     return ConsolidateConfig(**base)
 
@@ -157,13 +164,6 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     print(f"2-rank jobs took {time.perf_counter() - t0:.1f}s")
     return {"root": root, "inputs": inputs}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,38 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+GRID_OBSERVATIONS = ["Turn 1\nP . .\n. H .\n. . G", "Turn 2\n. P .\n. H .\n. . G",
+                     "Turn 1\nP . H\n. . .\nH . G", "Turn 2\n. . H\nP . .\nH . G"]
+GRID_KNOWLEDGE = ["Holes are H. Go right.", "G is the goal; avoid H."]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP spin-waiting makes tiny models ~20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def grid_consolidation_inputs(tmp_path: Path) -> str:
+    """A consolidation round's inputs in `tmp_path`: t.jsonl (one trajectory of policy-template turns),
+    k0.txt and k1.txt (two knowledge texts); returns the directory of a tiny random chat model."""
+    from oel import prompts
+    from oel.rollout.tiny import save_tiny_chat_model
+    from oel.trajectory import Message, Trajectory, Turn, write_trajectories
+
+    turns = [Turn(prompt=[Message(role="user", content=prompts.get("policy_grid_v1").render(observation=o))],
+                  observation=o, response="[right]") for o in GRID_OBSERVATIONS]
+    write_trajectories(tmp_path / "t.jsonl", [Trajectory(id="t", env_id="tiny", seed=0, model_id="tiny", turns=turns,
+                                                         outcome="failure", passed=False)])
+    for i, text in enumerate(GRID_KNOWLEDGE):
+        (tmp_path / f"k{i}.txt").write_text(text)
+    return save_tiny_chat_model(tmp_path / "model", seed=2)
