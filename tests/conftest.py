@@ -36,3 +36,21 @@ def grid_consolidation_inputs(tmp_path: Path) -> str:
     for i, text in enumerate(GRID_KNOWLEDGE):
         (tmp_path / f"k{i}.txt").write_text(text)
     return save_tiny_chat_model(tmp_path / "model", seed=2)
+
+
+@pytest.fixture
+def grid_consolidation_config(tmp_path: Path, grid_consolidation_inputs: str):
+    """Builds one-step ConsolidateConfigs over `grid_consolidation_inputs` (float32 tiny model, batch 4,
+    both knowledge texts): `make(run_name, **overrides)` writes its run under tmp_path / run_name."""
+    from oel.distill import ConsolidateConfig
+    from oel.models import ModelConfig
+
+    def make(run_name: str, **overrides):
+        fields = dict(trajectories=str(tmp_path / "t.jsonl"),
+                      knowledge=[str(tmp_path / f"k{i}.txt") for i in range(len(GRID_KNOWLEDGE))],
+                      output_dir=str(tmp_path / run_name),
+                      model=ModelConfig(name=grid_consolidation_inputs, dtype="float32", device="cpu"),
+                      steps=1, batch_size=4, micro_batch_size=4, max_new_tokens=3, top_k=16)
+        return ConsolidateConfig(**{**fields, **overrides})
+
+    return make

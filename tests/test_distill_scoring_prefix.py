@@ -109,20 +109,13 @@ def test_groups_keep_row_order(tiny):
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
-def test_trainer_step_same_with_prefix_cache(tmp_path, grid_consolidation_inputs, switch):
+def test_trainer_step_same_with_prefix_cache(grid_consolidation_config, switch):
     """One consolidation step: either prefix-cache switch changes nothing but rounding (loss and gradient)."""
-    from oel.distill import ConsolidateConfig, Consolidator
-    from oel.models import ModelConfig
+    from oel.distill import Consolidator
 
-    model_dir = grid_consolidation_inputs
     results = []
     for cached in (False, True):
-        cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"),
-                                knowledge=[str(tmp_path / "k0.txt"), str(tmp_path / "k1.txt")],
-                                output_dir=str(tmp_path / f"run{int(cached)}"),
-                                model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
-                                steps=1, batch_size=4, micro_batch_size=4, max_new_tokens=3, top_k=16,
-                                **{switch: cached})
+        cfg = grid_consolidation_config(f"run{int(cached)}", **{switch: cached})
         trainer = Consolidator(cfg)
         trainer.prepare_output()
         results.append(trainer.train_step(1))

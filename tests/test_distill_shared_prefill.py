@@ -107,21 +107,15 @@ def test_rejects_bad_inputs(lora_student):
 
 
 @pytest.mark.parametrize(("micro_batch_size", "student_prefix_cache"), [(4, False), (2, False), (1, False), (4, True)])
-def test_trainer_step_same_with_and_without_shared_prefill(tmp_path, grid_consolidation_inputs, micro_batch_size,
+def test_trainer_step_same_with_and_without_shared_prefill(grid_consolidation_config, micro_batch_size,
                                                             student_prefix_cache):
     """A whole consolidation step: same samples, loss, metrics and gradients with the switch on and off."""
-    from oel.distill import ConsolidateConfig, Consolidator
-    from oel.models import ModelConfig
+    from oel.distill import Consolidator
 
-    model_dir = grid_consolidation_inputs
     results = []
     for shared in (False, True):
-        cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"),
-                                knowledge=[str(tmp_path / "k0.txt"), str(tmp_path / "k1.txt")],
-                                output_dir=str(tmp_path / f"run{int(shared)}"),
-                                model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
-                                steps=1, batch_size=4, micro_batch_size=micro_batch_size, max_new_tokens=3, top_k=16,
-                                lora_r=4, shared_student_prefill=shared, student_prefix_cache=student_prefix_cache)
+        cfg = grid_consolidation_config(f"run{int(shared)}", micro_batch_size=micro_batch_size, lora_r=4,
+                                        shared_student_prefill=shared, student_prefix_cache=student_prefix_cache)
         trainer = Consolidator(cfg)
         assert trainer.shared_prefill is shared
         trainer.prepare_output()
@@ -146,35 +140,29 @@ def test_trainer_step_same_with_and_without_shared_prefill(tmp_path, grid_consol
     (dict(gradient_checkpointing=True), (False, False, True)),
     (dict(shared_student_prefill=False, student_prefix_cache=False, teacher_prefix_cache=False), (False, False, False)),
 ])
-def test_switched_paths_run_only_where_they_can(tmp_path, grid_consolidation_inputs, setting, expected):
+def test_switched_paths_run_only_where_they_can(grid_consolidation_config, setting, expected):
     """(shared_student_prefill, student_prefix_cache, teacher_prefix_cache) in use: skipped, not refused,
     where they cannot run (checkpointed layers drop the KV cache; off-policy samples from the teacher)."""
-    from oel.distill import ConsolidateConfig, Consolidator
-    from oel.models import ModelConfig
+    from oel.distill import Consolidator
 
-    model_dir = grid_consolidation_inputs
-    cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"), knowledge=[str(tmp_path / "k0.txt")],
-                            output_dir=str(tmp_path / "run"), model=ModelConfig(name=model_dir, dtype="float32", device="cpu"),
-                            steps=1, batch_size=2, micro_batch_size=2, max_new_tokens=2,
-                            **{"student_prefix_cache": True, **setting})
+    cfg = grid_consolidation_config("run", batch_size=2, micro_batch_size=2, max_new_tokens=2,
+                                    **{"student_prefix_cache": True, **setting})
     trainer = Consolidator(cfg)
     assert (trainer.shared_prefill, trainer.student_head_cache, trainer.teacher_head_cache) == expected
     trainer.prepare_output()
     assert trainer.train_step(1)["response_tokens"] > 0  # and the step runs
 
 
-def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(tmp_path, grid_consolidation_inputs):
+def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(grid_consolidation_inputs,
+                                                                            grid_consolidation_config):
     """bf16 weights: the adapter's matmuls in bf16 (autocast) vs peft's float32 path -- same step up to bf16 rounding."""
-    from oel.distill import ConsolidateConfig, Consolidator
+    from oel.distill import Consolidator
     from oel.models import ModelConfig
 
-    model_dir = grid_consolidation_inputs
     grads, metrics = [], []
     for compute in ("float32", "model"):
-        cfg = ConsolidateConfig(trajectories=str(tmp_path / "t.jsonl"), knowledge=[str(tmp_path / "k0.txt")],
-                                output_dir=str(tmp_path / compute), steps=1, batch_size=4, micro_batch_size=4,
-                                model=ModelConfig(name=model_dir, dtype="bfloat16", device="cpu"),
-                                max_new_tokens=3, top_k=16, lora_r=4, lora_compute_dtype=compute)
+        cfg = grid_consolidation_config(compute, lora_r=4, lora_compute_dtype=compute,
+                                        model=ModelConfig(name=grid_consolidation_inputs, dtype="bfloat16", device="cpu"))
         trainer = Consolidator(cfg)
         assert (trainer._student_dtype is None) is (compute == "float32")
         trainer.prepare_output()
