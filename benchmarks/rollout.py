@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each side (medians)")
     ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect batch_size)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--cprofile", type=int, default=0, metavar="N",
+                    help="instead of the comparison: run our side once under cProfile and print its N top functions")
     args = ap.parse_args()
 
     import torch
@@ -211,6 +213,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lm = load_model(ModelConfig(name=args.preset))
     backend = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id)
+    if args.cprofile:
+        profile_ours(backend, args)
+        return
     no_reuse = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id, prefix_cache_bytes=0)
     run_naive(lm.model, lm.tokenizer, 1, seed=0)  # warm-up (first-call costs), untimed
     sides: dict[str, list[RunResult]] = {"ours": [], "no-reuse": [], "naive": []}
@@ -238,6 +243,25 @@ def main() -> None:
     print(f"prefill: {share['prompt_tokens']} prompt tokens in ours' last run; the head shared by every episode is "
           f"{share['head_tokens']} tokens = {100 * share['shared_head_share']:.0f}% of them, the previous turn's "
           f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could skip these")
+
+
+def profile_ours(backend: Any, args: argparse.Namespace) -> None:
+    """Where our side's time goes: one run under cProfile (after a warm-up), top functions by
+    cumulative and by own time. The interesting lines are the backend's `generate` calls,
+    transformers' `_prefill` within them, and torch's `linear` / `scaled_dot_product_attention`."""
+    import cProfile
+    import pstats
+
+    run_ours(backend, min(args.episodes, 4), args.in_flight)  # warm-up, untimed
+    prof = cProfile.Profile()
+    prof.enable()
+    result, _ = run_ours(backend, args.episodes, args.in_flight)
+    prof.disable()
+    print(f"ours: {result.episodes} episodes, {result.turns} turns, {result.seconds:.1f} s, "
+          f"{result.tokens_per_s:.2f} gen tok/s {state_note(result.state)}")
+    stats = pstats.Stats(prof)
+    stats.sort_stats("cumulative").print_stats(args.cprofile)
+    stats.sort_stats("tottime").print_stats(args.cprofile)
 
 
 def _report(args: argparse.Namespace, sides: dict[str, list[RunResult]]) -> None:
