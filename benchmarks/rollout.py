@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each side (medians)")
     ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect batch_size)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--skip-no-reuse", action="store_true", help="leave out the store-off side (the slowest)")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N",
                     help="instead of the comparison: run our side once under cProfile and print its N top functions")
     args = ap.parse_args()
@@ -219,11 +220,14 @@ def main() -> None:
     no_reuse = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id, prefix_cache_bytes=0)
     run_naive(lm.model, lm.tokenizer, 1, seed=0)  # warm-up (first-call costs), untimed
     sides: dict[str, list[RunResult]] = {"ours": [], "no-reuse": [], "naive": []}
+    if args.skip_no_reuse:
+        del sides["no-reuse"]
     trajs: list[Any] = []
     for rep in range(args.repeats):
         result, trajs = run_ours(backend, args.episodes, args.in_flight)
         sides["ours"].append(result)
-        sides["no-reuse"].append(run_ours(no_reuse, args.episodes, args.in_flight)[0])
+        if "no-reuse" in sides:
+            sides["no-reuse"].append(run_ours(no_reuse, args.episodes, args.in_flight)[0])
         sides["naive"].append(run_naive(lm.model, lm.tokenizer, args.episodes, seed=rep))
         for name, runs in sides.items():
             r = runs[-1]
