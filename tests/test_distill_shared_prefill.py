@@ -62,8 +62,9 @@ def test_logits_and_gradients_equal_plain_scoring(lora_student, head_tokens):
     assert shared.shape == plain.shape == (sum(map(len, responses)), student.config.vocab_size)
     assert torch.allclose(shared, plain, atol=TOL)
     assert g_plain.keys() == g_shared.keys() and any("lora_A" in n for n in g_plain)
-    for name in g_plain:
-        assert torch.allclose(g_shared[name], g_plain[name], atol=GRAD_TOL, rtol=GRAD_TOL), name
+    for name in g_plain:  # float32 reassociation error scales with the gradient's magnitude (up to ~1e2 here)
+        scale = float(g_plain[name].abs().max())
+        assert torch.allclose(g_shared[name], g_plain[name], atol=GRAD_TOL * scale, rtol=GRAD_TOL), name
 
 
 def test_samples_equal_generate_ids(lora_student):
