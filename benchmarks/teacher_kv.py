@@ -47,8 +47,9 @@ LOSS_TEMPERATURE = 0.7
 
 
 def build_rows(args: argparse.Namespace, batch: int, tok: Any, encode: Any, k_texts: list[str],
-               one_text: bool) -> tuple[list[list[int]], list[list[int]], list[int]]:
-    """Teacher prompts, responses (recorded, tokenised, + end of turn) and knowledge indices of one batch."""
+               one_text: bool) -> tuple[list[list[int]], list[list[int]], list[int], list[list[int]]]:
+    """Teacher prompts, responses (recorded, tokenised, + end of turn), knowledge indices and student
+    prompts of one batch."""
     from oel.distill.config import ConsolidateConfig
     from oel.distill.teacher import teacher_messages
     from oel.distill.trainer import Consolidator
@@ -65,7 +66,8 @@ def build_rows(args: argparse.Namespace, batch: int, tok: Any, encode: Any, k_te
     end = tok.convert_tokens_to_ids("<|im_end|>")
     responses = [list(tok(responses_by_key[(pre[p].trajectory_id, pre[p].turn)],
                           add_special_tokens=False)["input_ids"]) + [end] for p, _ in draws]
-    return prompts, responses, [k for _, k in draws]
+    student_prompts = [encode(list(pre[p].prompt)) for p, _ in draws]  # the same rows without knowledge
+    return prompts, responses, [k for _, k in draws], student_prompts
 
 
 def kl_to(reference: Any, other: Any) -> Any:
@@ -75,17 +77,6 @@ def kl_to(reference: Any, other: Any) -> Any:
     logp_ref = torch.log_softmax(reference / LOSS_TEMPERATURE, -1)
     logp_other = torch.log_softmax(other / LOSS_TEMPERATURE, -1)
     return (logp_ref.exp() * (logp_ref - logp_other)).sum(-1)
-
-
-def student_prefixes(args: argparse.Namespace, batch: int) -> list[Any]:
-    """The prefixes `build_rows` draws, in the same order (their student prompts carry no knowledge)."""
-    from oel.distill.config import ConsolidateConfig
-    from oel.distill.trainer import Consolidator
-    from oel.trajectory import prefixes, read_trajectories
-
-    pre = prefixes(read_trajectories(args.trajectories))
-    fake = SimpleNamespace(config=ConsolidateConfig(batch_size=batch), prefixes=pre, knowledge=[""])
-    return [pre[p] for p, _ in Consolidator.draw(fake, 1)]
 
 
 def compare(model: Any, prompts: list[list[int]], responses: list[list[int]], keys: list[int], pad_id: int,
@@ -190,7 +181,7 @@ def main() -> None:
     fp32_rows, student_rows = [], []
     for batch in args.batches:
         for one_text in (True, False):
-            prompts, responses, keys = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts, one_text)
+            prompts, responses, keys, student_prompts = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts, one_text)
             r = compare(lm.model, prompts, responses, keys, backend.pad_id, args.repeats, reference)
             groups = {k: [p for p, kk in zip(prompts, keys) if kk == k] for k in set(keys)}
             head = median([shared_prefix_length(g) for g in groups.values()])
@@ -202,7 +193,6 @@ def main() -> None:
             if reference is not None:
                 fp32_rows.append((batch, k_used, r))
                 if not one_text:
-                    student_prompts = [backend.encode(list(pre.prompt)) for pre in student_prefixes(args, batch)]
                     student_rows.append((batch, student_exactness(lm.model, reference, student_prompts, responses,
                                                                   backend.pad_id)))
     if fp32_rows:

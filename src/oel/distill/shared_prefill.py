@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from oel.distill.scoring import causal_lm_parts
+from oel.distill.scoring import causal_lm_parts, pack
 from oel.rollout.sampling import PerRowSampler, RowSampling
 
 Tensor = torch.Tensor
@@ -86,11 +86,8 @@ def open_prompts(model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, h
     device = head.weight.device
     lengths = [len(p) for p in prompts]
     width = max(lengths)
-    ids_BP = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask_BP = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids_BP[b, :len(p)] = torch.tensor(list(p), dtype=torch.long)
-        mask_BP[b, :len(p)] = 1
+    padded = pack(prompts, [[] for _ in prompts], pad_id=pad_id)  # right-padded
+    ids_BP, mask_BP = padded.input_ids_BT, padded.attention_mask_BT
     if head_tokens and not (0 < head_tokens < min(lengths) and bool((ids_BP[:, :head_tokens] == ids_BP[:1, :head_tokens]).all())):
         raise ValueError(f"head_tokens: {head_tokens} is not a shared opening of every prompt that leaves each "
                          "row at least one own token")
@@ -166,12 +163,8 @@ def opened_response_logits(model: Any, opened: OpenedPrompts, responses: Sequenc
     width = max(len(r) for r in inputs)
     if width == 0:
         return head(opened.first_hidden_BH)
-    ids_BR = torch.full((opened.rows, width), pad_id, dtype=torch.long)
-    mask_BR = torch.zeros((opened.rows, width), dtype=torch.long)
-    for b, r in enumerate(inputs):
-        ids_BR[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask_BR[b, :len(r)] = 1
-    ids_BR, mask_BR = ids_BR.to(device), mask_BR.to(device)
+    padded = pack(inputs, [[] for _ in inputs], pad_id=pad_id)  # right-padded
+    ids_BR, mask_BR = padded.input_ids_BT.to(device), padded.attention_mask_BT.to(device)
     positions_BR = torch.tensor(opened.lengths, device=device)[:, None] + torch.arange(width, device=device)
     out = backbone(input_ids=ids_BR, attention_mask=torch.cat([opened.prompt_mask_BP, mask_BR], dim=1),
                    position_ids=positions_BR, past_key_values=opened.cache(attached=True, config=getattr(model, "config", None)),

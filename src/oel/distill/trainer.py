@@ -40,7 +40,7 @@ from oel.config import save_config, to_dict
 from oel.distill import checkpoint, distributed, losses
 from oel.distill.config import ConsolidateConfig
 from oel.distill.samplers import SAMPLERS, GenerationSettings, Sample
-from oel.distill.scoring import (PackedBatch, ResponseScorer, pack, response_logits,
+from oel.distill.scoring import (PackedBatch, ResponseScorer, model_device, pack, response_logits,
                                  response_logits_by_shared_prefix_groups, shared_prefix_length)
 from oel.distill.shared_prefill import OpenedPrompts, open_prompts, opened_response_logits, sample_responses
 from oel.distill.teacher import Teacher, prompt_records, teacher_messages
@@ -183,11 +183,7 @@ class Consolidator:
         """Autocast to the student's compute dtype around its passes (a no-op in float32)."""
         if self._student_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.scorer_device.type, dtype=self._student_dtype)
-
-    @property
-    def scorer_device(self) -> torch.device:
-        return next(self.student.parameters()).device
+        return torch.autocast(device_type=model_device(self.student).type, dtype=self._student_dtype)
 
     def _fast_paths(self) -> tuple[bool, bool, bool]:
         """Which of the switched computations (shared_student_prefill, student_prefix_cache,
