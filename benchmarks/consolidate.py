@@ -73,7 +73,7 @@ DEFAULT_KNOWLEDGE = """\
 # -- the two children ----------------------------------------------------------------------
 
 def _ours_config(args: argparse.Namespace, out_dir: str, knowledge_files: list[str]) -> Any:
-    from oel.distill.config import ConsolidateConfig
+    from oel.consolidate.config import ConsolidateConfig
     from oel.models import ModelConfig
 
     overrides = dict(kv.split("=", 1) for kv in args.set if kv)
@@ -88,7 +88,7 @@ def _ours_config(args: argparse.Namespace, out_dir: str, knowledge_files: list[s
 
 
 def child_ours(args: argparse.Namespace) -> None:
-    from oel.distill.trainer import Consolidator
+    from oel.consolidate.trainer import Consolidator
     from oel.memory import peak_rss_mib
 
     with tempfile.TemporaryDirectory(prefix="oel-bench-cons-") as tmp:
@@ -115,7 +115,7 @@ def child_trl(args: argparse.Namespace) -> None:
     from transformers import TrainerCallback
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from oel.distill.config import ConsolidateConfig
+    from oel.consolidate.config import ConsolidateConfig
     from oel.models import ModelConfig, load_model
 
     ours = ConsolidateConfig()  # LoRA / optimizer defaults to mirror
@@ -189,7 +189,7 @@ class _TRLTimer:
 
 def _draws(args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[tuple[int, int]]]]:
     """Prefixes, knowledge texts and, per step, the (prefix, knowledge) rows our trainer draws."""
-    from oel.distill.trainer import Consolidator, read_knowledge
+    from oel.consolidate.trainer import Consolidator, read_knowledge
     from oel.trajectory import prefixes, read_trajectories
 
     cfg = _ours_config(args, "unused", args.knowledge)
@@ -201,7 +201,7 @@ def _draws(args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[tu
 
 def _trl_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from oel import prompts
-    from oel.distill.teacher import TEACHER_TEMPLATE
+    from oel.consolidate.teacher import TEACHER_TEMPLATE
 
     pre, knowledge, steps = _draws(args)
     # Our teacher template minus its first (policy) paragraph and the observation = the experience paragraph.
@@ -215,7 +215,7 @@ def _trl_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _prompt_lengths(args: argparse.Namespace, tok: Any) -> dict[str, float]:
     """Median student prompt, our teacher prompt and TRL's teacher prompt lengths (tokens) of the rows."""
-    from oel.distill.teacher import teacher_messages
+    from oel.consolidate.teacher import teacher_messages
 
     pre, knowledge, steps = _draws(args)
     rows = [r for s in steps for r in s]

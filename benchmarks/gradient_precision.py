@@ -39,7 +39,7 @@ def step_gradients(args: argparse.Namespace, dtype: str, overrides: dict[str, An
     """(loss, response tokens, flat LoRA gradient) of steps 1..args.steps, the weights never updated."""
     import torch
 
-    from oel.distill import ConsolidateConfig, Consolidator
+    from oel.consolidate import ConsolidateConfig, Consolidator
     from oel.models import ModelConfig
 
     cfg = ConsolidateConfig(trajectories=args.trajectories, knowledge=args.knowledge, output_dir=out_dir,

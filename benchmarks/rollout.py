@@ -6,7 +6,7 @@ Both sides play the same FrozenLake maps (round 0's collection seeds) with the s
 template, the same chat template and the same sampling settings (T=0.7, top_p 0.8, top_k 20,
 48 new tokens at most), on the same model object in one process:
 
-- ours: `oel.rollout.collect.collect` with `HFBackend` (every unfinished episode's prompt in
+- ours: `oel.collect.play.collect` with `HFBackend` (every unfinished episode's prompt in
   one left-padded, length-sorted batched call per turn; per-episode seeded sampling; each
   trajectory appended to a JSONL as it ends, as `oel collect` does), with its prefix KV
   store (each turn runs only the tokens after the previous turn's prompt + answer, and the
@@ -71,8 +71,8 @@ class RunResult:
 
 def run_ours(backend: Any, episodes: int, in_flight: int) -> tuple[RunResult, list[Any]]:
     """`collect` into a fresh temporary file (so nothing is skipped as already done)."""
-    from oel.rollout.backend import SamplingParams
-    from oel.rollout.collect import CollectConfig, collect
+    from oel.collect.backends.base import SamplingParams
+    from oel.collect.play import CollectConfig, collect
     from oel.trajectory import read_trajectories
 
     if backend.prefix_store is not None:
@@ -96,7 +96,7 @@ def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult
 
     from oel import prompts
     from oel.envs import EnvConfig, make_env
-    from oel.rollout.collect import CollectConfig, select_jobs
+    from oel.collect.play import CollectConfig, select_jobs
 
     template = prompts.get("policy_grid_v1")
     jobs = select_jobs(CollectConfig(num_seeds=episodes))
@@ -129,7 +129,7 @@ def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult
 
 def repeated_prefill_share(trajs: list[Any], encode: Any) -> dict[str, float]:
     """Share of prompt tokens that repeat tokens computed before (head shared by all, previous turn)."""
-    from oel.rollout.prefix_cache import common_prefix_length
+    from oel.collect.backends.prefix_cache import common_prefix_length
 
     total = shared_head = previous_turn = 0
     first_prompts = [encode(t.turns[0].prompt) for t in trajs]
@@ -157,8 +157,8 @@ def profile_first_turn(backend: Any, episodes: int, repeats: int) -> dict[str, f
 
     from oel import prompts
     from oel.envs import EnvConfig, make_env
-    from oel.rollout.backend import SamplingParams
-    from oel.rollout.collect import CollectConfig, select_jobs
+    from oel.collect.backends.base import SamplingParams
+    from oel.collect.play import CollectConfig, select_jobs
     from oel.trajectory import Message
 
     env = make_env(EnvConfig())
@@ -208,7 +208,7 @@ def main() -> None:
     import torch
 
     from oel.models import ModelConfig, load_model
-    from oel.rollout.hf_backend import HFBackend
+    from oel.collect.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)

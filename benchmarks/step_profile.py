@@ -71,7 +71,7 @@ def instrument(trainer: Any, phases: Phases) -> None:
     """Wrap the phases of `trainer.train_step` (module-level names the trainer calls, and methods)."""
     import torch
 
-    from oel.distill import trainer as trainer_module
+    from oel.consolidate import trainer as trainer_module
 
     for name, label in (("open_prompts", "student prompt pass (grad)"), ("sample_responses", "sample responses"),
                         ("opened_response_logits", "student response pass (grad)"),
@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     args.steps = 2
 
-    from oel.distill.trainer import Consolidator
+    from oel.consolidate.trainer import Consolidator
 
     with tempfile.TemporaryDirectory(prefix="oel-step-profile-") as tmp:
         if not args.knowledge:

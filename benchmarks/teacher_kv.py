@@ -22,7 +22,7 @@ they are, not which is wrong; against float32, the shared path is acceptable if 
 of the size plain bf16 scoring already makes. `--no-fp32` skips this (it loads a second,
 float32 copy of the model).
 
-The same check for the student's side (`oel.distill.shared_prefill`, on by default): the rows'
+The same check for the student's side (`oel.consolidate.shared_prefill`, on by default): the rows'
 student prompts (no knowledge) scored plainly, and through one prefill whose KV the responses
 continue from, with and without the shared opening run once (`student_prefix_cache`).
 """
@@ -50,9 +50,9 @@ def build_rows(args: argparse.Namespace, batch: int, tok: Any, encode: Any, k_te
                one_text: bool) -> tuple[list[list[int]], list[list[int]], list[int], list[list[int]]]:
     """Teacher prompts, responses (recorded, tokenised, + end of turn), knowledge indices and student
     prompts of one batch."""
-    from oel.distill.config import ConsolidateConfig
-    from oel.distill.teacher import teacher_messages
-    from oel.distill.trainer import Consolidator
+    from oel.consolidate.config import ConsolidateConfig
+    from oel.consolidate.teacher import teacher_messages
+    from oel.consolidate.trainer import Consolidator
     from oel.trajectory import prefixes, read_trajectories
 
     trajs = read_trajectories(args.trajectories)
@@ -83,7 +83,7 @@ def compare(model: Any, prompts: list[list[int]], responses: list[list[int]], ke
             repeats: int, reference_model: Any = None) -> dict[str, Any]:
     import torch
 
-    from oel.distill.scoring import pack, response_logits, response_logits_by_shared_prefix_groups
+    from oel.consolidate.scoring import pack, response_logits, response_logits_by_shared_prefix_groups
 
     def plain() -> torch.Tensor:
         return response_logits(model, pack(prompts, responses, pad_id=pad_id))
@@ -124,8 +124,8 @@ def student_exactness(model: Any, reference_model: Any, prompts: list[list[int]]
     """KL(fp32 plain || bf16 path), (max, mean) over response tokens, for the student's scoring paths."""
     import torch
 
-    from oel.distill.scoring import pack, response_logits, shared_prefix_length
-    from oel.distill.shared_prefill import open_prompts, opened_response_logits
+    from oel.consolidate.scoring import pack, response_logits, shared_prefix_length
+    from oel.consolidate.shared_prefill import open_prompts, opened_response_logits
 
     def prefilled(head: int) -> torch.Tensor:
         opened = open_prompts(model, prompts, pad_id=pad_id, head_tokens=head)
@@ -156,10 +156,10 @@ def main() -> None:
 
     import torch
 
-    from oel.distill.scoring import shared_prefix_length
-    from oel.distill.trainer import read_knowledge
+    from oel.consolidate.scoring import shared_prefix_length
+    from oel.consolidate.trainer import read_knowledge
     from oel.models import ModelConfig, load_model
-    from oel.rollout.hf_backend import HFBackend
+    from oel.collect.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)

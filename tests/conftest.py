@@ -26,7 +26,7 @@ def grid_consolidation_inputs(tmp_path: Path) -> str:
     """A consolidation round's inputs in `tmp_path`: t.jsonl (one trajectory of policy-template turns),
     k0.txt and k1.txt (two knowledge texts); returns the directory of a tiny random chat model."""
     from oel import prompts
-    from oel.rollout.tiny import save_tiny_chat_model
+    from oel.collect.backends.tiny import save_tiny_chat_model
     from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
     turns = [Turn(prompt=[Message(role="user", content=prompts.get("policy_grid_v1").render(observation=o))],
@@ -42,7 +42,7 @@ def grid_consolidation_inputs(tmp_path: Path) -> str:
 def grid_consolidation_config(tmp_path: Path, grid_consolidation_inputs: str):
     """Builds one-step ConsolidateConfigs over `grid_consolidation_inputs` (float32 tiny model, batch 4,
     both knowledge texts): `make(run_name, **overrides)` writes its run under tmp_path / run_name."""
-    from oel.distill import ConsolidateConfig
+    from oel.consolidate import ConsolidateConfig
     from oel.models import ModelConfig
 
     def make(run_name: str, **overrides):

@@ -17,8 +17,8 @@ import torch
 
 from oel.envs import EnvConfig, make_env
 from oel.errors import ConfigError
-from oel.rollout.backend import Generation, SamplingParams
-from oel.rollout.collect import (
+from oel.collect.backends.base import Generation, SamplingParams
+from oel.collect.play import (
     CollectConfig,
     EpisodeJob,
     collect,
@@ -28,8 +28,8 @@ from oel.rollout.collect import (
     summary_path,
     trajectory_id,
 )
-from oel.rollout.hf_backend import HFBackend
-from oel.rollout.tiny import tiny_chat_model
+from oel.collect.backends.hf import HFBackend
+from oel.collect.backends.tiny import tiny_chat_model
 from oel.trajectory import Message, read_trajectories
 
 MOVES = ("[up]", "[down]", "[left]", "[right]")
@@ -147,8 +147,8 @@ def test_config_validation_names_the_field() -> None:
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
-    from oel.rollout.backend import Generation
-    from oel.rollout.collect import CollectConfig, collect
+    from oel.collect.backends.base import Generation
+    from oel.collect.play import CollectConfig, collect
 
     class Slow:
         model_id = "slow"
@@ -187,7 +187,7 @@ def test_kill_minus_nine_then_rerun_gives_each_episode_once(tmp_path: Path) -> N
 
 def test_oel_collect_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from oel.cli import main
-    from oel.rollout.tiny import save_tiny_chat_model
+    from oel.collect.backends.tiny import save_tiny_chat_model
 
     model_dir = save_tiny_chat_model(tmp_path / "tiny")
     out = tmp_path / "c" / "traj.jsonl"

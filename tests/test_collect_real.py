@@ -8,11 +8,11 @@ import pytest
 
 from oel.envs import EnvConfig
 from oel.models import ModelConfig
-from oel.rollout.backend import SamplingParams
-from oel.rollout.collect import CollectConfig, collect
-from oel.rollout.hf_backend import HFBackend
-from oel.rollout.openai_backend import EndpointConfig, OpenAIBackend
-from oel.rollout.server import ChatServer, ServeConfig
+from oel.collect.backends.base import SamplingParams
+from oel.collect.play import CollectConfig, collect
+from oel.collect.backends.hf import HFBackend
+from oel.collect.backends.openai_endpoint import EndpointConfig, OpenAIBackend
+from oel.collect.server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 
 pytestmark = pytest.mark.real

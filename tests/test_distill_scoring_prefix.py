@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from oel.distill.scoring import (ResponseScorer, pack, response_logits, response_logits_with_shared_prefix,
+from oel.consolidate.scoring import (ResponseScorer, pack, response_logits, response_logits_with_shared_prefix,
                                  shared_prefix_length)
-from oel.rollout.tiny import tiny_chat_model
+from oel.collect.backends.tiny import tiny_chat_model
 
 TOL = 1e-5
 BF16_TOL = 0.1
@@ -93,7 +93,7 @@ def test_rejects_mismatched_inputs(tiny):
 
 
 def test_groups_keep_row_order(tiny):
-    from oel.distill.scoring import response_logits_by_shared_prefix_groups
+    from oel.consolidate.scoring import response_logits_by_shared_prefix_groups
 
     other = [9, 9, 9, 9, 1, 2]
     prompts = [PROMPTS[0], other + [3], PROMPTS[1], other + [4, 5], PROMPTS[2]]
@@ -111,7 +111,7 @@ def test_groups_keep_row_order(tiny):
 @pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
 def test_trainer_step_same_with_prefix_cache(grid_consolidation_config, switch):
     """One consolidation step: either prefix-cache switch changes nothing but rounding (loss and gradient)."""
-    from oel.distill import Consolidator
+    from oel.consolidate import Consolidator
 
     results = []
     for cached in (False, True):
@@ -127,8 +127,8 @@ def test_trainer_step_same_with_prefix_cache(grid_consolidation_config, switch):
 
 def test_student_shared_head_logits_and_gradients_equal_plain_scoring():
     """The student's shared-head pass: same logits and same parameter gradients as the plain pass."""
-    from oel.distill.scoring import ResponseScorer, response_logits_shared_head, shared_prefix_length
-    from oel.rollout.tiny import tiny_chat_model
+    from oel.consolidate.scoring import ResponseScorer, response_logits_shared_head, shared_prefix_length
+    from oel.collect.backends.tiny import tiny_chat_model
 
     model, _ = tiny_chat_model(seed=1, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oel.distill.scoring import generate_ids, pack, response_logits
-from oel.distill.shared_prefill import open_prompts, opened_response_logits, sample_responses
-from oel.rollout.sampling import RowSampling
-from oel.rollout.tiny import tiny_chat_model
+from oel.consolidate.scoring import generate_ids, pack, response_logits
+from oel.consolidate.shared_prefill import open_prompts, opened_response_logits, sample_responses
+from oel.collect.backends.sampling import RowSampling
+from oel.collect.backends.tiny import tiny_chat_model
 
 TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -111,7 +111,7 @@ def test_rejects_bad_inputs(lora_student):
 def test_trainer_step_same_with_and_without_shared_prefill(grid_consolidation_config, micro_batch_size,
                                                             student_prefix_cache):
     """A whole consolidation step: same samples, loss, metrics and gradients with the switch on and off."""
-    from oel.distill import Consolidator
+    from oel.consolidate import Consolidator
 
     results = []
     for shared in (False, True):
@@ -144,7 +144,7 @@ def test_trainer_step_same_with_and_without_shared_prefill(grid_consolidation_co
 def test_switched_paths_run_only_where_they_can(grid_consolidation_config, setting, expected):
     """(shared_student_prefill, student_prefix_cache, teacher_prefix_cache) in use: skipped, not refused,
     where they cannot run (checkpointed layers drop the KV cache; off-policy samples from the teacher)."""
-    from oel.distill import Consolidator
+    from oel.consolidate import Consolidator
 
     cfg = grid_consolidation_config("run", batch_size=2, micro_batch_size=2, max_new_tokens=2,
                                     **{"student_prefix_cache": True, **setting})
@@ -157,7 +157,7 @@ def test_switched_paths_run_only_where_they_can(grid_consolidation_config, setti
 def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(grid_consolidation_inputs,
                                                                             grid_consolidation_config):
     """bf16 weights: the adapter's matmuls in bf16 (autocast) vs peft's float32 path -- same step up to bf16 rounding."""
-    from oel.distill import Consolidator
+    from oel.consolidate import Consolidator
     from oel.models import ModelConfig
 
     grads, metrics = [], []

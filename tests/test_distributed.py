@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from oel import prompts
-from oel.distill import ConsolidateConfig, Consolidator, consolidate
+from oel.consolidate import ConsolidateConfig, Consolidator, consolidate
 from oel.models import ModelConfig
-from oel.rollout.tiny import save_tiny_chat_model
+from oel.collect.backends.tiny import save_tiny_chat_model
 from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -243,7 +243,7 @@ def test_checkpoints_are_plain_hf_directories_written_once(runs):
 
 
 def test_launcher_without_parallel_is_refused_and_no_launcher_means_one_process(monkeypatch):
-    from oel.distill import distributed
+    from oel.consolidate import distributed
     from oel.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -257,7 +257,7 @@ def test_launcher_without_parallel_is_refused_and_no_launcher_means_one_process(
 
 
 def test_rows_are_split_into_disjoint_blocks_that_cover_the_batch():
-    from oel.distill import distributed
+    from oel.consolidate import distributed
     from oel.errors import ConfigError
 
     blocks = [list(distributed.my_rows(8, distributed.Topology(rank=r, world_size=4))) for r in range(4)]

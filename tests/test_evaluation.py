@@ -15,10 +15,10 @@ from oel.cli import build_parser
 from oel.envs import EnvConfig
 from oel.envs.solver import LakeState
 from oel.errors import ConfigError
-from oel.evaluation import (EvaluateConfig, GamesConfig, IFEvalConfig, episode_move_marks, evaluate,
+from oel.evaluate import (EvaluateConfig, GamesConfig, IFEvalConfig, episode_move_marks, evaluate,
                             evaluate_games, evaluation_table, move_quality, summarise, wilson_ci)
-from oel.evaluation.games import TRAJECTORIES_FILE
-from oel.rollout.backend import Generation, SamplingParams
+from oel.evaluate.games import TRAJECTORIES_FILE
+from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message, Trajectory, Turn, read_trajectories
 
 # P H .      holes at (0,1) and (1,1); the only winning path is down, down, right, right.
@@ -220,7 +220,7 @@ def test_sokoban_moves_are_scored_too(tmp_path: Path) -> None:
 
 
 def test_diff_keys_names_nested_entries() -> None:
-    from oel.evaluation.resume import diff_keys
+    from oel.provenance import diff_keys
 
     old = {"model": "a", "env": {"game": "frozenlake", "max_turns": 5}, "seeds": [0]}
     new = {"model": "a", "env": {"game": "frozenlake", "max_turns": 8}, "seeds": [0, 1], "extra": 1}

@@ -11,7 +11,7 @@ import pytest
 
 from oel import prompts
 from oel.errors import ConfigError, DataError
-from oel.experience import (
+from oel.extract import (
     ExtractConfig,
     diff_experience,
     extract_round,
@@ -21,9 +21,9 @@ from oel.experience import (
     step_path,
     strip_thinking,
 )
-from oel.experience.render import build_extraction_prompt
-from oel.experience.text import approx_token_count, parse_items, token_counter
-from oel.rollout.backend import Generation, SamplingParams
+from oel.extract.render import build_extraction_prompt
+from oel.extract.text import approx_token_count, parse_items, token_counter
+from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message, Trajectory, Turn
 
 TAG = re.compile(r"Outcome: (T\d+)")
@@ -283,7 +283,7 @@ def test_config_errors_name_the_field():
 
 
 def test_history_replaying_observations_are_not_repeated():
-    from oel.experience.render import turn_blocks
+    from oel.extract.render import turn_blocks
 
     board0, reply0 = "rules\nBoard A", "You moved down.\nBoard B"
     obs1 = f"{board0}\n[Player] [down]\n{reply0}"

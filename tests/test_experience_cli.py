@@ -9,9 +9,9 @@ import pytest
 
 from oel.cli import main
 from oel.envs import EnvConfig
-from oel.experience import ExtractConfig, extract_round
-from oel.experience.curve import CurveConfig, default_steps, evaluate_curve, wilson_interval
-from oel.rollout.backend import Generation, SamplingParams
+from oel.extract import ExtractConfig, extract_round
+from oel.evaluate.curve import CurveConfig, default_steps, evaluate_curve, wilson_interval
+from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
 
 from test_experience import ScriptedExtractor, lesson_per_game, make_traj

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from oel.evaluation import IFEvalConfig, aggregate, evaluate_ifeval, score_response
-from oel.evaluation.ifeval import RESPONSES_FILE, PromptVerdict, select_prompts
-from oel.evaluation.ifeval_offline import IFEvalPrompt, load_prompts
-from oel.rollout.backend import Generation, SamplingParams
+from oel.evaluate import IFEvalConfig, aggregate, evaluate_ifeval, score_response
+from oel.evaluate.ifeval import RESPONSES_FILE, PromptVerdict, select_prompts
+from oel.evaluate.ifeval_offline import IFEvalPrompt, load_prompts
+from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
 
 
@@ -89,8 +89,8 @@ try:
     sys.exit("NLTK punkt data is installed: this test cannot show that oel does without it")
 except LookupError:
     pass
-from oel.evaluation.ifeval import score_response
-from oel.evaluation.ifeval_offline import IFEvalPrompt
+from oel.evaluate.ifeval import score_response
+from oel.evaluate.ifeval_offline import IFEvalPrompt
 p = IFEvalPrompt(1, "x", ("length_constraints:number_sentences", "change_case:capital_word_frequency"),
                  ({"relation": "at least", "num_sentences": 2}, {"capital_relation": "at least", "capital_frequency": 2}))
 print(score_response(p, "The BIG DOG ran. It was fast.").strict)
@@ -141,7 +141,7 @@ def test_evaluate_ifeval_resumes_and_is_idempotent(tmp_path: Path) -> None:
 @pytest.mark.real
 def test_smollm2_end_to_end(tmp_path: Path) -> None:
     from oel.models import ModelConfig
-    from oel.rollout.hf_backend import HFBackend
+    from oel.collect.backends.hf import HFBackend
 
     backend = HFBackend.from_model_config(ModelConfig(name="smollm2-135m-instruct", device="cpu"))
     cfg = IFEvalConfig(num_prompts=3, max_new_tokens=24, batch_size=3)

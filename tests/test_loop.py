@@ -25,9 +25,11 @@ from safetensors.torch import load_file
 from oel.config import load_config
 from oel.errors import ConfigError
 from oel.loop import LoopConfig, run_loop
-from oel.loop.run import MARKER, ReuseSource, copy_stage, prepare_run_dir, stages_for_round
+from oel.layout import MARKER
+from oel.loop.reuse import ReuseSource, copy_stage
+from oel.loop.run import prepare_run_dir, stages_for_round
 from oel.report import write_report
-from oel.rollout.tiny import save_tiny_chat_model
+from oel.collect.backends.tiny import save_tiny_chat_model
 
 POLL_S = 0.01
 KILL_TIMEOUT_S = 240
@@ -140,11 +142,11 @@ def test_full_loop_then_report(tiny_model, tmp_path):
     for png in ("pass_rate.png", "kl_per_step.png", "tokens_per_turn.png", "ifeval.png"):
         assert (report.parent / png).stat().st_size > 1000
     # an in-context curve on round 0's store is picked up; another run is compared side by side
-    from oel.experience.curve import CurveConfig, evaluate_curve
-    from oel.rollout.hf_backend import HFBackend
+    from oel.evaluate.curve import CurveConfig, evaluate_curve
+    from oel.collect.backends.hf import HFBackend
 
     from oel.models import ModelConfig
-    from oel.rollout.backend import SamplingParams
+    from oel.collect.backends.base import SamplingParams
 
     evaluate_curve(CurveConfig(store=str(run / "round_0" / "extract" / "store"), round=0, steps=[0, 1], num_maps=2,
                                sampling=SamplingParams(temperature=0.0, max_new_tokens=4)),
@@ -270,7 +272,7 @@ def test_copy_stage_replaces_a_partial_attempt_and_a_killed_copy(tmp_path):
 def test_every_shipped_config_is_valid(path):
     """`consolidate-*.yaml` are `oel consolidate` configs; every other file is an `oel loop` config."""
     if Path(path).name.startswith("consolidate-"):
-        from oel.distill.config import ConsolidateConfig
+        from oel.consolidate.config import ConsolidateConfig
 
         assert load_config(ConsolidateConfig, path).batch_size >= 1
     else:

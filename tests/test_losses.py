@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from oel.distill import losses
+from oel.consolidate import losses
 
 B, T, V = 2, 3, 11
 TEMP = 0.7

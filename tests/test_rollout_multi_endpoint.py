@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from oel.rollout.backend import SamplingParams
-from oel.rollout.collect import CollectConfig, collect
-from oel.rollout.hf_backend import HFBackend
-from oel.rollout.openai_backend import EndpointConfig, EndpointError, OpenAIBackend
-from oel.rollout.server import ChatServer, ServeConfig
-from oel.rollout.tiny import tiny_chat_model
+from oel.collect.backends.base import SamplingParams
+from oel.collect.play import CollectConfig, collect
+from oel.collect.backends.hf import HFBackend
+from oel.collect.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
+from oel.collect.server import ChatServer, ServeConfig
+from oel.collect.backends.tiny import tiny_chat_model
 from oel.trajectory import Message, read_trajectories
 
 MAX_NEW = 6
@@ -126,8 +126,8 @@ def test_a_server_that_is_down_or_serves_another_model_is_named(servers):
 
 
 def test_evaluation_through_two_servers_equals_in_process_evaluation(servers, hf, tmp_path: Path):
-    from oel.evaluation.config import EvaluateConfig, GamesConfig, IFEvalConfig
-    from oel.evaluation.evaluate import evaluate
+    from oel.evaluate.config import EvaluateConfig, GamesConfig, IFEvalConfig
+    from oel.evaluate.evaluation import evaluate
 
     def cfg(name: str) -> EvaluateConfig:
         games = GamesConfig(num_maps=2, sampling_seeds=[0], batch_size=2, sampling=SamplingParams(max_new_tokens=MAX_NEW))

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from oel.rollout.backend import ChatBackend, SamplingParams
-from oel.rollout.hf_backend import HFBackend
-from oel.rollout.openai_backend import EndpointConfig, EndpointError, OpenAIBackend
-from oel.rollout.server import ChatServer, ServeConfig
-from oel.rollout.tiny import tiny_chat_model
+from oel.collect.backends.base import ChatBackend, SamplingParams
+from oel.collect.backends.hf import HFBackend
+from oel.collect.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
+from oel.collect.server import ChatServer, ServeConfig
+from oel.collect.backends.tiny import tiny_chat_model
 from oel.trajectory import Message
 
 MAX_NEW = 8

@@ -26,10 +26,10 @@ from oel.errors import OELError
 STAGE_MODULES: list[str] = [
     "oel.models.cli",
     "oel.envs.cli",
-    "oel.rollout.cli",
-    "oel.experience.cli",
-    "oel.distill.cli",
-    "oel.evaluation.cli",
+    "oel.collect.cli",
+    "oel.extract.cli",
+    "oel.consolidate.cli",
+    "oel.evaluate.cli",
     "oel.loop.cli",
     "oel.report",
 ]

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from oel.errors import DataError
+from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
 from oel.io import atomic_write_text, iter_jsonl
+from oel.layout import RunLayout
 
-REPORT_DIR = "report"
-MARKER = "_complete.json"
 SAMPLE_CHARS = 1500
 """Longest excerpt of a trajectory or knowledge text shown in the report."""
 
@@ -44,42 +44,30 @@ class RunData:
         return self.run_dir.name
 
 
-def _marker(d: Path) -> dict[str, Any] | None:
-    p = d / MARKER
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: invalid JSON ({e.msg})") from None
-
-
 def gather(run_dir: str | os.PathLike) -> RunData:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: run directory not found")
-    rounds = sorted(int(p.name.split("_")[1]) for p in run_dir.glob("round_*") if p.name.split("_")[1].isdigit())
+    layout = RunLayout(run_dir)
+    if not layout.run_dir.is_dir():
+        raise DataError(f"{layout.run_dir}: run directory not found")
+    rounds = layout.rounds()
     if not rounds:
-        raise DataError(f"{run_dir}: no round_<r> directories: is this an `oel loop` run dir?")
-    data = RunData(run_dir, rounds)
-    cfg = run_dir / "config.yaml"
-    data.config = cfg.read_text() if cfg.is_file() else ""
+        raise DataError(f"{layout.run_dir}: no round_<r> directories: is this an `oel loop` run dir?")
+    data = RunData(layout.run_dir, rounds)
+    data.config = layout.config_file.read_text() if layout.config_file.is_file() else ""
     for r in rounds:
-        rd = run_dir / f"round_{r}"
         for stage, target in (("evaluate", data.evaluate), ("collect", data.collect)):
-            m = _marker(rd / stage)
+            m = layout.marker(r, stage)
             if m is not None:
                 target[r] = m
-        icl = {"game_" + k[4:]: v for k, v in data.evaluate.get(r, {}).items() if k.startswith("icl_")}
+        icl = {GAMES + k: v for k, v in summary_part(data.evaluate.get(r, {}), IN_CONTEXT).items()}
         if icl:
             data.evaluate_icl[r] = icl
-        metrics = rd / "consolidate" / "metrics.jsonl"
+        metrics = layout.consolidate_metrics(r)
         if metrics.is_file():
             data.consolidate_steps[r] = [obj for _, obj in iter_jsonl(metrics)]
-        k0 = rd / "extract" / "knowledge_0.txt"
+        k0 = layout.knowledge_file(r, 0)
         if k0.is_file():
             data.knowledge[r] = k0.read_text(encoding="utf-8").strip()
-        curve = rd / "extract" / "store" / f"round_{r:03d}" / "curve" / "curve.json"
+        curve = layout.curve_file(r)
         if curve.is_file():
             try:
                 data.curves[r] = json.loads(curve.read_text())["points"]
@@ -238,7 +226,7 @@ def compare_table(runs: list[RunData]) -> str:
 
 
 def sample_trajectory(run_dir: Path, r: int) -> str:
-    path = run_dir / f"round_{r}" / "collect" / "train.jsonl"
+    path = RunLayout(run_dir).train_trajectories(r)
     if not path.is_file():
         return ""
     for _, obj in iter_jsonl(path):
@@ -253,7 +241,7 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
     """Gather, plot, and write RUN_DIR/report/report.md (+ a comparison with `compare` runs); returns its path."""
     data = gather(run_dir)
     others = [gather(d) for d in compare or []]
-    out = data.run_dir / REPORT_DIR
+    out = RunLayout(data.run_dir).report_dir
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_pass_rate(data, out),
              plot_series(data, out, "game_tokens_per_turn", "response tokens per turn", "tokens_per_turn.png"),

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from oel.config import cfg
-from oel.distill.config import ConsolidateConfig
+from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
-from oel.evaluation.config import EvaluateConfig
-from oel.experience.config import ExtractConfig
+from oel.evaluate.config import EvaluateConfig
+from oel.extract.config import ExtractConfig
 from oel.models import ModelConfig
-from oel.rollout.collect import CollectConfig
+from oel.collect.play import CollectConfig
 
 # Stage-config fields the loop fills in itself; a user value there would be silently overwritten.
 LOOP_OWNED: dict[str, tuple[str, ...]] = {
@@ -60,16 +60,6 @@ class LoopConfig:
                 if getattr(getattr(self, stage), name) != getattr(default, name):
                     raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
                                       f"(set the top-level model/env/run_dir instead)")
-
-
-def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain-data configs."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b)):
-            out += diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def with_fields(config: Any, **changes: Any) -> Any:

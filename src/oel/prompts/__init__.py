@@ -16,6 +16,18 @@ from importlib import resources
 
 from oel.errors import ConfigError
 
+# The names other modules refer to, in one place. A new version of a prompt gets a new file
+# and, once it is the default, its name here.
+POLICY_TEMPLATE = "policy_grid_v1"
+"""What the policy sees: the game so far, no knowledge (collection, evaluation, the student)."""
+NO_KNOWLEDGE_TEMPLATE = POLICY_TEMPLATE
+KNOWLEDGE_TEMPLATE = "teacher_grid_v1"
+"""The policy prompt with knowledge in it: the teacher, and in-context evaluation."""
+TEACHER_TEMPLATE = KNOWLEDGE_TEMPLATE
+KNOWLEDGE_BLOCK = "knowledge_block_v1"
+"""Knowledge put in front of a prompt that no grid template made (imported logs, other tasks)."""
+RAW_TRAJECTORY_TEMPLATE = "raw_trajectory_v1"
+
 
 @dataclass(frozen=True)
 class Template:

@@ -1,0 +1,97 @@
+"""`oel collect`, `oel serve`, `oel import-logs`: the user side of the loop from the shell.
+
+    oel collect model.name=qwen2.5-coder-0.5b-instruct seeds=heldout num_seeds=32 out=runs/c/traj.jsonl
+    oel collect backend=openai endpoint.base_url=http://127.0.0.1:8000/v1 out=runs/c/traj.jsonl
+    oel serve model.name=qwen2.5-coder-0.5b-instruct port=8000
+    oel import-logs chats.jsonl trajectories.jsonl --env-id FrozenLake-v0-raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from oel.cli import add_config_command
+
+_CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
+
+
+def run_collect(config: Any, ns: argparse.Namespace) -> int:
+    """Collect with a live progress bar: episodes done, pass rate so far, generation tokens/s."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from oel.config import save_config
+    from oel.collect.play import collect, summary_path
+
+    for name in _CHATTY_LOGGERS:  # one INFO line per HTTP request would bury the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
+    out_cfg = summary_path(config.out).with_name(summary_path(config.out).name.replace(".summary.json", ".config.yaml"))
+    save_config(config, out_cfg)
+    columns = (TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("collect", total=None, status="loading model...")
+
+        def on_start(pending: int, total: int) -> None:
+            progress.update(task, total=pending, status=f"({total - pending} of {total} already on file)")
+
+        def on_finish(_traj: Any, st: Any) -> None:
+            progress.update(task, advance=1, status=f"pass {st.passed}/{st.episodes} ({st.pass_rate:.1%}) | "
+                                                    f"{st.generation_tokens_per_s:.1f} gen tok/s | "
+                                                    f"{st.tokens_per_turn:.1f} tok/turn")
+
+        stats = collect(config, on_start=on_start, on_finish=on_finish)
+    print(f"collected {stats.episodes} episodes ({stats.skipped} already on file) -> {config.out}")
+    print(f"pass rate {stats.pass_rate:.3f} ({stats.passed}/{stats.episodes}), {stats.turns} turns, "
+          f"{stats.tokens_per_turn:.2f} response tokens/turn, {stats.generation_tokens_per_s:.1f} generation tok/s, "
+          f"{stats.episodes_per_min:.1f} episodes/min, wall {stats.wall_seconds:.1f}s")
+    print(f"summary: {summary_path(config.out)}; config: {out_cfg}")
+    return 0
+
+
+def run_serve(config: Any, ns: argparse.Namespace) -> int:
+    from oel.collect.server import serve
+
+    try:
+        serve(config)
+    except KeyboardInterrupt:
+        print("oel serve: stopped")
+    return 0
+
+
+def run_import_logs(ns: argparse.Namespace) -> int:
+    from oel.trajectory import import_openai_messages, write_trajectories
+
+    trajs = import_openai_messages(ns.input, env_id=ns.env_id, model_id=ns.model_id)
+    write_trajectories(ns.output, trajs)
+    print(f"imported {len(trajs)} trajectories ({sum(len(t.turns) for t in trajs)} turns) -> {ns.output}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    from oel.collect.play import CollectConfig
+    from oel.collect.server import ServeConfig
+
+    add_config_command(
+        subparsers, "collect", CollectConfig, run_collect,
+        help="play episodes with a model or endpoint and append their trajectories to JSONL (resumable)",
+        description="Play episodes (all in flight advance together, one batched model call per turn), "
+                    "append each trajectory to `out` as it finishes, and skip episodes already there on rerun.",
+    )
+    add_config_command(
+        subparsers, "serve", ServeConfig, run_serve,
+        help="serve a model over an OpenAI-compatible /v1/chat/completions endpoint",
+        description="A small OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions) over the "
+                    "in-process HF backend; concurrent requests are generated in batches.",
+    )
+    p = subparsers.add_parser(
+        "import-logs", help="convert OpenAI-style {\"messages\": [...]} JSONL chat logs into trajectory JSONL",
+        description="Each assistant message becomes a turn; the user message after it is the environment's "
+                    "feedback. Optional per-record fields: id, env_id, seed, model_id, outcome, passed.",
+    )
+    p.add_argument("input", help="JSONL with one {\"messages\": [...]} object per line")
+    p.add_argument("output", help="trajectory JSONL to write (atomically; replaced if it exists)")
+    p.add_argument("--env-id", default="imported", help="env_id for records that do not name one")
+    p.add_argument("--model-id", default="unknown", help="model_id for records that do not name one")
+    p.set_defaults(func=run_import_logs)

@@ -1,0 +1,11 @@
+"""Consolidation (SPEC §1.3): distil what the knowledge-reading teacher does into the weights.
+
+Modules: `losses` (pure token losses), `scoring` (response-position logits, sampling),
+`teacher` (teacher prompt + frozen-teacher views), `samplers` (on-policy / off-policy),
+`checkpoint` (HF-directory checkpoints, resume), `trainer` (the loop), `cli` (`oel consolidate`).
+"""
+
+from oel.consolidate.config import ConsolidateConfig, paper_gpu_preset
+from oel.consolidate.trainer import ConsolidateResult, Consolidator, consolidate
+
+__all__ = ["ConsolidateConfig", "ConsolidateResult", "Consolidator", "consolidate", "paper_gpu_preset"]

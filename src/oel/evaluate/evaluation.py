@@ -1,0 +1,141 @@
+"""The whole evaluation stage: games without and with knowledge, IF-Eval, one `evaluation.json`.
+
+    result = evaluate(backend, config, knowledge=texts)     # what `oel evaluate` and the loop call
+
+Layout of `config.out_dir` (each part is idempotent and resumable on its own):
+
+    games_no_knowledge/   trajectories.jsonl, games.json      the consolidated-model number
+    games_knowledge/      trajectories.jsonl, games.json      the in-context number (if knowledge)
+    ifeval/               ifeval_responses.jsonl, ifeval.json  instruction following (if enabled)
+    evaluation.json       everything above in one file + the resolved config, written last
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oel.config import to_dict
+from oel.evaluate.config import EvaluateConfig
+from oel.evaluate.games import GameEval, Knowledge, evaluate_games, knowledge_texts
+from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
+from oel.io import atomic_write_json, read_text_file
+from oel.collect.backends.base import ChatBackend
+
+log = logging.getLogger(__name__)
+
+EVALUATION_FILE = "evaluation.json"
+NO_KNOWLEDGE_DIR = "games_no_knowledge"
+KNOWLEDGE_DIR = "games_knowledge"
+IFEVAL_DIR = "ifeval"
+
+
+@dataclass
+class Evaluation:
+    """The stage's result: any of the three parts may be absent (disabled)."""
+
+    games: GameEval | None
+    games_knowledge: GameEval | None
+    ifeval: IFEvalResult | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"games": self.games.to_dict() if self.games else None,
+                "games_knowledge": self.games_knowledge.to_dict() if self.games_knowledge else None,
+                "ifeval": self.ifeval.to_dict() if self.ifeval else None}
+
+    def summary(self) -> dict[str, Any]:
+        """Flat numbers for the loop's marker, metrics.jsonl and the report: game_*, icl_*, ifeval_*
+        (read back with `summary_part`)."""
+        out: dict[str, Any] = {}
+        for part, games in ((GAMES, self.games), (IN_CONTEXT, self.games_knowledge)):
+            if games is not None:
+                out.update({part + k: getattr(games.metrics, k) for k in GAME_KEYS})
+                out[part + "end_reasons"] = dict(games.metrics.end_reasons)
+        if self.ifeval is not None:
+            out.update({IFEVAL + k: getattr(self.ifeval.scores, k) for k in IFEVAL_KEYS})
+        return out
+
+
+GAMES, IN_CONTEXT, IFEVAL = "game_", "icl_", "ifeval_"
+"""The parts of an evaluation summary: held-out play without knowledge, with it, IF-Eval."""
+GAME_KEYS = ("pass_rate", "ci_low", "ci_high", "episodes", "passed", "move_quality", "tokens_per_turn",
+             "steps_per_episode")
+IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose",
+               "prompt_strict_ci_low", "prompt_strict_ci_high", "prompts")
+
+
+def summary_part(summary: dict[str, Any], part: str) -> dict[str, Any]:
+    """One part of `Evaluation.summary()` (GAMES, IN_CONTEXT or IFEVAL) with plain key names."""
+    return {k[len(part):]: v for k, v in summary.items() if k.startswith(part)}
+
+
+def read_knowledge_file(path: str) -> str:
+    """The knowledge text in `path` (stripped); a missing or empty file is an error naming it."""
+    return read_text_file(path, "knowledge file")
+
+
+def evaluate(backend: ChatBackend, config: EvaluateConfig, *, knowledge: Knowledge = None) -> Evaluation:
+    """Run every enabled part into `config.out_dir` and write `evaluation.json`.
+
+    `knowledge` (one text or K texts) takes precedence over `config.knowledge_file`; with
+    neither, only the no-knowledge game evaluation runs.
+    """
+    out = Path(config.out_dir)
+    if knowledge is None and config.knowledge_file:
+        knowledge = read_knowledge_file(config.knowledge_file)
+    texts = knowledge_texts(knowledge)
+    games = with_knowledge = ifeval = None
+    if config.games.enabled:
+        games = evaluate_games(backend, config.env, config.games, out / NO_KNOWLEDGE_DIR, overwrite=config.overwrite)
+        if texts:
+            with_knowledge = evaluate_games(backend, config.env, config.games, out / KNOWLEDGE_DIR, texts,
+                                            overwrite=config.overwrite)
+    if config.ifeval.enabled:
+        ifeval = evaluate_ifeval(backend, config.ifeval, out / IFEVAL_DIR, overwrite=config.overwrite)
+    result = Evaluation(games, with_knowledge, ifeval)
+    atomic_write_json(out / EVALUATION_FILE, {**result.to_dict(), "config": to_dict(config)})
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def games_rows(label: str, g: GameEval) -> list[str]:
+    """Markdown table rows for one game evaluation."""
+    m = g.metrics
+    ends = ", ".join(f"{k} {v}" for k, v in m.end_reasons.items())
+    spread = f"{_pct(m.seed_mean)} ± {100 * m.seed_std:.1f}" if len(m.per_seed) > 1 else "(one seed)"
+    return [f"| {label} | {m.passed}/{m.episodes} = {_pct(m.pass_rate)} | {_pct(m.ci_low)} - {_pct(m.ci_high)} "
+            f"| {spread} | {_pct(m.move_quality)} ({m.optimal_moves}/{m.scored_moves}) | {m.tokens_per_turn:.1f} "
+            f"| {m.steps_per_episode:.2f} | {ends} | {g.wall_seconds:.0f}s |"]
+
+
+def evaluation_table(result: Evaluation) -> str:
+    """The printed summary: one markdown table for the games, one line block for IF-Eval."""
+    lines: list[str] = []
+    parts: Sequence[tuple[str, GameEval | None]] = [("no knowledge", result.games),
+                                                    ("with knowledge", result.games_knowledge)]
+    if any(g for _, g in parts):
+        g0 = next(g for _, g in parts if g)
+        lines += [f"Held-out {g0.game} ({g0.env_id}), maps 0..{g0.num_maps - 1} x sampling seeds {g0.sampling_seeds}, "
+                  f"model {g0.model_id}", "",
+                  "| prompt | passed | 95% CI (Wilson) | per-seed mean ± sd | move quality | tokens/turn "
+                  "| steps/episode | how episodes ended | play time |",
+                  "|---|---:|---|---|---:|---:|---:|---|---:|"]
+        for label, g in parts:
+            if g is not None:
+                lines += games_rows(label, g)
+    if result.ifeval is not None:
+        r, s = result.ifeval, result.ifeval.scores
+        lines += ["", f"IF-Eval ({r.subset} of 541 prompts, greedy, max {r.max_new_tokens} new tokens, "
+                      f"{r.truncated} answers cut at the limit):",
+                  f"  prompt-level      strict {_pct(s.prompt_strict)} (95% CI {_pct(s.prompt_strict_ci_low)} - "
+                  f"{_pct(s.prompt_strict_ci_high)}), loose {_pct(s.prompt_loose)}",
+                  f"  instruction-level strict {_pct(s.instruction_strict)}, loose {_pct(s.instruction_loose)} "
+                  f"({s.instructions} instructions)",
+                  f"  generation time {r.generate_seconds:.0f}s, {r.mean_response_tokens:.0f} tokens per answer"]
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""Held-out game evaluation: pass rate (with CI), tokens per turn, steps, endings and move quality.
+
+The policy plays the first `num_maps` fixed held-out maps once per sampling seed, through
+the same batched collection code as the user side (`oel.collect.play.play_episodes`), so
+what is measured is exactly what the loop collects. Without knowledge the prompt is the plain
+policy prompt (`policy_grid_v1`); with knowledge it is the teacher prompt (`teacher_grid_v1`)
+with the text inserted. With K knowledge texts (the K accumulation runs of a round), held-out
+map j is played with text j mod K, so the number averages over the K runs.
+
+Episode (map m, sampling seed index k) is recorded with `sample = k`, and its per-turn
+sampling seeds derive from (sampling seed, map, k, turn) alone: the same episode is replayed
+whatever it was batched with, and every round plays the same streams (evaluation always uses
+round 0 for the derivation), so rounds differ only by the model.
+
+Files in `out_dir`: `trajectories.jsonl` (appended per finished episode: inspectable and the
+resume point), `games.key.json`, and `games.json` (the `GameEval`, written last, atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from oel import prompts
+from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
+from oel.config import to_dict
+from oel.envs import EnvConfig, make_env
+from oel.envs.seeds import heldout_seeds
+from oel.envs.solver import GridState
+from oel.errors import DataError
+from oel.evaluate.config import GamesConfig
+from oel.evaluate.metrics import GameSummary, SeedPassRate, episode_move_marks, summarise, summary_dict
+from oel.provenance import claim_dir, load_result
+from oel.io import atomic_write_json
+from oel.collect.backends.base import ChatBackend
+from oel.collect.play import CollectStats, EpisodeJob, pending_jobs, play_episodes, trajectory_id
+from oel.trajectory import Trajectory, append_trajectory, read_trajectories
+
+log = logging.getLogger(__name__)
+
+EVAL_ROUND = 0
+"""Round number used for seed derivation and trajectory ids: the same streams in every round."""
+RESULT_FILE = "games.json"
+TRAJECTORIES_FILE = "trajectories.jsonl"
+KEY_FILE = "games.key.json"
+
+Knowledge = str | Sequence[str] | None
+
+
+@dataclass
+class GameEval:
+    """One model's held-out play, with or without knowledge."""
+
+    model_id: str
+    env_id: str
+    game: str
+    template: str
+    knowledge_texts: int
+    """0: played without knowledge; K: with K texts (map j used text j mod K)."""
+    num_maps: int
+    sampling_seeds: list[int]
+    metrics: GameSummary
+    generate_seconds: float
+    wall_seconds: float
+    """Time spent playing in the call that finished the evaluation (resumed episodes not included)."""
+    resumed_episodes: int
+    key: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self).items() if k != "metrics"}, "metrics": summary_dict(self.metrics)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GameEval":
+        metrics = dict(data["metrics"])
+        metrics["per_seed"] = [SeedPassRate(s["seed"], s["episodes"], s["passed"]) for s in metrics["per_seed"]]
+        return cls(**{**data, "metrics": GameSummary(**metrics)})
+
+
+def knowledge_texts(knowledge: Knowledge) -> list[str]:
+    """Normalise the knowledge argument to a list of texts ([] = no knowledge); empty texts are refused."""
+    if knowledge is None:
+        return []
+    texts = [knowledge] if isinstance(knowledge, str) else list(knowledge)
+    if not texts or any(not t.strip() for t in texts):
+        raise ValueError("knowledge: expected non-empty text(s); pass None to evaluate without knowledge")
+    return texts
+
+
+def _run_key(model_id: str, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str]) -> dict[str, Any]:
+    """Everything an episode's outcome depends on (batch size does not: seeds are per episode)."""
+    template = prompts.get(KNOWLEDGE_TEMPLATE if texts else NO_KNOWLEDGE_TEMPLATE)
+    sampling = {k: v for k, v in to_dict(cfg.sampling).items() if k != "seed"}
+    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest() if texts else None
+    return {"model": model_id, "env": to_dict(env_cfg), "num_maps": cfg.num_maps,
+            "sampling_seeds": list(cfg.sampling_seeds), "sampling": sampling, "template": template.record(),
+            "knowledge_texts": len(texts), "knowledge_sha256": digest}
+
+
+def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridState]:
+    """Each map's start position for the solver; empty for environments without `solver_state`."""
+    env = make_env(env_cfg)
+    if not hasattr(env, "solver_state"):
+        return {}
+    out: dict[int, GridState] = {}
+    for seed in seeds:
+        env.reset(seed)
+        out[seed] = env.solver_state()  # type: ignore[attr-defined]
+    return out
+
+
+def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str], path: Path,
+                  on_episode: Callable[[Trajectory], None] | None) -> tuple[CollectStats, int]:
+    """Play every (map, seed) episode not yet in `path`; returns this call's stats and how many were on file."""
+    maps = heldout_seeds(cfg.num_maps)
+    env_id = make_env(env_cfg).env_id
+    stats, skipped = CollectStats(), 0
+    groups = list(enumerate(texts)) or [(0, None)]
+
+    def _append(traj: Trajectory, _stats: CollectStats) -> None:
+        append_trajectory(path, traj)
+        if on_episode is not None:
+            on_episode(traj)
+
+    for k, seed in enumerate(cfg.sampling_seeds):
+        params = replace(cfg.sampling, seed=seed)
+        for index, text in groups:
+            jobs = [EpisodeJob(m, k) for j, m in enumerate(maps) if j % len(groups) == index]
+            todo = pending_jobs(path, jobs, env_id, EVAL_ROUND)
+            skipped += len(jobs) - len(todo)
+            if not todo:
+                continue
+            template = KNOWLEDGE_TEMPLATE if text is not None else NO_KNOWLEDGE_TEMPLATE
+            fields = {"knowledge": text} if text is not None else {}
+            play_episodes(backend, lambda: make_env(env_cfg), todo, params, template=template, prompt_fields=fields,
+                          round=EVAL_ROUND, batch_size=cfg.batch_size, on_finish=_append, stats=stats)
+    return stats, skipped
+
+
+def _expected(path: Path, env_id: str, cfg: GamesConfig) -> list[Trajectory]:
+    """The trajectories of this evaluation, in (map, seed) order; every one must be on file."""
+    wanted = [trajectory_id(env_id, EVAL_ROUND, EpisodeJob(m, k))
+              for m in heldout_seeds(cfg.num_maps) for k in range(len(cfg.sampling_seeds))]
+    by_id = {t.id: t for t in read_trajectories(path)}
+    missing = [w for w in wanted if w not in by_id]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} episode(s) missing after play, e.g. {missing[0]}")
+    return [by_id[w] for w in wanted]
+
+
+def evaluate_games(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, out_dir: str | Path,
+                   knowledge: Knowledge = None, *, overwrite: bool = False,
+                   on_episode: Callable[[Trajectory], None] | None = None) -> GameEval:
+    """Play the held-out maps x sampling seeds and measure them; idempotent and resumable.
+
+    `knowledge`: None (policy prompt), one text, or K texts (map j uses text j mod K).
+    A finished result with the same key is returned without playing; a partial run resumes;
+    a directory holding another key's episodes is refused unless `overwrite` (see
+    `oel.provenance`). The key names the model by `backend.model_id` only: give each
+    checkpoint its own `out_dir`.
+    """
+    out = Path(out_dir)
+    texts = knowledge_texts(knowledge)
+    key = _run_key(backend.model_id, env_cfg, cfg, texts)
+    cached = load_result(out / RESULT_FILE, key)
+    if cached is not None:
+        return GameEval.from_dict(cached)
+    path = out / TRAJECTORIES_FILE
+    claim_dir(out / KEY_FILE, key, [path, out / RESULT_FILE], overwrite=overwrite)
+    t0 = time.perf_counter()
+    stats, skipped = _play_missing(backend, env_cfg, cfg, texts, path, on_episode)
+    wall = time.perf_counter() - t0
+    env_id = make_env(env_cfg).env_id
+    trajs = _expected(path, env_id, cfg)
+    starts = start_states(env_cfg, heldout_seeds(cfg.num_maps))
+    marks = {t.id: episode_move_marks(starts[t.seed], t) for t in trajs if t.seed in starts}
+    summary = summarise(trajs, marks, seed_of=dict(enumerate(cfg.sampling_seeds)))
+    result = GameEval(model_id=backend.model_id, env_id=env_id, game=env_cfg.game, template=key["template"]["name"],
+                      knowledge_texts=len(texts), num_maps=cfg.num_maps, sampling_seeds=list(cfg.sampling_seeds),
+                      metrics=summary, generate_seconds=stats.generate_seconds, wall_seconds=wall,
+                      resumed_episodes=skipped, key=key)
+    atomic_write_json(out / RESULT_FILE, result.to_dict())
+    log.info("games (%s): %d/%d passed, move quality %s", result.template, summary.passed, summary.episodes,
+             "n/a" if summary.move_quality is None else f"{summary.move_quality:.3f}")
+    return result

@@ -1,0 +1,183 @@
+"""Pure metrics of held-out play: pass rate with a Wilson interval, move quality, a summary.
+
+Everything here reads finished trajectories (and, for move quality, the start position of
+each map) and returns numbers; nothing plays a game or calls a model, so every function is
+tested on hand-computed cases.
+
+Definitions (also in docs/evaluation.md):
+
+* pass rate: passed episodes / all episodes, over every (map, sampling seed) pair; the 95%
+  interval is Wilson's score interval, which stays inside [0, 1] and is honest at 0/n --
+  the common case for small models here.
+* per-seed pass rate: the same ratio within each sampling seed; mean and sample standard
+  deviation across seeds show how much a single run of the benchmark can move.
+* tokens per turn: response tokens (thinking included, stop token included) / model turns.
+* steps per episode: model turns per episode, invalid turns included.
+* move quality: the share of model turns whose move lies on SOME shortest path to success
+  from the position where it was played (BFS over the true map, `oel.envs.solver`). A turn
+  with no valid action, a move into a wall or a hole, and any move in an already-lost
+  position count as not optimal. Diagnostic only: never a training signal.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from oel.envs.solver import GridState
+from oel.envs.solver import move_quality as solver_move_marks
+from oel.trajectory import Trajectory
+
+UNKNOWN_END_REASON = "unknown"
+"""End reason recorded for trajectories whose environment does not report one."""
+
+Z_95 = 1.959963984540054
+"""Standard normal quantile for a two-sided 95% interval."""
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion: sane at 0/n and n/n, unlike p +- z*se."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_ci(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for `successes` out of `n`; (0, 1) when there is no data.
+
+    Chosen over the normal approximation p +- z*se because that one collapses to a zero-width
+    interval at 0/n and n/n, exactly where small models sit on these games. The formula is the
+    one of `wilson_interval` (which the in-context curve uses); this adds argument checks.
+    """
+    if successes < 0 or successes > n:
+        raise ValueError(f"wilson_ci: successes must be in 0..n, got {successes} of {n}")
+    return wilson_interval(successes, n, z)
+
+
+def episode_move_marks(start: GridState, trajectory: Trajectory) -> list[bool]:
+    """For each turn of `trajectory`, played from `start`: was its move on a shortest path?
+
+    Trajectories record the action sent to the game (`Turn.action`, None when no valid move)
+    but not the position, so the positions are recomputed by replaying the actions through
+    the solver's exact model of the game. Turns after a win or a loss (there should be none)
+    are marked not optimal so that the list always has one entry per turn.
+    """
+    actions = [turn.action for turn in trajectory.turns]
+    marks = solver_move_marks(start, actions)
+    return marks + [False] * (len(actions) - len(marks))
+
+
+@dataclass(frozen=True)
+class MoveQuality:
+    """How many model turns played a shortest-path move."""
+
+    optimal: int
+    moves: int
+
+    @property
+    def share(self) -> float | None:
+        """optimal / moves; None when no move was scored."""
+        return self.optimal / self.moves if self.moves else None
+
+
+def move_quality(marks: Sequence[Sequence[bool]]) -> MoveQuality:
+    """Pool per-episode move marks (one list per episode) into one share over all turns."""
+    return MoveQuality(optimal=sum(sum(m) for m in marks), moves=sum(len(m) for m in marks))
+
+
+@dataclass(frozen=True)
+class SeedPassRate:
+    """Pass rate within one sampling seed."""
+
+    seed: int
+    episodes: int
+    passed: int
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.episodes if self.episodes else 0.0
+
+
+@dataclass
+class GameSummary:
+    """What `summarise` computes from a set of held-out episodes."""
+
+    episodes: int
+    passed: int
+    pass_rate: float
+    ci_low: float
+    ci_high: float
+    per_seed: list[SeedPassRate]
+    seed_mean: float
+    seed_std: float
+    """Sample standard deviation of the per-seed pass rates (0 with a single seed)."""
+    turns: int
+    response_tokens: int
+    tokens_per_turn: float
+    steps_per_episode: float
+    end_reasons: dict[str, int]
+    move_quality: float | None
+    optimal_moves: int
+    scored_moves: int
+    first_moves: dict[str, int] = field(default_factory=dict)
+    """How often each action opened an episode ('none' = no valid action): a cheap bias check."""
+
+
+def _end_reason(trajectory: Trajectory) -> str:
+    return str(trajectory.meta.get("end_reason") or UNKNOWN_END_REASON)
+
+
+def _per_seed(trajectories: Sequence[Trajectory], seed_of: Mapping[int, int]) -> list[SeedPassRate]:
+    """Group by sample index; `seed_of` maps a sample index to its sampling seed."""
+    episodes: Counter[int] = Counter()
+    passed: Counter[int] = Counter()
+    for t in trajectories:
+        episodes[t.sample] += 1
+        passed[t.sample] += int(t.passed)
+    return [SeedPassRate(seed_of.get(k, k), episodes[k], passed[k]) for k in sorted(episodes)]
+
+
+def summarise(trajectories: Sequence[Trajectory], marks: Mapping[str, Sequence[bool]] | None = None,
+              seed_of: Mapping[int, int] | None = None) -> GameSummary:
+    """All game metrics of `trajectories`.
+
+    `marks` maps trajectory id -> per-turn move marks (`episode_move_marks`); trajectories
+    without an entry are left out of move quality (e.g. environments without a solver).
+    `seed_of` maps a trajectory's `sample` index to the sampling seed it was played with.
+    """
+    if not trajectories:
+        raise ValueError("summarise: no trajectories to summarise")
+    n = len(trajectories)
+    passed = sum(int(t.passed) for t in trajectories)
+    low, high = wilson_ci(passed, n)
+    per_seed = _per_seed(trajectories, seed_of or {})
+    rates = [s.pass_rate for s in per_seed]
+    turns = sum(len(t.turns) for t in trajectories)
+    tokens = sum(t.num_response_tokens for t in trajectories)
+    scored = move_quality([marks[t.id] for t in trajectories if marks and t.id in marks])
+    first = Counter(t.turns[0].action or "none" for t in trajectories)
+    return GameSummary(
+        episodes=n, passed=passed, pass_rate=passed / n, ci_low=low, ci_high=high, per_seed=per_seed,
+        seed_mean=statistics.fmean(rates), seed_std=statistics.stdev(rates) if len(rates) > 1 else 0.0,
+        turns=turns, response_tokens=tokens, tokens_per_turn=tokens / turns, steps_per_episode=turns / n,
+        end_reasons=dict(sorted(Counter(_end_reason(t) for t in trajectories).items())),
+        move_quality=scored.share, optimal_moves=scored.optimal, scored_moves=scored.moves,
+        first_moves=dict(sorted(first.items())),
+    )
+
+
+def summary_dict(summary: GameSummary) -> dict[str, Any]:
+    """`summary` as plain JSON data, per-seed rates included."""
+    from dataclasses import asdict
+
+    out = asdict(summary)
+    out["per_seed"] = [{**asdict(s), "pass_rate": s.pass_rate} for s in summary.per_seed]
+    return out

@@ -1,0 +1,35 @@
+"""The extract stage: accumulative extraction of experiential knowledge, and the experience store.
+
+(The in-context curve, an evaluation of the store, is `oel.evaluate.curve`.)
+
+How a round's loop uses it:
+
+    from oel.extract import ExtractConfig, extract_round, knowledge_texts
+    cfg = ExtractConfig(out_dir="runs/x/experience", round=r, num_runs=K, num_trajectories=N, use_step=N_use)
+    extract_round(cfg, trajectories, policy_backend)        # resumable; writes the store
+    texts = knowledge_texts(cfg.out_dir, r)                 # K strings, each e_{N_use} of one run
+
+The consolidation trainer only needs `knowledge_texts`. See docs/experience.md.
+"""
+
+from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
+from oel.extract.accumulate import accumulate_step, extract_round, make_extractor
+from oel.extract.store import (
+    ExperienceFile,
+    ExperienceItem,
+    ExperienceSet,
+    diff_experience,
+    format_diff,
+    knowledge_texts,
+    load_experience_set,
+    read_experience,
+    step_path,
+)
+from oel.extract.text import STRUCTURED_MARKER, strip_thinking
+
+__all__ = [
+    "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step", "extract_round", "make_extractor",
+    "ExperienceFile", "ExperienceItem", "ExperienceSet", "diff_experience", "format_diff",
+    "knowledge_texts", "load_experience_set", "read_experience", "step_path",
+    "STRUCTURED_MARKER", "strip_thinking",
+]

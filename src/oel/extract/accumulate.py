@@ -1,0 +1,252 @@
+"""Accumulative extraction: K runs, each reading N trajectories in order, e_i = e_{i-1} + new items.
+
+At step i, run k shows the extractor trajectory i and its own knowledge e_{i-1}, keeps the
+1-2 new items it writes (thinking removed, format-filtered, exact repeats dropped), then
+enforces the L-token budget by keeping the newest whole items. Each step is written to the
+store before the next begins, so a killed run resumes at its last completed step.
+
+The K runs are independent but advance in lockstep: step i of every run that is at step i
+is one batched generation, each row with its own seed (via the backend's `generate_rows`
+when it has one, else one `chat` call per run), so a resumed run samples exactly what an
+uninterrupted one would have.
+
+The raw-trajectories baseline goes through the same loop with the generation replaced by
+a compact rendering of the trajectory itself: same budget, same store, same downstream use.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from oel import prompts
+from oel.config import to_dict
+from oel.errors import ConfigError, DataError
+from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
+from oel.extract.render import ExtractionPrompt, build_extraction_prompt, render_raw_trajectory
+from oel.extract.store import (
+    ITEM_SEPARATOR,
+    ExperienceFile,
+    ExperienceItem,
+    ExperienceSet,
+    RoundManifest,
+    StepRecord,
+    last_step,
+    load_experience_set,
+    manifest_path,
+    read_manifest,
+    render_knowledge,
+    round_dir,
+    write_manifest,
+    write_step,
+)
+from oel.extract.text import TokenCounter, dedup_new, fit_newest, parse_items, strip_thinking, token_counter
+from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
+from oel.trajectory import Message, Trajectory
+
+log = logging.getLogger(__name__)
+
+RAW_EXTRACTOR_ID = "none"
+"""extractor_model recorded for the raw-trajectories baseline (nothing was generated)."""
+
+StepCallback = Callable[[int, int, float], None]
+"""on_step(run, step, seconds): called after each completed step (the CLI drives its bar with it)."""
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """One generated answer for one run at one step, with what its prompt cost."""
+
+    text: str
+    prompt: ExtractionPrompt | None
+    output_tokens: int
+    sampling_seed: int | None
+    finish_reason: str = "stop"
+
+
+def drop_unfinished_line(answer: str, finish_reason: str) -> tuple[str, str]:
+    """(answer, dropped): when generation hit the token limit, its last line is cut mid-item.
+
+    A half-written lesson ("- EXPERIENCE ITEM: The agent must always move the") is worse
+    than none, so the last line of a length-capped answer is dropped (and recorded).
+    """
+    if finish_reason != "length":
+        return answer, ""
+    head, _, last = answer.rstrip("\n").rpartition("\n")
+    return head, last.strip()
+
+
+def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extraction, *, config: ExtractConfig,
+                    count: TokenCounter, extractor_model: str, seconds: float = 0.0) -> ExperienceFile:
+    """e_i from e_{i-1} and the extractor's answer: filter, dedup, append, enforce the budget."""
+    step = prev.step + 1
+    unfinished = ""
+    if config.kind == "raw_trajectories":
+        candidates = [extraction.text]
+    else:
+        answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
+        candidates = parse_items(answer, config.format)
+    kept, duplicates = dedup_new(prev.texts, candidates)
+    # The cap counts NEW items only: small models often copy the list back before adding one.
+    cap = config.max_new_items if (config.kind == "extracted" and config.format == "structured") else 0
+    kept, over_cap = (kept[:cap], kept[cap:]) if cap else (kept, [])
+    new_items = [
+        ExperienceItem(id=f"r{prev.round}-k{prev.seed}-s{step}-{j}", text=t, step_added=step,
+                       source_trajectory_id=traj.id, seed=prev.seed, round=prev.round,
+                       extractor_model=extractor_model)
+        for j, t in enumerate(kept)
+    ]
+    items = list(prev.items) + new_items
+    kept_idx = fit_newest([it.text for it in items], config.budget_tokens, count, ITEM_SEPARATOR[config.kind])
+    budget_dropped = len(items) - len(kept_idx)
+    items = [items[i] for i in kept_idx]
+    p = extraction.prompt
+    record = StepRecord(
+        trajectory_id=traj.id,
+        raw_output=extraction.text if config.kind == "extracted" else "",
+        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished, budget_dropped=budget_dropped,
+        input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
+        input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
+        cut_chars=p.cut_chars if p else 0, sampling_seed=extraction.sampling_seed, seconds=round(seconds, 3),
+    )
+    return prev.model_copy(update={
+        "step": step, "items": items, "record": record,
+        "rendered": render_knowledge([it.text for it in items], config.kind),
+    })
+
+
+def empty_step(config: ExtractConfig, run: int, *, extractor_model: str, prompt_record: dict[str, str] | None,
+               counter_name: str) -> ExperienceFile:
+    """e_0: no knowledge yet (also the point 'no knowledge' of the in-context curve)."""
+    return ExperienceFile(
+        kind=config.kind, round=config.round, seed=run,
+        sampling_seed=extraction_seed(config.seed, config.round, run, 0), step=0, format=config.format,
+        extractor_model=extractor_model, prompt=prompt_record, budget_tokens=config.budget_tokens,
+        token_counter=counter_name, items=[], rendered="", record=None,
+    )
+
+
+def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dict | None, counter: str) -> dict:
+    """Settings that determine the knowledge: resuming with any of them changed is refused."""
+    return {
+        "kind": config.kind, "format": config.format, "budget_tokens": config.budget_tokens,
+        "max_input_tokens": config.max_input_tokens, "max_new_items": config.max_new_items,
+        "strip_trajectory_thinking": config.strip_trajectory_thinking, "seed": config.seed,
+        "extractor_model": extractor_model, "prompt": prompt_record, "token_counter": counter,
+        "sampling": to_dict(replace(config.sampling, seed=0)),
+    }
+
+
+def _prepare_round(config: ExtractConfig, trajs: Sequence[Trajectory], fingerprint: dict) -> None:
+    """Write the round manifest, or check an existing one matches (resume) unless overwriting."""
+    ids = [t.id for t in trajs]
+    if config.overwrite and round_dir(config.out_dir, config.round).exists():
+        shutil.rmtree(round_dir(config.out_dir, config.round))
+    if manifest_path(config.out_dir, config.round).exists():
+        old = read_manifest(config.out_dir, config.round)
+        for key, value in fingerprint.items():
+            if old.fingerprint.get(key) != value:
+                raise ConfigError(f"{key}: {manifest_path(config.out_dir, config.round)} was made with "
+                                  f"{old.fingerprint.get(key)!r}, now {value!r}; set overwrite=true or use another out_dir")
+        if old.trajectory_ids[: len(ids)] != ids[: len(old.trajectory_ids)]:
+            raise ConfigError(f"trajectories: {config.trajectories or 'the given trajectories'} differ from those this "
+                              f"round's store was built from; set overwrite=true or use another out_dir")
+    manifest = RoundManifest(round=config.round, num_runs=config.num_runs, num_trajectories=len(trajs),
+                             use_step=config.resolved_use_step, fingerprint=fingerprint, trajectory_ids=ids,
+                             config=to_dict(config))
+    write_manifest(config.out_dir, manifest)
+
+
+def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: list[int],
+              params: SamplingParams) -> list[Generation]:
+    """One generation per prompt, row r sampled with seeds[r] whatever else shares the batch.
+
+    Uses the backend's `chat_with_seeds` (one batched call, per-row seeds: the same
+    convention as collection) when it has one; otherwise one `chat` call per run.
+    """
+    chats = [[Message(role="user", content=p.text)] for p in prompts_]
+    chat_with_seeds = getattr(backend, "chat_with_seeds", None)
+    if chat_with_seeds is not None:
+        return list(chat_with_seeds(chats, params, seeds))
+    return [backend.chat([c], replace(params, seed=s))[0] for c, s in zip(chats, seeds)]
+
+
+def make_extractor(config: ExtractorConfig) -> ChatBackend:
+    """The extractor backend `config` asks for (loads the model for backend=hf)."""
+    if config.backend == "openai":
+        from oel.collect.backends.openai_endpoint import OpenAIBackend
+
+        return OpenAIBackend(config.endpoint)
+    from oel.collect.backends.hf import HFBackend
+
+    return HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
+
+
+def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,
+                  tokenizer: object | None = None, on_step: StepCallback | None = None) -> ExperienceSet:
+    """Run (or resume) the K accumulations of one round; return the K texts at step N_use.
+
+    `backend` is the extractor (None only for the raw-trajectories baseline). Token counts
+    use `backend.tokenizer` if it has one, else `tokenizer`, else the approximation.
+    """
+    if len(trajectories) < config.num_trajectories:
+        raise DataError(f"{config.trajectories or 'trajectories'}: need num_trajectories={config.num_trajectories}, "
+                        f"found {len(trajectories)}")
+    trajs = list(trajectories[: config.num_trajectories])
+    if config.kind == "extracted" and backend is None:
+        raise ConfigError("extractor: kind=extracted needs an extractor backend")
+    backend_tokenizer = getattr(backend, "tokenizer", None)
+    count = token_counter(backend_tokenizer if backend_tokenizer is not None else tokenizer)
+    template = prompts.get(config.prompt_name) if config.kind == "extracted" else None
+    prompt_record = template.record() if template else prompts.get("raw_trajectory_v1").record()
+    model_id = backend.model_id if (backend is not None and config.kind == "extracted") else RAW_EXTRACTOR_ID
+    _prepare_round(config, trajs, _fingerprint(config, model_id, prompt_record, count.name))
+
+    states: list[ExperienceFile] = []
+    for k in range(config.num_runs):
+        state = last_step(config.out_dir, config.round, k)
+        if state is None:
+            state = empty_step(config, k, extractor_model=model_id, prompt_record=prompt_record, counter_name=count.name)
+            write_step(config.out_dir, state)
+        elif state.step > 0:
+            log.info("round %d run %d: resuming after step %d", config.round, k, state.step)
+        states.append(state)
+
+    for i in range(1, len(trajs) + 1):
+        pending = [k for k in range(config.num_runs) if states[k].step == i - 1]
+        if not pending:
+            continue
+        traj = trajs[i - 1]
+        t0 = time.perf_counter()
+        extractions = _extract_many(config, backend, template, [states[k] for k in pending], traj, count, i)
+        per_run = (time.perf_counter() - t0) / len(pending)
+        for k, ex in zip(pending, extractions):
+            states[k] = accumulate_step(states[k], traj, ex, config=config, count=count,
+                                        extractor_model=model_id, seconds=per_run)
+            write_step(config.out_dir, states[k])
+            if on_step:
+                on_step(k, i, per_run)
+    return load_experience_set(config.out_dir, config.round, config.resolved_use_step)
+
+
+def _extract_many(config: ExtractConfig, backend: ChatBackend | None, template: prompts.Template | None,
+                  prevs: list[ExperienceFile], traj: Trajectory, count: TokenCounter, step: int) -> list[Extraction]:
+    """The answers of the pending runs at `step` (a rendering of the game for the raw baseline)."""
+    if config.kind == "raw_trajectories":
+        raw = render_raw_trajectory(traj, strip_response_thinking=config.strip_trajectory_thinking)
+        return [Extraction(raw, None, 0, None) for _ in prevs]
+    assert backend is not None and template is not None
+    built = [build_extraction_prompt(template, p.rendered, traj, count=count, max_input_tokens=config.max_input_tokens,
+                                     strip_response_thinking=config.strip_trajectory_thinking) for p in prevs]
+    for p in built:
+        if p.truncated:
+            log.warning("trajectory %s: extractor input cut from the left (%d oldest turns, %d chars) to fit "
+                        "max_input_tokens=%d", traj.id, p.dropped_turns, p.cut_chars, config.max_input_tokens)
+    seeds = [extraction_seed(config.seed, config.round, prev.seed, step) for prev in prevs]
+    gens = _generate(backend, built, seeds, config.sampling)
+    if len(gens) != len(built):
+        raise DataError(f"extractor {backend.model_id}: returned {len(gens)} answers for {len(built)} prompts")
+    return [Extraction(g.text, p, g.completion_tokens, s, g.finish_reason) for g, p, s in zip(gens, built, seeds)]

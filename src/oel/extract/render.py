@@ -1,0 +1,161 @@
+"""How a trajectory is shown to the extractor, and how an over-long one is cut.
+
+The extractor prompt is a template with two slots: the knowledge so far and the
+trajectory. The instructions live in the template around both slots, so they must never
+be cut (the original implementation truncated the whole prompt on the right and lost
+them). When the prompt is too long, only the trajectory slot shrinks, from the LEFT:
+whole oldest turns first, then -- if even the newest turn is too long -- the oldest
+characters of what is left. The outcome summary at the end is always kept, because it
+is the one line that says how the game ended. What was cut is returned so that the step
+record can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oel import prompts
+from oel.errors import DataError
+from oel.extract.text import TokenCounter, strip_thinking
+from oel.trajectory import Trajectory
+
+EMPTY_KNOWLEDGE = "(none yet)"
+"""What the extractor sees in the knowledge slot before the first item exists."""
+
+OMITTED_TURNS_NOTE = "[{n} earlier turn(s) omitted for length]"
+CUT_TEXT_NOTE = "[...]"
+RAW_TRAJECTORY_TEMPLATE = "raw_trajectory_v1"
+
+
+def new_part(previous: str, current: str) -> str:
+    """The part of `current` not already in `previous`.
+
+    Environments often show the whole game history at every turn; printing it again at
+    each turn would make the record quadratic in length. When an observation extends
+    the previous one, only the extension is shown.
+    """
+    if previous and current.startswith(previous):
+        return current[len(previous):].strip("\n")
+    return current
+
+
+def shown_observation(prev_obs: str, prev_feedback: str, prev_response: str, obs: str) -> str:
+    """What this turn's observation adds to what the record already shows.
+
+    Environments that replay the whole history each turn repeat the previous turn's reply
+    and echo the agent's move (TextArena: `[Player] [down]`); the record already shows
+    both, so they are removed: first the part shared with the previous observation, then
+    the previous reply, then lines that end with the previous answer (the echo).
+    """
+    part = new_part(prev_obs, obs)
+    fb = prev_feedback.strip()
+    if fb and fb in part:
+        part = part.replace(fb, "", 1)
+    echo = prev_response.strip()
+    lines = [ln for ln in part.splitlines() if ln.strip() and not (echo and ln.strip().endswith(echo))]
+    return "\n".join(lines).strip()
+
+
+def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool) -> list[str]:
+    """One text block per turn: what the game showed (new parts only), the agent's answer, the reply."""
+    blocks: list[str] = []
+    prev_obs = prev_fb = prev_resp = ""
+    for i, turn in enumerate(traj.turns, start=1):
+        response = strip_thinking(turn.response) if strip_response_thinking else turn.response
+        lines = [f"Turn {i}"]
+        shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp, turn.observation)
+        if shown:
+            lines.append(f"Game: {shown}")
+        lines.append(f"Agent: {response.strip()}")
+        if turn.feedback.strip():
+            lines.append(f"Game reply: {turn.feedback.strip()}")
+        blocks.append("\n".join(lines))
+        prev_obs, prev_fb, prev_resp = turn.observation, turn.feedback, turn.response
+    return blocks
+
+
+def outcome_line(traj: Trajectory) -> str:
+    return f"Outcome: {traj.outcome.strip()}"
+
+
+@dataclass(frozen=True)
+class ExtractionPrompt:
+    """The rendered extractor input and what had to be cut to fit it."""
+
+    text: str
+    input_tokens: int
+    dropped_turns: int
+    cut_chars: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped_turns > 0 or self.cut_chars > 0
+
+
+def build_extraction_prompt(
+    template: prompts.Template,
+    knowledge: str,
+    traj: Trajectory,
+    *,
+    count: TokenCounter,
+    max_input_tokens: int,
+    strip_response_thinking: bool = True,
+) -> ExtractionPrompt:
+    """Fill the template; if over `max_input_tokens`, cut the trajectory from the left only."""
+    knowledge = knowledge.strip() or EMPTY_KNOWLEDGE
+
+    def render(trajectory_text: str) -> str:
+        return template.render(knowledge=knowledge, trajectory=trajectory_text)
+
+    blocks = turn_blocks(traj, strip_response_thinking=strip_response_thinking)
+    tail = outcome_line(traj)
+    for dropped in range(len(blocks)):
+        shown = blocks[dropped:]
+        head = [OMITTED_TURNS_NOTE.format(n=dropped)] if dropped else []
+        text = render("\n\n".join(head + shown + [tail]))
+        n = count(text)
+        if n <= max_input_tokens:
+            return ExtractionPrompt(text, n, dropped, 0)
+    return _cut_last_turn(render, blocks[-1], tail, len(blocks) - 1, traj.id, count, max_input_tokens)
+
+
+def _cut_last_turn(render, block: str, tail: str, dropped: int, traj_id: str,
+                   count: TokenCounter, max_input_tokens: int) -> ExtractionPrompt:
+    """Even the newest turn alone is too long: keep its last characters that fit (binary search)."""
+    head = OMITTED_TURNS_NOTE.format(n=dropped) if dropped else ""
+
+    def with_cut(cut: int) -> str:
+        shown = CUT_TEXT_NOTE + block[cut:] if cut else block
+        return render("\n\n".join([p for p in (head, shown, tail) if p]))
+
+    if count(with_cut(len(block))) > max_input_tokens:
+        raise DataError(
+            f"trajectory {traj_id}: the extractor prompt exceeds max_input_tokens={max_input_tokens} "
+            f"even with the whole game cut (instructions + knowledge + outcome are "
+            f"{count(with_cut(len(block)))} tokens); raise max_input_tokens or lower the knowledge budget")
+    lo, hi = 1, len(block)  # smallest cut that fits lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(with_cut(mid)) <= max_input_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    text = with_cut(lo)
+    return ExtractionPrompt(text, count(text), dropped, lo)
+
+
+def render_raw_trajectory(traj: Trajectory, *, strip_response_thinking: bool = True) -> str:
+    """A compact one-game text for the raw-trajectories baseline: moves, replies, result.
+
+    Observations are left out (they repeat the map every turn); the replies carry what
+    happened, with their line structure kept (a board is 2-D) and blank lines removed.
+    The agent's answer is shown after thinking removal, on one line.
+    """
+    moves = []
+    for i, turn in enumerate(traj.turns, start=1):
+        response = strip_thinking(turn.response) if strip_response_thinking else turn.response
+        moves.append(f"  move {i}: {' '.join(response.split())}")
+        # Keep the reply's line structure (a board is 2-D), without blank lines.
+        moves += [f"    {line.rstrip()}" for line in turn.feedback.splitlines() if line.strip()]
+    return prompts.get(RAW_TRAJECTORY_TEMPLATE).render(
+        trajectory_id=traj.id, moves="\n".join(moves), outcome=" ".join(traj.outcome.split()))

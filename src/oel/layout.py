@@ -1,0 +1,133 @@
+"""The run-directory layout: every path and file name of an `oel loop` run, in one place.
+
+    RUN_DIR/
+      config.yaml                   the resolved LoopConfig (checked on resume)
+      metrics.jsonl                 every stage's numbers, namespaced `stage/name`
+      results.json                  {round: {stage: summary}} once the loop ends
+      tensorboard/                  the same metrics as TensorBoard events (optional)
+      report/                       `oel report`: report.md and the plots
+      round_<r>/
+        collect/     extract.jsonl, train.jsonl          trajectories (extraction maps, training maps)
+        extract/     store/round_<rrr>/..., knowledge_<k>.txt
+        evaluate/    evaluation.json, games/, games_knowledge/, ifeval/
+        consolidate/ metrics.jsonl, checkpoints, model/  (model/ = M_{r+1}, a plain HF directory)
+        <stage>/_complete.json      written last: the stage's summary, and that it is complete
+
+The loop, its stages, the trainer, the experience store and the report all build paths
+through this module, so that a change of layout is a change of this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oel.errors import DataError
+
+MARKER = "_complete.json"
+"""A stage dir holding this file is complete; its content is the stage's summary."""
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+REPORT_DIR = "report"
+TENSORBOARD_DIR = "tensorboard"
+MODEL_DIR = "model"
+"""The consolidated model inside a consolidation output dir."""
+EXTRACT_TRAJECTORIES = "extract.jsonl"
+TRAIN_TRAJECTORIES = "train.jsonl"
+STORE_DIR = "store"
+KNOWLEDGE_FILE = "knowledge_{k}.txt"
+KNOWLEDGE_GLOB = "knowledge_*.txt"
+CURVE_DIR = "curve"
+CURVE_FILE = "curve.json"
+
+STAGES = ("collect", "extract", "evaluate", "consolidate")
+"""A round's stages in the order they run; a final round only evaluates."""
+
+
+def store_round_dir(store_dir: str | os.PathLike, r: int) -> Path:
+    """One round of an experience store (zero-padded, so a store lists its rounds in order)."""
+    return Path(store_dir) / f"round_{r:03d}"
+
+
+def read_marker(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's summary if it is complete, else None."""
+    path = stage_dir / MARKER
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a stage marker ({e})") from None
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory."""
+
+    run_dir: Path
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        object.__setattr__(self, "run_dir", Path(run_dir))
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / CONFIG_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    @property
+    def results_file(self) -> Path:
+        return self.run_dir / RESULTS_FILE
+
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir / REPORT_DIR
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run_dir / TENSORBOARD_DIR
+
+    def rounds(self) -> list[int]:
+        """The round numbers that have a directory, in order."""
+        found = (p.name.split("_", 1)[1] for p in self.run_dir.glob("round_*") if p.is_dir())
+        return sorted(int(n) for n in found if n.isdigit())
+
+    def round_dir(self, r: int) -> Path:
+        return self.run_dir / f"round_{r}"
+
+    def stage_dir(self, r: int, stage: str) -> Path:
+        return self.round_dir(r) / stage
+
+    def marker(self, r: int, stage: str) -> dict[str, Any] | None:
+        return read_marker(self.stage_dir(r, stage))
+
+    def extract_trajectories(self, r: int) -> Path:
+        return self.stage_dir(r, "collect") / EXTRACT_TRAJECTORIES
+
+    def train_trajectories(self, r: int) -> Path:
+        return self.stage_dir(r, "collect") / TRAIN_TRAJECTORIES
+
+    def store_dir(self, r: int) -> Path:
+        return self.stage_dir(r, "extract") / STORE_DIR
+
+    def knowledge_file(self, r: int, k: int) -> Path:
+        return self.stage_dir(r, "extract") / KNOWLEDGE_FILE.format(k=k)
+
+    def knowledge_files(self, r: int) -> list[Path]:
+        return sorted(self.stage_dir(r, "extract").glob(KNOWLEDGE_GLOB))
+
+    def curve_file(self, r: int) -> Path:
+        return store_round_dir(self.store_dir(r), r) / CURVE_DIR / CURVE_FILE
+
+    def consolidate_metrics(self, r: int) -> Path:
+        return self.stage_dir(r, "consolidate") / METRICS_FILE
+
+    def model_after(self, r: int) -> Path:
+        """Where round r's consolidated model M_{r+1} is saved (a plain HF directory)."""
+        return self.stage_dir(r, "consolidate") / MODEL_DIR

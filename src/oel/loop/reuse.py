@@ -1,0 +1,122 @@
+"""`reuse_from`: copy another run's completed stages whose inputs are identical (ablations).
+
+An ablation that changes only consolidation shares the main run's round-0 collect, extract
+and evaluate: each of those is copied instead of recomputed when every config key it
+depends on (STAGE_DEPENDENCIES, cumulative over rounds) has the same value in both runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oel.config import to_dict
+from oel.errors import ConfigError
+from oel.io import iter_jsonl
+from oel.layout import MARKER, RunLayout
+from oel.loop.config import LoopConfig
+from oel.provenance import diff_keys, select
+
+log = logging.getLogger(__name__)
+
+REUSE_TMP_SUFFIX = ".reuse-tmp"
+"""A reused stage is copied to a hidden sibling of the stage dir with this suffix, then renamed into place."""
+
+# The config keys (top-level sections, or `section.field` for one field) whose values a
+# stage's result depends on in round 0; `reuse_from` copies a stage only if all are equal.
+# Collect also plays the extraction maps, whose count is extract.num_trajectories. Every
+# stage of round r >= 1 runs on M_r, the output of round r-1's consolidate, so it depends
+# on everything that consolidate depended on, recursively: the table is cumulative, see
+# `stage_dependencies`. run_dir, force, tensorboard, reuse_from and rounds are in no entry:
+# they change where and how a run is recorded, never what a stage computes (rounds only
+# says which evaluate is the final one, which `ReuseSource.reusable` checks separately).
+STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
+    "collect": frozenset({"model", "env", "collect", "extract.num_trajectories"}),
+    "extract": frozenset({"model", "env", "collect", "extract", "extractor"}),
+    "evaluate": frozenset({"model", "env", "collect", "extract", "extractor", "evaluate", "in_context_eval"}),
+    "consolidate": frozenset({"model", "env", "collect", "extract", "extractor", "consolidate"}),
+}
+
+
+def stage_dependencies(stage: str, r: int) -> frozenset[str]:
+    """The config keys stage `stage` of round r depends on: its own, plus (through M_r) all of
+    round r-1's consolidate's."""
+    own = STAGE_DEPENDENCIES[stage]
+    return own if r == 0 else own | stage_dependencies("consolidate", r - 1)
+
+
+@dataclass(frozen=True)
+class ReuseSource:
+    """Another run dir (`reuse_from`) and its saved config: where completed stages may come from."""
+
+    layout: RunLayout
+    config: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.run_dir
+
+    @classmethod
+    def open(cls, config: LoopConfig) -> "ReuseSource | None":
+        """None without `reuse_from`; ConfigError if it is not a loop run dir or is this run's own."""
+        if not config.reuse_from:
+            return None
+        layout = RunLayout(config.reuse_from)
+        path = layout.config_file
+        if not path.is_file():
+            raise ConfigError(f"reuse_from: {layout.run_dir} has no {path.name}, so it is not a run dir of `oel loop`")
+        if layout.run_dir.resolve() == Path(config.run_dir).resolve():
+            raise ConfigError(f"reuse_from: {layout.run_dir} is this run's own run_dir")
+        return cls(layout, yaml.safe_load(path.read_text()) or {})
+
+    def reusable(self, config: LoopConfig, r: int, stage: str) -> Path | None:
+        """The source's stage dir if it is complete and computed from the same inputs, else None."""
+        src = self.layout.stage_dir(r, stage)
+        if not (src / MARKER).is_file():
+            return None
+        # The final evaluate has no knowledge of its own, an ordinary one adds the in-context part.
+        if stage == "evaluate" and (r == config.rounds) != (r == self.config.get("rounds")):
+            log.info("round %d %s: not reused from %s (final evaluate in one run only)", r, stage, src)
+            return None
+        # Through YAML like the source's config.yaml, so that both sides are the same plain types.
+        mine = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+        keys = stage_dependencies(stage, r)
+        differing = diff_keys(select(self.config, keys), select(mine, keys))
+        if differing:
+            log.info("round %d %s: not reused from %s (config differs in: %s)", r, stage, src, ", ".join(differing))
+            return None
+        return src
+
+    def metrics_rows(self, r: int, stage: str) -> list[dict[str, Any]]:
+        """The source's metrics.jsonl rows of (round r, stage), in order.
+
+        Only newline-terminated lines count: the source run may be appending (or may have been
+        killed mid-append), and its unfinished last line belongs to a later stage anyway.
+        """
+        path = self.layout.metrics_file
+        if not path.is_file():
+            return []
+        return [row for _, row in iter_jsonl(path, complete_lines_only=True)
+                if row.get("round") == r and row.get("stage") == stage]
+
+
+def copy_stage(src: Path, dest: Path) -> None:
+    """Copy the complete stage dir `src` (its marker included) to `dest`, all or nothing.
+
+    The copy goes to a hidden sibling first and is renamed into place, so a kill never leaves a
+    half copy at `dest` that its marker would pass off as complete. A partial attempt of this run
+    at `dest` is replaced: the copy is the same stage, finished.
+    """
+    tmp = dest.with_name(f".{dest.name}{REUSE_TMP_SUFFIX}")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a copy that was killed
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
