@@ -8,7 +8,7 @@ import torch
 from oel import prompts
 from oel.consolidate.checkpoint import merged_state_dict, save_hf_model
 from oel.consolidate.scoring import full_logits_reference, pack, response_logits
-from oel.consolidate.teacher import KNOWLEDGE_BLOCK, Teacher, teacher_messages
+from oel.consolidate.teacher import KNOWLEDGE_BLOCK_SEPARATOR, Teacher, teacher_messages
 from oel.collect.backends.tiny import save_tiny_chat_model, tiny_chat_model
 from oel.trajectory import Message, Prefix
 
@@ -117,8 +117,11 @@ def test_merged_checkpoint_loads_with_plain_transformers(tiny, tmp_path):
 def test_teacher_messages_policy_template_uses_teacher_template():
     obs = "Turn 1. The grid:\nP . .\n. H .\n. . G"
     prompt = (Message(role="user", content=prompts.get("policy_grid_v1").render(observation=obs)),)
-    msgs = teacher_messages(Prefix("t", 0, prompt, obs), "- avoid H")
+    msgs = teacher_messages(Prefix("t", 0, prompt, obs, "policy_grid_v1"), "- avoid H")
     assert msgs == [Message(role="user", content=prompts.get("teacher_grid_v1").render(knowledge="- avoid H", observation=obs))]
+    # the choice follows the recorded template, not the text: the same prompt, recorded as
+    # imported (no template), gets the generic block
+    assert teacher_messages(Prefix("t", 0, prompt, obs), "- avoid H")[0].content.startswith("Before you answer")
 
 
 def test_teacher_messages_other_prompts_get_a_block_in_the_first_user_message():
@@ -126,4 +129,7 @@ def test_teacher_messages_other_prompts_get_a_block_in_the_first_user_message():
               Message(role="assistant", content="a"), Message(role="user", content="second"))
     msgs = teacher_messages(Prefix("t", 1, prompt, "second"), "lesson")
     assert msgs[0] == prompt[0] and msgs[2:] == list(prompt[2:])
-    assert msgs[1].content == KNOWLEDGE_BLOCK.format(knowledge="lesson") + "first"
+    block = prompts.get("knowledge_block_v1").render(knowledge="lesson") + KNOWLEDGE_BLOCK_SEPARATOR
+    assert msgs[1].content == block + "first"
+    assert block == ("Before you answer: here is experience learned from earlier attempts at tasks like this one. "
+                     "It may be incomplete or wrong, so weigh it against what you see.\n\nExperience:\nlesson\n\n")

@@ -145,12 +145,21 @@ class Prefix:
     turn: int
     prompt: tuple[Message, ...]
     observation: str
+    template: str | None = None
+    """The prompt template the trajectory records it was played with (None: imported, or unknown)."""
+
+
+def recorded_template(traj: Trajectory) -> str | None:
+    """The name of the prompt template `traj` was collected with, if it records one."""
+    record = traj.meta.get("prompt")
+    name = record.get("name") if isinstance(record, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def prefixes(trajs: Iterable[Trajectory]) -> list[Prefix]:
     """Every partial-rollout prefix of every trajectory: the consolidation dataset."""
     return [
-        Prefix(t.id, i, tuple(turn.prompt), turn.observation)
+        Prefix(t.id, i, tuple(turn.prompt), turn.observation, recorded_template(t))
         for t in trajs
         for i, turn in enumerate(t.turns)
     ]

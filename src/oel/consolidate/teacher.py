@@ -12,12 +12,12 @@ At the end of a round the LoRA is merged into the weights and saved as a plain H
 directory; that directory is round r+1's starting model and hence its teacher (we merge
 rather than stack adapters: every stage downstream loads one plain model).
 
-Prompt. `teacher_messages(prefix, knowledge)`:
-- If the prefix's last user message is exactly the policy template `policy_grid_v1`
-  rendered with `prefix.observation` (what `oel collect` writes), the teacher sees the
-  same observation through `teacher_grid_v1` with the knowledge filled in.
-- Otherwise (imported logs, other prompts) the knowledge block `KNOWLEDGE_BLOCK` is put
-  at the START of the FIRST user message, everything else unchanged. The start, because
+Prompt. `teacher_messages(prefix, knowledge)` decides by the template the prefix's trajectory
+records it was played with (`Prefix.template`), never by looking at the text:
+- played with the policy template (`prompts.POLICY_TEMPLATE`, what `oel collect` uses): the
+  teacher sees the same observation through `prompts.TEACHER_TEMPLATE` with the knowledge in it;
+- anything else (imported logs, other prompts): the knowledge block (`prompts.KNOWLEDGE_BLOCK`)
+  goes at the START of the FIRST user message, everything else unchanged. The start, because
   the game text that follows is what the answer must respond to; the first user message,
   because in a multi-message prompt it frames the whole task.
 """
@@ -32,39 +32,26 @@ from typing import Any
 from oel import prompts
 from oel.trajectory import Message, Prefix
 
-POLICY_TEMPLATE = "policy_grid_v1"
-TEACHER_TEMPLATE = "teacher_grid_v1"
-
-# Used for prompts that did not come from POLICY_TEMPLATE. Versioned by name like the
-# templates in oel.prompts; change the name if the wording changes.
-KNOWLEDGE_BLOCK_NAME = "knowledge_block_v1"
-KNOWLEDGE_BLOCK = (
-    "Before you answer: here is experience learned from earlier attempts at tasks like this one. "
-    "It may be incomplete or wrong, so weigh it against what you see.\n\n"
-    "Experience:\n{knowledge}\n\n"
-)
+KNOWLEDGE_BLOCK_SEPARATOR = "\n\n"
+"""Between the knowledge block and the prompt text it is put in front of."""
 
 
 def teacher_messages(prefix: Prefix, knowledge: str) -> list[Message]:
     """The prefix's prompt with `knowledge` inserted (see the module docstring for the rule)."""
     msgs = list(prefix.prompt)
-    last = msgs[-1]
-    policy_text = prompts.get(POLICY_TEMPLATE).render(observation=prefix.observation)
-    if last.role == "user" and last.content == policy_text:
-        text = prompts.get(TEACHER_TEMPLATE).render(knowledge=knowledge, observation=prefix.observation)
+    if prefix.template == prompts.POLICY_TEMPLATE and msgs[-1].role == "user":
+        text = prompts.get(prompts.TEACHER_TEMPLATE).render(knowledge=knowledge, observation=prefix.observation)
         return msgs[:-1] + [Message(role="user", content=text)]
     first = next(i for i, m in enumerate(msgs) if m.role == "user")
-    block = KNOWLEDGE_BLOCK.format(knowledge=knowledge)
+    block = prompts.get(prompts.KNOWLEDGE_BLOCK).render(knowledge=knowledge) + KNOWLEDGE_BLOCK_SEPARATOR
     msgs[first] = Message(role="user", content=block + msgs[first].content)
     return msgs
 
 
 def prompt_records() -> list[dict[str, str]]:
     """What a run stores to identify the teacher wording it used."""
-    import hashlib
-
-    block = {"name": KNOWLEDGE_BLOCK_NAME, "sha256": hashlib.sha256(KNOWLEDGE_BLOCK.encode()).hexdigest()[:12]}
-    return [prompts.get(POLICY_TEMPLATE).record(), prompts.get(TEACHER_TEMPLATE).record(), block]
+    return [prompts.get(name).record()
+            for name in (prompts.POLICY_TEMPLATE, prompts.TEACHER_TEMPLATE, prompts.KNOWLEDGE_BLOCK)]
 
 
 class Teacher:
