@@ -17,7 +17,6 @@ between them) are one measurement with the same seeds: played once, reused.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -26,16 +25,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from oel.collect.backends.base import ChatBackend, SamplingParams
+from oel.collect.play import EpisodeJob
 from oel.config import cfg, to_dict
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds
 from oel.errors import ConfigError
-from oel.evaluate.metrics import wilson_interval
-from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
+from oel.evaluate.games import play_maps, start_states
+from oel.evaluate.metrics import episode_move_marks, move_quality, wilson_interval
 from oel.extract.config import ExtractorConfig
 from oel.extract.store import load_experience_set, read_manifest, round_dir
 from oel.io import atomic_write_json, atomic_write_text
-from oel.collect.backends.base import ChatBackend, SamplingParams
+from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
+from oel.provenance import plain, read_key, texts_digest
 from oel.trajectory import Trajectory, read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,6 @@ def default_steps(num_trajectories: int, stride: int) -> list[int]:
 
 def _point(step: int, trajs: list[Trajectory], knowledge_tokens: float, starts: dict) -> CurvePoint:
     """Pass rate with its interval, and move quality -- far more sensitive at low pass rates."""
-    from oel.evaluate.metrics import episode_move_marks, move_quality
 
     passed = sum(t.passed for t in trajs)
     turns = sum(len(t.turns) for t in trajs)
@@ -115,19 +116,12 @@ def _point(step: int, trajs: list[Trajectory], knowledge_tokens: float, starts: 
 
 
 def play_step(config: CurveConfig, backend: ChatBackend, step: int, texts: list[str]) -> list[Trajectory]:
-    """Play the held-out subset once per sample with e_step of run (map index mod K) in the prompt."""
-    from oel.collect.play import EpisodeJob, play_episodes
-
-    maps = heldout_seeds(config.num_maps)
-    played: list[Trajectory] = []
-    for k, text in enumerate(texts):
-        jobs = [EpisodeJob(s, n) for j, s in enumerate(maps) if j % len(texts) == k
-                for n in range(config.samples_per_map)]
-        if not jobs:
-            continue
-        template, fields = (NO_KNOWLEDGE_TEMPLATE, {}) if step == 0 else (KNOWLEDGE_TEMPLATE, {"knowledge": text})
-        played += play_episodes(backend, lambda: make_env(config.env), jobs, config.sampling, template=template,
-                                prompt_fields=fields, round=config.round, batch_size=config.batch_size)
+    """Play the held-out subset once per sample with e_step of run (map index mod K) in the prompt
+    (the plain policy prompt at step 0), through the evaluation's own `play_maps`."""
+    jobs = [[EpisodeJob(s, n) for n in range(config.samples_per_map)] for s in heldout_seeds(config.num_maps)]
+    groups: list[str | None] = [None] * len(texts) if step == 0 else list(texts)
+    played = play_maps(backend, config.env, jobs, groups, config.sampling, round=config.round,
+                       batch_size=config.batch_size)
     return sorted(played, key=lambda t: (t.seed, t.sample))
 
 
@@ -137,7 +131,7 @@ def _reuse_key(config: CurveConfig, backend: ChatBackend, step: int, texts: list
     measurement, so it is played once and reused."""
     template = NO_KNOWLEDGE_TEMPLATE if step == 0 else KNOWLEDGE_TEMPLATE
     return {"model": backend.model_id, "template": template,
-            "knowledge_sha256": hashlib.sha256("\0".join(texts).encode()).hexdigest(),
+            "knowledge_sha256": texts_digest(texts),
             "env": to_dict(config.env), "sampling": to_dict(config.sampling), "num_maps": config.num_maps,
             "samples_per_map": config.samples_per_map}
 
@@ -146,7 +140,7 @@ def _played_before(out: Path, key: dict, expected: int) -> list[Trajectory] | No
     """Episodes of any point in `out` played with exactly this key (resume, or identical knowledge)."""
     for meta in sorted(out.glob("step_*.key.json")):
         played = meta.with_name(meta.name.removesuffix(".key.json") + ".jsonl")
-        if played.exists() and json.loads(meta.read_text(encoding="utf-8")) == key:
+        if played.exists() and read_key(meta) == plain(key):
             trajs = read_trajectories(played)
             if len(trajs) == expected:
                 log.info("curve: reusing %s (same model, knowledge, sampling and maps)", played)
@@ -163,8 +157,6 @@ def evaluate_curve(config: CurveConfig, backend: ChatBackend, *, count_tokens: C
         raise ConfigError(f"steps: {steps[-1]} is past the store's last step {manifest.num_trajectories}")
     out = config.resolved_out_dir()
     expected = config.num_maps * config.samples_per_map
-    from oel.evaluate.games import start_states
-
     starts = start_states(config.env, heldout_seeds(config.num_maps))
     points: list[CurvePoint] = []
     for step in steps:

@@ -18,7 +18,6 @@ resume point), `games.key.json`, and `games.json` (the `GameEval`, written last,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,18 +26,30 @@ from pathlib import Path
 from typing import Any
 
 from oel import prompts
-from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
+from oel.collect.backends.base import ChatBackend, SamplingParams
+from oel.collect.play import (
+    CollectStats,
+    EpisodeJob,
+    pending_jobs,
+    play_episodes,
+    trajectory_id,
+)
 from oel.config import to_dict
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import heldout_seeds
 from oel.envs.solver import GridState
 from oel.errors import DataError
 from oel.evaluate.config import GamesConfig
-from oel.evaluate.metrics import GameSummary, SeedPassRate, episode_move_marks, summarise, summary_dict
-from oel.provenance import claim_dir, load_result
+from oel.evaluate.metrics import (
+    GameSummary,
+    SeedPassRate,
+    episode_move_marks,
+    summarise,
+    summary_dict,
+)
 from oel.io import atomic_write_json
-from oel.collect.backends.base import ChatBackend
-from oel.collect.play import CollectStats, EpisodeJob, pending_jobs, play_episodes, trajectory_id
+from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
+from oel.provenance import claim_dir, load_result, texts_digest
 from oel.trajectory import Trajectory, append_trajectory, read_trajectories
 
 log = logging.getLogger(__name__)
@@ -95,7 +106,7 @@ def _run_key(model_id: str, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[st
     """Everything an episode's outcome depends on (batch size does not: seeds are per episode)."""
     template = prompts.get(KNOWLEDGE_TEMPLATE if texts else NO_KNOWLEDGE_TEMPLATE)
     sampling = {k: v for k, v in to_dict(cfg.sampling).items() if k != "seed"}
-    digest = hashlib.sha256("\0".join(texts).encode()).hexdigest() if texts else None
+    digest = texts_digest(texts) if texts else None
     return {"model": model_id, "env": to_dict(env_cfg), "num_maps": cfg.num_maps,
             "sampling_seeds": list(cfg.sampling_seeds), "sampling": sampling, "template": template.record(),
             "knowledge_texts": len(texts), "knowledge_sha256": digest}
@@ -113,13 +124,34 @@ def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridStat
     return out
 
 
+def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Sequence[EpisodeJob]],
+              texts: Sequence[str | None], params: SamplingParams, *, round: int, batch_size: int,
+              on_finish: Callable[[Trajectory, CollectStats], None] | None = None,
+              stats: CollectStats | None = None) -> list[Trajectory]:
+    """Play the episodes of each map, map j with knowledge texts[j mod K] (None: the policy prompt).
+
+    The one way held-out maps are played with or without knowledge: the evaluation and the
+    in-context curve both come here, so their episodes are the same for the same inputs.
+    """
+    played: list[Trajectory] = []
+    for index, text in enumerate(texts):
+        jobs = [job for j, group in enumerate(jobs_by_map) if j % len(texts) == index for job in group]
+        if not jobs:
+            continue
+        template = KNOWLEDGE_TEMPLATE if text is not None else NO_KNOWLEDGE_TEMPLATE
+        fields = {"knowledge": text} if text is not None else {}
+        played += play_episodes(backend, lambda: make_env(env_cfg), jobs, params, template=template,
+                                prompt_fields=fields, round=round, batch_size=batch_size, on_finish=on_finish,
+                                stats=stats)
+    return played
+
+
 def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str], path: Path,
                   on_episode: Callable[[Trajectory], None] | None) -> tuple[CollectStats, int]:
     """Play every (map, seed) episode not yet in `path`; returns this call's stats and how many were on file."""
     maps = heldout_seeds(cfg.num_maps)
     env_id = make_env(env_cfg).env_id
     stats, skipped = CollectStats(), 0
-    groups = list(enumerate(texts)) or [(0, None)]
 
     def _append(traj: Trajectory, _stats: CollectStats) -> None:
         append_trajectory(path, traj)
@@ -127,17 +159,12 @@ def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, te
             on_episode(traj)
 
     for k, seed in enumerate(cfg.sampling_seeds):
-        params = replace(cfg.sampling, seed=seed)
-        for index, text in groups:
-            jobs = [EpisodeJob(m, k) for j, m in enumerate(maps) if j % len(groups) == index]
-            todo = pending_jobs(path, jobs, env_id, EVAL_ROUND)
-            skipped += len(jobs) - len(todo)
-            if not todo:
-                continue
-            template = KNOWLEDGE_TEMPLATE if text is not None else NO_KNOWLEDGE_TEMPLATE
-            fields = {"knowledge": text} if text is not None else {}
-            play_episodes(backend, lambda: make_env(env_cfg), todo, params, template=template, prompt_fields=fields,
-                          round=EVAL_ROUND, batch_size=cfg.batch_size, on_finish=_append, stats=stats)
+        jobs = [EpisodeJob(m, k) for m in maps]
+        todo = set(pending_jobs(path, jobs, env_id, EVAL_ROUND))
+        skipped += len(jobs) - len(todo)
+        play_maps(backend, env_cfg, [[job] if job in todo else [] for job in jobs], list(texts) or [None],
+                  replace(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
+                  on_finish=_append, stats=stats)
     return stats, skipped
 
 

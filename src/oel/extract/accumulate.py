@@ -23,10 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from oel import prompts
+from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
 from oel.config import to_dict
 from oel.errors import ConfigError, DataError
 from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
-from oel.extract.render import ExtractionPrompt, build_extraction_prompt, render_raw_trajectory
+from oel.extract.render import (
+    ExtractionPrompt,
+    build_extraction_prompt,
+    render_raw_trajectory,
+)
 from oel.extract.store import (
     ITEM_SEPARATOR,
     ExperienceFile,
@@ -43,8 +48,15 @@ from oel.extract.store import (
     write_manifest,
     write_step,
 )
-from oel.extract.text import TokenCounter, dedup_new, fit_newest, parse_items, strip_thinking, token_counter
-from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
+from oel.extract.text import (
+    TokenCounter,
+    dedup_new,
+    fit_newest,
+    parse_items,
+    strip_thinking,
+    token_counter,
+)
+from oel.provenance import refuse_if_different
 from oel.trajectory import Message, Trajectory
 
 log = logging.getLogger(__name__)
@@ -147,10 +159,8 @@ def _prepare_round(config: ExtractConfig, trajs: Sequence[Trajectory], fingerpri
         shutil.rmtree(round_dir(config.out_dir, config.round))
     if manifest_path(config.out_dir, config.round).exists():
         old = read_manifest(config.out_dir, config.round)
-        for key, value in fingerprint.items():
-            if old.fingerprint.get(key) != value:
-                raise ConfigError(f"{key}: {manifest_path(config.out_dir, config.round)} was made with "
-                                  f"{old.fingerprint.get(key)!r}, now {value!r}; set overwrite=true or use another out_dir")
+        refuse_if_different(old.fingerprint, fingerprint, where=str(manifest_path(config.out_dir, config.round)),
+                            hint="set overwrite=true or use another out_dir")
         if old.trajectory_ids[: len(ids)] != ids[: len(old.trajectory_ids)]:
             raise ConfigError(f"trajectories: {config.trajectories or 'the given trajectories'} differ from those this "
                               f"round's store was built from; set overwrite=true or use another out_dir")
