@@ -139,6 +139,17 @@ def test_full_loop_then_report(tiny_model, tmp_path):
     report = write_report(run)
     text = report.read_text()
     assert "| 0 |" in text and "| 1 |" in text
+    # the report's numbers are the stage markers' numbers, round by round
+    for r in (0, 1):
+        m = json.loads((run / f"round_{r}" / "evaluate" / MARKER).read_text())
+        row = next(line for line in text.splitlines() if line.startswith(f"| {r} | "))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1].startswith(f"{100 * m['game_pass_rate']:.1f}% [{100 * m['game_ci_low']:.1f}, ")
+        assert cells[3] == (f"{100 * m['game_move_quality']:.1f}%" if m["game_move_quality"] is not None else "-")
+        assert cells[4] == f"{m['game_tokens_per_turn']:.1f}"
+        assert cells[6] == f"{100 * m['ifeval_prompt_strict']:.1f}%"
+        if r == 0:
+            assert cells[2].startswith(f"{100 * m['icl_pass_rate']:.1f}%")
     for png in ("pass_rate.png", "kl_per_step.png", "tokens_per_turn.png", "ifeval.png"):
         assert (report.parent / png).stat().st_size > 1000
     # an in-context curve on round 0's store is picked up; another run is compared side by side

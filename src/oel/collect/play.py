@@ -39,6 +39,7 @@ from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
 from oel.errors import ConfigError
 from oel.io import atomic_write_json, read_text_file, repair_jsonl_tail
 from oel.models import ModelConfig
+from oel.collect import backends
 from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
 from oel.collect.backends.openai_endpoint import EndpointConfig
 from oel.collect.backends.sampling import derive_seed
@@ -266,14 +267,8 @@ def _advance(ep: _Episode, prompt: list[Message], gen: Generation, model_id: str
 
 def make_backend(config: CollectConfig) -> ChatBackend:
     """The backend `config` asks for (loads the model for backend=hf)."""
-    if config.backend == "openai":
-        from oel.collect.backends.openai_endpoint import OpenAIBackend
-
-        return OpenAIBackend(config.endpoint)
-    from oel.collect.backends.hf import HFBackend
-
-    return HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size,
-                                       max_batch_tokens=config.max_batch_tokens)
+    return backends.make_backend(config.backend, model=config.model, endpoint=config.endpoint,
+                                 max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens)
 
 
 def summary_path(out: str | Path) -> Path:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from oel import prompts
+from oel.collect.backends import make_backend
 from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
 from oel.config import to_dict
 from oel.errors import ConfigError, DataError
@@ -186,13 +187,8 @@ def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: lis
 
 def make_extractor(config: ExtractorConfig) -> ChatBackend:
     """The extractor backend `config` asks for (loads the model for backend=hf)."""
-    if config.backend == "openai":
-        from oel.collect.backends.openai_endpoint import OpenAIBackend
-
-        return OpenAIBackend(config.endpoint)
-    from oel.collect.backends.hf import HFBackend
-
-    return HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
+    return make_backend(config.backend, model=config.model, endpoint=config.endpoint,
+                        max_batch_size=config.max_batch_size)
 
 
 def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,
