@@ -62,7 +62,7 @@ def step_point(args: argparse.Namespace, batch: int, knowledge_file: str) -> dic
 
 
 def collection_points(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from rollout import run_ours
+    from collect import run_ours
 
     from oel.models import ModelConfig, load_model
     from oel.collect.backends.hf import HFBackend

@@ -1,7 +1,7 @@
 """oel: Online Experiential Learning for language models.
 
-The loop: collect trajectories (rollout) -> extract experiential knowledge (experience)
--> consolidate it into the weights by on-policy context distillation (distill) ->
+The loop: collect trajectories (collect) -> extract experiential knowledge (extract)
+-> consolidate it into the weights by on-policy context distillation (consolidate) ->
 evaluate -> redeploy. See README.md.
 """
 

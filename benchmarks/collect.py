@@ -1,6 +1,6 @@
 """Rollout throughput: our batched collection vs naive one-episode-one-turn `model.generate`.
 
-    python benchmarks/rollout.py [--preset qwen2.5-coder-0.5b-instruct] [--episodes 64] [--repeats 3]
+    python benchmarks/collect.py [--preset qwen2.5-coder-0.5b-instruct] [--episodes 64] [--repeats 3]
 
 Both sides play the same FrozenLake maps (round 0's collection seeds) with the same prompt
 template, the same chat template and the same sampling settings (T=0.7, top_p 0.8, top_k 20,
