@@ -68,18 +68,19 @@ class Phases:
 
 
 def instrument(trainer: Any, phases: Phases) -> None:
-    """Wrap the phases of `trainer.train_step` (module-level names the trainer calls, and methods)."""
+    """Wrap the phases of `trainer.train_step` (module-level names the step calls, and its methods)."""
     import torch
 
-    from oel.consolidate import trainer as trainer_module
+    from oel.consolidate import step as step_module
 
     for name, label in (("open_prompts", "student prompt pass (grad)"), ("sample_responses", "sample responses"),
                         ("opened_response_logits", "student response pass (grad)"),
                         ("response_logits", "teacher scoring"),
                         ("response_logits_by_shared_prefix_groups", "teacher scoring")):
-        setattr(trainer_module, name, phases.wrap(label, getattr(trainer_module, name)))
-    trainer.sample = phases.wrap("sample responses (generate)", trainer.sample)
-    trainer._student_logits = phases.wrap("student forward (grad)", trainer._student_logits)
+        setattr(step_module, name, phases.wrap(label, getattr(step_module, name)))
+    step = trainer.training_step
+    step.sample = phases.wrap("sample responses (generate)", step.sample)
+    step.student_logits = phases.wrap("student forward (grad)", step.student_logits)
     trainer.optimizer.step = phases.wrap("optimizer step", trainer.optimizer.step)
     torch.Tensor.backward = phases.wrap("backward", torch.Tensor.backward)
 

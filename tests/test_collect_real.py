@@ -15,7 +15,7 @@ from oel.collect.backends.openai_endpoint import EndpointConfig, OpenAIBackend
 from oel.collect.server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 SMOL = "smollm2-135m-instruct"
 MAX_NEW = 6

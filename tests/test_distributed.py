@@ -27,7 +27,7 @@ from oel.models import ModelConfig
 from oel.collect.backends.tiny import save_tiny_chat_model
 from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 WORLD = 2
 STEPS = 3
@@ -36,7 +36,7 @@ SPAWN_TIMEOUT_S = 180
 OBSERVATIONS = [f"Turn {t}\nP . .\n. H .\n. . G{'.' * i}" for i in range(4) for t in (1, 2)]
 # The single-process twin must compute the way the ranks do: FSDP ranks skip the prefix caches (so
 # its jobs turn them off), and no multi-process run uses the shared student prefill (so `config`
-# turns it off). Those paths' equality to the plain ones is tested in test_distill_shared_prefill.
+# turns it off). Those paths' equality to the plain ones is tested in test_consolidate_shared_prefill.
 NO_PREFIX_CACHES = dict(student_prefix_cache=False, teacher_prefix_cache=False)
 # (name, overrides): each job runs distributed in the spawn and single-process in the tests.
 JOBS: dict[str, dict[str, Any]] = {

@@ -139,6 +139,7 @@ def test_evaluate_ifeval_resumes_and_is_idempotent(tmp_path: Path) -> None:
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_smollm2_end_to_end(tmp_path: Path) -> None:
     from oel.models import ModelConfig
     from oel.collect.backends.hf import HFBackend

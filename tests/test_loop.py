@@ -117,6 +117,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "round_0" / "consolidate" / "model" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_full_loop_then_report(tiny_model, tmp_path):
     run = tmp_path / "run"
     config = load_config(LoopConfig, None, tiny_overrides(tiny_model, run))
@@ -171,6 +172,7 @@ def test_full_loop_then_report(tiny_model, tmp_path):
         assert (report.parent / png).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_kill_in_each_stage_then_resume_gives_the_same_artifacts(tiny_model, tmp_path):
     ref, chaos = tmp_path / "ref", tmp_path / "chaos"
     reference = _run_cli(tiny_overrides(tiny_model, ref))
@@ -213,6 +215,7 @@ def source_run(tiny_model, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_reuse_from_copies_stages_with_identical_inputs_and_runs_the_rest(tiny_model, source_run, tmp_path):
     run = tmp_path / "ablation"
     config = load_config(LoopConfig, None, [*tiny_overrides(tiny_model, run), f"reuse_from={source_run}",

@@ -16,7 +16,7 @@ from oel.models.presets import PRESETS, Preset
 SMOL = "smollm2-135m-instruct"
 PROMPT = [{"role": "user", "content": "Name the four directions on a map."}]
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

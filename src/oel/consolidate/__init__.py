@@ -2,7 +2,10 @@
 
 Modules: `losses` (pure token losses), `scoring` (response-position logits, sampling),
 `teacher` (teacher prompt + frozen-teacher views), `samplers` (on-policy / off-policy),
-`checkpoint` (HF-directory checkpoints, resume), `trainer` (the loop), `cli` (`oel consolidate`).
+`data` (the dataset, per-step draw, prompt encoding), `build` (student, precision, optimizer),
+`fast_paths` (which switched computations run), `step` (one training step: loss, accumulation,
+checks), `checkpoint` (HF-directory checkpoints, resume), `trainer` (composes them: run dir,
+the loop), `cli` (`oel consolidate`).
 """
 
 from oel.consolidate.config import ConsolidateConfig, paper_gpu_preset

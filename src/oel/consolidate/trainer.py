@@ -12,6 +12,14 @@ and take one AdamW step on the token-mean loss. The batch runs as micro-batches 
 gradients add up to exactly the full batch's (each micro-batch's token-mean is weighted by
 its share of the batch's response tokens).
 
+`Consolidator` composes the parts and owns the run around the steps:
+- `data`: the dataset, the per-step draw, prompt encoding, per-row sampling seeds;
+- `build`: the student (LoRA or full fine-tune), its compute precision, the optimizer;
+- `fast_paths`: which switched computations run here (a pure decision, logged here);
+- `step`: one training step (`TrainingStep`): losses, gradient accumulation, checks;
+- here: the run directory (on_existing, resume, config and prompt records), the loop,
+  checkpoints and the final model.
+
 Run directory: `config.yaml` (resolved config + prompt records), `metrics.jsonl` (one line
 per step, keys prefixed `consolidate/`), `checkpoints/step-NNNNNN/`, and `model/`: the final
 consolidated model, LoRA merged.
@@ -23,12 +31,8 @@ differs (process group, wrappers, reductions) and explains why the result equals
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import math
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,67 +41,44 @@ from typing import Any
 import torch
 
 from oel.config import save_config, to_dict
-from oel.consolidate import checkpoint, distributed, losses
+from oel.consolidate import build, checkpoint, distributed
 from oel.consolidate.config import ConsolidateConfig
+from oel.consolidate.data import ConsolidationData, load_knowledge, make_encoder, read_knowledge
+from oel.consolidate.data import draw as draw_rows
+from oel.consolidate.fast_paths import FastPaths, decide_fast_paths
 from oel.consolidate.samplers import SAMPLERS, GenerationSettings, Sample
-from oel.consolidate.scoring import (PackedBatch, ResponseScorer, model_device, pack, response_logits,
-                                 response_logits_by_shared_prefix_groups, shared_prefix_length)
-from oel.consolidate.shared_prefill import OpenedPrompts, open_prompts, opened_response_logits, sample_responses
-from oel.consolidate.teacher import Teacher, prompt_records, teacher_messages
-from oel.errors import DataError, TrainingError
+from oel.consolidate.scoring import ResponseScorer
+from oel.consolidate.step import LOSSES, TrainingStep
+from oel.consolidate.teacher import Teacher, prompt_records
+from oel.errors import TrainingError
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
 from oel.layout import METRICS_FILE, MODEL_DIR
-from oel.provenance import refuse_if_different
-from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text_file, repair_jsonl_tail
 from oel.memory import peak_rss_mib
-from oel.collect.backends.sampling import RowSampling, derive_seed
+from oel.provenance import refuse_if_different
 from oel.trajectory import Prefix, prefixes, read_trajectories
+
+__all__ = ["LOSSES", "ConsolidateResult", "Consolidator", "consolidate", "read_knowledge"]
+"""`LOSSES` (the very dict `step` looks losses up in: tests patch it here) and `read_knowledge` are
+re-exported for the callers that import them from this module."""
 
 log = logging.getLogger(__name__)
 
 METRIC_PREFIX = "consolidate/"
 """Added to every metric name in this stage's own metrics.jsonl (and by the loop in its own)."""
 CHECKPOINT_DIR = "checkpoints"
-# Named random streams: derive_seed(config.seed, STREAM, step, ...) never collide across uses.
-STREAM_DATA = 1
-STREAM_SAMPLING = 2
-STREAM_INIT = 3
 # Config keys that may differ between a run and its resumption (they do not change what is learned).
 RESUME_MAY_CHANGE = frozenset({"steps", "save_every", "keep_last", "on_existing", "num_threads", "output_dir",
                                "parallel", "teacher_prefix_cache", "student_prefix_cache",
                                "shared_student_prefill"})
-MIN_STUDENT_HEAD_TOKENS = 32
-"""A shorter shared opening is not worth a second backbone call in the student's pass."""
-
-LossFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, ConsolidateConfig],
-                  tuple[torch.Tensor, dict[str, float]]]
-
-
-def _all_tokens(n: int) -> torch.Tensor:
-    return torch.ones(n, dtype=torch.bool)
-
-
-# Packed logits [N, V] carry no padding, so every row is a response token (mask all true).
-LOSSES: dict[str, LossFn] = {
-    "topk_reverse_kl": lambda s, t, y, c: losses.topk_reverse_kl(s, t, _all_tokens(len(y)), k=c.top_k,
-                                                                 temperature=c.loss_temperature),
-    "reverse_kl": lambda s, t, y, c: losses.reverse_kl(s, t, _all_tokens(len(y)), temperature=c.loss_temperature),
-    "sampled_reverse_kl": lambda s, t, y, c: losses.sampled_reverse_kl(s, t, y, _all_tokens(len(y)),
-                                                                       temperature=c.loss_temperature),
-    "forward_kl": lambda s, t, y, c: losses.forward_kl(s, t, _all_tokens(len(y)), temperature=c.loss_temperature),
-    "sft": lambda s, t, y, c: losses.sft_loss(s, y, _all_tokens(len(y))),
-}
 
 
 @dataclass(frozen=True)
 class ConsolidateResult:
+    """Where the consolidated model is, how many steps it has, and the last step's metrics."""
+
     model_dir: Path
     steps: int
     last_metrics: dict[str, float]
-
-
-def read_knowledge(paths: Sequence[str]) -> list[str]:
-    """One knowledge text per plain-text file; an empty file is an error (it would teach nothing)."""
-    return [read_text_file(p, "knowledge file") for p in paths]
 
 
 class Consolidator:
@@ -111,123 +92,81 @@ class Consolidator:
         config.check_inputs(need_knowledge_files=knowledge_texts is None)
         self.config = config
         self.out = Path(config.output_dir)
-        self.prefixes: list[Prefix] = prefixes(read_trajectories(config.trajectories))
-        self.knowledge = list(knowledge_texts) if knowledge_texts is not None else read_knowledge(config.knowledge)
-        if not self.knowledge or not all(k.strip() for k in self.knowledge):
-            raise DataError("knowledge: every knowledge text must be non-empty, and at least one is needed")
+        # Inputs first: a bad file fails before any model is loaded.
+        round_prefixes: list[Prefix] = prefixes(read_trajectories(config.trajectories))
+        knowledge = load_knowledge(config.knowledge, knowledge_texts)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.topology = distributed.setup(config.parallel)
         if loaded is None:
-            from oel.models import load_model
-
-            model_config = config.model
-            if self.topology.device is not None:  # one device per rank: cuda:LOCAL_RANK (or cpu)
-                model_config = dataclasses.replace(model_config, device=self.topology.device)
-            loaded = load_model(model_config)
+            loaded = build.load_round_model(config.model, self.topology)
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
-        self.student = self._prepare_student(loaded.model)
+        self.student = build.prepare_student(loaded.model, config)
         self.scorer = ResponseScorer(self.student)
         self.teacher = Teacher(self.scorer, lora=config.finetune == "lora")
         self.parallel = distributed.make_strategy(config.parallel, self.topology, self.scorer,
                                                   self.teacher.frozen_model,
                                                   mixed_precision=config.fsdp_mixed_precision)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
-                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.optimizer = build.make_optimizer(self.params, config)
         self.sampler = SAMPLERS[config.sampler]()
-        self.shared_prefill, self.student_head_cache, self.teacher_head_cache = self._fast_paths()
-        self._student_dtype = self._student_compute_dtype(loaded.model)
-        self._encoder = self._make_encoder(loaded)
-        self._prompt_cache: dict[tuple[int, int], list[int]] = {}
+        encoder = make_encoder(self.student, self.tokenizer, self.model_id)
+        self.data = ConsolidationData(round_prefixes, knowledge, encoder.encode)
+        self.training_step = TrainingStep(
+            config=config, data=self.data, topology=self.topology, student=self.student, scorer=self.scorer,
+            teacher=self.teacher, parallel=self.parallel, sampler=self.sampler,
+            generation=GenerationSettings(pad_id=encoder.pad_id, stop_ids=encoder.stop_ids,
+                                          max_new_tokens=config.max_new_tokens, chunk_size=config.micro_batch_size,
+                                          synced=self.parallel.synced_generation),
+            optimizer=self.optimizer, params=self.params, fast_paths=self._fast_paths(),
+            compute_dtype=build.student_compute_dtype(loaded.model, config))
         self.step = 0
 
-    # -- setup -----------------------------------------------------------------------------
-    def _prepare_student(self, model: Any) -> Any:
-        c = self.config
-        if c.finetune == "lora":
-            from peft import LoraConfig, get_peft_model
+    def _fast_paths(self) -> FastPaths:
+        """The switched computations in use here, with a log line for each one skipped."""
+        fsdp = self.topology.distributed and self.config.parallel == "fsdp"
+        paths, skipped = decide_fast_paths(self.config, distributed=self.topology.distributed, fsdp=fsdp)
+        for name, reasons in skipped.items():
+            log.info("%s: skipped here (%s)", name, ", ".join(reasons))
+        return paths
 
-            lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                              target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
-            # peft draws the adapter's initial A matrices from torch's global RNG.
-            torch.manual_seed(derive_seed(c.seed, STREAM_INIT))
-            model = get_peft_model(model, lora)
-        else:
-            model.requires_grad_(True)
-            if next(model.parameters()).dtype != torch.float32:
-                log.warning("full fine-tuning with %s weights: AdamW updates smaller than the weights' rounding step "
-                            "(~0.4%% of a weight in bf16) are lost; set model.dtype=float32 for small learning rates",
-                            next(model.parameters()).dtype)
-        if c.gradient_checkpointing:
-            model.gradient_checkpointing_enable()  # non-reentrant by default in transformers 5 (DDP-safe)
-            if hasattr(model, "enable_input_require_grads"):
-                model.enable_input_require_grads()
-        model.eval()  # generation and teacher passes; the student pass switches to train()
-        return model
+    # -- what the parts hold, under the names callers use -----------------------------------
+    @property
+    def prefixes(self) -> list[Prefix]:
+        return self.data.prefixes
 
-    def _student_compute_dtype(self, model: Any) -> torch.dtype | None:
-        """The autocast dtype of the student's passes (None: no autocast).
+    @property
+    def knowledge(self) -> list[str]:
+        return self.data.knowledge
 
-        peft keeps LoRA weights in float32 and casts each adapted module's input up to match; with
-        `lora_compute_dtype=model` the adapter's matmuls run in the weights' own low precision
-        instead (the float32 weights are cast down inside autocast, gradients flow back to them),
-        so backward keeps a bf16 copy of those inputs rather than a float32 one.
-        """
-        dtype = next(model.parameters()).dtype
-        if self.config.finetune != "lora" or self.config.lora_compute_dtype == "float32" or dtype == torch.float32:
-            return None
-        return dtype
+    @property
+    def generation(self) -> GenerationSettings:
+        """How responses are generated (pad/stop tokens, length, chunking); settable, e.g. to add stop ids."""
+        return self.training_step.generation
 
-    def _student_precision(self) -> contextlib.AbstractContextManager[Any]:
-        """Autocast to the student's compute dtype around its passes (a no-op in float32)."""
-        if self._student_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=model_device(self.student).type, dtype=self._student_dtype)
+    @generation.setter
+    def generation(self, settings: GenerationSettings) -> None:
+        self.training_step.generation = settings
 
-    def _fast_paths(self) -> tuple[bool, bool, bool]:
-        """Which of the switched computations (shared_student_prefill, student_prefix_cache,
-        teacher_prefix_cache) run here: each one that is on, unless something here rules it out."""
-        c = self.config
-        fsdp = self.topology.distributed and c.parallel == "fsdp"  # the sharded backbone is called outside its wrapper
-        blockers = {
-            "shared_student_prefill": {"sampler=off_policy": c.sampler != "on_policy",
-                                       "lora_dropout > 0": c.finetune == "lora" and c.lora_dropout > 0,
-                                       "gradient_checkpointing": c.gradient_checkpointing,
-                                       "more than one process": self.topology.distributed},
-            "student_prefix_cache": {"gradient_checkpointing": c.gradient_checkpointing, "FSDP": fsdp},
-            "teacher_prefix_cache": {"FSDP": fsdp},
-        }
-        used = []
-        for name, reasons in blockers.items():
-            held = [why for why, blocks in reasons.items() if blocks]
-            if getattr(c, name) and held:
-                log.info("%s: skipped here (%s)", name, ", ".join(held))
-            used.append(bool(getattr(c, name)) and not held)
-        return used[0], used[1], used[2]
+    @property
+    def shared_prefill(self) -> bool:
+        return self.training_step.fast_paths.shared_prefill
 
-    def _make_encoder(self, loaded: Any) -> Any:
-        """The collection stage's own chat encoding, so the student sees exactly what it played with."""
-        from oel.collect.backends.hf import HFBackend
+    @property
+    def student_head_cache(self) -> bool:
+        return self.training_step.fast_paths.student_head_cache
 
-        # No prefix store: the weights change every step, so stored KV would be stale.
-        backend = HFBackend(self.student, self.tokenizer, model_id=self.model_id, prefix_cache_bytes=0)
-        self.generation = GenerationSettings(pad_id=backend.pad_id, stop_ids=backend.stop_ids,
-                                             max_new_tokens=self.config.max_new_tokens,
-                                             chunk_size=self.config.micro_batch_size,
-                                             synced=self.parallel.synced_generation)
-        return backend
+    @property
+    def teacher_head_cache(self) -> bool:
+        return self.training_step.fast_paths.teacher_head_cache
 
-    def _encode(self, prefix_index: int, knowledge_index: int) -> list[int]:
-        """Token ids of a prompt; knowledge_index -1 = the student's prompt (no knowledge)."""
-        key = (prefix_index, knowledge_index)
-        if key not in self._prompt_cache:
-            prefix = self.prefixes[prefix_index]
-            msgs = list(prefix.prompt) if knowledge_index < 0 else teacher_messages(prefix, self.knowledge[knowledge_index])
-            self._prompt_cache[key] = self._encoder.encode(msgs)
-        return self._prompt_cache[key]
+    @property
+    def student_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the student's passes (None: none, float32)."""
+        return self.training_step.compute_dtype
 
+    # -- the run directory -------------------------------------------------------------------
     def prepare_output(self) -> None:
         """Handle an existing run dir per `on_existing`, resume if asked, write config.yaml.
 
@@ -249,7 +188,7 @@ class Consolidator:
             self.out.mkdir(parents=True, exist_ok=True)
         self.parallel.barrier()
         if existing:
-            step, path = existing[-1]
+            _, path = existing[-1]
             self._check_same_run(path)
             self.step = self.parallel.load_checkpoint(path, self.student, self.optimizer)
             if self.topology.is_main:
@@ -277,200 +216,19 @@ class Consolidator:
         keep = [obj for _, obj in iter_jsonl(path) if obj.get("step", 0) <= step]
         atomic_write_text(path, "".join(_json(o, indent=None) + "\n" for o in keep))
 
-    # -- one step --------------------------------------------------------------------------
+    # -- one step (the parts in `step` and `data` do the work) ------------------------------
     def draw(self, step: int) -> list[tuple[int, int]]:
         """(prefix index, knowledge index) per row of step `step`: a pure function of (seed, step)."""
-        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, STREAM_DATA, step))
-        n, bs = len(self.prefixes), self.config.batch_size
-        rows = torch.randperm(n, generator=gen)[:bs] if bs <= n else torch.randint(n, (bs,), generator=gen)
-        ks = torch.randint(len(self.knowledge), (bs,), generator=gen)
-        return list(zip(rows.tolist(), ks.tolist()))
-
-    def _rows(self, step: int) -> tuple[list[tuple[int, int]], list[list[int]], list[list[int]], list[RowSampling]]:
-        """This rank's rows of step `step`: (prefix, knowledge) picks, both prompts, sampling settings.
-
-        A row's sampling seed comes from its index in the GLOBAL batch, so the ranks' blocks
-        together sample exactly what one process would.
-        """
-        c = self.config
-        everyone = self.draw(step)
-        mine = distributed.my_rows(len(everyone), self.topology)
-        picks = [everyone[i] for i in mine]
-        student_prompts = [self._encode(p, -1) for p, _ in picks]
-        teacher_prompts = [self._encode(p, k) for p, k in picks]
-        rows = [RowSampling(c.temperature, c.top_p, c.sample_top_k, derive_seed(c.seed, STREAM_SAMPLING, step, i))
-                for i in mine]
-        return picks, student_prompts, teacher_prompts, rows
+        return draw_rows(self.config.seed, step, len(self.prefixes), len(self.knowledge), self.config.batch_size)
 
     def sample(self, step: int) -> list[Sample]:
         """This rank's rows of step `step` (all of them in a single process), with responses."""
-        picks, student_prompts, teacher_prompts, rows = self._rows(step)
-        responses = self.sampler.responses(self.scorer, self.teacher, student_prompts, teacher_prompts,
-                                           rows, self.generation)
-        return [Sample(p, k, sp, tp, r)
-                for (p, k), sp, tp, r in zip(picks, student_prompts, teacher_prompts, responses)]
-
-    def _micro_loss(self, samples: Sequence[Sample],
-                    opened: OpenedPrompts | None = None) -> tuple[torch.Tensor, dict[str, float], float]:
-        """Loss of one micro-batch (token-mean) and the seconds spent in the teacher.
-
-        `opened`: the student's prompts already run with gradients (shared prefill): only the
-        responses are left to run for the student's logits."""
-        c, pad = self.config, self.generation.pad_id
-        responses = [s.response for s in samples]
-        t0 = time.perf_counter()
-        teacher_NV = None
-        if c.loss != "sft":
-            teacher_prompts = [s.teacher_prompt for s in samples]
-            with torch.no_grad(), self.teacher.active() as teacher:
-                if self.teacher_head_cache:  # rows of one knowledge text share their prompt head
-                    teacher_NV = response_logits_by_shared_prefix_groups(
-                        teacher, teacher_prompts, responses, [s.knowledge_index for s in samples], pad_id=pad)
-                else:
-                    teacher_NV = response_logits(teacher, pack(teacher_prompts, responses, pad_id=pad))
-        teacher_s = time.perf_counter() - t0
-        if opened is not None:
-            with self._student_precision():
-                student_NV = opened_response_logits(self.student, opened, responses, pad_id=pad)
-            tokens_N = torch.tensor([t for r in responses for t in r], device=student_NV.device)
-        else:
-            student_NV, tokens_N = self._student_logits(samples)
-        loss, metrics = LOSSES[c.loss](student_NV, teacher_NV, tokens_N, c)
-        everywhere = _all_tokens(len(tokens_N))
-        if "student_topk_mass" not in metrics:
-            metrics["student_topk_mass"] = losses.student_topk_mass(student_NV, everywhere, k=c.top_k,
-                                                                     temperature=c.loss_temperature)
-        if teacher_NV is not None:  # the exact KL, whatever the loss: top-k KL alone can be gamed
-            with torch.no_grad():
-                metrics["reverse_kl_full"] = losses.reverse_kl(student_NV, teacher_NV, everywhere,
-                                                               temperature=c.loss_temperature)[1]["loss"]
-        return loss, metrics, teacher_s
-
-    def _student_head(self, student_prompts: Sequence[list[int]]) -> int:
-        """Tokens of the opening the student's prompts share, to run once (0: run every row in full)."""
-        if not self.student_head_cache or len(student_prompts) < 2:
-            return 0
-        head = shared_prefix_length(student_prompts)
-        return head if head >= MIN_STUDENT_HEAD_TOKENS else 0
-
-    def _student_logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The student's scoring pass with gradients over prompt + response: (logits [N, V], tokens [N])."""
-        pad = self.generation.pad_id
-        student_prompts = [s.student_prompt for s in samples]
-        batch: PackedBatch = pack(student_prompts, [s.response for s in samples], pad_id=pad)  # right-padded
-        self.student.train()
-        try:
-            with self._student_precision():
-                student_NV = self.parallel.train_module(batch.input_ids_BT, batch.attention_mask_BT, batch.response_mask_BT,
-                                                        head_tokens=self._student_head(student_prompts))
-        finally:
-            self.student.eval()
-        return student_NV, batch.response_tokens_N.to(student_NV.device)
+        return self.training_step.sample(step)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """Sample, score, update. A non-finite loss or gradient raises before anything changes.
-
-        The gradient is that of the whole batch's token-mean loss, however the rows are split
-        into micro-batches and ranks (each micro-batch's token mean weighted by its share of
-        the GLOBAL batch's response tokens).
-        """
-        t_start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        accumulate = self._accumulate_shared_prefill if self.shared_prefill else self._accumulate_separate
-        sums, total, generate_s, teacher_s = accumulate(step)
-        grad_norm = self._clip_and_check(step)
-        self.optimizer.step()
-        step_s = time.perf_counter() - t_start
-        return {
-            **sums, "grad_norm": grad_norm, "lr": self.config.lr, "response_len_mean": total / self.config.batch_size,
-            "response_tokens": float(total), "tokens_per_s": total / step_s, "step_s": step_s,
-            "generate_s": generate_s, "teacher_s": teacher_s, "student_s": step_s - generate_s - teacher_s,
-            "peak_rss_mib": peak_rss_mib(),
-        }
-
-    def _accumulate_separate(self, step: int) -> tuple[dict[str, float], float, float, float]:
-        """Sample every row first, then score micro-batch by micro-batch, backward each.
-
-        Returns (token-weighted metric means, global response tokens, generate s, teacher s).
-        The global token count is known before the first backward, so each micro-batch's loss
-        is scaled by its share right away (what DDP/FSDP's reduction inside backward needs).
-        """
-        t_start = time.perf_counter()
-        with self._student_precision():
-            samples = self.sample(step)
-        generate_s = time.perf_counter() - t_start
-        total = self.parallel.all_sum([float(sum(len(s.response) for s in samples))])[0]
-        sums: dict[str, float] = {}
-        teacher_s = 0.0
-        mb = self.config.micro_batch_size
-        starts = range(0, len(samples), mb)
-        for j in starts:
-            chunk = samples[j:j + mb]
-            with self.parallel.accumulate(sync=j == starts[-1]):
-                loss, metrics, t_s = self._micro_loss(chunk)
-                teacher_s += t_s
-                self._check_loss(loss, step, j // mb)
-                share = sum(len(s.response) for s in chunk) / total
-                (loss * (share * self.parallel.grad_scale)).backward()
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value * share
-        sums = dict(zip(sums, self.parallel.all_sum(list(sums.values()))))
-        return sums, total, generate_s, teacher_s
-
-    def _accumulate_shared_prefill(self, step: int) -> tuple[dict[str, float], float, float, float]:
-        """Per micro-batch: the student's prompts run once with gradients, the responses are sampled
-        from that pass, the teacher scores them, the student's logits continue from the same pass.
-
-        Single process only. The batch's token count is known only after the last micro-batch
-        has sampled, so each micro-batch's backward is weighted by its own token count and the
-        summed gradient is divided by the total at the end: the same gradient as above.
-        """
-        c, pad = self.config, self.generation.pad_id
-        picks, student_prompts, teacher_prompts, rows = self._rows(step)
-        parts: list[tuple[dict[str, float], int]] = []
-        generate_s = teacher_s = 0.0
-        for j in range(0, len(picks), c.micro_batch_size):
-            part = slice(j, j + c.micro_batch_size)
-            self.student.train()
-            try:
-                with self._student_precision():
-                    opened = open_prompts(self.student, student_prompts[part], pad_id=pad,
-                                          head_tokens=self._student_head(student_prompts[part]))
-                    t0 = time.perf_counter()
-                    responses = sample_responses(self.student, opened, rows[part], stop_ids=self.generation.stop_ids,
-                                                 max_new_tokens=c.max_new_tokens)
-                    generate_s += time.perf_counter() - t0
-                chunk = [Sample(p, k, sp, tp, r) for (p, k), sp, tp, r
-                         in zip(picks[part], student_prompts[part], teacher_prompts[part], responses)]
-                loss, metrics, t_s = self._micro_loss(chunk, opened=opened)
-            finally:
-                self.student.eval()
-            teacher_s += t_s
-            self._check_loss(loss, step, j // c.micro_batch_size)
-            tokens = sum(len(r) for r in responses)
-            (loss * tokens).backward()
-            parts.append((metrics, tokens))
-            del opened, loss
-        total = sum(tokens for _, tokens in parts)
-        for p in self.params:
-            if p.grad is not None:
-                p.grad.div_(total)
-        sums = {key: sum(m[key] * tokens for m, tokens in parts) / total for key in parts[0][0]}
-        return sums, float(total), generate_s, teacher_s
-
-    def _check_loss(self, loss: torch.Tensor, step: int, micro_batch: int) -> None:
-        if not self.parallel.all_true(bool(torch.isfinite(loss))):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"consolidate step {step}: non-finite loss {float(loss)} in micro-batch {micro_batch} "
-                                "(on this rank or another); nothing was written")
-
-    def _clip_and_check(self, step: int) -> float:
-        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = self.parallel.grad_norm(self.params, clip)
-        if not math.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"consolidate step {step}: non-finite gradient norm {norm}; nothing was written")
-        return norm
+        """Sample, score, update (`TrainingStep.run`). A non-finite loss or gradient raises before
+        anything changes."""
+        return self.training_step.run(step)
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:

@@ -14,7 +14,7 @@ from oel.evaluate.curve import CurveConfig, default_steps, evaluate_curve, wilso
 from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
 
-from test_experience import ScriptedExtractor, lesson_per_game, make_traj
+from test_extract import ScriptedExtractor, lesson_per_game, make_traj
 
 
 @pytest.fixture

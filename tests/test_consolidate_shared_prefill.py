@@ -165,7 +165,7 @@ def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(grid_
         cfg = grid_consolidation_config(compute, lora_r=4, lora_compute_dtype=compute,
                                         model=ModelConfig(name=grid_consolidation_inputs, dtype="bfloat16", device="cpu"))
         trainer = Consolidator(cfg)
-        assert (trainer._student_dtype is None) is (compute == "float32")
+        assert (trainer.student_dtype is None) is (compute == "float32")
         trainer.prepare_output()
         trainer.optimizer.step = lambda: None
         metrics.append(trainer.train_step(1))

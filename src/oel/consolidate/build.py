@@ -1,0 +1,90 @@
+"""Building the student a round trains: load, adapter or full fine-tune, precision, optimizer.
+
+Everything here runs once, before the first step, and in a fixed order that matters for
+reproducibility: peft draws the LoRA adapter's initial weights from torch's global RNG, so
+`prepare_student` seeds it from the run's own seed first (stream `data.STREAM_INIT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from oel.collect.backends.sampling import derive_seed
+from oel.consolidate.config import ConsolidateConfig
+from oel.consolidate.data import STREAM_INIT
+from oel.consolidate.distributed import Topology
+from oel.consolidate.scoring import model_device
+from oel.models import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_round_model(model_config: ModelConfig, topology: Topology) -> Any:
+    """The round-start model (`oel.models.LoadedModel`), on this rank's device under a launcher."""
+    from oel.models import load_model
+
+    if topology.device is not None:  # one device per rank: cuda:LOCAL_RANK (or cpu)
+        model_config = dataclasses.replace(model_config, device=topology.device)
+    return load_model(model_config)
+
+
+def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
+    """The model to train, in place: a seeded LoRA adapter injected (peft), or every weight trainable.
+
+    Returned in eval mode: generation and the teacher's passes run in eval, and the student's
+    own scoring pass switches to train() around itself.
+    """
+    c = config
+    if c.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                          target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
+        # peft draws the adapter's initial A matrices from torch's global RNG.
+        torch.manual_seed(derive_seed(c.seed, STREAM_INIT))
+        model = get_peft_model(model, lora)
+    else:
+        model.requires_grad_(True)
+        if next(model.parameters()).dtype != torch.float32:
+            log.warning("full fine-tuning with %s weights: AdamW updates smaller than the weights' rounding step "
+                        "(~0.4%% of a weight in bf16) are lost; set model.dtype=float32 for small learning rates",
+                        next(model.parameters()).dtype)
+    if c.gradient_checkpointing:
+        model.gradient_checkpointing_enable()  # non-reentrant by default in transformers 5 (DDP-safe)
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    model.eval()
+    return model
+
+
+def student_compute_dtype(model: Any, config: ConsolidateConfig) -> torch.dtype | None:
+    """The autocast dtype of the student's passes (None: no autocast).
+
+    peft keeps LoRA weights in float32 and casts each adapted module's input up to match; with
+    `lora_compute_dtype=model` the adapter's matmuls run in the weights' own low precision
+    instead (the float32 weights are cast down inside autocast, gradients flow back to them),
+    so backward keeps a bf16 copy of those inputs rather than a float32 one.
+    """
+    dtype = next(model.parameters()).dtype
+    if config.finetune != "lora" or config.lora_compute_dtype == "float32" or dtype == torch.float32:
+        return None
+    return dtype
+
+
+def student_precision(student: Any, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to the student's compute dtype around its passes (a no-op for None: float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model_device(student).type, dtype=dtype)
+
+
+def make_optimizer(params: Sequence[torch.nn.Parameter], config: ConsolidateConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, at the config's constant learning rate."""
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             betas=(config.adam_beta1, config.adam_beta2))
