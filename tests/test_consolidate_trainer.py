@@ -44,9 +44,10 @@ def _write_inputs(d: Path) -> tuple[Path, Path]:
     return d / "trajectories.jsonl", d / "knowledge.txt"
 
 
-def _pretrained_model(d: Path) -> str:
+def _pretrained_model(d: Path, *, knows: bool = True) -> str:
     """A tiny model taught, by construction, that WITH the knowledge the answer is R, and that
-    without it any of U/D/L/R is equally likely. Consolidation must move the second toward the first."""
+    without it any of U/D/L/R is equally likely. Consolidation must move the second toward the first.
+    `knows=False`: uniform over U/D/L/R with the knowledge too (its own teacher teaches nothing)."""
     model, tok = tiny_chat_model(seed=0)
     model.float().train()
     enc = HFBackend(model, tok, model_id="tiny")
@@ -60,7 +61,7 @@ def _pretrained_model(d: Path) -> str:
     # targets: with knowledge -> R; without -> uniform over the four letters (then the end token)
     target_NV = torch.zeros(len(batch.response_tokens_N), model.config.vocab_size)
     for row in range(2 * len(OBSERVATIONS)):
-        if row < len(OBSERVATIONS):
+        if row < len(OBSERVATIONS) and knows:
             target_NV[2 * row, letters[0]] = 1.0
         else:
             target_NV[2 * row, letters] = 1.0 / len(letters)
@@ -73,7 +74,7 @@ def _pretrained_model(d: Path) -> str:
         loss.backward()
         opt.step()
     model.eval()
-    out = d / "pretrained"
+    out = d / ("pretrained" if knows else "pretrained_ignorant")
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)

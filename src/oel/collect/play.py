@@ -219,7 +219,7 @@ def play_episodes(
         while queue and envs:
             env, job = envs.pop(), queue.pop()
             active.append(_Episode(job, env, env.reset(job.seed)))
-        prompts_ = [[Message(role="user", content=tmpl.render(observation=ep.observation, **fields))] for ep in active]
+        prompts_ = [prompts.turn_messages(template, ep.observation, **fields) for ep in active]
         seeds = [derive_seed(params.seed, round, ep.job.seed, ep.job.sample, len(ep.turns)) for ep in active]
         t0 = time.perf_counter()
         gens = _generate(backend, prompts_, params, seeds)

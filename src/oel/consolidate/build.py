@@ -20,6 +20,7 @@ from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.data import STREAM_INIT
 from oel.consolidate.distributed import Topology
 from oel.consolidate.scoring import model_device
+from oel.errors import ConfigError
 from oel.models import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,25 @@ def load_round_model(model_config: ModelConfig, topology: Topology) -> Any:
     if topology.device is not None:  # one device per rank: cuda:LOCAL_RANK (or cpu)
         model_config = dataclasses.replace(model_config, device=topology.device)
     return load_model(model_config)
+
+
+def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: Any) -> Any | None:
+    """`config.teacher_model` loaded frozen (None when the teacher is the student's own start), after
+    checking that it scores the same tokens: same vocabulary, same output width."""
+    if not config.teacher_model:
+        return None
+    other = load_round_model(dataclasses.replace(config.model, name=config.teacher_model), topology)
+    if other.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+        raise ConfigError(f"teacher_model: {config.teacher_model} has another vocabulary than the student "
+                          f"{config.model.name}; a teacher must score the student's own tokens")
+    rows = (student.model.get_output_embeddings().weight.shape[0], other.model.get_output_embeddings().weight.shape[0])
+    if rows[0] != rows[1]:
+        raise ConfigError(f"teacher_model: {config.teacher_model} has {rows[1]} output logits, the student {rows[0]}")
+    other.model.eval()
+    other.model.requires_grad_(False)
+    log.info("teacher: %s (frozen, %.0f MiB of weights)", other.model_id,
+             sum(p.numel() * p.element_size() for p in other.model.parameters()) / 2**20)
+    return other.model
 
 
 def prepare_student(model: Any, config: ConsolidateConfig) -> Any:

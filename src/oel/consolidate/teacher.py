@@ -30,42 +30,46 @@ from collections.abc import Iterator
 from typing import Any
 
 from oel import prompts
+from oel.consolidate.scoring import ResponseScorer
 from oel.trajectory import Message, Prefix
 
 KNOWLEDGE_BLOCK_SEPARATOR = "\n\n"
 """Between the knowledge block and the prompt text it is put in front of."""
 
 
-def teacher_messages(prefix: Prefix, knowledge: str) -> list[Message]:
-    """The prefix's prompt with `knowledge` inserted (see the module docstring for the rule)."""
+def teacher_messages(prefix: Prefix, knowledge: str, template: str = prompts.TEACHER_TEMPLATE) -> list[Message]:
+    """The prefix's prompt with `knowledge` inserted (see the module docstring for the rule);
+    `template` is the teacher's (one of `prompts.TEACHER_TEMPLATES`, or any template of the same form)."""
     msgs = list(prefix.prompt)
     if prefix.template == prompts.POLICY_TEMPLATE and msgs[-1].role == "user":
-        text = prompts.get(prompts.TEACHER_TEMPLATE).render(knowledge=knowledge, observation=prefix.observation)
-        return msgs[:-1] + [Message(role="user", content=text)]
+        turn = prompts.turn_messages(template, prefix.observation, knowledge=knowledge)
+        system = [m for m in turn if m.role == "system"]
+        return system + [m for m in msgs[:-1] if m.role != "system"] + [turn[-1]]
     first = next(i for i, m in enumerate(msgs) if m.role == "user")
     block = prompts.get(prompts.KNOWLEDGE_BLOCK).render(knowledge=knowledge) + KNOWLEDGE_BLOCK_SEPARATOR
     msgs[first] = Message(role="user", content=block + msgs[first].content)
     return msgs
 
 
-def prompt_records() -> list[dict[str, str]]:
+def prompt_records(template: str = prompts.TEACHER_TEMPLATE) -> list[dict[str, str]]:
     """What a run stores to identify the teacher wording it used."""
-    return [prompts.get(name).record()
-            for name in (prompts.POLICY_TEMPLATE, prompts.TEACHER_TEMPLATE, prompts.KNOWLEDGE_BLOCK)]
-
-
+    return [prompts.get(name).record() for name in (prompts.POLICY_TEMPLATE, template, prompts.KNOWLEDGE_BLOCK)]
 class Teacher:
-    """The frozen round-start model, as a context manager yielding something to call.
+    """The frozen teacher, as a context manager yielding something to call.
 
         with teacher.active() as model:
             logits = response_logits(model, batch)
+
+    `other`: a different frozen model (`consolidate.teacher_model`, e.g. a bigger one of the same
+    family); without it the teacher is the round-start model, as the module docstring says.
     """
 
-    def __init__(self, student: Any, *, lora: bool) -> None:
+    def __init__(self, student: Any, *, lora: bool, other: Any = None) -> None:
         self.lora = lora
         self._student = student
         self._frozen: Any = None
-        if not lora:
+        self._other = ResponseScorer(other) if other is not None else None
+        if not lora and other is None:
             self._frozen = copy.deepcopy(student)
             self._frozen.eval()
             self._frozen.requires_grad_(False)
@@ -77,7 +81,9 @@ class Teacher:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Any]:
-        if self.lora:
+        if self._other is not None:
+            yield self._other
+        elif self.lora:
             was_training = self._student.training
             self._student.eval()
             try:

@@ -104,7 +104,8 @@ class Consolidator:
         self.model_id = loaded.model_id
         self.student = build.prepare_student(loaded.model, config)
         self.scorer = ResponseScorer(self.student)
-        self.teacher = Teacher(self.scorer, lora=config.finetune == "lora")
+        self.teacher = Teacher(self.scorer, lora=config.finetune == "lora",
+                               other=build.load_teacher_model(config, self.topology, loaded))
         self.parallel = distributed.make_strategy(config.parallel, self.topology, self.scorer,
                                                   self.teacher.frozen_model,
                                                   mixed_precision=config.fsdp_mixed_precision)
@@ -112,7 +113,7 @@ class Consolidator:
         self.optimizer = build.make_optimizer(self.params, config)
         self.sampler = SAMPLERS[config.sampler]()
         encoder = make_encoder(self.student, self.tokenizer, self.model_id)
-        self.data = ConsolidationData(round_prefixes, knowledge, encoder.encode)
+        self.data = ConsolidationData(round_prefixes, knowledge, encoder.encode, config.teacher_template)
         self.training_step = TrainingStep(
             config=config, data=self.data, topology=self.topology, student=self.student, scorer=self.scorer,
             teacher=self.teacher, parallel=self.parallel, sampler=self.sampler,
@@ -199,7 +200,7 @@ class Consolidator:
         log.info("%d prefixes, %d knowledge texts, starting at step %d; peak RSS after setup %.0f MiB",
                  len(self.prefixes), len(self.knowledge), self.step, peak_rss_mib())
         save_config(c, self.out / "config.yaml")
-        atomic_write_text(self.out / "prompts.json", _json(prompt_records()))
+        atomic_write_text(self.out / "prompts.json", _json(prompt_records(c.teacher_template)))
 
     def _check_same_run(self, path: Path) -> None:
         """Resuming under different training settings would silently mix two runs: refuse."""

@@ -1,0 +1,75 @@
+"""The teacher's prompt placements and a teacher that is another model (`teacher_model`)."""
+
+from __future__ import annotations
+
+import pytest
+from test_consolidate_trainer import _config, _p_target, _pretrained_model, world  # noqa: F401  (a fixture)
+
+from oel import prompts
+from oel.consolidate import consolidate
+from oel.consolidate.teacher import teacher_messages
+from oel.consolidate.trainer import Consolidator
+from oel.errors import ConfigError
+from oel.models import ModelConfig
+from oel.trajectory import Message, Prefix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OBS = "Turn 1. The grid:\nP . .\n. H .\n. . G"
+
+
+def _policy_prefix() -> Prefix:
+    prompt = (Message(role="user", content=prompts.get(prompts.POLICY_TEMPLATE).render(observation=OBS)),)
+    return Prefix("t", 0, prompt, OBS, prompts.POLICY_TEMPLATE)
+
+
+def test_placements_put_the_lessons_before_after_or_in_a_system_message():
+    before = teacher_messages(_policy_prefix(), "- avoid H", "teacher_grid_v1")
+    after = teacher_messages(_policy_prefix(), "- avoid H", "teacher_grid_after_v1")
+    system = teacher_messages(_policy_prefix(), "- avoid H", "teacher_grid_system_v1")
+    assert [m.role for m in before] == [m.role for m in after] == ["user"]
+    assert before[0].content.index("- avoid H") < before[0].content.index(OBS)
+    assert after[0].content.index(OBS) < after[0].content.index("- avoid H")
+    assert [m.role for m in system] == ["system", "user"]
+    assert "- avoid H" in system[0].content and OBS not in system[0].content
+    assert system[1] == _policy_prefix().prompt[0]  # the student's own prompt, unchanged
+
+
+def test_teacher_model_equal_to_the_start_model_gives_the_self_teacher_run(world, tmp_path):
+    """A separate frozen copy of M_r as teacher_model must train exactly as the adapter-off teacher."""
+    self_run = consolidate(_config(world, tmp_path / "self", steps=2, save_every=0)).last_metrics
+    other_run = consolidate(_config(world, tmp_path / "other", steps=2, save_every=0,
+                                    teacher_model=world["random"])).last_metrics
+    for key in ("loss", "grad_norm", "reverse_kl_full", "student_topk_mass"):
+        assert other_run[key] == pytest.approx(self_run[key], rel=1e-5), key
+
+
+def test_a_student_learns_from_another_models_teacher(world, tmp_path):
+    """A student that is uniform over U/D/L/R with or without the knowledge learns nothing from its
+    own teacher; with the model that answers R when given the knowledge as teacher_model, it
+    learns to answer R without it."""
+    ignorant = _pretrained_model(tmp_path, knows=False)
+    student = ModelConfig(name=ignorant, dtype="float32", device="cpu")
+    before = _p_target(ignorant, knowledge=False)
+    assert 0.15 < before < 0.35 and _p_target(ignorant, knowledge=True) < 0.35  # the construction worked
+    own = consolidate(_config(world, tmp_path / "own", model=student, steps=20, save_every=0))
+    other = consolidate(_config(world, tmp_path / "other", model=student, teacher_model=world["pretrained"],
+                                steps=20, save_every=0))
+    assert abs(_p_target(str(own.model_dir), knowledge=False) - before) < 0.1
+    assert _p_target(str(other.model_dir), knowledge=False) > before + 0.3
+
+
+def test_a_teacher_with_another_vocabulary_is_refused(world, tmp_path):
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other_vocab"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(world["random"])
+    tok = AutoTokenizer.from_pretrained(world["random"])
+    tok.add_tokens(["<extra_token_for_the_test>"])
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(ConfigError, match="teacher_model: .* another vocabulary"):
+        Consolidator(_config(world, tmp_path / "run", teacher_model=str(other),
+                             model=ModelConfig(name=world["random"], dtype="float32", device="cpu")))
