@@ -291,3 +291,20 @@ def test_every_shipped_config_is_valid(path):
         assert load_config(ConsolidateConfig, path).batch_size >= 1
     else:
         assert load_config(LoopConfig, path).run_dir.startswith("runs/")
+
+
+def test_knowledge_file_replaces_the_extracted_knowledge(tiny_model, tmp_path):
+    """The controls (unrelated or hand-written lessons): every round's K texts are the file's text,
+    and evaluate and consolidate read exactly that."""
+    lessons = Path(__file__).resolve().parents[1] / "configs" / "knowledge" / "unrelated.txt"
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tiny_model, run) + [f"knowledge_file={lessons}", "evaluate.ifeval.enabled=false",
+                                                   "consolidate.steps=1"]
+    results = run_loop(load_config(LoopConfig, None, overrides))
+    text = lessons.read_text().strip()
+    assert [(run / "round_0" / "extract" / f"knowledge_{k}.txt").read_text() for k in range(2)] == [text + "\n"] * 2
+    assert results["0"]["extract"]["from_file"] == 1 and not (run / "round_0" / "extract" / "store").exists()
+    evaluation = json.loads((run / "round_0" / "evaluate" / "evaluation.json").read_text())
+    assert evaluation["games_knowledge"]["knowledge_texts"] == 2
+    trained = yaml.safe_load((run / "round_0" / "consolidate" / "config.yaml").read_text())
+    assert trained["knowledge"] == [str(run / "round_0" / "extract" / f"knowledge_{k}.txt") for k in range(2)]

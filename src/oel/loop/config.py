@@ -41,6 +41,9 @@ class LoopConfig:
     model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)", factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
     extractor: Literal["policy", "config"] = cfg("policy", "policy: the current round's model extracts (the paper); config: extract.extractor says which model (knowledge-source ablation)")
+    knowledge_file: str = cfg("", "a text file whose text REPLACES every round's extracted knowledge (all K texts): the "
+                                  "controls -- unrelated lessons (configs/knowledge/unrelated.txt), hand-written ones; "
+                                  "empty = the extracted knowledge (the method)")
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
     force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
     tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")

@@ -38,9 +38,10 @@ REUSE_TMP_SUFFIX = ".reuse-tmp"
 # says which evaluate is the final one, which `ReuseSource.reusable` checks separately).
 STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "collect": frozenset({"model", "env", "collect", "extract.num_trajectories"}),
-    "extract": frozenset({"model", "env", "collect", "extract", "extractor"}),
-    "evaluate": frozenset({"model", "env", "collect", "extract", "extractor", "evaluate", "in_context_eval"}),
-    "consolidate": frozenset({"model", "env", "collect", "extract", "extractor", "consolidate"}),
+    "extract": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file"}),
+    "evaluate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "evaluate",
+                           "in_context_eval"}),
+    "consolidate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "consolidate"}),
 }
 
 

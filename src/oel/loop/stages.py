@@ -59,12 +59,19 @@ def collect(ctx: RoundContext) -> dict[str, Any]:
 
 
 def extract(ctx: RoundContext) -> dict[str, Any]:
-    """K accumulations over the extraction trajectories; the K texts at N_use go to files."""
+    """K accumulations over the extraction trajectories; the K texts at N_use go to files
+    (or, with `knowledge_file`, that file's text as every one of the K: a control)."""
     from oel.extract import extract_round
     from oel.extract.accumulate import make_extractor
 
     c, layout = ctx.config, ctx.layout
     ctx.dir("extract")
+    if c.knowledge_file:
+        text = read_text_file(c.knowledge_file, "knowledge_file")
+        for k in range(c.extract.num_runs):
+            atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
+        return {"num_runs": c.extract.num_runs, "use_step": 0, "mean_items": len(text.splitlines()),
+                "mean_chars": len(text), "from_file": 1}
     cfg = with_fields(c.extract, trajectories=str(layout.extract_trajectories(ctx.round)),
                       out_dir=str(layout.store_dir(ctx.round)), round=ctx.round)
     trajs = read_trajectories(cfg.trajectories)
