@@ -17,7 +17,7 @@ from oel.envs.solver import LakeState
 from oel.errors import ConfigError
 from oel.evaluate import (EvaluateConfig, GamesConfig, IFEvalConfig, episode_move_marks, evaluate,
                             evaluate_games, evaluation_table, move_quality, summarise, wilson_ci)
-from oel.evaluate.games import TRAJECTORIES_FILE
+from oel.layout import GAME_TRAJECTORIES as TRAJECTORIES_FILE
 from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message, Trajectory, Turn, read_trajectories
 
@@ -134,6 +134,14 @@ def test_held_out_map_zero_hand_computed(tmp_path: Path) -> None:
     assert (m.scored_moves, m.optimal_moves, m.move_quality) == (4, 2, 0.5)
     assert m.end_reasons == {"invalid_moves": 1} and m.passed == 0 and m.steps_per_episode == 4
     assert m.tokens_per_turn == 2 and right.template == "policy_grid_v1" and right.knowledge_texts == 0
+    # random play at the same four positions: one optimal move of four at each ([right], [right], [down], [down])
+    assert m.random_move_quality == pytest.approx(0.25)
+    from oel.envs.solver import random_pass_probability
+
+    start = LakeState(size=3, holes=frozenset({(1, 1), (2, 1)}), goal=(2, 2), player=(0, 0))
+    assert m.random_pass_rate == pytest.approx(random_pass_probability(start, 5, 1)) and 0 < m.random_pass_rate < 0.05
+    # one map: the map bootstrap cannot vary, the interval is the point
+    assert m.move_quality_ci_low == m.move_quality_ci_high == 0.5
     down = evaluate_games(FixedBackend("[down]"), EnvConfig(), GamesConfig(num_maps=1, sampling_seeds=[0]),
                           tmp_path / "down")
     # down leaves the only path at once; down again, then the bottom wall twice.
@@ -226,3 +234,18 @@ def test_diff_keys_names_nested_entries() -> None:
     new = {"model": "a", "env": {"game": "frozenlake", "max_turns": 8}, "seeds": [0, 1], "extra": 1}
     assert diff_keys(old, new) == ["env.max_turns", "extra", "seeds"]
     assert diff_keys(old, old) == []
+
+
+def test_bootstrap_intervals() -> None:
+    from oel.evaluate.metrics import bootstrap_mean_ci, cluster_ratio_ci
+
+    lo, hi = bootstrap_mean_ci([0.0, 1.0] * 20)
+    assert lo < 0.5 < hi and hi - lo < 0.4
+    assert bootstrap_mean_ci([0.3] * 5) == pytest.approx((0.3, 0.3))
+    # clusters of very different size: the interval is around the POOLED ratio 11/20, not the mean of ratios
+    lo, hi = cluster_ratio_ci([1, 10] * 10, [10, 10] * 10)
+    assert lo < 11 / 20 < hi
+    wide = cluster_ratio_ci([1, 10] * 3, [10, 10] * 3)
+    assert wide[1] - wide[0] > hi - lo  # fewer maps, wider interval
+    with pytest.raises(ValueError):
+        cluster_ratio_ci([1], [0])

@@ -146,7 +146,8 @@ def test_full_loop_then_report(tiny_model, tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| {r} | "))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1].startswith(f"{100 * m['game_pass_rate']:.1f}% [{100 * m['game_ci_low']:.1f}, ")
-        assert cells[3] == (f"{100 * m['game_move_quality']:.1f}%" if m["game_move_quality"] is not None else "-")
+        assert cells[3] == (f"{100 * m['game_move_quality']:.1f}% [{100 * m['game_move_quality_ci_low']:.1f}, "
+                            f"{100 * m['game_move_quality_ci_high']:.1f}] (random {100 * m['game_random_move_quality']:.1f}%)")
         assert cells[4] == f"{m['game_tokens_per_turn']:.1f}"
         assert cells[6] == f"{100 * m['ifeval_prompt_strict']:.1f}%"
         if r == 0:

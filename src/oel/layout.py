@@ -9,7 +9,7 @@
       round_<r>/
         collect/     extract.jsonl, train.jsonl          trajectories (extraction maps, training maps)
         extract/     store/round_<rrr>/..., knowledge_<k>.txt
-        evaluate/    evaluation.json, games/, games_knowledge/, ifeval/
+        evaluate/    evaluation.json, games_no_knowledge/, games_knowledge/, ifeval/
         consolidate/ metrics.jsonl, checkpoints, model/  (model/ = M_{r+1}, a plain HF directory)
         <stage>/_complete.json      written last: the stage's summary, and that it is complete
 
@@ -43,6 +43,11 @@ KNOWLEDGE_FILE = "knowledge_{k}.txt"
 KNOWLEDGE_GLOB = "knowledge_*.txt"
 CURVE_DIR = "curve"
 CURVE_FILE = "curve.json"
+EVALUATION_FILE = "evaluation.json"
+GAMES_DIR = "games_no_knowledge"
+GAMES_KNOWLEDGE_DIR = "games_knowledge"
+IFEVAL_DIR = "ifeval"
+GAME_TRAJECTORIES = "trajectories.jsonl"
 
 STAGES = ("collect", "extract", "evaluate", "consolidate")
 """A round's stages in the order they run; a final round only evaluates."""
@@ -124,6 +129,10 @@ class RunLayout:
 
     def curve_file(self, r: int) -> Path:
         return store_round_dir(self.store_dir(r), r) / CURVE_DIR / CURVE_FILE
+
+    def heldout_trajectories(self, r: int, *, knowledge: bool = False) -> Path:
+        """The held-out episodes M_r played in round r's evaluation (without / with knowledge)."""
+        return self.stage_dir(r, "evaluate") / (GAMES_KNOWLEDGE_DIR if knowledge else GAMES_DIR) / GAME_TRAJECTORIES
 
     def consolidate_metrics(self, r: int) -> Path:
         return self.stage_dir(r, "consolidate") / METRICS_FILE

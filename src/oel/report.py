@@ -21,8 +21,6 @@ from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
 from oel.io import atomic_write_text, iter_jsonl
 from oel.layout import RunLayout
 
-SAMPLE_CHARS = 1500
-"""Longest excerpt of a trajectory or knowledge text shown in the report."""
 
 
 @dataclass
@@ -110,6 +108,7 @@ def plot_pass_rate(data: RunData, out: Path) -> Path:
         xs, ys, err = _errorbars(summaries, "game_pass_rate")
         if xs:
             ax.errorbar([x + offset for x in xs], ys, yerr=err, marker="o", capsize=4, label=label)
+    _reference_line(ax, data, "game_random_pass_rate", "random play (exact)")
     ax.set_xlabel("round (model M_r)")
     ax.set_ylabel("held-out pass rate (%)")
     ax.set_xticks(data.rounds)
@@ -118,16 +117,36 @@ def plot_pass_rate(data: RunData, out: Path) -> Path:
     return _save(fig, out / "pass_rate.png")
 
 
-def plot_series(data: RunData, out: Path, key: str, ylabel: str, filename: str, scale: float = 1.0) -> Path | None:
-    xs = [r for r in data.rounds if key in data.evaluate.get(r, {})]
+def _reference_line(ax: Any, data: RunData, key: str, label: str, scale: float = 100.0) -> None:
+    """A dashed line at a reference the markers record (random play), if they do."""
+    values = [data.evaluate[r][key] for r in data.rounds if data.evaluate.get(r, {}).get(key) is not None]
+    if values:
+        ax.axhline(scale * sum(values) / len(values), color="grey", linestyle="--", linewidth=1, label=label)
+
+
+def plot_series(data: RunData, out: Path, key: str, ylabel: str, filename: str, scale: float = 1.0,
+                reference: tuple[str, str] | None = None) -> Path | None:
+    """One number per round, without and with knowledge; 95% CIs where the marker has `<key>_ci_low/high`;
+    `reference`: (marker key, label) of a dashed reference line."""
+    xs = [r for r in data.rounds if data.evaluate.get(r, {}).get(key) is not None]
     if not xs:
         return None
     fig, ax = _axes()
-    ax.plot(xs, [scale * data.evaluate[r][key] for r in xs], marker="o", label="no knowledge")
-    xi = [r for r in data.rounds if key in data.evaluate_icl.get(r, {})]
-    if xi:
-        ax.plot(xi, [scale * data.evaluate_icl[r][key] for r in xi], marker="s", label="with knowledge")
-        ax.legend(fontsize=8)
+    for summaries, label, marker, offset in ((data.evaluate, "no knowledge", "o", -0.05),
+                                             (data.evaluate_icl, "with knowledge", "s", 0.05)):
+        rounds = [r for r in data.rounds if summaries.get(r, {}).get(key) is not None]
+        if not rounds:
+            continue
+        ys = [scale * summaries[r][key] for r in rounds]
+        lo = [scale * (summaries[r].get(f"{key}_ci_low") if summaries[r].get(f"{key}_ci_low") is not None
+                       else summaries[r][key]) for r in rounds]
+        hi = [scale * (summaries[r].get(f"{key}_ci_high") if summaries[r].get(f"{key}_ci_high") is not None
+                       else summaries[r][key]) for r in rounds]
+        err = [[max(0.0, y - l) for y, l in zip(ys, lo)], [max(0.0, h - y) for y, h in zip(ys, hi)]]
+        ax.errorbar([r + offset for r in rounds], ys, yerr=err, marker=marker, capsize=4, label=label)
+    if reference is not None:
+        _reference_line(ax, data, reference[0], reference[1], scale)
+    ax.legend(fontsize=8)
     ax.set_xlabel("round (model M_r)")
     ax.set_ylabel(ylabel)
     ax.set_xticks(data.rounds)
@@ -197,7 +216,19 @@ def _fmt_rate(s: dict[str, Any] | None) -> str:
 
 
 def _fmt(s: dict[str, Any] | None, key: str, scale: float = 1.0, suffix: str = "") -> str:
-    return f"{scale * s[key]:.1f}{suffix}" if s and key in s else "-"
+    return f"{scale * s[key]:.1f}{suffix}" if s and s.get(key) is not None else "-"
+
+
+def _fmt_mq(s: dict[str, Any] | None) -> str:
+    """Move quality with its interval over maps and random play's at the same positions, where recorded."""
+    if not s or s.get("game_move_quality") is None:
+        return "-"
+    text = f"{100 * s['game_move_quality']:.1f}%"
+    if s.get("game_move_quality_ci_low") is not None:
+        text += f" [{100 * s['game_move_quality_ci_low']:.1f}, {100 * s['game_move_quality_ci_high']:.1f}]"
+    if s.get("game_random_move_quality") is not None:
+        text += f" (random {100 * s['game_random_move_quality']:.1f}%)"
+    return text
 
 
 def results_table(data: RunData) -> str:
@@ -205,7 +236,7 @@ def results_table(data: RunData) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for r in data.rounds:
         e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
-        rows.append(f"| {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt(e, 'game_move_quality', 100, '%')} | "
+        rows.append(f"| {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt_mq(e)} | "
                     f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'game_steps_per_episode')} | "
                     f"{_fmt(e, 'ifeval_prompt_strict', 100, '%')} | {_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
     return "\n".join(rows)
@@ -225,15 +256,26 @@ def compare_table(runs: list[RunData]) -> str:
     return "\n".join(rows)
 
 
+def render_trajectory(obj: dict[str, Any]) -> str:
+    """One episode, whole: the first observation as the model saw it, then every answer and the
+    game's full reply (boards included), then the outcome."""
+    turns = obj["turns"]
+    lines = [f"map seed {obj['seed']}, {obj['model_id']}", "", turns[0]["observation"].strip(), ""]
+    for t, turn in enumerate(turns, 1):
+        lines += [f"--- turn {t}: the model answered {turn['response'].strip()!r} (move {turn['action'] or 'none'})",
+                  turn["feedback"].strip(), ""]
+    lines.append(f"outcome: {obj['outcome']}")
+    return "\n".join(lines)
+
+
 def sample_trajectory(run_dir: Path, r: int) -> str:
-    path = RunLayout(run_dir).train_trajectories(r)
-    if not path.is_file():
-        return ""
-    for _, obj in iter_jsonl(path):
-        lines = [f"seed {obj['seed']}, outcome: {obj['outcome']}"]
-        for t, turn in enumerate(obj["turns"]):
-            lines.append(f"turn {t + 1} response: {turn['response'].strip()!r} -> {turn['feedback'].strip()[:200]!r}")
-        return "\n".join(lines)[:SAMPLE_CHARS]
+    """Round r's model on the first held-out map (the same map every round, so rounds compare),
+    else its first training episode."""
+    layout = RunLayout(run_dir)
+    for path in (layout.heldout_trajectories(r), layout.train_trajectories(r)):
+        if path.is_file():
+            for _, obj in iter_jsonl(path):
+                return render_trajectory(obj)
     return ""
 
 
@@ -245,7 +287,8 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_pass_rate(data, out),
              plot_series(data, out, "game_tokens_per_turn", "response tokens per turn", "tokens_per_turn.png"),
-             plot_series(data, out, "game_move_quality", "moves on a shortest path (%)", "move_quality.png", 100),
+             plot_series(data, out, "game_move_quality", "moves on a shortest path (%, 95% CI over maps)",
+                         "move_quality.png", 100, reference=("game_random_move_quality", "random play, same positions")),
              plot_series(data, out, "ifeval_prompt_strict", "IF-Eval prompt-level strict (%)", "ifeval.png", 100),
              plot_kl(data, out),
              plot_curves(data, out)]
@@ -268,10 +311,10 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
         if r in data.knowledge or sample_trajectory(data.run_dir, r):
             md += ["", f"## Round {r}"]
         if r in data.knowledge:
-            md += ["", "Knowledge (run 0, the text the teacher saw):", "", "```", data.knowledge[r][:SAMPLE_CHARS], "```"]
+            md += ["", "Knowledge (run 0, the text the teacher saw):", "", "```", data.knowledge[r], "```"]
         sample = sample_trajectory(data.run_dir, r)
         if sample:
-            md += ["", "A collected trajectory:", "", "```", sample, "```"]
+            md += ["", f"M_{r} on the first held-out map (no knowledge), the whole episode:", "", "```", sample, "```"]
     if data.config:
         md += ["", "## Resolved config", "", "```yaml", data.config.rstrip(), "```"]
     path = out / "report.md"

@@ -169,21 +169,31 @@ def is_optimal_move(state: GridState, action: str | None) -> bool:
     return status is Status.MOVED and distance_to_success(nxt) == distance - 1
 
 
-def move_quality(state: GridState, actions: list[str | None]) -> list[bool]:
-    """Replay an episode's actions from its start `state`; for each move, was it optimal?
+def replay(state: GridState, actions: list[str | None]) -> list[GridState]:
+    """The state before each of an episode's moves, replayed from its start `state`.
 
     Invalid moves (and None) leave the state unchanged, as in the game; replay stops at a win
-    or loss, so later entries (there should be none) are not scored.
+    or loss, so later moves (there should be none) get no state.
     """
-    marks: list[bool] = []
+    states: list[GridState] = []
     for action in actions:
-        marks.append(is_optimal_move(state, action))
+        states.append(state)
         if action not in MOVES:
             continue
         state, status = transition(state, action)
         if status in (Status.WON, Status.LOST):
             break
-    return marks
+    return states
+
+
+def move_quality(state: GridState, actions: list[str | None]) -> list[bool]:
+    """Replay an episode's actions from its start `state`; for each move, was it optimal?"""
+    return [is_optimal_move(s, a) for s, a in zip(replay(state, actions), actions)]
+
+
+def optimal_share(state: GridState) -> float:
+    """The chance that a uniformly random move is optimal here: random play's move quality at this state."""
+    return sum(is_optimal_move(state, m) for m in MOVES) / len(MOVES)
 
 
 def random_pass_probability(state: GridState, max_turns: int, invalid_moves_tolerated: int = 1) -> float:

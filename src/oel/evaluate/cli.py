@@ -21,7 +21,8 @@ def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from oel.config import save_config
-    from oel.evaluate.evaluation import EVALUATION_FILE, evaluate, evaluation_table
+    from oel.evaluate.evaluation import evaluate, evaluation_table
+    from oel.layout import EVALUATION_FILE
     from oel.collect.backends.hf import HFBackend
 
     out = Path(config.out_dir)

@@ -23,14 +23,11 @@ from oel.evaluate.config import EvaluateConfig
 from oel.evaluate.games import GameEval, Knowledge, evaluate_games, knowledge_texts
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
 from oel.io import atomic_write_json, read_text_file
+from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR
 from oel.collect.backends.base import ChatBackend
 
 log = logging.getLogger(__name__)
 
-EVALUATION_FILE = "evaluation.json"
-NO_KNOWLEDGE_DIR = "games_no_knowledge"
-KNOWLEDGE_DIR = "games_knowledge"
-IFEVAL_DIR = "ifeval"
 
 
 @dataclass
@@ -61,8 +58,8 @@ class Evaluation:
 
 GAMES, IN_CONTEXT, IFEVAL = "game_", "icl_", "ifeval_"
 """The parts of an evaluation summary: held-out play without knowledge, with it, IF-Eval."""
-GAME_KEYS = ("pass_rate", "ci_low", "ci_high", "episodes", "passed", "move_quality", "tokens_per_turn",
-             "steps_per_episode")
+GAME_KEYS = ("pass_rate", "ci_low", "ci_high", "episodes", "passed", "move_quality", "move_quality_ci_low",
+             "move_quality_ci_high", "random_move_quality", "random_pass_rate", "tokens_per_turn", "steps_per_episode")
 IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose",
                "prompt_strict_ci_low", "prompt_strict_ci_high", "prompts")
 
@@ -89,9 +86,9 @@ def evaluate(backend: ChatBackend, config: EvaluateConfig, *, knowledge: Knowled
     texts = knowledge_texts(knowledge)
     games = with_knowledge = ifeval = None
     if config.games.enabled:
-        games = evaluate_games(backend, config.env, config.games, out / NO_KNOWLEDGE_DIR, overwrite=config.overwrite)
+        games = evaluate_games(backend, config.env, config.games, out / GAMES_DIR, overwrite=config.overwrite)
         if texts:
-            with_knowledge = evaluate_games(backend, config.env, config.games, out / KNOWLEDGE_DIR, texts,
+            with_knowledge = evaluate_games(backend, config.env, config.games, out / GAMES_KNOWLEDGE_DIR, texts,
                                             overwrite=config.overwrite)
     if config.ifeval.enabled:
         ifeval = evaluate_ifeval(backend, config.ifeval, out / IFEVAL_DIR, overwrite=config.overwrite)

@@ -18,6 +18,7 @@ resume point), `games.key.json`, and `games.json` (the `GameEval`, written last,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,17 +38,19 @@ from oel.collect.play import (
 from oel.config import to_dict
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import heldout_seeds
-from oel.envs.solver import GridState
+from oel.envs.solver import GridState, random_pass_probability
 from oel.errors import DataError
 from oel.evaluate.config import GamesConfig
 from oel.evaluate.metrics import (
     GameSummary,
     SeedPassRate,
+    random_move_shares,
     episode_move_marks,
     summarise,
     summary_dict,
 )
 from oel.io import atomic_write_json
+from oel.layout import GAME_TRAJECTORIES
 from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
 from oel.provenance import claim_dir, load_result, texts_digest
 from oel.trajectory import Trajectory, append_trajectory, read_trajectories
@@ -57,7 +60,6 @@ log = logging.getLogger(__name__)
 EVAL_ROUND = 0
 """Round number used for seed derivation and trajectory ids: the same streams in every round."""
 RESULT_FILE = "games.json"
-TRAJECTORIES_FILE = "trajectories.jsonl"
 KEY_FILE = "games.key.json"
 
 Knowledge = str | Sequence[str] | None
@@ -110,6 +112,18 @@ def _run_key(model_id: str, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[st
     return {"model": model_id, "env": to_dict(env_cfg), "num_maps": cfg.num_maps,
             "sampling_seeds": list(cfg.sampling_seeds), "sampling": sampling, "template": template.record(),
             "knowledge_texts": len(texts), "knowledge_sha256": digest}
+
+
+def with_random_reference(summary: GameSummary, env_cfg: EnvConfig, trajs: Sequence[Trajectory],
+                          starts: dict[int, GridState]) -> GameSummary:
+    """`summary` with random play's exact pass rate on these maps and move quality at these positions."""
+    if not starts:
+        return summary
+    shares = [x for t in trajs if t.seed in starts for x in random_move_shares(starts[t.seed], t)]
+    exact = [random_pass_probability(starts[s], env_cfg.max_turns, env_cfg.invalid_moves_tolerated)
+             for s in sorted({t.seed for t in trajs if t.seed in starts})]
+    return dataclasses.replace(summary, random_move_quality=sum(shares) / len(shares) if shares else None,
+                               random_pass_rate=sum(exact) / len(exact))
 
 
 def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridState]:
@@ -196,7 +210,7 @@ def evaluate_games(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, o
     cached = load_result(out / RESULT_FILE, key)
     if cached is not None:
         return GameEval.from_dict(cached)
-    path = out / TRAJECTORIES_FILE
+    path = out / GAME_TRAJECTORIES
     claim_dir(out / KEY_FILE, key, [path, out / RESULT_FILE], overwrite=overwrite)
     t0 = time.perf_counter()
     stats, skipped = _play_missing(backend, env_cfg, cfg, texts, path, on_episode)
@@ -205,7 +219,8 @@ def evaluate_games(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, o
     trajs = _expected(path, env_id, cfg)
     starts = start_states(env_cfg, heldout_seeds(cfg.num_maps))
     marks = {t.id: episode_move_marks(starts[t.seed], t) for t in trajs if t.seed in starts}
-    summary = summarise(trajs, marks, seed_of=dict(enumerate(cfg.sampling_seeds)))
+    summary = with_random_reference(summarise(trajs, marks, seed_of=dict(enumerate(cfg.sampling_seeds))),
+                                    env_cfg, trajs, starts)
     result = GameEval(model_id=backend.model_id, env_id=env_id, game=env_cfg.game, template=key["template"]["name"],
                       knowledge_texts=len(texts), num_maps=cfg.num_maps, sampling_seeds=list(cfg.sampling_seeds),
                       metrics=summary, generate_seconds=stats.generate_seconds, wall_seconds=wall,

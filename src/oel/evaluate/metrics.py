@@ -30,6 +30,7 @@ from typing import Any
 
 from oel.envs.solver import GridState
 from oel.envs.solver import move_quality as solver_move_marks
+from oel.envs.solver import optimal_share, replay
 from oel.trajectory import Trajectory
 
 UNKNOWN_END_REASON = "unknown"
@@ -62,6 +63,49 @@ def wilson_ci(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
     return wilson_interval(successes, n, z)
 
 
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+"""Fixed, so the same episodes always give the same interval."""
+
+
+def _percentiles(stats: Any, level: float) -> tuple[float, float]:
+    import numpy as np
+
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def bootstrap_mean_ci(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (one value per independent unit, e.g. a map)."""
+    import numpy as np
+
+    if not values:
+        raise ValueError("bootstrap_mean_ci: no values")
+    x = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    return _percentiles(x[idx].mean(axis=1), level)
+
+
+def cluster_ratio_ci(numerators: Sequence[float], denominators: Sequence[float], *,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(num) / sum(den), resampling whole clusters.
+
+    For move quality the clusters are maps: the moves of one map's episodes are not independent
+    (the same board, often the same first move), so resampling single moves would be too narrow.
+    """
+    import numpy as np
+
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if len(num) != len(den) or not len(num) or den.sum() <= 0:
+        raise ValueError("cluster_ratio_ci: need equally many clusters, at least one, and some denominator")
+    idx = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
+    tot = den[idx].sum(axis=1)
+    ratios = np.divide(num[idx].sum(axis=1), tot, out=np.full(resamples, np.nan), where=tot > 0)
+    return _percentiles(ratios[~np.isnan(ratios)], level)
+
+
 def episode_move_marks(start: GridState, trajectory: Trajectory) -> list[bool]:
     """For each turn of `trajectory`, played from `start`: was its move on a shortest path?
 
@@ -73,6 +117,13 @@ def episode_move_marks(start: GridState, trajectory: Trajectory) -> list[bool]:
     actions = [turn.action for turn in trajectory.turns]
     marks = solver_move_marks(start, actions)
     return marks + [False] * (len(actions) - len(marks))
+
+
+def random_move_shares(start: GridState, trajectory: Trajectory) -> list[float]:
+    """For each scored turn of `trajectory`: the chance a uniformly random move would have been
+    optimal at the position the model was in. Their mean is random play's move quality at the
+    model's own positions: the reference line move quality is read against."""
+    return [optimal_share(s) for s in replay(start, [turn.action for turn in trajectory.turns])]
 
 
 @dataclass(frozen=True)
@@ -127,6 +178,13 @@ class GameSummary:
     move_quality: float | None
     optimal_moves: int
     scored_moves: int
+    move_quality_ci_low: float | None = None
+    move_quality_ci_high: float | None = None
+    """95% interval of move quality, bootstrapping whole maps (`cluster_ratio_ci`)."""
+    random_move_quality: float | None = None
+    """Random play's move quality at the same positions (`random_move_shares`)."""
+    random_pass_rate: float | None = None
+    """The uniform random policy's pass rate on the same maps, exact (`solver.random_pass_probability`)."""
     first_moves: dict[str, int] = field(default_factory=dict)
     """How often each action opened an episode ('none' = no valid action): a cheap bias check."""
 
@@ -163,6 +221,15 @@ def summarise(trajectories: Sequence[Trajectory], marks: Mapping[str, Sequence[b
     turns = sum(len(t.turns) for t in trajectories)
     tokens = sum(t.num_response_tokens for t in trajectories)
     scored = move_quality([marks[t.id] for t in trajectories if marks and t.id in marks])
+    mq_low = mq_high = None
+    if scored.moves:
+        by_map: dict[int, list[int]] = {}
+        for t in trajectories:
+            if marks and t.id in marks:
+                counts = by_map.setdefault(t.seed, [0, 0])
+                counts[0] += sum(marks[t.id])
+                counts[1] += len(marks[t.id])
+        mq_low, mq_high = cluster_ratio_ci([o for o, _ in by_map.values()], [m for _, m in by_map.values()])
     first = Counter(t.turns[0].action or "none" for t in trajectories)
     return GameSummary(
         episodes=n, passed=passed, pass_rate=passed / n, ci_low=low, ci_high=high, per_seed=per_seed,
@@ -170,6 +237,7 @@ def summarise(trajectories: Sequence[Trajectory], marks: Mapping[str, Sequence[b
         turns=turns, response_tokens=tokens, tokens_per_turn=tokens / turns, steps_per_episode=turns / n,
         end_reasons=dict(sorted(Counter(_end_reason(t) for t in trajectories).items())),
         move_quality=scored.share, optimal_moves=scored.optimal, scored_moves=scored.moves,
+        move_quality_ci_low=mq_low, move_quality_ci_high=mq_high,
         first_moves=dict(sorted(first.items())),
     )
 
