@@ -34,8 +34,27 @@ def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_meter(config: Any, ns: argparse.Namespace) -> int:
+    from oel.evaluate.gap import gap_table, run_gap
+
+    print(gap_table(run_gap(config)))
+    if config.out:
+        print(f"\nwritten: {config.out}")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     from oel.evaluate.config import EvaluateConfig
+    from oel.evaluate.gap import GapConfig
+
+    add_config_command(
+        subparsers, "meter", GapConfig, run_meter,
+        help="the exact policy meter: student vs teacher (lessons) vs control (unrelated lessons) on probe states",
+        description="Score the four bracketed moves exactly (no sampling) at every state of one shortest path per "
+                    "map, for the student (policy prompt), the teacher reading knowledge_file, and the same teacher "
+                    "reading unrelated lessons; print E[move quality], P(invalid), P(losing) and the paired gaps with "
+                    "bootstrap CIs over maps. A diagnostic: never a training signal.",
+    )
 
     add_config_command(
         subparsers, "evaluate", EvaluateConfig, run_evaluate,

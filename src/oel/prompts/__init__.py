@@ -36,6 +36,8 @@ TEACHER_TEMPLATES = ("teacher_grid_v1", "teacher_grid_after_v1", "teacher_grid_s
 KNOWLEDGE_BLOCK = "knowledge_block_v1"
 """Knowledge put in front of a prompt that no grid template made (imported logs, other tasks)."""
 RAW_TRAJECTORY_TEMPLATE = "raw_trajectory_v1"
+CONTROL_LESSONS = "control_unrelated_lessons_v1"
+"""Lessons about letters and haiku: what a teacher reads in the unrelated-lessons control."""
 
 
 @dataclass(frozen=True)
