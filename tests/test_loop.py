@@ -128,6 +128,12 @@ def test_full_loop_then_report(tiny_model, tmp_path):
         assert (run / "round_0" / stage / MARKER).is_file()
     assert results["0"]["evaluate"]["game_episodes"] == 8 and "icl_pass_rate" in results["0"]["evaluate"]
     assert "icl_pass_rate" not in results["1"]["evaluate"]  # the last model has no knowledge of its own
+    # the exact meter ran on held-out probe states in both rounds; the teacher gap only where there is knowledge
+    assert all(0 <= results[r]["evaluate"]["meter_emq"] <= 1 for r in ("0", "1"))
+    assert "gap_teacher_minus_control_ci_low" in results["0"]["evaluate"]
+    assert "gap_teacher_minus_student" not in results["1"]["evaluate"]
+    gap = json.loads((run / "round_0" / "evaluate" / "teacher_gap.json").read_text())
+    assert gap["gaps"]["teacher_minus_student"]["diff"] == pytest.approx(results["0"]["evaluate"]["gap_teacher_minus_student"])
     # M_1 is a plain HF directory the next round loaded
     from transformers import AutoModelForCausalLM
 
@@ -152,7 +158,9 @@ def test_full_loop_then_report(tiny_model, tmp_path):
         assert cells[6] == f"{100 * m['ifeval_prompt_strict']:.1f}%"
         if r == 0:
             assert cells[2].startswith(f"{100 * m['icl_pass_rate']:.1f}%")
-    for png in ("pass_rate.png", "kl_per_step.png", "tokens_per_turn.png", "ifeval.png"):
+    assert "Exact policy meter" not in text or "E[mq] - M_0" in text
+    assert "| M_1 |" in text and "teacher gap (training maps)" in text
+    for png in ("pass_rate.png", "kl_per_step.png", "tokens_per_turn.png", "ifeval.png", "meter.png", "teacher_gap.png"):
         assert (report.parent / png).stat().st_size > 1000
     # an in-context curve on round 0's store is picked up; another run is compared side by side
     from oel.evaluate.curve import CurveConfig, evaluate_curve

@@ -9,7 +9,7 @@
       round_<r>/
         collect/     extract.jsonl, train.jsonl          trajectories (extraction maps, training maps)
         extract/     store/round_<rrr>/..., knowledge_<k>.txt
-        evaluate/    evaluation.json, games_no_knowledge/, games_knowledge/, ifeval/
+        evaluate/    evaluation.json, games_no_knowledge/, games_knowledge/, ifeval/, meter.json, teacher_gap.json
         consolidate/ metrics.jsonl, checkpoints, model/  (model/ = M_{r+1}, a plain HF directory)
         <stage>/_complete.json      written last: the stage's summary, and that it is complete
 
@@ -48,6 +48,8 @@ GAMES_DIR = "games_no_knowledge"
 GAMES_KNOWLEDGE_DIR = "games_knowledge"
 IFEVAL_DIR = "ifeval"
 GAME_TRAJECTORIES = "trajectories.jsonl"
+METER_FILE = "meter.json"
+TEACHER_GAP_FILE = "teacher_gap.json"
 
 STAGES = ("collect", "extract", "evaluate", "consolidate")
 """A round's stages in the order they run; a final round only evaluates."""
@@ -133,6 +135,14 @@ class RunLayout:
     def heldout_trajectories(self, r: int, *, knowledge: bool = False) -> Path:
         """The held-out episodes M_r played in round r's evaluation (without / with knowledge)."""
         return self.stage_dir(r, "evaluate") / (GAMES_KNOWLEDGE_DIR if knowledge else GAMES_DIR) / GAME_TRAJECTORIES
+
+    def meter_file(self, r: int) -> Path:
+        """M_r's exact move probabilities at the held-out probe states (paired across rounds)."""
+        return self.stage_dir(r, "evaluate") / METER_FILE
+
+    def teacher_gap_file(self, r: int) -> Path:
+        """Round r's teacher vs student vs control, on probe states of its training maps."""
+        return self.stage_dir(r, "evaluate") / TEACHER_GAP_FILE
 
     def consolidate_metrics(self, r: int) -> Path:
         return self.stage_dir(r, "consolidate") / METRICS_FILE

@@ -51,6 +51,24 @@ class GamesConfig:
 
 
 @dataclass
+class MeterConfig:
+    """The exact policy meter in the evaluation stage (`oel.evaluate.meter`): a diagnostic, never a signal."""
+
+    enabled: bool = cfg(True, "score M_r's move probabilities exactly at the states of a shortest path of held-out maps "
+                              "(paired across rounds: the report's meter CIs against M_0)")
+    max_layouts: int = cfg(12, "distinct held-out maps probed (one shortest path each, ~4 states on FrozenLake 3x3)")
+    teacher_gap: bool = cfg(True, "loop only: before consolidating, measure the teacher (with the round's knowledge) "
+                                  "against the student and against the unrelated-lessons control, on probe states of "
+                                  "the round's TRAINING maps, and warn when the teacher is not better")
+    gap_layouts: int = cfg(8, "distinct training maps probed for the teacher gap")
+
+    def __post_init__(self) -> None:
+        for name in ("max_layouts", "gap_layouts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"meter.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
 class IFEvalConfig:
     """IF-Eval: which prompts, how long the answers may be."""
 
@@ -82,6 +100,7 @@ class EvaluateConfig:
     knowledge_file: str = cfg("", "text file of knowledge: adds a second game evaluation with it in the "
                                   "teacher prompt; '' = only the no-knowledge evaluation")
     ifeval: IFEvalConfig = cfg(help="IF-Eval settings", factory=IFEvalConfig)
+    meter: MeterConfig = cfg(help="the exact policy meter on held-out probe states (grid games)", factory=MeterConfig)
     out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
     overwrite: bool = cfg(False, "discard results in out_dir made with different settings instead of refusing")
 

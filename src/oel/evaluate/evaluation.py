@@ -23,7 +23,10 @@ from oel.evaluate.config import EvaluateConfig
 from oel.evaluate.games import GameEval, Knowledge, evaluate_games, knowledge_texts
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
 from oel.io import atomic_write_json, read_text_file
-from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR
+from oel import prompts
+from oel.envs import make_env
+from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
+from oel.provenance import load_result
 from oel.collect.backends.base import ChatBackend
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,13 @@ class Evaluation:
     games: GameEval | None
     games_knowledge: GameEval | None
     ifeval: IFEvalResult | None
+    meter: dict[str, Any] | None = None
+    """The held-out meter's summary (`MeterResult.summary()`), if it ran."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"games": self.games.to_dict() if self.games else None,
                 "games_knowledge": self.games_knowledge.to_dict() if self.games_knowledge else None,
-                "ifeval": self.ifeval.to_dict() if self.ifeval else None}
+                "ifeval": self.ifeval.to_dict() if self.ifeval else None, "meter": self.meter}
 
     def summary(self) -> dict[str, Any]:
         """Flat numbers for the loop's marker, metrics.jsonl and the report: game_*, icl_*, ifeval_*
@@ -53,15 +58,20 @@ class Evaluation:
                 out[part + "end_reasons"] = dict(games.metrics.end_reasons)
         if self.ifeval is not None:
             out.update({IFEVAL + k: getattr(self.ifeval.scores, k) for k in IFEVAL_KEYS})
+        if self.meter is not None:
+            out.update({METER + k: self.meter[k] for k in METER_KEYS})
         return out
 
 
-GAMES, IN_CONTEXT, IFEVAL = "game_", "icl_", "ifeval_"
+GAMES, IN_CONTEXT, IFEVAL, METER = "game_", "icl_", "ifeval_", "meter_"
 """The parts of an evaluation summary: held-out play without knowledge, with it, IF-Eval."""
 GAME_KEYS = ("pass_rate", "ci_low", "ci_high", "episodes", "passed", "move_quality", "move_quality_ci_low",
              "move_quality_ci_high", "random_move_quality", "random_pass_rate", "tokens_per_turn", "steps_per_episode")
 IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose",
                "prompt_strict_ci_low", "prompt_strict_ci_high", "prompts")
+
+
+METER_KEYS = ("emq", "state_blind_emq", "p_invalid", "p_losing", "coverage", "layouts", "states")
 
 
 def summary_part(summary: dict[str, Any], part: str) -> dict[str, Any]:
@@ -92,9 +102,33 @@ def evaluate(backend: ChatBackend, config: EvaluateConfig, *, knowledge: Knowled
                                             overwrite=config.overwrite)
     if config.ifeval.enabled:
         ifeval = evaluate_ifeval(backend, config.ifeval, out / IFEVAL_DIR, overwrite=config.overwrite)
-    result = Evaluation(games, with_knowledge, ifeval)
+    meter = heldout_meter(backend, config, out) if config.meter.enabled else None
+    result = Evaluation(games, with_knowledge, ifeval, meter)
     atomic_write_json(out / EVALUATION_FILE, {**result.to_dict(), "config": to_dict(config)})
     return result
+
+
+def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> dict[str, Any] | None:
+    """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
+    that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
+    from oel.envs.seeds import heldout_seeds
+    from oel.evaluate.meter import measure, policy_variant, probe_states
+
+    model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
+    if model is None or tokenizer is None or not hasattr(make_env(config.env), "solver_state"):
+        log.info("meter: skipped (needs an in-process model and a game with a solver)")
+        return None
+    key = {"model": backend.model_id, "env": to_dict(config.env), "max_layouts": config.meter.max_layouts,
+           "template": prompts.get(prompts.POLICY_TEMPLATE).record()}
+    cached = load_result(out / METER_FILE, key)
+    if cached is not None:
+        return cached["summary"]
+    states = probe_states(heldout_seeds(), config.env, max_layouts=config.meter.max_layouts)
+    result = measure(model, tokenizer, states, policy_variant(), setting=backend.model_id)
+    summary = result.summary()
+    atomic_write_json(out / METER_FILE, {"key": key, "summary": summary,
+                                         "per_state": [s.__dict__ for s in result.states]})
+    return summary
 
 
 def _pct(x: float | None) -> str:

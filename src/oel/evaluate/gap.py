@@ -35,7 +35,6 @@ from oel.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
-GAP_FILE = "teacher_gap.json"
 NO_GAP = 0.0
 """A lower CI bound at or below this: the teacher is not shown to be better (a warning says so)."""
 

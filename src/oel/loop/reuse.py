@@ -40,7 +40,7 @@ STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "collect": frozenset({"model", "env", "collect", "extract.num_trajectories"}),
     "extract": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file"}),
     "evaluate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "evaluate",
-                           "in_context_eval"}),
+                           "in_context_eval", "consolidate.teacher_model", "consolidate.teacher_template"}),
     "consolidate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "consolidate"}),
 }
 

@@ -11,14 +11,17 @@ run has) and checked once, here, where they enter the rest of the round.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from oel.config import to_dict
 from oel.errors import DataError
 from oel.io import atomic_write_text, read_text_file
 from oel.loop.config import with_fields
 from oel.loop.context import RoundContext
+from oel.provenance import texts_digest
 from oel.trajectory import read_trajectories
 
 log = logging.getLogger(__name__)
@@ -124,4 +127,47 @@ def evaluate(ctx: RoundContext) -> dict[str, Any]:
     texts = list(RoundKnowledge.load(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
     cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out))
     result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), cfg, knowledge=texts or None)
-    return result.summary()
+    summary = result.summary()
+    if texts and c.evaluate.meter.teacher_gap:
+        summary.update(round_teacher_gap(ctx, texts))
+    return summary
+
+
+GAP_PROBE_SEEDS = 64
+"""Training-map seeds scanned for the teacher gap's distinct layouts."""
+
+
+def round_teacher_gap(ctx: RoundContext, texts: list[str]) -> dict[str, Any]:
+    """Teacher (consolidation's teacher model and template, reading this round's knowledge) vs the
+    student M_r vs the same teacher reading unrelated lessons, on probe states of the round's own
+    training maps (never held-out). Logged with a plain verdict; nothing downstream reads it."""
+    from oel.envs import make_env
+    from oel.envs.seeds import round_seeds
+    from oel.evaluate.gap import teacher_gap
+    from oel.evaluate.meter import probe_states
+    from oel.io import atomic_write_json
+    from oel.models import load_model
+    from oel.provenance import load_result
+
+    c = ctx.config
+    if not hasattr(make_env(c.env), "solver_state"):
+        return {}
+    path = ctx.layout.teacher_gap_file(ctx.round)
+    key = {"student": ctx.model_id, "teacher_model": c.consolidate.teacher_model,
+           "template": c.consolidate.teacher_template, "knowledge": texts_digest(texts),
+           "layouts": c.evaluate.meter.gap_layouts, "env": to_dict(c.env)}
+    saved = load_result(path, key)
+    if saved is None:
+        teacher = ctx.model if not c.consolidate.teacher_model else load_model(
+            dataclasses.replace(c.model, name=c.consolidate.teacher_model))
+        states = probe_states(round_seeds(ctx.round, "collect", GAP_PROBE_SEEDS), c.env,
+                              max_layouts=c.evaluate.meter.gap_layouts)
+        saved = {"key": key, **teacher_gap(ctx.model, teacher, states, texts,
+                                           template=c.consolidate.teacher_template).to_dict()}
+        atomic_write_json(path, saved)
+    level = logging.WARNING if saved["verdict"].startswith("WARNING") else logging.INFO
+    log.log(level, "round %d teacher gap: %s", ctx.round, saved["verdict"])
+    out: dict[str, Any] = {"gap_teacher_emq": saved["teacher"]["emq"], "gap_student_emq": saved["student"]["emq"]}
+    for name, g in saved["gaps"].items():
+        out.update({f"gap_{name}": g["diff"], f"gap_{name}_ci_low": g["ci95"][0], f"gap_{name}_ci_high": g["ci95"][1]})
+    return out

@@ -1,0 +1,92 @@
+"""What a report shows, gathered from a run dir: stage markers, metrics, knowledge, meter and gap files."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oel.errors import DataError
+from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
+from oel.io import iter_jsonl
+from oel.layout import RunLayout
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, gathered from a run dir."""
+
+    run_dir: Path
+    rounds: list[int]
+    evaluate: dict[int, dict[str, Any]] = field(default_factory=dict)
+    evaluate_icl: dict[int, dict[str, Any]] = field(default_factory=dict)
+    collect: dict[int, dict[str, Any]] = field(default_factory=dict)
+    consolidate_steps: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    knowledge: dict[int, str] = field(default_factory=dict)
+    curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    meters: dict[int, Any] = field(default_factory=dict)
+    """Round -> M_r's `MeterResult` at the held-out probe states (evaluate/meter.json)."""
+    gaps: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Round -> the teacher gap (evaluate/teacher_gap.json)."""
+    config: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def gather(run_dir: str | os.PathLike) -> RunData:
+    layout = RunLayout(run_dir)
+    if not layout.run_dir.is_dir():
+        raise DataError(f"{layout.run_dir}: run directory not found")
+    rounds = layout.rounds()
+    if not rounds:
+        raise DataError(f"{layout.run_dir}: no round_<r> directories: is this an `oel loop` run dir?")
+    data = RunData(layout.run_dir, rounds)
+    data.config = layout.config_file.read_text() if layout.config_file.is_file() else ""
+    for r in rounds:
+        for stage, target in (("evaluate", data.evaluate), ("collect", data.collect)):
+            m = layout.marker(r, stage)
+            if m is not None:
+                target[r] = m
+        icl = {GAMES + k: v for k, v in summary_part(data.evaluate.get(r, {}), IN_CONTEXT).items()}
+        if icl:
+            data.evaluate_icl[r] = icl
+        metrics = layout.consolidate_metrics(r)
+        if metrics.is_file():
+            data.consolidate_steps[r] = [obj for _, obj in iter_jsonl(metrics)]
+        k0 = layout.knowledge_file(r, 0)
+        if k0.is_file():
+            data.knowledge[r] = k0.read_text(encoding="utf-8").strip()
+        meter = _read_json(layout.meter_file(r))
+        if meter is not None:
+            data.meters[r] = meter_result(meter, f"M_{r}")
+        gap = _read_json(layout.teacher_gap_file(r))
+        if gap is not None:
+            data.gaps[r] = gap
+        curve = layout.curve_file(r)
+        if curve.is_file():
+            try:
+                data.curves[r] = json.loads(curve.read_text())["points"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise DataError(f"{curve}: not a curve written by `oel experience curve` ({e})") from None
+    return data
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not JSON written by oel ({e})") from None
+
+
+def meter_result(saved: dict[str, Any], name: str) -> Any:
+    """A `MeterResult` back from its saved per-state scores."""
+    from oel.evaluate.meter import MeterResult, StateScore
+
+    return MeterResult(name, [StateScore(s["layout"], s["step"], s["logp"], tuple(s["optimal"]), tuple(s["invalid"]),
+                                         tuple(s["losing"])) for s in saved["per_state"]])

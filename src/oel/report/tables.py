@@ -1,0 +1,115 @@
+"""The report's tables and readable episodes (markdown), from gathered run data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from oel.io import iter_jsonl
+from oel.layout import RunLayout
+from oel.report.gather import RunData
+
+
+def meter_rows(data: RunData) -> list[dict[str, Any]]:
+    """Per round: M_r's exact E[mq] (and P(invalid)) at the held-out probe states, paired with M_0."""
+    from oel.evaluate.meter import paired_gap
+
+    if 0 not in data.meters:
+        return []
+    base = data.meters[0]
+    rows = []
+    for r in sorted(data.meters):
+        m = data.meters[r]
+        row = {"round": r, "emq": m.mean("emq"), "state_blind": m.state_blind_emq(), "p_invalid": m.mean("p_invalid"),
+               "p_losing": m.mean("p_losing")}
+        if r != 0 and m.per_layout("emq").keys() == base.per_layout("emq").keys():
+            g = paired_gap(m, base)
+            row.update(vs0=g.diff, vs0_lo=g.lo, vs0_hi=g.hi)
+        rows.append(row)
+    return rows
+
+
+def meter_table(data: RunData) -> str:
+    rows = meter_rows(data)
+    if not rows:
+        return ""
+    out = ["| model | E[mq] (exact) | state-blind E[mq] | P(invalid) | P(losing) | E[mq] - M_0 (95% CI over maps) |",
+           "|---|---|---|---|---|---|"]
+    for row in rows:
+        vs0 = (f"{100 * row['vs0']:+.1f} [{100 * row['vs0_lo']:+.1f}, {100 * row['vs0_hi']:+.1f}]"
+               if "vs0" in row else "-")
+        out.append(f"| M_{row['round']} | {100 * row['emq']:.1f}% | {100 * row['state_blind']:.1f}% | "
+                   f"{100 * row['p_invalid']:.1f}% | {100 * row['p_losing']:.1f}% | {vs0} |")
+    return "\n".join(out)
+
+
+def _fmt_rate(s: dict[str, Any] | None) -> str:
+    if not s or "game_pass_rate" not in s:
+        return "-"
+    lo, hi = s.get("game_ci_low"), s.get("game_ci_high")
+    ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else ""
+    return f"{100 * s['game_pass_rate']:.1f}%{ci}"
+
+
+def _fmt(s: dict[str, Any] | None, key: str, scale: float = 1.0, suffix: str = "") -> str:
+    return f"{scale * s[key]:.1f}{suffix}" if s and s.get(key) is not None else "-"
+
+
+def _fmt_mq(s: dict[str, Any] | None) -> str:
+    """Move quality with its interval over maps and random play's at the same positions, where recorded."""
+    if not s or s.get("game_move_quality") is None:
+        return "-"
+    text = f"{100 * s['game_move_quality']:.1f}%"
+    if s.get("game_move_quality_ci_low") is not None:
+        text += f" [{100 * s['game_move_quality_ci_low']:.1f}, {100 * s['game_move_quality_ci_high']:.1f}]"
+    if s.get("game_random_move_quality") is not None:
+        text += f" (random {100 * s['game_random_move_quality']:.1f}%)"
+    return text
+
+
+def results_table(data: RunData) -> str:
+    rows = ["| round | pass rate (95% CI) | in context | move quality | tokens/turn | steps/episode | IF-Eval prompt strict | IF-Eval inst. loose |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in data.rounds:
+        e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
+        rows.append(f"| {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt_mq(e)} | "
+                    f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'game_steps_per_episode')} | "
+                    f"{_fmt(e, 'ifeval_prompt_strict', 100, '%')} | {_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
+    return "\n".join(rows)
+
+
+def compare_table(runs: list[RunData]) -> str:
+    rows = ["| run | round | pass rate (95% CI) | in context | move quality | tokens/turn | IF-Eval prompt strict | IF-Eval inst. loose |",
+            "|---|---|---|---|---|---|---|---|"]
+    for data in runs:
+        for r in data.rounds:
+            e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
+            if e is None:
+                continue
+            rows.append(f"| {data.name} | {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt(e, 'game_move_quality', 100, '%')} | "
+                        f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'ifeval_prompt_strict', 100, '%')} | "
+                        f"{_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
+    return "\n".join(rows)
+
+
+def render_trajectory(obj: dict[str, Any]) -> str:
+    """One episode, whole: the first observation as the model saw it, then every answer and the
+    game's full reply (boards included), then the outcome."""
+    turns = obj["turns"]
+    lines = [f"map seed {obj['seed']}, {obj['model_id']}", "", turns[0]["observation"].strip(), ""]
+    for t, turn in enumerate(turns, 1):
+        lines += [f"--- turn {t}: the model answered {turn['response'].strip()!r} (move {turn['action'] or 'none'})",
+                  turn["feedback"].strip(), ""]
+    lines.append(f"outcome: {obj['outcome']}")
+    return "\n".join(lines)
+
+
+def sample_trajectory(run_dir: Path, r: int) -> str:
+    """Round r's model on the first held-out map (the same map every round, so rounds compare),
+    else its first training episode."""
+    layout = RunLayout(run_dir)
+    for path in (layout.heldout_trajectories(r), layout.train_trajectories(r)):
+        if path.is_file():
+            for _, obj in iter_jsonl(path):
+                return render_trajectory(obj)
+    return ""
