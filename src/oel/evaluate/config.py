@@ -38,6 +38,9 @@ class GamesConfig:
     sampling: SamplingParams = cfg(help="how the policy samples (its `seed` field is replaced by each sampling seed)",
                                    factory=SamplingParams)
     batch_size: int = cfg(32, "episodes in flight together; each turn is one batched backend call")
+    knowledge_template: str = cfg("teacher_grid_v1", "the prompt of in-context play (the knowledge's placement); the loop "
+                                                     "sets it to consolidate.teacher_template, so the in-context number "
+                                                     "reads the knowledge as the teacher does")
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_maps <= HELDOUT_COUNT:

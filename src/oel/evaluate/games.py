@@ -106,7 +106,7 @@ def knowledge_texts(knowledge: Knowledge) -> list[str]:
 
 def _run_key(model_id: str, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str]) -> dict[str, Any]:
     """Everything an episode's outcome depends on (batch size does not: seeds are per episode)."""
-    template = prompts.get(KNOWLEDGE_TEMPLATE if texts else NO_KNOWLEDGE_TEMPLATE)
+    template = prompts.get(cfg.knowledge_template if texts else NO_KNOWLEDGE_TEMPLATE)
     sampling = {k: v for k, v in to_dict(cfg.sampling).items() if k != "seed"}
     digest = texts_digest(texts) if texts else None
     return {"model": model_id, "env": to_dict(env_cfg), "num_maps": cfg.num_maps,
@@ -141,8 +141,9 @@ def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridStat
 def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Sequence[EpisodeJob]],
               texts: Sequence[str | None], params: SamplingParams, *, round: int, batch_size: int,
               on_finish: Callable[[Trajectory, CollectStats], None] | None = None,
-              stats: CollectStats | None = None) -> list[Trajectory]:
-    """Play the episodes of each map, map j with knowledge texts[j mod K] (None: the policy prompt).
+              stats: CollectStats | None = None, knowledge_template: str = KNOWLEDGE_TEMPLATE) -> list[Trajectory]:
+    """Play the episodes of each map, map j with knowledge texts[j mod K] (None: the policy prompt)
+    through `knowledge_template`.
 
     The one way held-out maps are played with or without knowledge: the evaluation and the
     in-context curve both come here, so their episodes are the same for the same inputs.
@@ -152,7 +153,7 @@ def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Se
         jobs = [job for j, group in enumerate(jobs_by_map) if j % len(texts) == index for job in group]
         if not jobs:
             continue
-        template = KNOWLEDGE_TEMPLATE if text is not None else NO_KNOWLEDGE_TEMPLATE
+        template = knowledge_template if text is not None else NO_KNOWLEDGE_TEMPLATE
         fields = {"knowledge": text} if text is not None else {}
         played += play_episodes(backend, lambda: make_env(env_cfg), jobs, params, template=template,
                                 prompt_fields=fields, round=round, batch_size=batch_size, on_finish=on_finish,
@@ -178,7 +179,7 @@ def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, te
         skipped += len(jobs) - len(todo)
         play_maps(backend, env_cfg, [[job] if job in todo else [] for job in jobs], list(texts) or [None],
                   replace(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
-                  on_finish=_append, stats=stats)
+                  on_finish=_append, stats=stats, knowledge_template=cfg.knowledge_template)
     return stats, skipped
 
 

@@ -63,6 +63,9 @@ class LoopConfig:
                 if getattr(getattr(self, stage), name) != getattr(default, name):
                     raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
                                       f"(set the top-level model/env/run_dir instead)")
+        if self.evaluate.games.knowledge_template != type(self.evaluate.games)().knowledge_template:
+            raise ConfigError("evaluate.games.knowledge_template: set by the loop from consolidate.teacher_template "
+                              "(in-context play reads the knowledge as the teacher does); set that instead")
 
 
 def with_fields(config: Any, **changes: Any) -> Any:

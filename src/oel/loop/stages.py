@@ -125,7 +125,8 @@ def evaluate(ctx: RoundContext) -> dict[str, Any]:
     c = ctx.config
     out = ctx.dir("evaluate")
     texts = list(RoundKnowledge.load(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
-    cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out))
+    games = with_fields(c.evaluate.games, knowledge_template=c.consolidate.teacher_template)
+    cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out), games=games)
     result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), cfg, knowledge=texts or None)
     summary = result.summary()
     if texts and c.evaluate.meter.teacher_gap:
