@@ -58,6 +58,14 @@ def read_text_file(path: str | os.PathLike, what: str, *, allow_empty: bool = Fa
     return text
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file oel wrote (a marker, a key, a result); unreadable or invalid -> DataError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a valid {what} ({e})") from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -19,13 +19,12 @@ through this module, so that a change of layout is a change of this file.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oel.errors import DataError
+from oel.io import read_json
 
 MARKER = "_complete.json"
 """A stage dir holding this file is complete; its content is the stage's summary."""
@@ -63,12 +62,7 @@ def store_round_dir(store_dir: str | os.PathLike, r: int) -> Path:
 def read_marker(stage_dir: Path) -> dict[str, Any] | None:
     """A stage's summary if it is complete, else None."""
     path = stage_dir / MARKER
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a stage marker ({e})") from None
+    return read_json(path, "stage marker") if path.is_file() else None
 
 
 @dataclass(frozen=True)

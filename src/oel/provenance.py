@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from oel.errors import ConfigError, DataError
-from oel.io import atomic_write_json
+from oel.errors import ConfigError
+from oel.io import atomic_write_json, read_json
 
 
 def plain(value: Any) -> Any:
@@ -89,10 +89,7 @@ def _at(data: Any, key: str) -> Any:
 
 
 def read_key(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from None
+    return read_json(path, "provenance key or result")
 
 
 def load_result(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:

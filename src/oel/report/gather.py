@@ -10,7 +10,7 @@ from typing import Any
 
 from oel.errors import DataError
 from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
-from oel.io import iter_jsonl
+from oel.io import iter_jsonl, read_json
 from oel.layout import RunLayout
 
 
@@ -76,12 +76,7 @@ def gather(run_dir: str | os.PathLike) -> RunData:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not JSON written by oel ({e})") from None
+    return read_json(path, "oel result file") if path.is_file() else None
 
 
 def meter_result(saved: dict[str, Any], name: str) -> Any:
