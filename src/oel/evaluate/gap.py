@@ -45,7 +45,7 @@ class GapConfig:
 
     model: ModelConfig = cfg(help="the student (policy prompt, no knowledge)", factory=ModelConfig)
     env: EnvConfig = cfg(help="the game", factory=EnvConfig)
-    seeds: Literal["train", "heldout"] = cfg("train", "where the probe maps come from: 'train' = round `round`'s training seeds (what the loop uses: never held-out), 'heldout' = the held-out maps (evaluation only)")
+    seeds: Literal["train", "collect", "heldout"] = cfg("train", "where the probe maps come from: 'train' (round `round`'s spare training block) or 'collect' (its training maps, what the loop probes): never held-out; 'heldout' = the held-out maps (evaluation only)")
     round: int = cfg(0, "seeds=train: whose round's training seed block")
     num_seeds: int = cfg(64, "seeds scanned for distinct layouts (FrozenLake 3x3/2 holes has 19 in all)")
     max_layouts: int = cfg(12, "probe at most this many distinct maps (one shortest path each)")
@@ -109,8 +109,9 @@ class TeacherGap:
 
 
 def probe_seeds(config: GapConfig) -> list[int]:
-    return round_seeds(config.round, "train", config.num_seeds) if config.seeds == "train" else heldout_seeds(
-        min(config.num_seeds, len(heldout_seeds())))
+    if config.seeds == "heldout":
+        return heldout_seeds(min(config.num_seeds, len(heldout_seeds())))
+    return round_seeds(config.round, config.seeds, config.num_seeds)
 
 
 def _by_layout(model: Any, tokenizer: Any, states: Sequence[Any], variants: Sequence[PromptVariant],
