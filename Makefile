@@ -1,5 +1,5 @@
 # The two quick-start targets (see README.md):
-#   make run   -- set up and run the short OEL loop on the default offline model, then the report
+#   make run   -- set up and run the short OEL loop on the default offline model (1.5B teacher), then the report
 #   make test  -- set up and run the test suite
 # torch is installed first, pinned to 2.13.0: on the CPU machines oel targets, pip takes a
 # local CPU wheel for that version; an unpinned torch would pull GBs of CUDA packages.
