@@ -110,6 +110,7 @@ def sample_trajectory(run_dir: Path, r: int) -> str:
     layout = RunLayout(run_dir)
     for path in (layout.heldout_trajectories(r), layout.train_trajectories(r)):
         if path.is_file():
-            for _, obj in iter_jsonl(path):
-                return render_trajectory(obj)
+            episodes = [obj for _, obj in iter_jsonl(path)]  # in finishing order: pick the lowest map seed
+            if episodes:
+                return render_trajectory(min(episodes, key=lambda o: (o["seed"], o["sample"])))
     return ""
