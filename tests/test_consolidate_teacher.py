@@ -73,3 +73,13 @@ def test_a_teacher_with_another_vocabulary_is_refused(world, tmp_path):
     with pytest.raises(ConfigError, match="teacher_model: .* another vocabulary"):
         Consolidator(_config(world, tmp_path / "run", teacher_model=str(other),
                              model=ModelConfig(name=world["random"], dtype="float32", device="cpu")))
+
+
+def test_a_teacher_template_that_cannot_hold_the_knowledge_is_refused():
+    from oel.config import load_config
+    from oel.consolidate import ConsolidateConfig
+
+    with pytest.raises(ConfigError, match="teacher_template: 'policy_grid_v1' has no {knowledge} field"):
+        load_config(ConsolidateConfig, None, ["teacher_template=policy_grid_v1"])
+    with pytest.raises(ConfigError, match="teacher_template: prompt 'nope': no such template"):
+        load_config(ConsolidateConfig, None, ["teacher_template=nope"])

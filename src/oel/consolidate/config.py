@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from oel import prompts
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
@@ -95,6 +96,13 @@ class ConsolidateConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.fsdp_mixed_precision and self.parallel != "fsdp":
             raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
+        try:
+            template_fields = prompts.get(self.teacher_template).fields
+        except ConfigError as e:
+            raise ValueError(f"teacher_template: {e}") from None
+        if "knowledge" not in template_fields:
+            raise ValueError(f"teacher_template: {self.teacher_template!r} has no {{knowledge}} field, so the teacher "
+                             f"would not read the knowledge (try one of {', '.join(prompts.TEACHER_TEMPLATES)})")
         if self.teacher_model and self.parallel == "fsdp":
             raise ValueError("teacher_model: not supported with parallel=fsdp (the other teacher would not be sharded); use ddp")
         if self.save_every < 0 or self.keep_last < 1:
