@@ -40,7 +40,7 @@ class ConsolidateConfig:
     model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher", factory=ModelConfig)
 
     teacher_model: str = cfg("", "a different FROZEN model as the teacher (a preset, .gguf or HF directory, loaded with model's dtype and device), reading the knowledge and scoring the student's samples; it must share the student's vocabulary (checked). Empty = the round-start model itself (the paper). Costs that model's weights in memory (1.5B preset in bf16: ~3.1 GiB) and its forward passes")
-    teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for collected grid-game prefixes: teacher_grid_v1 (knowledge before the observation), teacher_grid_after_v1 (after it), teacher_grid_system_v1 (in a system message), or any template of one of those forms; other prefixes get the knowledge_block_v1 block")
+    teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for collected grid-game prefixes: teacher_grid_v1 (knowledge before the observation), teacher_grid_after_v1 (after it), teacher_grid_system_v1 (in a system message), or a path to your own .txt template with {knowledge} (and {observation}, else it is a system message); other prefixes (imported logs, other tasks) get the task-neutral knowledge_block_v1 block")
     sampler: Sampler = cfg("on_policy", "on_policy: the student (no knowledge) writes the responses; off_policy: the teacher (with knowledge) does (baseline)")
     loss: LossName = cfg("topk_reverse_kl", "token loss; topk_reverse_kl is the paper's; forward_kl or sft for the off-policy baseline")
     top_k: int = cfg(256, "top_k_reverse_kl: the student's k most likely tokens (of the full-vocab softmax, no renormalisation)")
@@ -96,13 +96,7 @@ class ConsolidateConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.fsdp_mixed_precision and self.parallel != "fsdp":
             raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
-        try:
-            template_fields = prompts.get(self.teacher_template).fields
-        except ConfigError as e:
-            raise ValueError(f"teacher_template: {e}") from None
-        if "knowledge" not in template_fields:
-            raise ValueError(f"teacher_template: {self.teacher_template!r} has no {{knowledge}} field, so the teacher "
-                             f"would not read the knowledge (try one of {', '.join(prompts.TEACHER_TEMPLATES)})")
+        _check_template("teacher_template", self.teacher_template, prompts.TEACHER_ROLE)
         if self.teacher_model and self.parallel == "fsdp":
             raise ValueError("teacher_model: not supported with parallel=fsdp (the other teacher would not be sharded); use ddp")
         if self.save_every < 0 or self.keep_last < 1:
@@ -115,6 +109,15 @@ class ConsolidateConfig:
                 raise ConfigError(f"{name}: required, got an empty value")
         if need_knowledge_files and not self.knowledge:
             raise ConfigError("knowledge: give at least one knowledge text file")
+
+
+def _check_template(key: str, spec: str, role: prompts.Role) -> None:
+    """A template name or .txt file whose fields fit `role`; ValueError (the config layer names the
+    section) naming `key` and the file otherwise, so a bad template fails at start, not mid-round."""
+    try:
+        prompts.load(spec, key=key, role=role)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 def paper_gpu_preset(**overrides: Any) -> ConsolidateConfig:

@@ -16,10 +16,14 @@ Prompt. `teacher_messages(prefix, knowledge)` decides by the template the prefix
 records it was played with (`Prefix.template`), never by looking at the text:
 - played with the policy template (`prompts.POLICY_TEMPLATE`, what `oel collect` uses): the
   teacher sees the same observation through `prompts.TEACHER_TEMPLATE` with the knowledge in it;
-- anything else (imported logs, other prompts): the knowledge block (`prompts.KNOWLEDGE_BLOCK`)
-  goes at the START of the FIRST user message, everything else unchanged. The start, because
-  the game text that follows is what the answer must respond to; the first user message,
-  because in a multi-message prompt it frames the whole task.
+- anything else (imported logs, a deployment's conversations, any task that is not one of the
+  grid games): the task-neutral teacher (`prompts.TASK_TEACHER_TEMPLATE`, the knowledge block
+  `knowledge_block_v1`: "experience learned from earlier attempts at tasks like this one", no
+  game, map or move) goes at the START of the FIRST user message, everything else unchanged.
+  The start, because the text that follows is what the answer must respond to; the first user
+  message, because in a multi-message prompt it frames the whole task. A grid template cannot
+  be used there: the prefix has no game observation to put in its {observation} slot.
+Either template may be a user's `.txt` file (`prompts.get` reads it; the config checks its fields).
 """
 
 from __future__ import annotations
@@ -37,23 +41,35 @@ KNOWLEDGE_BLOCK_SEPARATOR = "\n\n"
 """Between the knowledge block and the prompt text it is put in front of."""
 
 
-def teacher_messages(prefix: Prefix, knowledge: str, template: str = prompts.TEACHER_TEMPLATE) -> list[Message]:
-    """The prefix's prompt with `knowledge` inserted (see the module docstring for the rule);
-    `template` is the teacher's (one of `prompts.TEACHER_TEMPLATES`, or any template of the same form)."""
+def teacher_messages(prefix: Prefix, knowledge: str, template: str = prompts.TEACHER_TEMPLATE,
+                     task_template: str = prompts.TASK_TEACHER_TEMPLATE) -> list[Message]:
+    """The prefix's prompt with `knowledge` inserted (see the module docstring for the rule).
+
+    `template` is the grid teacher (one of `prompts.TEACHER_TEMPLATES`, or any template of the
+    same form); `task_template` the task-neutral block for every other prefix.
+    """
     msgs = list(prefix.prompt)
-    if prefix.template == prompts.POLICY_TEMPLATE and msgs[-1].role == "user":
+    if is_grid_prefix(prefix):
         turn = prompts.turn_messages(template, prefix.observation, knowledge=knowledge)
         system = [m for m in turn if m.role == "system"]
         return system + [m for m in msgs[:-1] if m.role != "system"] + [turn[-1]]
     first = next(i for i, m in enumerate(msgs) if m.role == "user")
-    block = prompts.get(prompts.KNOWLEDGE_BLOCK).render(knowledge=knowledge) + KNOWLEDGE_BLOCK_SEPARATOR
+    block = prompts.get(task_template).render(knowledge=knowledge) + KNOWLEDGE_BLOCK_SEPARATOR
     msgs[first] = Message(role="user", content=block + msgs[first].content)
     return msgs
 
 
-def prompt_records(template: str = prompts.TEACHER_TEMPLATE) -> list[dict[str, str]]:
-    """What a run stores to identify the teacher wording it used."""
-    return [prompts.get(name).record() for name in (prompts.POLICY_TEMPLATE, template, prompts.KNOWLEDGE_BLOCK)]
+def is_grid_prefix(prefix: Prefix) -> bool:
+    """True when the grid teacher applies: the prefix was played with the grid policy template."""
+    return prefix.template == prompts.POLICY_TEMPLATE and prefix.prompt[-1].role == "user"
+
+
+def prompt_records(template: str = prompts.TEACHER_TEMPLATE,
+                   task_template: str = prompts.TASK_TEACHER_TEMPLATE) -> list[dict[str, str]]:
+    """What a run stores to identify the teacher wording it used (name + sha256, files included)."""
+    return [prompts.get(name).record() for name in (prompts.POLICY_TEMPLATE, template, task_template)]
+
+
 class Teacher:
     """The frozen teacher, as a context manager yielding something to call.
 

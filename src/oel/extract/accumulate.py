@@ -12,6 +12,9 @@ uninterrupted one would have.
 
 The raw-trajectories baseline goes through the same loop with the generation replaced by
 a compact rendering of the trajectory itself: same budget, same store, same downstream use.
+
+Which words the extractor reads (a grid game's or any task's) and which template it gets are
+decided once per round from the trajectories (`oel.extract.templates`), and recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from oel.extract.render import (
     build_extraction_prompt,
     render_raw_trajectory,
 )
+from oel.extract.templates import RecordStyle, extraction_template, round_style
 from oel.extract.store import (
     ITEM_SEPARATOR,
     ExperienceFile,
@@ -206,8 +210,11 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
         raise ConfigError("extractor: kind=extracted needs an extractor backend")
     backend_tokenizer = getattr(backend, "tokenizer", None)
     count = token_counter(backend_tokenizer if backend_tokenizer is not None else tokenizer)
-    template = prompts.get(config.prompt_name) if config.kind == "extracted" else None
-    prompt_record = template.record() if template else prompts.get("raw_trajectory_v1").record()
+    style = round_style(trajs)
+    template = extraction_template(config.prompt, config.format, style) if config.kind == "extracted" else None
+    prompt_record = template.record() if template else prompts.get(style.raw_template).record()
+    log.info("extract round %d: %s trajectories, prompt %s (sha256 %s)", config.round, style.name,
+             prompt_record["name"], prompt_record["sha256"])
     model_id = backend.model_id if (backend is not None and config.kind == "extracted") else RAW_EXTRACTOR_ID
     _prepare_round(config, trajs, _fingerprint(config, model_id, prompt_record, count.name))
 
@@ -227,7 +234,7 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
             continue
         traj = trajs[i - 1]
         t0 = time.perf_counter()
-        extractions = _extract_many(config, backend, template, [states[k] for k in pending], traj, count, i)
+        extractions = _extract_many(config, backend, template, [states[k] for k in pending], traj, count, i, style)
         per_run = (time.perf_counter() - t0) / len(pending)
         for k, ex in zip(pending, extractions):
             states[k] = accumulate_step(states[k], traj, ex, config=config, count=count,
@@ -239,14 +246,16 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
 
 
 def _extract_many(config: ExtractConfig, backend: ChatBackend | None, template: prompts.Template | None,
-                  prevs: list[ExperienceFile], traj: Trajectory, count: TokenCounter, step: int) -> list[Extraction]:
+                  prevs: list[ExperienceFile], traj: Trajectory, count: TokenCounter, step: int,
+                  style: RecordStyle) -> list[Extraction]:
     """The answers of the pending runs at `step` (a rendering of the game for the raw baseline)."""
     if config.kind == "raw_trajectories":
-        raw = render_raw_trajectory(traj, strip_response_thinking=config.strip_trajectory_thinking)
+        raw = render_raw_trajectory(traj, strip_response_thinking=config.strip_trajectory_thinking, style=style)
         return [Extraction(raw, None, 0, None) for _ in prevs]
     assert backend is not None and template is not None
     built = [build_extraction_prompt(template, p.rendered, traj, count=count, max_input_tokens=config.max_input_tokens,
-                                     strip_response_thinking=config.strip_trajectory_thinking) for p in prevs]
+                                     strip_response_thinking=config.strip_trajectory_thinking, style=style)
+             for p in prevs]
     for p in built:
         if p.truncated:
             log.warning("trajectory %s: extractor input cut from the left (%d oldest turns, %d chars) to fit "

@@ -10,9 +10,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+from oel import prompts
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.extract.store import Kind
+from oel.extract.templates import GRID_STYLE, is_auto
 from oel.extract.text import Format
 from oel.models import ModelConfig
 from oel.collect.backends.base import SamplingParams
@@ -68,7 +70,7 @@ class ExtractConfig:
     max_input_tokens: int = cfg(4096, "most tokens of the extractor prompt (chat-template wrapper excluded); over it, the trajectory is cut from the left")
     format: Format = cfg("structured", "structured: keep only '- EXPERIENCE ITEM:' lines; unstructured: keep every line")
     max_new_items: int = cfg(2, "structured: keep at most this many NEW (non-repeated) items per step (the prompt asks for 1-2); 0 = no cap")
-    prompt: str = cfg("", "extractor prompt template name; '' = extract_<format>_v1")
+    prompt: str = cfg("", "extractor prompt template: '' or auto = chosen from the trajectories (extract_<format>_v1 for oel's grid games, extract_task_<format>_v1 for any other task); a built-in name; or a path to your own .txt template with {knowledge} and {trajectory}")
     kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the budget with the newest raw games")
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")
     seed: int = cfg(0, "base seed; run k's step-i sampling seed is extraction_seed(seed, round, k, i)")
@@ -86,6 +88,8 @@ class ExtractConfig:
             raise ConfigError(f"max_new_items: must be >= 0, got {self.max_new_items}")
         if self.max_input_tokens <= self.budget_tokens:
             raise ConfigError(f"max_input_tokens: must exceed budget_tokens={self.budget_tokens} (the prompt holds the whole knowledge), got {self.max_input_tokens}")
+        if not is_auto(self.prompt):
+            prompts.load(self.prompt, key="prompt", role=prompts.EXTRACTION_ROLE)
 
     @property
     def resolved_use_step(self) -> int:
@@ -93,4 +97,6 @@ class ExtractConfig:
 
     @property
     def prompt_name(self) -> str:
-        return self.prompt or f"extract_{self.format}_v1"
+        """The template a round of grid games is extracted with (`templates.extraction_template`
+        resolves `prompt` for any round: auto picks by the trajectories)."""
+        return GRID_STYLE.prompt_for(self.format) if is_auto(self.prompt) else self.prompt

@@ -8,6 +8,9 @@ whole oldest turns first, then -- if even the newest turn is too long -- the old
 characters of what is left. The outcome summary at the end is always kept, because it
 is the one line that says how the game ended. What was cut is returned so that the step
 record can say so.
+
+The record's labels come from a `RecordStyle` (`oel.extract.templates`): a grid game's turns
+read "Game:" / "Game reply:", any other task's "Input:" / "Feedback:".
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 from oel import prompts
 from oel.errors import DataError
+from oel.extract.templates import GRID_STYLE, RecordStyle
 from oel.extract.text import TokenCounter, strip_thinking
 from oel.trajectory import Trajectory
 
@@ -24,7 +28,6 @@ EMPTY_KNOWLEDGE = "(none yet)"
 
 OMITTED_TURNS_NOTE = "[{n} earlier turn(s) omitted for length]"
 CUT_TEXT_NOTE = "[...]"
-RAW_TRAJECTORY_TEMPLATE = "raw_trajectory_v1"
 
 
 def new_part(previous: str, current: str) -> str:
@@ -56,7 +59,7 @@ def shown_observation(prev_obs: str, prev_feedback: str, prev_response: str, obs
     return "\n".join(lines).strip()
 
 
-def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool) -> list[str]:
+def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: RecordStyle = GRID_STYLE) -> list[str]:
     """One text block per turn: what the game showed (new parts only), the agent's answer, the reply."""
     blocks: list[str] = []
     prev_obs = prev_fb = prev_resp = ""
@@ -65,10 +68,10 @@ def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool) -> list[str]
         lines = [f"Turn {i}"]
         shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp, turn.observation)
         if shown:
-            lines.append(f"Game: {shown}")
+            lines.append(f"{style.observation_label}: {shown}")
         lines.append(f"Agent: {response.strip()}")
         if turn.feedback.strip():
-            lines.append(f"Game reply: {turn.feedback.strip()}")
+            lines.append(f"{style.feedback_label}: {turn.feedback.strip()}")
         blocks.append("\n".join(lines))
         prev_obs, prev_fb, prev_resp = turn.observation, turn.feedback, turn.response
     return blocks
@@ -100,6 +103,7 @@ def build_extraction_prompt(
     count: TokenCounter,
     max_input_tokens: int,
     strip_response_thinking: bool = True,
+    style: RecordStyle = GRID_STYLE,
 ) -> ExtractionPrompt:
     """Fill the template; if over `max_input_tokens`, cut the trajectory from the left only."""
     knowledge = knowledge.strip() or EMPTY_KNOWLEDGE
@@ -107,7 +111,7 @@ def build_extraction_prompt(
     def render(trajectory_text: str) -> str:
         return template.render(knowledge=knowledge, trajectory=trajectory_text)
 
-    blocks = turn_blocks(traj, strip_response_thinking=strip_response_thinking)
+    blocks = turn_blocks(traj, strip_response_thinking=strip_response_thinking, style=style)
     tail = outcome_line(traj)
     for dropped in range(len(blocks)):
         shown = blocks[dropped:]
@@ -144,7 +148,8 @@ def _cut_last_turn(render, block: str, tail: str, dropped: int, traj_id: str,
     return ExtractionPrompt(text, count(text), dropped, lo)
 
 
-def render_raw_trajectory(traj: Trajectory, *, strip_response_thinking: bool = True) -> str:
+def render_raw_trajectory(traj: Trajectory, *, strip_response_thinking: bool = True,
+                          style: RecordStyle = GRID_STYLE) -> str:
     """A compact one-game text for the raw-trajectories baseline: moves, replies, result.
 
     Observations are left out (they repeat the map every turn); the replies carry what
@@ -154,8 +159,8 @@ def render_raw_trajectory(traj: Trajectory, *, strip_response_thinking: bool = T
     moves = []
     for i, turn in enumerate(traj.turns, start=1):
         response = strip_thinking(turn.response) if strip_response_thinking else turn.response
-        moves.append(f"  move {i}: {' '.join(response.split())}")
+        moves.append(f"  {style.raw_step_label} {i}: {' '.join(response.split())}")
         # Keep the reply's line structure (a board is 2-D), without blank lines.
         moves += [f"    {line.rstrip()}" for line in turn.feedback.splitlines() if line.strip()]
-    return prompts.get(RAW_TRAJECTORY_TEMPLATE).render(
-        trajectory_id=traj.id, moves="\n".join(moves), outcome=" ".join(traj.outcome.split()))
+    return prompts.get(style.raw_template).render(
+        trajectory_id=traj.id, outcome=" ".join(traj.outcome.split()), **{style.raw_body_field: "\n".join(moves)})

@@ -10,6 +10,12 @@ A template is `src/oel/prompts/<name>.txt`, where the name carries its version
 (`policy_grid_v1`). Fields are `{placeholders}` filled by `str.format`. Runs record
 `(name, sha256[:12])` of each template they used, so a result can always be traced to the
 exact wording. To change a prompt, add a new version instead of editing one in use.
+
+Wherever a config takes a template name it also takes a user's own template: a path to a
+UTF-8 `.txt` file (`prompt=my_prompts/extract_shell.txt`). Its name is the path as given and
+its sha256 is of its content, so editing the file makes a different run. `load(spec, key=...,
+role=...)` checks a template's fields against what its use fills (`Role`) and names the
+config key and the file in a one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import string
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from oel.errors import ConfigError
 from oel.trajectory import Message
@@ -35,9 +42,17 @@ TEACHER_TEMPLATES = ("teacher_grid_v1", "teacher_grid_after_v1", "teacher_grid_s
 """The lessons' placements: before the observation, after it, in a system message."""
 KNOWLEDGE_BLOCK = "knowledge_block_v1"
 """Knowledge put in front of a prompt that no grid template made (imported logs, other tasks)."""
+TASK_TEACHER_TEMPLATE = KNOWLEDGE_BLOCK
+"""The task-neutral teacher: the knowledge block, worded for any task (no game, map or move)."""
 RAW_TRAJECTORY_TEMPLATE = "raw_trajectory_v1"
+RAW_TASK_TEMPLATE = "raw_task_v1"
+"""The raw-trajectories baseline's record of one attempt at any task (no game words)."""
 CONTROL_LESSONS = "control_unrelated_lessons_v1"
 """Lessons about letters and haiku: what a teacher reads in the unrelated-lessons control."""
+
+TEMPLATE_FILE_SUFFIX = ".txt"
+"""A template value ending in this is a user's file (a path), anything else a built-in name."""
+LITERAL_BRACE_HINT = "write {{ and }} for a literal brace"
 
 
 @dataclass(frozen=True)
@@ -64,17 +79,104 @@ class Template:
         return {"name": self.name, "sha256": self.digest}
 
 
+@dataclass(frozen=True)
+class Role:
+    """What one use of a template fills: the fields it must have and those it may have.
+
+    A template missing a required field would silently drop that input (a teacher that never
+    reads the knowledge); an unknown field would fail only at the first render, mid-run.
+    """
+
+    what: str
+    required: frozenset[str]
+    optional: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        needs = " and ".join(f"{{{f}}}" for f in sorted(self.required))
+        may = "".join(f" and may have {{{f}}}" for f in sorted(self.optional))
+        return f"{self.what} needs {needs}{may}"
+
+
+EXTRACTION_ROLE = Role("an extraction template", frozenset({"knowledge", "trajectory"}))
+TEACHER_ROLE = Role("a teacher template", frozenset({"knowledge"}), frozenset({"observation"}))
+
+
+def is_template_file(spec: str) -> bool:
+    """True when a config value names a user's template file rather than a built-in template."""
+    return spec.endswith(TEMPLATE_FILE_SUFFIX)
+
+
 def available() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files(__name__).iterdir() if p.name.endswith(".txt"))
 
 
+def get(spec: str) -> Template:
+    """A built-in template by name, or a user's template file by path (a value ending in .txt)."""
+    if is_template_file(spec):
+        return _file_template(spec)
+    return _builtin(spec)
+
+
 @cache
-def get(name: str) -> Template:
-    """Load template `name`; an unknown name lists the ones that exist."""
+def _builtin(name: str) -> Template:
+    """Load built-in template `name`; an unknown name lists the ones that exist."""
     path = resources.files(__name__) / f"{name}.txt"
     if not path.is_file():
-        raise ConfigError(f"prompt '{name}': no such template (available: {', '.join(available())})")
+        raise ConfigError(f"prompt '{name}': no such template (available: {', '.join(available())}; "
+                          f"a template file's path ends in {TEMPLATE_FILE_SUFFIX})")
     return Template(name, path.read_text(encoding="utf-8").rstrip("\n"))
+
+
+def _file_template(spec: str) -> Template:
+    """A user's template file, read at every call (a few hundred bytes), so that what a run
+    records and renders is always the file's current content."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"template file {spec}: is a directory")
+    if not path.is_file():
+        raise ConfigError(f"template file {spec}: not found")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"template file {spec}: cannot be read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")  # a BOM some editors write is not part of the prompt
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"template file {spec}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    text = text.rstrip("\n")
+    if not text.strip():
+        raise ConfigError(f"template file {spec}: is empty")
+    return Template(spec, text)
+
+
+def field_problem(template: Template, role: Role) -> str | None:
+    """What is wrong with `template`'s fields for `role`, in a few words; None when nothing is."""
+    label = repr(template.name)
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template.text) if f is not None]
+    except ValueError as e:
+        return f"{label} is not a valid template ({e}; {LITERAL_BRACE_HINT})"
+    if any(not n or n.isdigit() for n in names):
+        return f"{label} has a positional {{}} field ({role.describe()}; {LITERAL_BRACE_HINT})"
+    unknown = sorted(set(names) - role.required - role.optional)
+    if unknown:
+        return f"{label} has unknown field {{{unknown[0]}}} ({role.describe()}; {LITERAL_BRACE_HINT})"
+    missing = sorted(role.required - set(names))
+    if missing:
+        return f"{label} has no {{{missing[0]}}} field ({role.describe()})"
+    return None
+
+
+def load(spec: str, *, key: str, role: Role) -> Template:
+    """The template a config value names, its fields checked for `role`; errors name `key` and the file."""
+    try:
+        template = get(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    problem = field_problem(template, role)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+    return template
 
 
 def turn_messages(template: str, observation: str, **fields: str) -> list[Message]:
