@@ -29,8 +29,9 @@ from oel.models.loading import (
     sha256_file,
 )
 from oel.models.presets import DEFAULT_PRESET, PRESETS, Preset
+from oel.models.resolve import check_hub_reachable, local_model_dir
 
-__all__ = ["ModelConfig", "LoadedModel", "load_model", "PRESETS", "DEFAULT_PRESET"]
+__all__ = ["ModelConfig", "LoadedModel", "check_model_name", "load_model", "PRESETS", "DEFAULT_PRESET"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,22 @@ def _finish(model: Any, tok: Any, device: str) -> tuple[Any, Any]:
     return model, tok
 
 
+def check_model_name(name: str, key: str = "model.name") -> None:
+    """Refuse, in one line and before anything is written or loaded, a model name that cannot load:
+    a missing path or .gguf file, or a hub id the hub cannot serve (offline machine)."""
+    try:
+        if preset_by_name(name) is not None:
+            return
+        if name.endswith(".gguf"):
+            if not Path(name).expanduser().is_file():
+                raise ModelLoadError(f"model.name: {name}: GGUF file not found")
+            return
+        if local_model_dir(name) is None:
+            check_hub_reachable(name)
+    except ModelLoadError as e:
+        raise ModelLoadError(str(e).replace("model.name:", f"{key}:", 1)) from None
+
+
 def load_model(config: ModelConfig | str) -> LoadedModel:
     """Load `config.name` (see the module docstring for what a name can be)."""
     if isinstance(config, str):
@@ -91,13 +108,32 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
         model, tok, hf_dir, hit = _load_user_gguf(Path(config.name), config, cache_root, dtype)
         source, model_id = "gguf", config.name
     else:
-        model, tok = load_hf(config.name, dtype, trust_remote_code=config.trust_remote_code, revision=config.revision)
+        model, tok, hf_dir = _load_dir_or_hub(config, dtype)
         source, model_id = "hf", config.name
-        hf_dir = Path(config.name) if Path(config.name).is_dir() else None
     model, tok = _finish(model, tok, device)
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%s, %s, cache %s) in %.1fs", model_id, source, dtype, "hit" if hit else "miss", seconds)
     return LoadedModel(model, tok, model_id, source, hf_dir, hit, seconds)
+
+
+def _load_dir_or_hub(config: ModelConfig, dtype: Any) -> tuple[Any, Any, Path | None]:
+    """A local HF directory (never the network), or a hub id: fetched if the hub is reachable,
+    else only from the local hub cache, failing in one line when it is not there either."""
+    local = local_model_dir(config.name)
+    offline: ModelLoadError | None = None
+    if local is None:
+        try:
+            check_hub_reachable(config.name)
+        except ModelLoadError as e:
+            offline = e
+    try:
+        model, tok = load_hf(str(local or config.name), dtype, trust_remote_code=config.trust_remote_code,
+                             revision=config.revision, local_only=local is not None or offline is not None)
+    except ModelLoadError:
+        if offline is not None:
+            raise offline from None
+        raise
+    return model, tok, local
 
 
 def _load_preset(preset: Preset, config: ModelConfig, cache_root: Path, dtype: Any):
@@ -119,7 +155,7 @@ def _load_preset(preset: Preset, config: ModelConfig, cache_root: Path, dtype: A
 
 def _load_user_gguf(path: Path, config: ModelConfig, cache_root: Path, dtype: Any):
     if not path.is_file():
-        raise ModelLoadError(f"{path}: GGUF file not found")
+        raise ModelLoadError(f"model.name: {path}: GGUF file not found")
     digest = sha256_file(path)
     return gguf_cached(
         path, f"{path.stem}-{digest[:12]}", cache_root, dtype,

@@ -148,11 +148,14 @@ def load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tok
 
 
-def load_hf(path_or_id: str, dtype: torch.dtype, *, trust_remote_code: bool, revision: str | None) -> tuple[Any, Any]:
-    """A Hugging Face directory or hub id; safetensors only, remote code only if asked."""
+def load_hf(path_or_id: str, dtype: torch.dtype, *, trust_remote_code: bool, revision: str | None,
+            local_only: bool = False) -> tuple[Any, Any]:
+    """A Hugging Face directory or hub id; safetensors only, remote code only if asked;
+    `local_only`: never touch the network (a directory, or a hub id from the local hub cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision,
+                              "local_files_only": local_only}
     try:
         tok = AutoTokenizer.from_pretrained(path_or_id, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, use_safetensors=True, **kwargs)
