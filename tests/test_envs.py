@@ -71,6 +71,40 @@ def test_changed_rules_text_fails_loudly(monkeypatch: pytest.MonkeyPatch, name: 
         game(name).reset(SEED)
 
 
+LEGEND = "\nLegend: H = hole, G = goal"
+
+
+@pytest.mark.parametrize("from_call", [0, 1], ids=["at-reset", "mid-game"])
+def test_symbol_legend_in_a_game_message_fails_loudly(monkeypatch: pytest.MonkeyPatch, from_call: int) -> None:
+    """A legend added to the board text (not the rules prompt) must never reach the agent."""
+    original, calls = FrozenLakeEnv._render_board, []
+
+    def board_with_legend(self):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(self) + (LEGEND if len(calls) > from_call else "")
+
+    monkeypatch.setattr(FrozenLakeEnv, "_render_board", board_with_legend)
+    env = game("frozenlake")
+    with pytest.raises(EnvironmentTextError) as err:
+        env.reset(SEED)
+        env.step("[right]")
+    msg = str(err.value)
+    assert ("reset(seed=" if from_call == 0 else "turn 1") in msg
+    assert "textarena 0.7.4" in msg and "update" in msg and "LEGEND_PATTERNS" in msg
+
+
+def test_legend_patterns_catch_legends_and_pass_real_game_text() -> None:
+    from oel.envs.rules_guard import legend_in
+
+    for text in ("Legend: H hole", "H = hole", "'X' is a box", "goal: G", "# represents a wall", "X marks boxes",
+                 "Boxes are marked X", "O is the target"):
+        assert legend_in(text) is not None, text
+    for text in ("You moved right to position (0, 1).", "You're on safe ice. Keep going!", "Current Board:",
+                 "You attempted an invalid move. Reason: You cannot move into a wall! Please resubmit a valid move",
+                 "|  P  |     |  H  |", "# _ _ O _ #", "Available Moves: up, down, left, right"):
+        assert legend_in(text) is None, text
+
+
 def test_rules_text_check_is_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FrozenLakeGame, "rules_text", FrozenLakeGame.rules_text.replace("Hole", "Pit"))
     with pytest.raises(EnvironmentTextError):

@@ -4,8 +4,9 @@ What this layer adds on top of TextArena, and why:
 
 * Rules hidden. The game's own rules text explains every symbol; the paper replaces it with a
   generic description so the agent has to discover what H, G, X, O, # mean. We compare
-  TextArena's text VERBATIM with the copy below before replacing it: if a new TextArena words
-  it differently we raise `EnvironmentTextError` rather than leak (or half-replace) the rules.
+  TextArena's text VERBATIM with the copy below before replacing it, and check every other
+  game message for a symbol legend (`oel.envs.rules_guard`): if a new TextArena words it
+  differently we raise `EnvironmentTextError` rather than leak (or half-replace) the rules.
 * One action. TextArena acts on the FIRST bracketed move in a string; models state their
   final answer last. `parse_action` picks the answer and the game receives exactly one
   canonical move, or `NO_ACTION_TEXT` (which TextArena counts as an invalid move).
@@ -38,6 +39,7 @@ from oel.envs import EnvConfig
 from oel.envs.actions import NO_ACTION_TEXT, parse_action
 from oel.envs.base import StepResult
 from oel.envs.solver import BoxState, GridState, LakeState, distance_to_success
+from oel.envs.rules_guard import check_messages, rules_error
 from oel.errors import EnvironmentTextError
 
 log = logging.getLogger(__name__)
@@ -124,10 +126,12 @@ class TextArenaGridGame:
         with isolated_global_random():
             self.textarena_env.reset(num_players=1, seed=seed)
         self.textarena_env.state.error_allowance = self.config.invalid_moves_tolerated
-        messages = self._drain()
+        at = f"reset(seed={seed})"
+        messages = self._drain(at)
         if not messages:
-            raise EnvironmentTextError(f"{self.env_id}: TextArena produced no observation on reset(seed={seed})")
-        self._check_rules(messages[0])
+            raise EnvironmentTextError(f"{self.env_id}: TextArena produced no observation on {at}")
+        if messages[0][2] != TEXTARENA_PROMPT:
+            raise rules_error(self.env_id, type(self).__name__, at, "its first message is not the rules prompt")
         self._history = [GAME_DESCRIPTION] + [self._render(m) for m in messages[1:]]
         self.turns, self.end_reason, self._done = 0, None, False
         return self.observation()
@@ -140,7 +144,7 @@ class TextArenaGridGame:
         with isolated_global_random():
             done, _info = self.textarena_env.step(action if action is not None else NO_ACTION_TEXT)
         self.turns += 1
-        messages = self._drain()
+        messages = self._drain(f"turn {self.turns}")
         self._history.extend(self._render(m) for m in messages)
         feedback = "\n".join(self._render(m) for m in messages if m[2] != TEXTARENA_PLAYER_ACTION)
         if done:
@@ -163,20 +167,11 @@ class TextArenaGridGame:
         """The whole game so far as one text."""
         return "\n".join(self._history)
 
-    def _drain(self) -> list[Observation]:
+    def _drain(self, at: str) -> list[Observation]:
+        """The game's new messages, each checked by the rules guard before anything sees it."""
         _player, messages = self.textarena_env.get_observation()
-        for _sender, message, kind in messages:
-            if kind == TEXTARENA_PROMPT and message != self.rules_text:
-                raise EnvironmentTextError(f"{self.env_id}: unexpected rules text from TextArena mid-game; refusing to show it")
+        check_messages(self.env_id, type(self).__name__, self.rules_text, messages, TEXTARENA_PROMPT, at=at)
         return list(messages)
-
-    def _check_rules(self, first: Observation) -> None:
-        _sender, message, kind = first
-        if kind != TEXTARENA_PROMPT or message != self.rules_text:
-            raise EnvironmentTextError(
-                f"{self.env_id}: TextArena's rules text is not the one oel replaces (textarena "
-                f"{getattr(ta, '__version__', '?')}, expected 0.7.4); update {type(self).__name__}.rules_text "
-                "only after checking the new text")
 
     def _render(self, observation: Observation) -> str:
         sender, message, kind = observation
