@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,9 @@ def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: A
     return other.model
 
 
+PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+"""The one warning peft (not oel) triggers in transformers >= 5.24."""
+
 def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
     """The model to train, in place: a seeded LoRA adapter injected (peft), or every weight trainable.
 
@@ -68,7 +72,10 @@ def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
                           target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
         # peft draws the adapter's initial A matrices from torch's global RNG.
         torch.manual_seed(derive_seed(c.seed, STREAM_INIT))
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing to fix on our side.
+            warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+            model = get_peft_model(model, lora)
     else:
         model.requires_grad_(True)
         if next(model.parameters()).dtype != torch.float32:
@@ -76,7 +83,9 @@ def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
                         "(~0.4%% of a weight in bf16) are lost; set model.dtype=float32 for small learning rates",
                         next(model.parameters()).dtype)
     if c.gradient_checkpointing:
-        model.gradient_checkpointing_enable()  # non-reentrant by default in transformers 5 (DDP-safe)
+        # Non-reentrant by default in transformers 5 (DDP-safe); renamed in 5.24.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.eval()

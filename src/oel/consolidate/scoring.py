@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from oel.models.kv_cache import cache_arg
 
 Tensor = torch.Tensor
 
@@ -211,13 +212,13 @@ def response_logits_shared_head(model: Any, batch: PackedBatch, head_tokens: int
     device = head.weight.device
     cache = DynamicCache(config=getattr(model, "config", None))
     head_ids_1P = ids_BT[:1, :head_tokens].to(device)
-    backbone(input_ids=head_ids_1P, attention_mask=torch.ones_like(head_ids_1P), past_key_values=cache, use_cache=True)
+    backbone(input_ids=head_ids_1P, attention_mask=torch.ones_like(head_ids_1P), **cache_arg(cache), use_cache=True)
     cache.batch_repeat_interleave(rows)
     tail_ids_BS = ids_BT[:, head_tokens:].to(device)
     attn = attn_BT.to(device)
     positions_BS = head_tokens + torch.arange(tail_ids_BS.shape[1], device=device).expand_as(tail_ids_BS)
     out = backbone(input_ids=tail_ids_BS, attention_mask=attn, position_ids=positions_BS,
-                   past_key_values=cache, use_cache=True)
+                   **cache_arg(cache), use_cache=True)
     predicts_response_BS = resp_BT[:, head_tokens + 1:].to(device)
     return head(out.last_hidden_state[:, :-1][predicts_response_BS])
 
@@ -274,7 +275,7 @@ def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[in
     head_ids_1P = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
     cache = DynamicCache(config=getattr(lm, "config", None))
     backbone(input_ids=head_ids_1P, attention_mask=torch.ones_like(head_ids_1P),
-             past_key_values=cache, use_cache=True)
+             **cache_arg(cache), use_cache=True)
     cache.batch_repeat_interleave(len(prompts))
     tails = pack([list(p[shared:]) for p in prompts], responses, pad_id=pad_id, side="right")
     tail_attn_BS = tails.attention_mask_BT.to(device)
@@ -282,7 +283,7 @@ def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[in
                          tail_attn_BS], dim=1)
     positions_BS = shared + torch.arange(tail_attn_BS.shape[1], device=device).expand_as(tail_attn_BS)
     out = backbone(input_ids=tails.input_ids_BT.to(device), attention_mask=attn_BT, position_ids=positions_BS,
-                   past_key_values=cache, use_cache=True)
+                   **cache_arg(cache), use_cache=True)
     hidden_BSH = out.last_hidden_state
     predicts_response_BS = tails.response_mask_BT[:, 1:].to(device)
     return head(hidden_BSH[:, :-1][predicts_response_BS])

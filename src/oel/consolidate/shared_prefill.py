@@ -37,6 +37,7 @@ import torch
 
 from oel.consolidate.scoring import causal_lm_parts, pack
 from oel.collect.backends.sampling import PerRowSampler, RowSampling
+from oel.models.kv_cache import cache_arg
 
 Tensor = torch.Tensor
 
@@ -96,12 +97,12 @@ def open_prompts(model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, h
     if head_tokens:
         head_1H = ids_BP[:1, :head_tokens]
         backbone(input_ids=head_1H, attention_mask=torch.ones_like(head_1H),
-                 position_ids=torch.arange(head_tokens, device=device)[None], past_key_values=cache, use_cache=True)
+                 position_ids=torch.arange(head_tokens, device=device)[None], **cache_arg(cache), use_cache=True)
         cache.batch_repeat_interleave(len(prompts))
     rest_BS = ids_BP[:, head_tokens:]
     positions_BS = torch.arange(head_tokens, width, device=device).expand_as(rest_BS)
     out = backbone(input_ids=rest_BS, attention_mask=mask_BP, position_ids=positions_BS,
-                   past_key_values=cache, use_cache=True)
+                   **cache_arg(cache), use_cache=True)
     last_B = torch.tensor([n - 1 - head_tokens for n in lengths], device=device)
     first_hidden_BH = out.last_hidden_state[torch.arange(len(prompts), device=device), last_B]
     kv = [(layer.keys, layer.values) for layer in cache.layers]
@@ -139,7 +140,7 @@ def sample_responses(model: Any, opened: OpenedPrompts, rows: Sequence[RowSampli
                 break
             mask_BW = torch.cat([mask_BW, torch.ones_like(mask_BW[:, :1])], dim=1)
             out = backbone(input_ids=tokens_B[:, None], attention_mask=mask_BW, position_ids=next_pos_B[:, None],
-                           past_key_values=cache, use_cache=True)
+                           **cache_arg(cache), use_cache=True)
             hidden_BH = out.last_hidden_state[:, -1]
             next_pos_B = next_pos_B + 1
     return responses
@@ -167,7 +168,7 @@ def opened_response_logits(model: Any, opened: OpenedPrompts, responses: Sequenc
     ids_BR, mask_BR = padded.input_ids_BT.to(device), padded.attention_mask_BT.to(device)
     positions_BR = torch.tensor(opened.lengths, device=device)[:, None] + torch.arange(width, device=device)
     out = backbone(input_ids=ids_BR, attention_mask=torch.cat([opened.prompt_mask_BP, mask_BR], dim=1),
-                   position_ids=positions_BR, past_key_values=opened.cache(attached=True, config=getattr(model, "config", None)),
+                   position_ids=positions_BR, **cache_arg(opened.cache(attached=True, config=getattr(model, "config", None))),
                    use_cache=True)
     hidden_rows = [torch.cat([opened.first_hidden_BH[b:b + 1], out.last_hidden_state[b, :len(r)]])
                    for b, r in enumerate(inputs)]

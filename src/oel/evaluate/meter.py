@@ -41,6 +41,7 @@ from oel.envs.solver import GridState, LakeState, Status, is_optimal_move, optim
 from oel.errors import ConfigError, DataError
 from oel.evaluate.metrics import bootstrap_mean_ci
 from oel.trajectory import Message
+from oel.models.kv_cache import cache_arg, output_cache
 
 CANONICAL_MOVES: tuple[str, ...] = ("[up]", "[down]", "[left]", "[right]")
 """The four answers scored, in the solver's order."""
@@ -201,7 +202,7 @@ def _score_on_cache(model: Any, cache: Any, past: int, first_logits: torch.Tenso
     for i, a in enumerate(answers):
         rows[i, :len(a)] = torch.tensor(list(a), device=device)
     pos = torch.arange(past, past + width, device=device).unsqueeze(0).expand(n, -1)
-    logits = model(input_ids=rows, past_key_values=cache, position_ids=pos, use_cache=False).logits
+    logits = model(input_ids=rows, **cache_arg(cache), position_ids=pos, use_cache=False).logits
     lp = torch.log_softmax(logits.float(), -1)
     totals: list[float] = []
     for i, a in enumerate(answers):
@@ -247,8 +248,8 @@ def score_answers_shared(model: Any, prompts_: Sequence[Sequence[int]],
             cache.crop(lcp - len(held))  # negative: tokens to remove (transformers 5 API)
         rest = torch.tensor([ids[lcp:]], device=device)
         pos = torch.arange(lcp, len(ids), device=device).unsqueeze(0)
-        res = model(input_ids=rest, past_key_values=cache, position_ids=pos, use_cache=True)
-        cache, held = res.past_key_values, ids
+        res = model(input_ids=rest, **cache_arg(cache), position_ids=pos, use_cache=True)
+        cache, held = output_cache(res), ids
         out.append(_score_on_cache(model, copy.deepcopy(cache), len(ids), res.logits[0, -1], ans))
     return out
 

@@ -36,6 +36,7 @@ from oel.collect.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MA
                                       common_prefix_length)
 from oel.collect.backends.sampling import PerRowSampler, RowSampling, derive_seed
 from oel.trajectory import Message
+from oel.models.kv_cache import cache_arg
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class HFBackend:
         cache = self._padded_cache(batch, past, device) if self.prefix_store is not None else None
         with torch.inference_mode():
             out_BT = self.model.generate(input_ids=ids_BW.to(device), attention_mask=mask_BW.to(device),
-                                         generation_config=gen_cfg, past_key_values=cache,
+                                         generation_config=gen_cfg, **cache_arg(cache),
                                          logits_processor=LogitsProcessorList([sampler]))
         new_BT = out_BT[:, width:].cpu()
         gens = [self._finish(e, new_BT[b].tolist()) for b, e in enumerate(batch)]
@@ -254,7 +255,7 @@ class HFBackend:
         cache = DynamicCache(config=getattr(self.model, "config", None))
         ids_1H = torch.tensor([list(prompts[0][:head])], dtype=torch.long, device=device)
         with torch.inference_mode():
-            self.model(input_ids=ids_1H, attention_mask=torch.ones_like(ids_1H), past_key_values=cache,
+            self.model(input_ids=ids_1H, attention_mask=torch.ones_like(ids_1H), **cache_arg(cache),
                        use_cache=True, logits_to_keep=1)
         kv = [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers]
         self.prefix_store.add(list(prompts[0][:head]), kv, shared=True)
