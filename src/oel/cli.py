@@ -6,7 +6,8 @@ Every config-driven subcommand takes an optional YAML file and dotted overrides:
 
 Its `--help` lists every config key with type, default and meaning. Library code logs
 through `logging`; progress bars belong to the CLI. An :class:`OELError` is printed as
-one line (exit code 2), never as a traceback.
+one line (exit code 2), never as a traceback; so is an operating-system error a reader did
+not anticipate (`-v` shows its traceback).
 """
 
 from __future__ import annotations
@@ -106,9 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     except OELError as e:
         print(f"oel: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, UnicodeError) as e:
+        # A file the readers did not anticipate (a device, a full disk): still one line, and
+        # the traceback only when asked for with -v.
+        if ns.verbose:
+            raise
+        print(f"oel: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("oel: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_line(e: OSError | UnicodeError) -> str:
+    """`path: what went wrong` for an error from the operating system or a decoder."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return f"{type(e).__name__}: {e}"
 
 
 if __name__ == "__main__":

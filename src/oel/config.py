@@ -18,7 +18,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from oel.errors import ConfigError
+from oel.errors import ConfigError, DataError
+from oel.io import read_text
 
 C = TypeVar("C")
 
@@ -177,10 +178,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_text(path, "config file")
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -32,9 +32,11 @@ FILE_MODE = _default_file_mode()
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = _writable(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write here ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -47,12 +49,84 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse an output file path that cannot become a file, before anything is written.
+
+    A directory AT the path, or a file where one of its folders should be, is a one-line
+    DataError; nothing is created, so a refused command leaves nothing behind.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, expected a path for the {what}")
+    for q in p.parents:
+        if q.exists():
+            if not q.is_dir():
+                raise DataError(f"{p}: sits under {q}, which is a file; expected a path for the {what}")
+            break
+    return p
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse an output directory that is a file (or sits under one), without creating it."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                where = "is a file" if q == p else f"sits under {q}, which is a file"
+                raise DataError(f"{p}: {where}; expected the {what} to be a directory")
+            if not os.access(q, os.W_OK | os.X_OK):
+                raise DataError(f"{q}: permission denied creating the {what} {p}")
+            break
+    return p
+
+
+def _writable(path: str | os.PathLike) -> Path:
+    """`path` checked as an output file (see `check_writable_file`), its folder made."""
+    p = check_writable_file(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{p.parent}: cannot create the output directory ({e.strerror})") from None
+    return p
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of a file the user named; every way of not being one -> a one-line DataError."""
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{p}: is a directory, expected {what}") from None
+    except PermissionError:
+        raise DataError(f"{p}: permission denied reading {what}") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read {what} ({e.strerror})") from None
+
+
+def decode_text(data: bytes, path: str | os.PathLike, what: str = "file", *, first_line: int = 1) -> str:
+    """UTF-8 text (a BOM allowed); binary data or another encoding -> DataError at its line."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = first_line + data.count(b"\n", 0, nul)
+        raise DataError(f"{path}:{line}: binary data (a NUL byte), expected {what} as UTF-8 text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = first_line + data.count(b"\n", 0, e.start)
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}), expected {what} "
+                        "as UTF-8") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The whole text of a file: the one reader every file oel reads goes through."""
+    return decode_text(read_bytes(path, what), path, what)
+
+
 def read_text_file(path: str | os.PathLike, what: str, *, allow_empty: bool = False) -> str:
     """A stripped text file (a knowledge text, say); missing or empty -> DataError naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: {what} not found")
-    text = p.read_text(encoding="utf-8").strip()
+    text = read_text(path, what).strip()
     if not text and not allow_empty:
         raise DataError(f"{path}: {what} is empty")
     return text
@@ -61,9 +135,9 @@ def read_text_file(path: str | os.PathLike, what: str, *, allow_empty: bool = Fa
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """A JSON file oel wrote (a marker, a key, a result); unreadable or invalid -> DataError naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a valid {what} ({e})") from None
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not a valid {what} ({e.msg})") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -80,8 +154,7 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     One `write` of a line shorter than the pipe buffer is not split by the OS, and the
     fsync makes a completed append durable before the caller moves on.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _writable(path)
     line = json.dumps(record, ensure_ascii=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
@@ -112,22 +185,20 @@ def iter_jsonl(path: str | os.PathLike, *, complete_lines_only: bool = False) ->
     `complete_lines_only`: stop at a last line without its newline (a file another process
     may be appending to, or a torn tail) instead of parsing it.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if complete_lines_only and not line.endswith("\n"):
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    data = read_bytes(path, "JSONL file")
+    for lineno, raw in enumerate(data.splitlines(keepends=True), start=1):
+        if complete_lines_only and not raw.endswith(b"\n"):
+            break
+        line = decode_text(raw, path, "JSONL file", first_line=lineno)
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def read_jsonl(

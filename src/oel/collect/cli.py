@@ -23,7 +23,14 @@ def run_collect(config: Any, ns: argparse.Namespace) -> int:
 
     from oel.config import save_config
     from oel.collect.play import collect, summary_path
+    from oel.io import check_writable_file, read_text_file
+    from oel.models import check_model_name
 
+    check_writable_file(config.out, "trajectory file")
+    if config.knowledge_file:  # inputs before anything is written
+        read_text_file(config.knowledge_file, "knowledge file", allow_empty=True)
+    if config.backend == "hf":
+        check_model_name(config.model.name)
     for name in _CHATTY_LOGGERS:  # one INFO line per HTTP request would bury the progress bar
         logging.getLogger(name).setLevel(logging.WARNING)
     out_cfg = summary_path(config.out).with_name(summary_path(config.out).name.replace(".summary.json", ".config.yaml"))
@@ -61,8 +68,10 @@ def run_serve(config: Any, ns: argparse.Namespace) -> int:
 
 
 def run_import_logs(ns: argparse.Namespace) -> int:
+    from oel.io import check_writable_file
     from oel.trajectory import import_openai_messages, write_trajectories
 
+    check_writable_file(ns.output, "trajectory file")
     trajs = import_openai_messages(ns.input, env_id=ns.env_id, model_id=ns.model_id)
     write_trajectories(ns.output, trajs)
     print(f"imported {len(trajs)} trajectories ({sum(len(t.turns) for t in trajs)} turns) -> {ns.output}")
@@ -83,7 +92,10 @@ def register(subparsers: Any) -> None:
         subparsers, "serve", ServeConfig, run_serve,
         help="serve a model over an OpenAI-compatible /v1/chat/completions endpoint",
         description="A small OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions) over the "
-                    "in-process HF backend; concurrent requests are generated in batches.",
+                    "in-process HF backend; concurrent requests are generated in batches. Clients send "
+                    "`Authorization: Bearer <key>` with a key from api_keys, api_keys_file or $OEL_API_KEYS "
+                    "(`key` or `client:key` entries); without any key only a loopback host is served. "
+                    "Bodies, max_tokens, the queue and open connections are bounded (HTTP 413/400/503).",
     )
     p = subparsers.add_parser(
         "import-logs", help="convert OpenAI-style {\"messages\": [...]} JSONL chat logs into trajectory JSONL",

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from oel.errors import TrainingError
+from oel.io import read_json
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{6})$")
 STATE_FILE = "trainer_state.json"
@@ -176,7 +177,7 @@ def prune(root: str | os.PathLike, keep_last: int) -> None:
 
 def read_state(path: Path) -> dict[str, Any]:
     """`trainer_state.json` of a checkpoint: {"step": int, "config": resolved config dict}."""
-    return json.loads((path / STATE_FILE).read_text())
+    return read_json(path / STATE_FILE, "trainer state")
 
 
 def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> int:

@@ -55,6 +55,8 @@ from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tai
 from oel.layout import METRICS_FILE, MODEL_DIR
 from oel.memory import peak_rss_mib
 from oel.provenance import refuse_if_different
+from oel.io import check_writable_dir
+from oel.models import check_model_name
 from oel.trajectory import Prefix, prefixes, read_trajectories
 
 __all__ = ["LOSSES", "ConsolidateResult", "Consolidator", "consolidate", "read_knowledge"]
@@ -91,8 +93,12 @@ class Consolidator:
         `knowledge_texts`: the K knowledge texts as strings, instead of config.knowledge's files."""
         config.check_inputs(need_knowledge_files=knowledge_texts is None)
         self.config = config
-        self.out = Path(config.output_dir)
-        # Inputs first: a bad file fails before any model is loaded.
+        # Inputs (and where the output goes) first: a bad path fails before any model is loaded.
+        self.out = check_writable_dir(config.output_dir, "consolidation output_dir")
+        if loaded is None:
+            check_model_name(config.model.name)
+        if config.teacher_model:
+            check_model_name(config.teacher_model, "teacher_model")
         round_prefixes: list[Prefix] = prefixes(read_trajectories(config.trajectories))
         knowledge = load_knowledge(config.knowledge, knowledge_texts)
         if config.num_threads:

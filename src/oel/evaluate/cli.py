@@ -24,11 +24,17 @@ def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
     from oel.evaluate.evaluation import evaluate, evaluation_table
     from oel.layout import EVALUATION_FILE
     from oel.collect.backends.hf import HFBackend
+    from oel.evaluate.evaluation import read_knowledge_file
+    from oel.io import check_writable_dir
+    from oel.models import check_model_name
 
-    out = Path(config.out_dir)
+    # Inputs and the output folder first: a bad path fails before the model loads.
+    out = check_writable_dir(config.out_dir, "evaluation out_dir")
+    knowledge = read_knowledge_file(config.knowledge_file) if config.knowledge_file else None
+    check_model_name(config.model.name)
     save_config(config, out / "evaluate.config.yaml")
     backend = HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
-    result = evaluate(backend, config)
+    result = evaluate(backend, config, knowledge=knowledge)
     print(evaluation_table(result))
     print(f"\nwritten: {out / EVALUATION_FILE}")
     return 0
@@ -36,7 +42,10 @@ def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
 
 def run_meter(config: Any, ns: argparse.Namespace) -> int:
     from oel.evaluate.gap import gap_table, run_gap
+    from oel.io import check_writable_file
 
+    if config.out:
+        check_writable_file(config.out, "meter result")
     print(gap_table(run_gap(config)))
     if config.out:
         print(f"\nwritten: {config.out}")

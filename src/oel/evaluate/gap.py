@@ -148,12 +148,15 @@ def teacher_gap(student: Any, teacher: Any, states: Sequence[Any], knowledge: Se
 
 def run_gap(config: GapConfig) -> TeacherGap:
     """`oel meter`: load the models, build the probe states, measure, write `out`."""
-    from oel.models import load_model
+    from oel.models import check_model_name, load_model
 
     reads = "knowledge" in prompts.get(config.teacher_template).fields
     if reads and not config.knowledge_file:
         raise ConfigError(f"knowledge_file: required (the lessons the teacher reads with {config.teacher_template})")
     knowledge = [read_text_file(config.knowledge_file, "knowledge_file")] if reads else []
+    check_model_name(config.model.name)
+    if config.teacher_model:
+        check_model_name(config.teacher_model, "teacher_model")
     student = load_model(config.model)
     teacher = student if not config.teacher_model else load_model(
         dataclasses.replace(config.model, name=config.teacher_model))

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from oel.errors import DataError
+from oel.io import read_text
 
 IFEVAL_PACKAGE = "eval_framework.tasks.ifeval"
 IFEVAL_DATA = ("tasks", "ifeval", "data", "input_data.jsonl")
@@ -108,7 +109,7 @@ def load_prompts() -> list[IFEvalPrompt]:
     """All IF-Eval prompts, in file order; a malformed line is reported as `file:line: why`."""
     path = data_file()
     out: list[IFEvalPrompt] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "IF-Eval prompt file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

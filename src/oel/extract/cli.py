@@ -16,6 +16,8 @@ from typing import Any
 
 from oel.cli import add_config_command
 from oel.config import save_config
+from oel.io import check_writable_dir
+from oel.models import check_model_name
 from oel.errors import ConfigError, DataError
 from oel.extract.config import ExtractConfig
 from oel.evaluate.curve import CurveConfig, CurvePoint, curve_table, evaluate_curve
@@ -45,7 +47,10 @@ def _progress() -> Any:
 def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
     if not config.trajectories:
         raise ConfigError("trajectories: required (path to a trajectory JSONL from `oel collect`)")
+    check_writable_dir(config.out_dir, "experience store out_dir")
     trajs = read_trajectories(config.trajectories)
+    if config.extractor.backend == "hf":
+        check_model_name(config.extractor.model.name, "extractor.model.name")
     # The raw baseline generates nothing, but counts its budget with the same tokenizer.
     backend = make_extractor(config.extractor)
     done_before = sum(max(0, (completed_steps(config.out_dir, config.round, k) or [0])[-1])
@@ -123,6 +128,11 @@ def cmd_diff(ns: argparse.Namespace) -> int:
 
 
 def run_curve(config: CurveConfig, ns: argparse.Namespace) -> int:
+    # The store and where the curve goes, before the policy model loads.
+    check_writable_dir(config.resolved_out_dir(), "curve out_dir")
+    read_manifest(config.store, config.round)
+    if config.policy.backend == "hf":
+        check_model_name(config.policy.model.name, "policy.model.name")
     backend = make_extractor(config.policy)
     tok = getattr(backend, "tokenizer", None)
     count = (lambda t: len(tok.encode(t, add_special_tokens=False))) if tok is not None else None

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from oel.errors import DataError
 from oel.extract.text import Format, normalize_item
 from oel.layout import store_round_dir
-from oel.io import atomic_write_json, atomic_write_text
+from oel.io import atomic_write_json, atomic_write_text, read_text
 
 SCHEMA_VERSION = 1
 Kind = Literal["extracted", "raw_trajectories"]
@@ -149,10 +149,8 @@ def _validation_message(e: ValidationError, data: Any) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, "JSON file"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
 

@@ -18,7 +18,7 @@ import yaml
 
 from oel.config import to_dict
 from oel.errors import ConfigError
-from oel.io import iter_jsonl
+from oel.io import iter_jsonl, read_text
 from oel.layout import MARKER, RunLayout
 from oel.loop.config import LoopConfig
 from oel.provenance import diff_keys, select
@@ -74,7 +74,7 @@ class ReuseSource:
             raise ConfigError(f"reuse_from: {layout.run_dir} has no {path.name}, so it is not a run dir of `oel loop`")
         if layout.run_dir.resolve() == Path(config.run_dir).resolve():
             raise ConfigError(f"reuse_from: {layout.run_dir} is this run's own run_dir")
-        return cls(layout, yaml.safe_load(path.read_text()) or {})
+        return cls(layout, yaml.safe_load(read_text(path, "run config")) or {})
 
     def reusable(self, config: LoopConfig, r: int, stage: str) -> Path | None:
         """The source's stage dir if it is complete and computed from the same inputs, else None."""

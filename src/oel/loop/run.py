@@ -31,7 +31,8 @@ import yaml
 
 from oel.config import save_config, to_dict
 from oel.errors import ConfigError
-from oel.io import atomic_write_json
+from oel.models import check_model_name
+from oel.io import atomic_write_json, check_writable_dir, read_text, read_text_file
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
 from oel.loop.config import LoopConfig
@@ -54,13 +55,26 @@ def stages_for_round(config: LoopConfig, r: int) -> list[tuple[str, StageFn]]:
             ("consolidate", stages.consolidate)]
 
 
+def check_inputs(config: LoopConfig) -> None:
+    """The files the user names, and the run dir, checked before anything is written or loaded."""
+    check_writable_dir(config.run_dir, "run_dir")
+    if config.knowledge_file:
+        read_text_file(config.knowledge_file, "knowledge_file")
+    models = [("model.name", config.model.name), ("consolidate.teacher_model", config.consolidate.teacher_model)]
+    if config.extractor == "config" and config.extract.extractor.backend == "hf":
+        models.append(("extract.extractor.model.name", config.extract.extractor.model.name))
+    for key, name in models:
+        if name:
+            check_model_name(name, key)
+
+
 def prepare_run_dir(config: LoopConfig) -> None:
     """Write the resolved config, or check it against the one a previous run wrote."""
     layout = RunLayout(config.run_dir)
     path = layout.config_file
     resolved = to_dict(config)
     if path.is_file():
-        saved = yaml.safe_load(path.read_text()) or {}
+        saved = yaml.safe_load(read_text(path, "run config")) or {}
         differing = [k for k in diff_keys(saved, resolved) if k.split(".")[0] not in RESUME_MAY_CHANGE]
         if differing and not config.force:
             raise ConfigError(f"{path}: this run dir was made with a different config ({', '.join(differing)}); "
@@ -101,6 +115,7 @@ def _run_stage(ctx: RoundContext, name: str, fn: StageFn, reuse: ReuseSource | N
 
 def run_loop(config: LoopConfig, *, on_event: EventFn | None = None) -> dict[str, Any]:
     """Run (or resume) every round; return {round: {stage: summary}}."""
+    check_inputs(config)
     reuse = ReuseSource.open(config)
     prepare_run_dir(config)
     metrics = MetricsLog(config)

@@ -10,7 +10,7 @@ from typing import Any
 
 from oel.errors import DataError
 from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
-from oel.io import iter_jsonl, read_json
+from oel.io import iter_jsonl, read_json, read_text
 from oel.layout import RunLayout
 
 
@@ -40,12 +40,13 @@ class RunData:
 def gather(run_dir: str | os.PathLike) -> RunData:
     layout = RunLayout(run_dir)
     if not layout.run_dir.is_dir():
-        raise DataError(f"{layout.run_dir}: run directory not found")
+        what = "is a file" if layout.run_dir.exists() else "not found"
+        raise DataError(f"{layout.run_dir}: {what}; expected the run directory of an `oel loop` run")
     rounds = layout.rounds()
     if not rounds:
         raise DataError(f"{layout.run_dir}: no round_<r> directories: is this an `oel loop` run dir?")
     data = RunData(layout.run_dir, rounds)
-    data.config = layout.config_file.read_text() if layout.config_file.is_file() else ""
+    data.config = read_text(layout.config_file, "run config") if layout.config_file.is_file() else ""
     for r in rounds:
         for stage, target in (("evaluate", data.evaluate), ("collect", data.collect)):
             m = layout.marker(r, stage)
@@ -59,7 +60,7 @@ def gather(run_dir: str | os.PathLike) -> RunData:
             data.consolidate_steps[r] = [obj for _, obj in iter_jsonl(metrics)]
         k0 = layout.knowledge_file(r, 0)
         if k0.is_file():
-            data.knowledge[r] = k0.read_text(encoding="utf-8").strip()
+            data.knowledge[r] = read_text(k0, "knowledge file").strip()
         meter = _read_json(layout.meter_file(r))
         if meter is not None:
             data.meters[r] = meter_result(meter, f"M_{r}")
@@ -69,7 +70,7 @@ def gather(run_dir: str | os.PathLike) -> RunData:
         curve = layout.curve_file(r)
         if curve.is_file():
             try:
-                data.curves[r] = json.loads(curve.read_text())["points"]
+                data.curves[r] = json.loads(read_text(curve, "curve file"))["points"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise DataError(f"{curve}: not a curve written by `oel experience curve` ({e})") from None
     return data
