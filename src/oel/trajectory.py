@@ -82,7 +82,8 @@ class Trajectory(BaseModel):
     outcome: str = Field(description="textual outcome summary (success/failure and why)")
     passed: bool = Field(description="evaluation only; never a training signal")
     reward: float | None = None
-    source: Literal["collect", "import"] = "collect"
+    source: Literal["collect", "import", "online"] = "collect"
+    """collect: played by `oel collect`; import: `oel import-logs`; online: recorded by the gateway."""
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @property
