@@ -214,7 +214,7 @@ def test_build_trajectory_is_a_valid_trajectory() -> None:
     b = Exchange((*a.tail, user("fb")), "r2", model_id="v2", prompt_tokens=5, response_tokens=2)
     traj = build_trajectory([a, b], trajectory_id="online-1", outcome="solved", seed=1, meta={"client": "c"})
     assert parse_trajectory(traj.model_dump(mode="json")) == traj
-    assert (traj.source, traj.passed, traj.model_id, traj.env_id) == ("import", False, "unknown", "online")
+    assert (traj.source, traj.passed, traj.model_id, traj.env_id) == ("online", False, "unknown", "online")
     assert traj.meta["online"] == {"client": "c", "passed_reported": False, "model_ids": ["unknown", "v2"],
                                    "exchanges": 2, "turns_on_path": 2}
     assert traj.turns[1].response_tokens == 2

@@ -33,8 +33,8 @@ from oel.trajectory import Message, Trajectory, Turn, check_prompt_roles
 
 ONLINE_ENV_ID = "online"
 """env_id of a trajectory stitched from a session that named no task."""
-STITCHED_SOURCE = "import"
-"""The Trajectory.source of stitched trajectories (the schema has no "online" literal yet)."""
+STITCHED_SOURCE = "online"
+"""The Trajectory.source of trajectories the gateway stitched from exchanges."""
 
 
 @dataclass(frozen=True)
