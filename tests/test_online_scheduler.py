@@ -1,0 +1,215 @@
+"""The online scheduler on a tiny random model: a round publishes, a failing round does not, the gate,
+rollback, kill -9 mid-consolidation + restart, and the `oel online` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from oel import prompts
+from oel.collect.backends.tiny import save_tiny_chat_model
+from oel.config import load_config
+from oel.errors import ConfigError
+from oel.online.config import OnlineConfig
+from oel.online.scheduler import Scheduler
+from oel.online.store import Store
+from oel.online.versions import Versions
+from oel.trajectory import Message, Trajectory, Turn, read_trajectories
+
+OBSERVATIONS = ["Turn 1\nP . .\n. H .\n. . G", "Turn 2\n. P .\n. H .\n. . G"]
+KILL_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", seed=5)
+
+
+def _trajectory(i: int) -> Trajectory:
+    turns = [Turn(prompt=[Message(role="user", content=prompts.get("policy_grid_v1").render(observation=o))],
+                  observation=o, response="[right]") for o in OBSERVATIONS]
+    return Trajectory(id=f"t{i}", env_id="tiny", seed=i, model_id="tiny", turns=turns, outcome="failure", passed=False)
+
+
+def _fill(store_path: Path, n: int, start: int = 0) -> None:
+    with Store.open(store_path) as store:
+        for i in range(start, start + n):
+            store.add_trajectory("client", _trajectory(i), idempotency_key=f"k{i}")
+
+
+def overrides(tiny: str, root: Path, *extra: str) -> list[str]:
+    """One small round: raw-trajectory extraction (no generation), 2 consolidation steps."""
+    return [f"store={root / 'store.sqlite'}", f"run_dir={root / 'run'}", f"versions.dir={root / 'versions'}",
+            f"model.name={tiny}", "model.dtype=float32", "model.device=cpu", "min_trajectories=2", "poll_s=0.01",
+            "max_rounds=1", "extract.kind=raw_trajectories", "extract.num_runs=1", "extract.budget_tokens=3000",
+            "consolidate.steps=2", "consolidate.batch_size=2", "consolidate.micro_batch_size=1",
+            "consolidate.max_new_tokens=3", "consolidate.top_k=16", "consolidate.save_every=1", *extra]
+
+
+def _config(tiny: str, root: Path, *extra: str) -> OnlineConfig:
+    return load_config(OnlineConfig, None, overrides(tiny, root, *extra))
+
+
+def _weights(model_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def _rows(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_not_enough_trajectories_runs_nothing(tiny_model, tmp_path, one_thread):
+    _fill(tmp_path / "store.sqlite", 1)
+    scheduler = Scheduler(_config(tiny_model, tmp_path))
+    assert scheduler.run_round() is None
+    assert Versions(tmp_path / "versions").current().version == 0
+
+
+def test_a_round_publishes_v1_and_current_moves_to_it(tiny_model, tmp_path, one_thread):
+    _fill(tmp_path / "store.sqlite", 3)
+    scheduler = Scheduler(_config(tiny_model, tmp_path))
+    outcome = scheduler.run_round()
+    assert outcome is not None and (outcome.status, outcome.version, outcome.trajectories) == ("published", 1, 3)
+    current = json.loads((tmp_path / "versions" / "current.json").read_text())
+    assert current["version"] == 1 and Path(current["model_dir"]).is_absolute()
+    new, base = _weights(current["model_dir"]), _weights(tiny_model)
+    assert any(not torch.equal(new[k], base[k]) for k in base if k in new)
+    assert (tmp_path / "versions" / "v0001" / "_complete.json").is_file()
+    assert len(read_trajectories(tmp_path / "run" / "round_0" / "trajectories.jsonl")) == 3
+    assert scheduler.store.stats()["rounds_done"] == 1
+    row = _rows(tmp_path)[-1]
+    assert row["stage"] == "round" and row["status"] == "published" and row["version"] == 1
+    assert row["seconds_consolidate"] > 0 and row["trajectories"] == 3
+    saved = json.loads((tmp_path / "versions" / "v0001" / "version.json").read_text())
+    assert saved["round"] == 0 and saved["parent"] == 0 and "consolidate_loss" in saved["metrics"]
+    # the next round starts from v1
+    _fill(tmp_path / "store.sqlite", 2, start=3)
+    assert scheduler.run_round().version == 2
+    assert json.loads((tmp_path / "versions" / "v0002" / "version.json").read_text())["parent"] == 1
+    scheduler.close()
+
+
+def test_a_non_finite_loss_publishes_nothing_and_fails_the_round(tiny_model, tmp_path, one_thread, monkeypatch):
+    from oel.consolidate import trainer
+
+    real = trainer.LOSSES["topk_reverse_kl"]
+    monkeypatch.setitem(trainer.LOSSES, "topk_reverse_kl", lambda *a: (real(*a)[0] * float("nan"), real(*a)[1]))
+    _fill(tmp_path / "store.sqlite", 2)
+    scheduler = Scheduler(_config(tiny_model, tmp_path))
+    outcome = scheduler.run_round()
+    assert outcome.status == "failed" and "non-finite loss" in outcome.error and outcome.version is None
+    assert Versions(tmp_path / "versions").current().version == 0
+    assert [v.version for v in Versions(tmp_path / "versions").list()] == [0]
+    stats = scheduler.store.stats()
+    assert stats["rounds_failed"] == 1 and stats["trajectories_unconsumed"] == 2  # back in the pool
+    assert "non-finite loss" in _rows(tmp_path)[-1]["error"]
+
+
+def test_a_gate_that_cannot_be_met_keeps_current(tiny_model, tmp_path, one_thread):
+    _fill(tmp_path / "store.sqlite", 2)
+    scheduler = Scheduler(_config(tiny_model, tmp_path, "gate.check=meter", "gate.tolerance=-2",
+                                  "evaluate.meter.max_layouts=1"))
+    outcome = scheduler.run_round()
+    assert outcome.status == "refused" and outcome.version is None
+    assert outcome.verdict["passed"] is False and outcome.verdict["metric"] == "meter_emq"
+    assert Versions(tmp_path / "versions").current().version == 0
+    assert scheduler.store.stats()["rounds_done"] == 1
+    assert _rows(tmp_path)[-1]["verdict"]["passed"] is False
+
+
+def test_the_gate_needs_its_evaluation_part(tiny_model, tmp_path):
+    with pytest.raises(ConfigError, match="gate.check: games needs evaluate.games.enabled=true"):
+        _config(tiny_model, tmp_path, "gate.check=games", "evaluate.games.enabled=false")
+
+
+def _scheduler_process(tiny: str, root: Path, *extra: str) -> subprocess.Popen:
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr); "
+            "import torch; torch.set_num_threads(1); "
+            "from oel.config import load_config; from oel.online.config import OnlineConfig; "
+            "from oel.online.scheduler import Scheduler; "
+            f"Scheduler(load_config(OnlineConfig, None, {overrides(tiny, root, *extra)!r})).run_forever()")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_mid_consolidation_then_restart_resumes_the_same_round(tiny_model, tmp_path):
+    _fill(tmp_path / "store.sqlite", 3)
+    slow = "consolidate.steps=6"
+    proc = _scheduler_process(tiny_model, tmp_path, slow)
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    checkpoints = tmp_path / "run" / "round_0" / "consolidate" / "checkpoints"
+    seen = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        seen.append(line)
+        if "consolidate started" in line or time.monotonic() > deadline:
+            break
+    while not (checkpoints.is_dir() and any(checkpoints.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any("consolidate started" in line for line in seen), "".join(seen[-20:])
+    assert not (tmp_path / "versions" / "v0001").exists()
+    assert json.loads((tmp_path / "versions" / "current.json").read_text())["version"] == 0
+
+    _fill(tmp_path / "store.sqlite", 2, start=3)  # new data must not join the resumed round
+    restarted = _scheduler_process(tiny_model, tmp_path, slow)
+    _, err = restarted.communicate(timeout=KILL_TIMEOUT_S)
+    assert restarted.returncode == 0, err[-3000:]
+    assert "round 0: 3 trajectories (resumed)" in err and "round 0: extract already complete, skipped" in err
+    versions = Versions(tmp_path / "versions")
+    assert [v.version for v in versions.list()] == [0, 1] and versions.get(1).round == 0
+    assert versions.current().version == 1
+    with Store.open(tmp_path / "store.sqlite") as store:
+        stats = store.stats()
+        assert (stats["rounds_done"], stats["rounds_started"], stats["trajectories_unconsumed"]) == (1, 0, 2)
+        state = json.loads((tmp_path / "run" / "round_0" / "round.json").read_text())
+        assert list(store.round(0).trajectory_ids) == state["trajectory_ids"] and len(state["trajectory_ids"]) == 3
+    rounds = [r for r in _rows(tmp_path) if r["stage"] == "round"]
+    assert [(r["round"], r["status"], r["resumed"]) for r in rounds] == [(0, "published", True)]
+
+
+# ---- the CLI --------------------------------------------------------------------------------
+
+def _cli(argv: list[str]) -> int:
+    from oel.online.cli import register
+
+    parser = argparse.ArgumentParser(prog="oel")
+    register(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    return int(ns.func(ns) or 0)
+
+
+def test_cli_run_versions_rollback_export_status(tiny_model, tmp_path, one_thread, capsys):
+    _fill(tmp_path / "store.sqlite", 2)
+    assert _cli(["online", "run", *overrides(tiny_model, tmp_path)]) == 0
+    assert _cli(["online", "versions", str(tmp_path / "versions")]) == 0
+    out = capsys.readouterr().out
+    assert "v0001" in out and "* " in out
+    assert _cli(["online", "rollback", str(tmp_path / "versions"), "0"]) == 0
+    assert Versions(tmp_path / "versions").current().version == 0
+    assert Versions(tmp_path / "versions").history()[-1]["event"] == "rollback"
+    assert _cli(["online", "export", str(tmp_path / "store.sqlite"), str(tmp_path / "all.jsonl"), "--round", "0"]) == 0
+    assert len(read_trajectories(tmp_path / "all.jsonl")) == 2
+    capsys.readouterr()
+    assert _cli(["online", "status", *overrides(tiny_model, tmp_path)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["current"]["version"] == 0 and status["versions"] == [0, 1]
+    assert status["last_round"]["status"] == "published" and status["store"]["rounds_done"] == 1
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from oel.errors import DataError
+
+    with pytest.raises(DataError, match="version 3 does not exist"):
+        _cli(["online", "rollback", str(tmp_path / "versions"), "3"])
