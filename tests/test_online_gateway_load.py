@@ -1,0 +1,45 @@
+"""A bounded loopback load test: 400 trajectories, 16 clients, the gateway SIGKILLed and restarted mid-way.
+
+The gateway is a child process (`python -m oel.online.gateway_cli`) on a real store file;
+clients retry with their idempotency keys until acknowledged. Afterwards every acknowledged
+trajectory is in the store exactly once. benchmarks/gateway_load.py runs the acceptance size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from oel.online.loadgen import (
+    GatewayProcess,
+    LoadResult,
+    free_port,
+    kill_and_restart_when,
+    run_load,
+    verify,
+)
+
+KEY = "load-test-key-0123456789"
+TRAJECTORIES = 400
+CLIENTS = 16
+KILL_AT = TRAJECTORIES // 3
+TIMEOUT_S = 50.0
+
+
+def test_kill9_mid_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store.sqlite"
+    port = free_port()
+    gateway = GatewayProcess(store, port, KEY, log_path=tmp_path / "gateway.log")
+    gateway.start()
+    result, events = LoadResult(), []
+    try:
+        killer = kill_and_restart_when(gateway, result, KILL_AT, events)
+        run_load("127.0.0.1", port, KEY, trajectories=TRAJECTORIES, clients=CLIENTS, timeout_s=TIMEOUT_S, result=result)
+        killer.join(timeout=TIMEOUT_S)
+    finally:
+        gateway.stop()
+    assert gateway.starts == 2 and len(events) == 2, events
+    assert not result.failed and len(result.acked) == TRAJECTORIES
+    assert set(result.statuses) <= {"200", "201", "ConnectionRefusedError", "ConnectionResetError",
+                                    "RemoteDisconnected", "BrokenPipeError", "TimeoutError"}, result.statuses
+    check = verify(store, result)
+    assert check["exactly_once"] and check["stored_rows"] == TRAJECTORIES, check
