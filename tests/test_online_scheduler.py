@@ -213,3 +213,34 @@ def test_cli_errors_are_one_line(tmp_path):
 
     with pytest.raises(DataError, match="version 3 does not exist"):
         _cli(["online", "rollback", str(tmp_path / "versions"), "3"])
+
+
+def test_version_retention_and_deleting_conversations_after_the_round(tiny_model, tmp_path, one_thread):
+    scheduler = Scheduler(_config(tiny_model, tmp_path, "versions.keep_last=1", "retention=delete_after_consolidation"))
+    for r in range(2):
+        _fill(tmp_path / "store.sqlite", 2, start=2 * r)
+        assert scheduler.run_round().status == "published"
+        assert not (tmp_path / "run" / f"round_{r}" / "trajectories.jsonl").exists()
+    assert [v.version for v in scheduler.versions.list()] == [0, 2]
+    assert scheduler.store.stats()["trajectories_deleted"] == 4
+    scheduler.close()
+
+
+def test_every_minutes_runs_a_round_on_fewer_than_n(tiny_model, tmp_path, one_thread):
+    now = [1000.0]
+    _fill(tmp_path / "store.sqlite", 1)
+    scheduler = Scheduler(_config(tiny_model, tmp_path, "min_trajectories=5", "every_minutes=2"), clock=lambda: now[0])
+    assert scheduler.run_round() is None
+    now[0] += 121
+    assert scheduler.run_round().trajectories == 1
+    scheduler.close()
+
+
+def test_sigterm_stops_a_waiting_scheduler_cleanly(tiny_model, tmp_path):
+    proc = _scheduler_process(tiny_model, tmp_path, "max_rounds=0", "poll_s=0.2")
+    for line in proc.stderr:  # type: ignore[union-attr]
+        if "scheduler running" in line:  # logged once the signal handlers are installed
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=KILL_TIMEOUT_S)
+    assert proc.returncode == 0, err[-2000:]

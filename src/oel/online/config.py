@@ -108,7 +108,7 @@ class OnlineConfig:
         e = dataclasses.replace(self.evaluate, games=dataclasses.replace(self.evaluate.games, enabled=False),
                                 ifeval=dataclasses.replace(self.evaluate.ifeval, enabled=False),
                                 meter=dataclasses.replace(self.evaluate.meter, enabled=False))
-        setattr(getattr(e, self.gate.check), "enabled", True)
+        getattr(e, self.gate.check).enabled = True
         return e
 
     def loop_config(self) -> LoopConfig:

@@ -28,9 +28,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from oel.io import atomic_write_json, read_json
 from oel.layout import MARKER, RunLayout, read_marker
@@ -288,6 +289,8 @@ class Scheduler:
     def run_forever(self) -> int:
         """Rounds until `max_rounds` (0 = forever) or SIGTERM/SIGINT; returns how many rounds ran."""
         self._install_signal_handlers()
+        log.info("scheduler running: store %s, versions %s, current %s", self.config.store, self.versions.dir,
+                 version_name(self.versions.current().version))
         done = 0
         try:
             while not self.stop_event.is_set():

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from oel.errors import ConfigError, DataError
-from oel.io import append_jsonl, atomic_write_json, iter_jsonl, read_json, repair_jsonl_tail
+from oel.io import (
+    append_jsonl,
+    atomic_write_json,
+    iter_jsonl,
+    read_json,
+    repair_jsonl_tail,
+)
 from oel.layout import MARKER
 
 CURRENT_FILE = "current.json"
