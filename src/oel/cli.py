@@ -33,6 +33,7 @@ STAGE_MODULES: list[str] = [
     "oel.evaluate.cli",
     "oel.loop.cli",
     "oel.report",
+    "oel.online.cli",
 ]
 
 
