@@ -44,8 +44,9 @@ def backend() -> HFBackend:
 
 
 def make_gateway(tmp_path: Path, backend: HFBackend | None, **overrides: Any) -> Gateway:
-    fields = dict(store=str(tmp_path / "store.sqlite"), port=0, api_keys=[f"alice:{CLIENT_KEY}", f"bob:{OTHER_KEY}"],
-                  admin_api_keys=[f"ops:{ADMIN_KEY}"], api_keys_env="", admin_api_keys_env="")
+    fields: dict[str, Any] = {"store": str(tmp_path / "store.sqlite"), "port": 0, "api_keys_env": "",
+                              "api_keys": [f"alice:{CLIENT_KEY}", f"bob:{OTHER_KEY}"],
+                              "admin_api_keys": [f"ops:{ADMIN_KEY}"], "admin_api_keys_env": ""}
     return Gateway(GatewayConfig(**{**fields, **overrides}), backend=backend)
 
 
@@ -274,3 +275,19 @@ def test_cli_registers_the_gateway_command(monkeypatch: pytest.MonkeyPatch) -> N
     assert (config.port, config.rate_limit_per_s, config.model.dtype) == (9, 2.5, "float32")
     with pytest.raises(Exception, match="upstream_url"):
         load_config(GatewayConfig, None, ["responder=upstream"])
+
+
+def test_upstream_responder_forwards_and_records(tmp_path: Path, backend: HFBackend,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway in front of another OpenAI-compatible server (here: a second gateway serving the tiny model)."""
+    monkeypatch.setenv("OEL_UPSTREAM_API_KEY", CLIENT_KEY)  # the key the upstream accepts
+    with make_gateway(tmp_path / "up", backend) as upstream, \
+            make_gateway(tmp_path / "front", None, responder="upstream", upstream_url=upstream.url) as front:
+        client = openai.OpenAI(base_url=front.url, api_key=OTHER_KEY, max_retries=0)
+        stream = client.chat.completions.create(**chat(HI), stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == direct_answer(backend, HI)
+        assert front.store.stats()["exchanges_recorded"] == 1 and upstream.store.stats()["exchanges_recorded"] == 1
+    with make_gateway(tmp_path / "dead", None, responder="upstream", upstream_url="http://127.0.0.1:9/v1") as gw:
+        status, _, err = call(gw, "POST", "/v1/chat/completions", chat(HI))
+        assert status == 502 and "upstream" in err["error"]["message"]
+        assert gw.store.stats()["exchanges_recorded"] == 0
