@@ -24,7 +24,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from oel.online.loadgen import GatewayProcess, LoadResult, free_port, kill_and_restart_when, run_load, verify
+from oel.online.loadgen import (
+    GatewayProcess,
+    LoadResult,
+    free_port,
+    kill_and_restart_when,
+    run_load,
+    verify,
+)
 
 KEY = "gateway-load-key-0123456789"
 
