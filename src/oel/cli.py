@@ -34,6 +34,7 @@ STAGE_MODULES: list[str] = [
     "oel.loop.cli",
     "oel.report",
     "oel.online.cli",
+    "oel.online.gateway_cli",
 ]
 
 

@@ -5,6 +5,7 @@
     oel online export STORE OUT.jsonl [--round N]  trajectories as the batch stages read them
     oel online versions VERSIONS_DIR               published versions; `*` marks current
     oel online rollback VERSIONS_DIR VERSION       point current.json at an earlier version
+    oel online demo [CONFIG] [key=value ...]       gateway + scheduler + simulated users on this machine
 """
 
 from __future__ import annotations
@@ -66,7 +67,18 @@ def _rollback(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(config: Any, ns: argparse.Namespace) -> int:
+    from oel.online.demo import run_demo
+
+    summary = run_demo(config)
+    print(json.dumps(summary, indent=2))
+    print(f"report: oel report {config.run_dir}")
+    return 1 if summary["user_errors"] else 0
+
+
 def register(subparsers: Any) -> None:
+    from oel.online.demo import DemoConfig
+
     p = subparsers.add_parser("online", help="the online mode: the scheduler that learns from the store, and its versions",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="online_command", metavar="ACTION", required=True)
@@ -88,3 +100,8 @@ def register(subparsers: Any) -> None:
     r.add_argument("versions_dir")
     r.add_argument("version", type=int)
     r.set_defaults(func=_rollback)
+    add_config_command(sub, "demo", DemoConfig, _demo,
+                       help="the online mode on this machine: gateway, scheduler and simulated users over loopback HTTP",
+                       description=("Start the gateway (serving the current version), the scheduler (a child process) "
+                                    "and `users` simulated agents playing the game through the gateway; stop when "
+                                    "`rounds` rounds ended; `oel report RUN_DIR` writes the online report."))
