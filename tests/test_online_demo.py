@@ -24,7 +24,7 @@ from oel.online.demo import DemoConfig, run_demo
 from oel.online.store import Store
 from oel.online.versions import Versions
 
-USERS, MAX_TOKENS, TEMPERATURE = 3, 4, 0.7
+USERS, MAX_TOKENS, TEMPERATURE, TOP_P, TOP_K = 3, 4, 0.7, 0.9, 30
 
 
 def _answer(model_dir: str, seed: int, episode_seed: int) -> str:
@@ -34,7 +34,7 @@ def _answer(model_dir: str, seed: int, episode_seed: int) -> str:
     lm = load_model(ModelConfig(name=model_dir, dtype="float32", device="cpu"))
     backend = HFBackend(lm.model, lm.tokenizer, model_id="direct")
     messages = prompts.turn_messages(prompts.POLICY_TEMPLATE, make_env(EnvConfig()).reset(episode_seed))
-    params = SamplingParams(temperature=TEMPERATURE, top_p=1.0, top_k=0, max_new_tokens=MAX_TOKENS, seed=seed)  # the API defaults
+    params = SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, max_new_tokens=MAX_TOKENS, seed=seed)
     return backend.chat_with_seeds([messages], params, [seed])[0].text
 
 
@@ -43,7 +43,7 @@ def test_users_gateway_scheduler_new_version_served(tmp_path: Path, one_thread: 
     tiny = save_tiny_chat_model(tmp_path / "base", seed=5)
     config = load_config(DemoConfig, None, [
         f"run_dir={tmp_path / 'demo'}", f"users={USERS}", "max_episodes=400", "rounds=1", "timeout_minutes=6",
-        f"max_tokens={MAX_TOKENS}", f"temperature={TEMPERATURE}",
+        f"max_tokens={MAX_TOKENS}", f"temperature={TEMPERATURE}", f"top_p={TOP_P}", f"top_k={TOP_K}",
         f"online.model.name={tiny}", "online.model.dtype=float32", "online.model.device=cpu",
         "online.min_trajectories=4", "online.max_trajectories=4", "online.poll_s=0.2",
         "online.extract.kind=raw_trajectories", "online.extract.num_runs=1", "online.extract.budget_tokens=3000",

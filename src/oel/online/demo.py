@@ -70,6 +70,8 @@ class DemoConfig:
     rounds: int = cfg(2, "stop once this many rounds have ended (published or refused by the gate)")
     timeout_minutes: float = cfg(45.0, "stop after this long whatever happened")
     temperature: float = cfg(0.7, "the users' sampling temperature")
+    top_p: float = cfg(0.8, "the users' nucleus mass")
+    top_k: int = cfg(20, "the users' top_k (an extension vLLM and oel accept)")
     max_tokens: int = cfg(48, "the users' max_tokens per turn")
     env: EnvConfig = cfg(factory=EnvConfig, help="the game the users play")
     online: OnlineConfig = cfg(factory=OnlineConfig, help="the scheduler (store, run_dir and versions.dir are set "
@@ -144,7 +146,8 @@ class SimulatedUsers:
         while True:
             messages = [m.model_dump() for m in prompts.turn_messages(prompts.POLICY_TEMPLATE, observation)]
             body = {"model": "oel", "messages": messages, "temperature": self.config.temperature,
-                    "max_tokens": self.config.max_tokens, "seed": seed * 100 + len(versions)}
+                    "top_p": self.config.top_p, "top_k": self.config.top_k, "max_tokens": self.config.max_tokens,
+                    "seed": seed * 100 + len(versions)}
             answer, headers = self._post("/chat/completions", body, user, session)
             versions.append(int(headers.get(VERSION_HEADER, -1)))
             responses.append(answer["choices"][0]["message"]["content"])
