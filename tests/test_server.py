@@ -1,6 +1,8 @@
 """The endpoint backend against a REAL local OpenAI-compatible server (`oel serve`'s server).
 
-Everything goes over HTTP on 127.0.0.1 through the `openai` client; nothing is mocked.
+Everything goes over HTTP on 127.0.0.1 through the `openai` client, with an API key (the
+client reads it from the environment variable its config names); nothing is mocked.
+tests/test_server_hardening.py covers auth, validation and overload in detail.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from oel.trajectory import Message
 
 MAX_NEW = 8
 TOKENS_LIMIT = 32
+API_KEY = "test-key-" + "k" * 24
+KEY_ENV = "OEL_TEST_SERVER_KEY"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +50,16 @@ class RecordingBackend(HFBackend):
 def server(hf: HFBackend) -> Iterator[ChatServer]:
     rec = RecordingBackend(hf.model, hf.tokenizer, model_id=hf.model_id, max_batch_size=4)
     rec.batch_sizes = []
-    cfg = ServeConfig(port=0, batch_window_s=0.05, max_tokens_limit=TOKENS_LIMIT, max_body_bytes=20_000)
-    with ChatServer(rec, cfg) as srv:
+    cfg = ServeConfig(port=0, batch_window_s=0.05, max_tokens_limit=TOKENS_LIMIT, max_body_bytes=20_000,
+                      api_keys=[f"tests:{API_KEY}"], api_keys_env="")
+    with pytest.MonkeyPatch.context() as mp, ChatServer(rec, cfg) as srv:
+        mp.setenv(KEY_ENV, API_KEY)
         yield srv
 
 
 def endpoint(srv: ChatServer, **kw: object) -> OpenAIBackend:
-    return OpenAIBackend(EndpointConfig(base_url=srv.url, timeout_s=30, backoff_s=0.01, **kw))  # type: ignore[arg-type]
+    return OpenAIBackend(EndpointConfig(base_url=srv.url, timeout_s=30, backoff_s=0.01, api_key_env=KEY_ENV,
+                                        **kw))  # type: ignore[arg-type]
 
 
 def chats() -> list[list[Message]]:
@@ -59,7 +67,7 @@ def chats() -> list[list[Message]]:
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -115,11 +123,11 @@ def test_keep_alive_survives_an_error_with_an_unread_body(server: ChatServer) ->
 
     host, port = server.httpd.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=30)
-    conn.request("POST", "/v1/nowhere", body=b'{"messages": []}')
+    conn.request("POST", "/v1/nowhere", body=b'{"messages": []}', headers=AUTH)
     first = conn.getresponse()
     assert first.status == 404 and first.read()
     body = json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "temperature": 0})
-    conn.request("POST", "/v1/chat/completions", body=body.encode())
+    conn.request("POST", "/v1/chat/completions", body=body.encode(), headers=AUTH)
     resp = conn.getresponse()
     assert resp.status == 200 and json.loads(resp.read())["usage"]["completion_tokens"] >= 1
     conn.close()

@@ -7,9 +7,19 @@ extensions vLLM and llama.cpp accept: `top_k` and `chat_template_kwargs.enable_t
 
 Concurrent requests are batched: handler threads put their request on a queue, and one
 worker thread takes whatever arrived within `batch_window_s` (up to `max_batch_size`) and
-generates it in one padded batch. Sampling is per-row seeded, so a request's answer does
-not depend on what it was batched with. Requests are bounded (body size, max_tokens,
-queue length) and the server binds 127.0.0.1 unless told otherwise.
+generates it in one padded batch. Sampling is per-row seeded, so a request's random draws
+do not depend on its batch-mates; its LOGITS do, through the padded batch's arithmetic:
+at float32 the difference is rounding-level (below 1e-4 of a logit, measured) and the same
+seeded request gave the same text alone and in batches, but with bf16 weights (the loader's
+default) it is 0.6-0.7 of a logit and changes sampled text. `batch_invariant=true`
+generates every request alone without the prefix store: its answer then depends on the
+request alone, at the cost of batching (benchmarks/serve_load.py measures it).
+
+Hardening (docs/collection.md, "Serving a checkpoint"): bearer-token API keys on every
+endpoint (:mod:`oel.collect.auth`; no key is allowed only on a loopback address), strict
+request validation (:mod:`oel.collect.chat_request`), and bounds on everything a client
+can grow: body size, max_tokens, queue length, open connections and their threads
+(:mod:`oel.collect.http_limits`), idle and slow connections (`client_timeout_s`).
 """
 
 from __future__ import annotations
@@ -17,92 +27,89 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import secrets
 import signal
 import threading
 import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import ValidationError
-
-from oel.config import cfg
-from oel.models import ModelConfig
+from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.collect.backends.base import Generation, SamplingParams
 from oel.collect.backends.hf import HFBackend, RowRequest
+from oel.collect.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
+from oel.collect.chat_request import parse_chat_request
+from oel.collect.http_limits import (RETRY_AFTER_S, BoundedHTTPServer, RequestError, content_length, may_have_body,
+                                     error_body, linger_close, send_json)
+from oel.config import cfg
+from oel.errors import ConfigError
+from oel.models import ModelConfig
 from oel.trajectory import Message
+
+__all__ = ["ChatServer", "RequestError", "ServeConfig", "completion_body", "parse_chat_request", "serve"]
 
 log = logging.getLogger(__name__)
 
 _QUEUE_POLL_S = 0.2
 """How often the idle batch worker checks whether the server is shutting down."""
-_SEED_RANGE = 2**31
-"""Requests without a seed get a random one in [0, 2**31), like the seeds clients send."""
+MODELS_PATH = "/v1/models"
+CHAT_PATH = "/v1/chat/completions"
+_ALLOWED = {MODELS_PATH: "GET", CHAT_PATH: "POST"}
 
 
-@dataclass
+@dataclass(repr=False)
 class ServeConfig:
-    """`oel serve`: which model to serve and the server's limits."""
+    """`oel serve`: which model to serve, who may use it, and the server's limits."""
 
     model: ModelConfig = cfg(factory=ModelConfig, help="the model to serve (preset, .gguf, or HF directory)")
-    host: str = cfg("127.0.0.1", "address to bind; keep 127.0.0.1 unless you mean to expose the model")
+    host: str = cfg("127.0.0.1", "address to bind; any non-loopback address needs an API key")
     port: int = cfg(8000, "TCP port; 0 picks a free one (printed at start)")
     served_name: str = cfg("", "model name clients use in requests; empty = the model's id")
+    api_keys: list[str] | str = cfg(factory=list, help="accepted bearer keys, each `key` or `client:key`; prefer "
+                              "api_keys_file or the environment (a command line shows in `ps` and shell history)")
+    api_keys_file: str = cfg("", "file of accepted keys, one `key` or `client:key` a line, # comments; empty = none")
+    api_keys_env: str = cfg(DEFAULT_KEYS_ENV, "environment variable of comma-separated accepted keys; empty = not read")
     max_batch_size: int = cfg(16, "most requests generated together in one batch")
     max_batch_tokens: int = cfg(32_768, "most padded prompt tokens in one forward pass (a batch is split beyond it)")
     batch_window_s: float = cfg(0.02, "how long the first request waits for others to batch with it")
+    batch_invariant: bool = cfg(False, "generate each request alone, prefix store off: its answer then does not depend "
+                                "on other requests at any dtype (bf16 batching changes text); costs the batching")
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(1 << 20, "largest request body accepted, in bytes")
-    max_queue: int = cfg(256, "requests waiting at once; more get HTTP 503")
+    max_queue: int = cfg(128, "requests waiting for generation at once; more get HTTP 503 + Retry-After")
+    max_connections: int = cfg(256, "connections served at once (one thread each); more get HTTP 503 + Retry-After")
+    client_timeout_s: float = cfg(30.0, "a connection that sends nothing for this long (idle keep-alive, a slow "
+                                  "request) is closed")
     request_timeout_s: float = cfg(600.0, "a request still unanswered after this long gets HTTP 504")
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_tokens_limit", "max_body_bytes", "max_queue"):
+        # `api_keys=KEY` is one key. (Typed `list | str` so that the config loader's type error,
+        # which quotes the value, never quotes a key given without brackets.)
+        if isinstance(self.api_keys, str):
+            self.api_keys = [self.api_keys]
+        for name in ("max_batch_size", "max_batch_tokens", "max_tokens_limit", "max_body_bytes", "max_queue",
+                     "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("client_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not self.batch_window_s >= 0:
+            raise ValueError(f"batch_window_s: must be >= 0, got {self.batch_window_s}")
         if not 0 <= self.port < 2**16:
             raise ValueError(f"port: must be in 0..65535, got {self.port}")
 
+    def __repr__(self) -> str:
+        """Every field but the keys themselves, which are only counted."""
+        shown = [f"{k}=<{len(v)} keys>" if k == "api_keys" else f"{k}={v!r}" for k, v in vars(self).items()]
+        return f"ServeConfig({', '.join(shown)})"
 
-class RequestError(Exception):
-    """A client error: becomes an OpenAI-style error body with this HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_chat_request(body: dict[str, Any], max_tokens_limit: int) -> tuple[list[Message], SamplingParams]:
-    """Validate an OpenAI chat request body; RequestError(400) names the bad field."""
-    if body.get("stream"):
-        raise RequestError(400, "stream: streaming is not supported by oel serve")
-    if body.get("n", 1) != 1:
-        raise RequestError(400, f"n: only n=1 is supported, got {body.get('n')!r}")
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise RequestError(400, "messages: expected a non-empty list of {role, content}")
-    try:
-        messages = [Message.model_validate(m) for m in raw]
-    except ValidationError as e:
-        raise RequestError(400, f"messages: {e.errors()[0]['msg']}") from None
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or SamplingParams().max_new_tokens
-    if not isinstance(max_tokens, int) or not 1 <= max_tokens <= max_tokens_limit:
-        raise RequestError(400, f"max_tokens: must be an integer in 1..{max_tokens_limit}, got {max_tokens!r}")
-    thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking", False)
-    seed = body.get("seed")
-    try:
-        params = SamplingParams(
-            temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
-            top_k=int(body.get("top_k") or 0), max_new_tokens=max_tokens,
-            seed=int(seed) if seed is not None else secrets.randbelow(_SEED_RANGE),
-            enable_thinking=bool(thinking),
-        )
-    except (TypeError, ValueError) as e:
-        raise RequestError(400, str(e)) from None
-    return messages, params
+    def load_api_keys(self) -> ApiKeys:
+        """The keys of all three sources (ConfigError names a bad entry's place, never the key)."""
+        return ApiKeys.load(list(self.api_keys), file=self.api_keys_file, env_var=self.api_keys_env)
 
 
 def completion_body(gen: Generation, model: str) -> dict[str, Any]:
@@ -118,38 +125,59 @@ def completion_body(gen: Generation, model: str) -> dict[str, Any]:
     }
 
 
-class ChatServer:
-    """Serves an HFBackend over HTTP; `start()` returns at once, `close()` stops everything."""
+_Pending = tuple[RowRequest, "Future[Generation]"]
 
-    def __init__(self, backend: HFBackend, config: ServeConfig) -> None:
+
+class ChatServer:
+    """Serves an HFBackend over HTTP; `start()` returns at once, `close()` stops everything.
+
+    `api_keys` defaults to `config.load_api_keys()`; a non-loopback `host` without any key
+    is refused with a ConfigError before the port is bound.
+    """
+
+    def __init__(self, backend: HFBackend, config: ServeConfig, api_keys: ApiKeys | None = None) -> None:
+        self.api_keys = config.load_api_keys() if api_keys is None else api_keys
+        require_keys_off_loopback(config.host, self.api_keys, env_var=config.api_keys_env)
+        if config.batch_invariant and backend.prefix_store is not None:
+            raise ConfigError("batch_invariant: the backend keeps a prefix KV store, whose reused KV was computed "
+                              "in other batches; build it with prefix_cache_bytes=0")
         self.backend = backend
         self.config = config
         self.served_name = config.served_name or backend.model_id
-        self._queue: queue.Queue[tuple[RowRequest, Future[Generation]]] = queue.Queue(maxsize=config.max_queue)
+        self._batch_limit = 1 if config.batch_invariant else config.max_batch_size
+        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=config.max_queue)
         self._stop = threading.Event()
-        self.httpd = ThreadingHTTPServer((config.host, config.port), _make_handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = BoundedHTTPServer((config.host, config.port), _make_handler(self),
+                                       max_connections=config.max_connections)
         self._threads: list[threading.Thread] = []
+        if not self.api_keys:
+            log.warning("no API key configured: any local user or process can use %s (see api_keys_file)",
+                        self.served_name)
 
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
     def start(self) -> "ChatServer":
+        if self._threads:
+            raise RuntimeError("ChatServer.start: already started (`with ChatServer(...)` starts it)")
         for target, name in ((self.httpd.serve_forever, "oel-http"), (self._batch_loop, "oel-batcher")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        log.info("serving %s at %s", self.served_name, self.url)
+        auth = f"API keys of {len(set(self.api_keys.clients))} clients" if self.api_keys else "no API key"
+        log.info("serving %s at %s (%s)", self.served_name, self.url, auth)
         return self
 
     def close(self) -> None:
+        """Stop accepting, finish the batch in progress, fail what still waits (503), free the port."""
         self._stop.set()
         self.httpd.shutdown()
-        self.httpd.server_close()
         for t in self._threads:
             t.join(timeout=self.config.request_timeout_s)
+        self._fail_waiting(RequestError(503, "server is shutting down", retry_after_s=RETRY_AFTER_S))
+        self.httpd.server_close()
 
     def __enter__(self) -> "ChatServer":
         return self.start()
@@ -163,10 +191,12 @@ class ChatServer:
         try:
             self._queue.put_nowait((RowRequest(messages, params, params.seed), fut))
         except queue.Full:
-            raise RequestError(503, f"server busy: {self.config.max_queue} requests already waiting") from None
+            raise RequestError(503, f"server busy: {self.config.max_queue} requests already waiting",
+                               retry_after_s=RETRY_AFTER_S) from None
         try:
             return fut.result(timeout=self.config.request_timeout_s)
         except TimeoutError:
+            fut.cancel()  # still queued: the worker skips it instead of generating for nobody
             raise RequestError(504, f"no answer within {self.config.request_timeout_s}s") from None
 
     def _batch_loop(self) -> None:
@@ -177,91 +207,148 @@ class ChatServer:
                 continue
             batch = [first]
             deadline = time.monotonic() + self.config.batch_window_s
-            while len(batch) < self.config.max_batch_size:
+            while len(batch) < self._batch_limit:
                 try:
                     batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
             self._run_batch(batch)
 
-    def _run_batch(self, batch: list[tuple[RowRequest, Future[Generation]]]) -> None:
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        live = [(row, fut) for row, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
         try:
-            gens = self.backend.generate_rows([row for row, _ in batch])
+            gens = self.backend.generate_rows([row for row, _ in live])
         except Exception as e:  # noqa: BLE001 - handed to each waiting request, never lost
-            log.exception("generation failed for a batch of %d", len(batch))
-            for _, fut in batch:
+            log.exception("generation failed for a batch of %d", len(live))
+            for _, fut in live:
                 fut.set_exception(e)
             return
-        for (_, fut), gen in zip(batch, gens):
+        for (_, fut), gen in zip(live, gens):
             fut.set_result(gen)
+
+    def _fail_waiting(self, error: RequestError) -> None:
+        while True:
+            try:
+                _, fut = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(error)
 
 
 def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
+    config = server.config
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = config.client_timeout_s  # socket timeout: idle and slow clients lose their slot
+        _body_read = False
 
         def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging
             log.debug("%s " + format, self.client_address[0], *args)
 
+        def parse_request(self) -> bool:
+            self._body_read = False
+            return super().parse_request()
+
         def do_GET(self) -> None:
-            if self.path.rstrip("/") != "/v1/models":
-                return self._error(404, f"{self.path}: not found (try /v1/models or /v1/chat/completions)")
-            self._send(200, {"object": "list", "data": [
-                {"id": server.served_name, "object": "model", "created": 0, "owned_by": "oel"}]})
+            if self._authorized() and self._routed("GET") == MODELS_PATH:
+                self._reply(200, {"object": "list", "data": [
+                    {"id": server.served_name, "object": "model", "created": 0, "owned_by": "oel"}]})
 
         def do_POST(self) -> None:
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                return self._error(404, f"{self.path}: not found (POST /v1/chat/completions)")
+            if not (self._authorized() and self._routed("POST") == CHAT_PATH):
+                return
             try:
-                body = self._read_json()
-                messages, params = parse_chat_request(body, server.config.max_tokens_limit)
+                messages, params = parse_chat_request(self._read_json(), config.max_tokens_limit)
                 gen = server.submit(messages, params)
             except RequestError as e:
-                return self._error(e.status, str(e))
+                return self._error(e)
             except Exception as e:  # noqa: BLE001 - the client gets a 500, the log the traceback
                 log.exception("chat completion failed")
-                return self._error(500, f"{type(e).__name__}: {e}")
-            self._send(200, completion_body(gen, server.served_name))
+                return self._error(RequestError(500, f"{type(e).__name__}: {e}"))
+            self._reply(200, completion_body(gen, server.served_name))
+
+        def _other_method(self) -> None:
+            if self._authorized():
+                self._routed(self.command)
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
+
+        def _authorized(self) -> bool:
+            """No key configured, or a valid one sent; else 401 (the key is never logged)."""
+            header = self.headers.get("Authorization")
+            if not server.api_keys or server.api_keys.check(header):
+                return True
+            challenge = 'Bearer realm="oel serve"' + (', error="invalid_token"' if header else "")
+            log.info("%s: %s %s refused: %s API key", self.client_address[0], self.command,
+                     urlsplit(self.path).path, "wrong" if header else "no")
+            self._error(RequestError(401, "missing or invalid API key; send `Authorization: Bearer <key>`"),
+                        {"WWW-Authenticate": challenge})
+            return False
+
+        def _routed(self, method: str) -> str | None:
+            """The path when `method` serves it; else a 404 or 405 has been sent and None returned."""
+            path = urlsplit(self.path).path.rstrip("/")
+            if path not in _ALLOWED:
+                self._error(RequestError(404, f"{path or '/'}: not found (GET {MODELS_PATH}, POST {CHAT_PATH})"))
+                return None
+            if _ALLOWED[path] != method:
+                self._error(RequestError(405, f"{path}: use {_ALLOWED[path]}"), {"Allow": _ALLOWED[path]})
+                return None
+            return path
 
         def _read_json(self) -> dict[str, Any]:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > server.config.max_body_bytes:
-                raise RequestError(413, f"request body of {length} bytes exceeds {server.config.max_body_bytes}")
+            length = content_length(self.headers, config.max_body_bytes)
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except json.JSONDecodeError as e:
-                raise RequestError(400, f"body is not valid JSON ({e.msg})") from None
-            if not isinstance(body, dict):
-                raise RequestError(400, "body must be a JSON object")
-            return body
+                data = self.rfile.read(length)
+            except TimeoutError:
+                raise RequestError(408, f"body: not received within {config.client_timeout_s}s") from None
+            if len(data) < length:
+                raise RequestError(400, f"body: {len(data)} bytes received, Content-Length said {length}")
+            self._body_read = True
+            return _json_object(data)
 
-        def _error(self, status: int, message: str) -> None:
-            # The body may be unread (404, 413): close, or its bytes would parse as the next request.
-            self.close_connection = True
-            self._send(status, {"error": {"message": message, "type": "invalid_request_error"
-                                          if status < 500 else "server_error", "code": status}})
+        def _error(self, e: RequestError, headers: dict[str, str] | None = None) -> None:
+            if e.retry_after_s is not None:
+                headers = {**(headers or {}), "Retry-After": str(e.retry_after_s)}
+            self._reply(e.status, error_body(e.status, str(e), e.param), headers)
 
-        def _send(self, status: int, obj: dict[str, Any]) -> None:
-            data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+        def _reply(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            # An unread body would parse as the next request: close, after a lingering drain.
+            unread = not self._body_read and may_have_body(self.command, self.headers)
+            self.close_connection = self.close_connection or unread
+            send_json(self, status, obj, headers)
+            if unread:
+                linger_close(self.connection)
 
     return Handler
 
 
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 4300+ digit integers, deep nesting
+        raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "body: must be a JSON object")
+    return body
+
+
 def serve(config: ServeConfig) -> None:
-    """Load the model and serve until interrupted (the `oel serve` command)."""
-    backend = HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size,
-                                          max_batch_tokens=config.max_batch_tokens)
-    server = ChatServer(backend, config).start()
+    """Check the keys, load the model and serve until interrupted (the `oel serve` command)."""
+    keys = config.load_api_keys()
+    require_keys_off_loopback(config.host, keys, env_var=config.api_keys_env)  # before minutes of loading
+    backend = HFBackend.from_model_config(
+        config.model, max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens,
+        prefix_cache_bytes=0 if config.batch_invariant else DEFAULT_PREFIX_CACHE_BYTES)
+    server = ChatServer(backend, config, api_keys=keys).start()
     # SIGTERM (service managers, `kill`) stops it as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    print(f"oel serve: {server.served_name} at {server.url} (Ctrl-C to stop)", flush=True)
+    auth = f"{len(keys)} API keys" if keys else "NO API KEY (loopback only)"
+    print(f"oel serve: {server.served_name} at {server.url}, {auth} (Ctrl-C to stop)", flush=True)
     try:
         while True:
             time.sleep(1)

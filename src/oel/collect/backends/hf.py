@@ -10,8 +10,11 @@ within memory. Only the last position's logits are computed
 (`generate` asks the model for `logits_to_keep=1`), never the full-vocabulary logits of
 a long prompt.
 
-Sampling is per-row seeded (see :mod:`oel.collect.backends.sampling`): completion i of a `chat`
-call is reproducible from `params.seed` and i alone, whatever else shares its batch.
+Sampling is per-row seeded (see :mod:`oel.collect.backends.sampling`): the random draws of
+completion i of a `chat` call depend on `params.seed` and i alone, whatever else shares its
+batch. Its logits do not: a padded batch rounds differently from a row alone. At float32 that
+is below 1e-4 of a logit and left every tested text unchanged; at bf16 it is 0.6-0.7 and
+changes sampled text (measured in docs/collection.md, "Batching and identical answers").
 
 With a prefix store (:mod:`oel.collect.backends.prefix_cache`, on by default), the KV of every
 processed row is kept, and a prompt that extends an earlier one (the next turn of an
