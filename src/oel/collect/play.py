@@ -12,8 +12,10 @@ Crash safety: each trajectory is appended to the JSONL file as soon as its episo
 yields every episode exactly once.
 
 Sampling seeds are per episode and per turn (`derive_seed(base, round, seed, sample,
-turn)`) when the backend accepts per-prompt seeds, so an episode's text does not depend
-on which others it was batched with, nor on whether the run was resumed.
+turn)`) when the backend accepts per-prompt seeds, so an episode's random stream does not
+depend on which others it was batched with, nor on whether the run was resumed; its text
+does not either in float32, while bf16 batched kernels can change it (docs/collection.md,
+"Batch invariance").
 
 Library use (the round orchestrator):
 

@@ -152,9 +152,10 @@ def generate_ids(model: Any, prompts: Sequence[Sequence[int]], samplers: Sequenc
     """Sample one continuation per prompt (left-padded batch); each cut after its first stop token.
 
     `samplers` are `oel.collect.backends.sampling.RowSampling`s, one per row: each row draws from its
-    own seeded stream, so a response depends on its seed only, not on its batch-mates (this
-    is what makes a resumed run, or a run split over ranks, sample exactly what the
-    uninterrupted single-process one did).
+    own seeded stream, so a response's randomness depends on its seed only, not on its
+    batch-mates; with float32 logits (computed here) a resumed run, or a run split over ranks,
+    samples what the uninterrupted single-process one did, up to the rare token a batched
+    kernel's rounding flips (docs/collection.md, "Batching and identical answers").
     """
     from transformers import GenerationConfig, LogitsProcessorList
 

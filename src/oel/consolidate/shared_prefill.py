@@ -114,7 +114,8 @@ def sample_responses(model: Any, opened: OpenedPrompts, rows: Sequence[RowSampli
     """Sample one response per row from the opened prompts; each cut after its first stop token.
 
     The same sampler as `oel.consolidate.scoring.generate_ids` (per-row seeded Gumbel-max on the
-    float32 logits, one draw per row per step), so a row's response depends on its seed only.
+    float32 logits, one draw per row per step), so a row's random stream depends on its seed only
+    (its text too, up to the rounding of batched kernels: docs/collection.md, "Batching and identical answers").
     Decoding stops when every row has stopped or after `max_new_tokens` tokens.
     """
     if len(rows) != opened.rows:

@@ -8,8 +8,9 @@ with the text inserted. With K knowledge texts (the K accumulation runs of a rou
 map j is played with text j mod K, so the number averages over the K runs.
 
 Episode (map m, sampling seed index k) is recorded with `sample = k`, and its per-turn
-sampling seeds derive from (sampling seed, map, k, turn) alone: the same episode is replayed
-whatever it was batched with, and every round plays the same streams (evaluation always uses
+sampling seeds derive from (sampling seed, map, k, turn) alone: the same episode draws the
+same random stream whatever it was batched with (the same text in float32; bf16 batching can
+change it, docs/collection.md), and every round plays the same streams (evaluation always uses
 round 0 for the derivation), so rounds differ only by the model.
 
 Files in `out_dir`: `trajectories.jsonl` (appended per finished episode: inspectable and the

@@ -12,8 +12,9 @@ in-process backend uses, so `oel serve` answers exactly what the HF backend woul
 Several servers of the same model (`base_urls`, e.g. one vLLM per GPU): each request goes
 to the server with the fewest requests of ours in flight (ties in turn), and a retry after a
 transient failure picks again, so it may land on another server. `concurrency` bounds the
-requests in flight over all servers together. A request's answer depends on its seed only,
-so which server served it does not change the text.
+requests in flight over all servers together. A request's random stream depends on its seed
+only; its text then does not depend on the server either where the servers' numerics are
+batch invariant (float32, or `oel serve batch_invariant=true`; see docs/collection.md).
 """
 
 from __future__ import annotations

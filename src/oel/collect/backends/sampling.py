@@ -54,7 +54,10 @@ class PerRowSampler:
     Use with `generate(do_sample=False, logits_processor=[sampler])`: it returns scores
     whose argmax is the sampled token (all other entries -inf), or the untouched scores
     for greedy rows. Each row draws the same number of uniforms at every step however the
-    batch is composed, so its stream -- and its completion -- depend only on its own seed.
+    batch is composed, so its random stream depends only on its own seed. Its completion does
+    too wherever the logits do not depend on the batch: in float32 (in practice: batched kernels
+    round differently, by ~1e-4, rarely enough to flip a token); in bf16 a batched row's logits
+    can differ by ~0.5 and change the text (docs/collection.md, "Batching and identical answers").
     """
 
     def __init__(self, rows: Sequence[RowSampling]) -> None:
