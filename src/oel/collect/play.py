@@ -15,7 +15,7 @@ Sampling seeds are per episode and per turn (`derive_seed(base, round, seed, sam
 turn)`) when the backend accepts per-prompt seeds, so an episode's random stream does not
 depend on which others it was batched with, nor on whether the run was resumed; its text
 does not either in float32, while bf16 batched kernels can change it (docs/collection.md,
-"Batch invariance").
+"Batching and identical answers").
 
 Library use (the round orchestrator):
 
