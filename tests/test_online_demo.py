@@ -71,6 +71,14 @@ def test_users_gateway_scheduler_new_version_served(tmp_path: Path, one_thread: 
     assert _answer(v1, seed, late["seed"]) != _answer(tiny, seed, late["seed"])
     assert not torch.equal(*(load_first_weight(d) for d in (tiny, v1)))
 
+    # The online report: the round, the version it published, the users' episodes per version.
+    from oel.cli import main
+
+    assert main(["report", str(tmp_path / "demo")]) == 0
+    report = (tmp_path / "demo" / "report" / "report.md").read_text()
+    assert "| 0 |" in report and "v0001" in report and (tmp_path / "demo" / "report" / "online_timeline.png").is_file()
+    assert f"{len(rows)} episodes" in report
+
 
 def load_first_weight(model_dir: str) -> torch.Tensor:
     from safetensors.torch import load_file

@@ -144,3 +144,51 @@ class RunLayout:
     def model_after(self, r: int) -> Path:
         """Where round r's consolidated model M_{r+1} is saved (a plain HF directory)."""
         return self.stage_dir(r, "consolidate") / MODEL_DIR
+
+
+DEMO_USERS_FILE = "users.jsonl"
+DEMO_STORE_FILE = "store.sqlite"
+DEMO_VERSIONS_DIR = "versions"
+DEMO_SCHEDULER_DIR = "scheduler"
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """An `oel online demo` run dir: the gateway's store, the versions, the scheduler's run dir
+    (an `OnlineLayout`), the simulated users' episodes, and the report.
+
+        RUN_DIR/store.sqlite      the gateway's store
+        RUN_DIR/versions/         v<NNNN>/, current.json, history.jsonl (oel.online.versions)
+        RUN_DIR/scheduler/        the scheduler's run dir: metrics.jsonl, round_<r>/...
+        RUN_DIR/users.jsonl       one line per episode a simulated user played
+        RUN_DIR/scheduler.yaml, demo.config.yaml, scheduler.log
+        RUN_DIR/report/           `oel report RUN_DIR`
+    """
+
+    run_dir: Path
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        object.__setattr__(self, "run_dir", Path(run_dir))
+
+    @property
+    def store(self) -> Path:
+        return self.run_dir / DEMO_STORE_FILE
+
+    @property
+    def versions(self) -> Path:
+        return self.run_dir / DEMO_VERSIONS_DIR
+
+    @property
+    def scheduler(self) -> Path:
+        return self.run_dir / DEMO_SCHEDULER_DIR
+
+    @property
+    def users(self) -> Path:
+        return self.run_dir / DEMO_USERS_FILE
+
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir / REPORT_DIR
+
+    def is_demo(self) -> bool:
+        return self.users.is_file() and self.versions.is_dir()

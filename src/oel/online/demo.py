@@ -37,16 +37,13 @@ from oel.config import cfg, save_config
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import TRAIN_BASE
 from oel.io import append_jsonl, iter_jsonl
+from oel.layout import DemoLayout
 from oel.online.config import OnlineConfig
 from oel.online.gateway import GatewayConfig
 from oel.online.versions import Versions
 
 log = logging.getLogger(__name__)
 
-USERS_FILE = "users.jsonl"
-STORE_FILE = "store.sqlite"
-VERSIONS_DIR = "versions"
-SCHEDULER_DIR = "scheduler"
 SCHEDULER_CONFIG = "scheduler.yaml"
 SCHEDULER_LOG = "scheduler.log"
 DEMO_CONFIG = "demo.config.yaml"
@@ -78,30 +75,9 @@ class DemoConfig:
                                                           "inside run_dir; max_rounds = rounds)")
 
 
-@dataclass(frozen=True)
-class DemoPaths:
-    root: Path
-
-    @property
-    def store(self) -> Path:
-        return self.root / STORE_FILE
-
-    @property
-    def versions(self) -> Path:
-        return self.root / VERSIONS_DIR
-
-    @property
-    def scheduler(self) -> Path:
-        return self.root / SCHEDULER_DIR
-
-    @property
-    def users(self) -> Path:
-        return self.root / USERS_FILE
-
-
 def scheduler_config(config: DemoConfig) -> OnlineConfig:
     """The scheduler's config with every path inside the demo's run dir."""
-    paths = DemoPaths(Path(config.run_dir))
+    paths = DemoLayout(Path(config.run_dir))
     return dataclasses.replace(config.online, store=str(paths.store), run_dir=str(paths.scheduler), env=config.env,
                                max_rounds=config.rounds,
                                versions=dataclasses.replace(config.online.versions, dir=str(paths.versions)))
@@ -112,7 +88,7 @@ class SimulatedUsers:
 
     def __init__(self, config: DemoConfig, url: str, keys: list[str]) -> None:
         self.config, self.url, self.keys = config, url.rstrip("/"), keys
-        self.paths = DemoPaths(Path(config.run_dir))
+        self.paths = DemoLayout(Path(config.run_dir))
         self._next = sum(1 for _ in iter_jsonl(self.paths.users)) if self.paths.users.is_file() else 0
         self._lock = threading.Lock()
         self.limit = config.max_episodes
@@ -171,11 +147,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the gateway, the scheduler and the users until `rounds` rounds ended (or time/episodes ran out)."""
     from oel.online.gateway import Gateway
 
-    paths = DemoPaths(Path(config.run_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    save_config(config, paths.root / DEMO_CONFIG)
+    paths = DemoLayout(Path(config.run_dir))
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, paths.run_dir / DEMO_CONFIG)
     online = scheduler_config(config)
-    save_config(online, paths.root / SCHEDULER_CONFIG)
+    save_config(online, paths.run_dir / SCHEDULER_CONFIG)
     Versions(paths.versions).ensure_base(online.model.name)
     keys = [secrets.token_urlsafe(32) for _ in range(config.users)]
     gw_config = GatewayConfig(store=str(paths.store), port=0, model=online.model, versions_dir=str(paths.versions),
@@ -207,9 +183,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return summary
 
 
-def _start_scheduler(paths: DemoPaths) -> subprocess.Popen[bytes]:
-    logf = open(paths.root / SCHEDULER_LOG, "ab")  # noqa: SIM115 - the child owns it until it exits
-    return subprocess.Popen([sys.executable, "-m", "oel", "online", "run", str(paths.root / SCHEDULER_CONFIG)],
+def _start_scheduler(paths: DemoLayout) -> subprocess.Popen[bytes]:
+    logf = open(paths.run_dir / SCHEDULER_LOG, "ab")  # noqa: SIM115 - the child owns it until it exits
+    return subprocess.Popen([sys.executable, "-m", "oel", "online", "run", str(paths.run_dir / SCHEDULER_CONFIG)],
                             stdout=logf, stderr=subprocess.STDOUT)
 
 

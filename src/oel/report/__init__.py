@@ -5,7 +5,8 @@ consolidation's per-step metrics, the collected trajectories and the knowledge t
 Writes RUN_DIR/report/: report.md and PNG plots (pass rate per round with 95% CIs, tokens
 per turn, move quality, IF-Eval, the KL curve across all consolidation steps, and the
 in-context curve vs accumulation step wherever `oel experience curve` was run on a round's
-store). `--compare OTHER_RUN ...` adds a table and plots of other runs (ablations) next to it."""
+store). `--compare OTHER_RUN ...` adds a table and plots of other runs (ablations) next to it.
+An `oel online demo` run dir gets the online report instead (`oel.report.online`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from oel.io import atomic_write_text
-from oel.layout import RunLayout
+from oel.layout import DemoLayout, RunLayout
 from oel.report.gather import gather
 from oel.report.plots import (plot_compare, plot_curves, plot_kl, plot_meter, plot_pass_rate, plot_series,
                               plot_teacher_gap)
@@ -78,13 +79,19 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
 def register(subparsers: Any) -> None:
     import argparse
 
-    p = subparsers.add_parser("report", help="plots and a markdown summary of an `oel loop` run (offline)",
-                              description="Write RUN_DIR/report/report.md and PNG plots from what the loop wrote.")
-    p.add_argument("run_dir", help="the run directory of an `oel loop` run")
+    p = subparsers.add_parser("report", help="plots and a markdown summary of an `oel loop` or `oel online demo` run (offline)",
+                              description="Write RUN_DIR/report/report.md and PNG plots from what the loop (or the "
+                                          "online demo: rounds over wall time, versions, the gate) wrote.")
+    p.add_argument("run_dir", help="the run directory of an `oel loop` run or of an `oel online demo` run")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN",
                    help="other run dirs (e.g. ablations) to tabulate and plot next to this one")
 
     def _run(ns: argparse.Namespace) -> int:
+        if DemoLayout(ns.run_dir).is_demo():  # an `oel online demo` run dir
+            from oel.report.online import write_online_report
+
+            print(write_online_report(ns.run_dir))
+            return 0
         print(write_report(ns.run_dir, ns.compare))
         return 0
 
