@@ -200,15 +200,16 @@ def _stop_scheduler(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _wait(config: DemoConfig, scheduler: subprocess.Popen[bytes], threads: list[threading.Thread], t0: float) -> bool:
-    """Until the scheduler has run its rounds (it exits at max_rounds: True), time is up, or no user plays."""
-    deadline = t0 + config.timeout_minutes * 60
+    """Until the scheduler has run its rounds (it exits at max_rounds: True) or time is up. Users that
+    played all `max_episodes` stop; the scheduler goes on with what they left in the store."""
+    deadline, users_done = t0 + config.timeout_minutes * 60, False
     while time.time() < deadline:
         if scheduler.poll() is not None:
             log.info("scheduler exited with code %s", scheduler.returncode)
             return scheduler.returncode == 0
-        if not any(t.is_alive() for t in threads):
-            log.info("the users played all %d episodes", config.max_episodes)
-            return False
+        if not users_done and not any(t.is_alive() for t in threads):
+            log.info("the users played all %d episodes; waiting for the scheduler", config.max_episodes)
+            users_done = True
         time.sleep(POLL_S)
     log.warning("demo timed out after %.0f minutes", config.timeout_minutes)
     return False
