@@ -244,3 +244,16 @@ def test_sigterm_stops_a_waiting_scheduler_cleanly(tiny_model, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=KILL_TIMEOUT_S)
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_a_second_scheduler_on_the_same_run_dir_is_refused(tiny_model, tmp_path, one_thread):
+    from oel.errors import ConfigError
+    from oel.online.scheduler import Scheduler
+
+    first = Scheduler(_config(tiny_model, tmp_path))
+    try:
+        with pytest.raises(ConfigError, match="in use by another running scheduler"):
+            Scheduler(_config(tiny_model, tmp_path))
+    finally:
+        first.close()
+    Scheduler(_config(tiny_model, tmp_path)).close()  # released with its holder

@@ -24,6 +24,7 @@ judged); current stays, and the candidate stays in the round's consolidate/model
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import signal
 import threading
@@ -31,8 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from oel.errors import ConfigError
 from oel.io import atomic_write_json, read_json
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
@@ -113,6 +115,25 @@ class SchedulerStopped(Exception):
     """SIGTERM arrived: the round stops between stages and stays claimed, to resume on restart."""
 
 
+LOCK_FILE = "scheduler.lock"
+"""Held (flock) by the one scheduler working in a run dir; a second one is refused at start."""
+
+
+def hold_lock(path: Path) -> IO[str]:
+    """An exclusive lock on `path` for this process's lifetime, or a one-line ConfigError if another holds it.
+
+    Two schedulers on one run dir would resume the same round side by side; the kernel releases
+    the lock when its holder exits, however it exits, so a killed scheduler never blocks its restart.
+    """
+    f = open(path, "a+")  # noqa: SIM115 - kept open: the lock lives as long as the descriptor
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigError(f"run_dir: {path.parent} is in use by another running scheduler ({path.name} is locked)") from None
+    return f
+
+
 def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
@@ -138,6 +159,7 @@ class Scheduler:
         self.loop_config = config.loop_config()
         self.layout = OnlineLayout(config.run_dir)
         self.layout.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_lock(self.layout.run_dir / LOCK_FILE)
         self.versions = Versions(config.versions.dir, keep_last=config.versions.keep_last)
         self.versions.ensure_base(config.model.name)
         self.store = Store.open(config.store, retention=config.retention)
@@ -149,6 +171,7 @@ class Scheduler:
     def close(self) -> None:
         self.metrics.close()
         self.store.close()
+        self._lock.close()  # the lock goes with the file descriptor (and with the process on kill -9)
 
     # ---- when -------------------------------------------------------------------------------
 
