@@ -307,7 +307,7 @@ def test_a_full_queue_answers_503_with_retry_after(one_thread: None) -> None:
         first = post_in_thread(s, chat(), answers)
         assert b.entered.wait(WAIT_S)  # the worker holds request 1 inside generate_rows
         second = post_in_thread(s, chat(), answers)
-        wait_for(lambda: s._queue.qsize() == 1, "request 2 to be queued")
+        wait_for(lambda: s.batcher.queue_depth() == 1, "request 2 to be queued")
         status, headers, err = request(s, "POST", "/v1/chat/completions", chat())
         assert status == 503 and headers["Retry-After"] == "1" and "busy" in err["error"]["message"]
         b.gate.set()
@@ -363,7 +363,7 @@ def texts_in_one_batch(s: ChatServer, b: GatedBackend, bodies: list[dict[str, An
     answers: list[list[Any]] = [[] for _ in bodies]
     for body, out in zip(bodies, answers):
         threads.append(post_in_thread(s, body, out))
-    wait_for(lambda: s._queue.qsize() == len(bodies), "every request to be queued")
+    wait_for(lambda: s.batcher.queue_depth() == len(bodies), "every request to be queued")
     b.gate.set()
     for t in threads:
         t.join(WAIT_S)

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import signal
 import threading
 import time
 import uuid
-from concurrent.futures import Future
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -41,9 +39,17 @@ from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopbac
 from oel.collect.backends.base import Generation, SamplingParams
 from oel.collect.backends.hf import HFBackend, RowRequest
 from oel.collect.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
+from oel.collect.batcher import Batcher
 from oel.collect.chat_request import parse_chat_request
-from oel.collect.http_limits import (RETRY_AFTER_S, BoundedHTTPServer, RequestError, content_length, may_have_body,
-                                     error_body, linger_close, send_json)
+from oel.collect.http_limits import (
+    BoundedHTTPServer,
+    RequestError,
+    content_length,
+    error_body,
+    linger_close,
+    may_have_body,
+    send_json,
+)
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
@@ -53,8 +59,6 @@ __all__ = ["ChatServer", "RequestError", "ServeConfig", "completion_body", "pars
 
 log = logging.getLogger(__name__)
 
-_QUEUE_POLL_S = 0.2
-"""How often the idle batch worker checks whether the server is shutting down."""
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
 _ALLOWED = {MODELS_PATH: "GET", CHAT_PATH: "POST"}
@@ -125,9 +129,6 @@ def completion_body(gen: Generation, model: str) -> dict[str, Any]:
     }
 
 
-_Pending = tuple[RowRequest, "Future[Generation]"]
-
-
 class ChatServer:
     """Serves an HFBackend over HTTP; `start()` returns at once, `close()` stops everything.
 
@@ -144,9 +145,10 @@ class ChatServer:
         self.backend = backend
         self.config = config
         self.served_name = config.served_name or backend.model_id
-        self._batch_limit = 1 if config.batch_invariant else config.max_batch_size
-        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=config.max_queue)
-        self._stop = threading.Event()
+        self.batcher: Batcher[Generation] = Batcher(
+            backend.generate_rows, max_batch_size=1 if config.batch_invariant else config.max_batch_size,
+            batch_window_s=config.batch_window_s, max_queue=config.max_queue,
+            request_timeout_s=config.request_timeout_s, name="server")
         self.httpd = BoundedHTTPServer((config.host, config.port), _make_handler(self),
                                        max_connections=config.max_connections)
         self._threads: list[threading.Thread] = []
@@ -162,21 +164,20 @@ class ChatServer:
     def start(self) -> "ChatServer":
         if self._threads:
             raise RuntimeError("ChatServer.start: already started (`with ChatServer(...)` starts it)")
-        for target, name in ((self.httpd.serve_forever, "oel-http"), (self._batch_loop, "oel-batcher")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.batcher.start()
+        t = threading.Thread(target=self.httpd.serve_forever, name="oel-http", daemon=True)
+        t.start()
+        self._threads.append(t)
         auth = f"API keys of {len(set(self.api_keys.clients))} clients" if self.api_keys else "no API key"
         log.info("serving %s at %s (%s)", self.served_name, self.url, auth)
         return self
 
     def close(self) -> None:
         """Stop accepting, finish the batch in progress, fail what still waits (503), free the port."""
-        self._stop.set()
         self.httpd.shutdown()
         for t in self._threads:
             t.join(timeout=self.config.request_timeout_s)
-        self._fail_waiting(RequestError(503, "server is shutting down", retry_after_s=RETRY_AFTER_S))
+        self.batcher.close("server is shutting down")
         self.httpd.server_close()
 
     def __enter__(self) -> "ChatServer":
@@ -187,55 +188,7 @@ class ChatServer:
 
     def submit(self, messages: list[Message], params: SamplingParams) -> Generation:
         """Queue one request and wait for its completion (called from handler threads)."""
-        fut: Future[Generation] = Future()
-        try:
-            self._queue.put_nowait((RowRequest(messages, params, params.seed), fut))
-        except queue.Full:
-            raise RequestError(503, f"server busy: {self.config.max_queue} requests already waiting",
-                               retry_after_s=RETRY_AFTER_S) from None
-        try:
-            return fut.result(timeout=self.config.request_timeout_s)
-        except TimeoutError:
-            fut.cancel()  # still queued: the worker skips it instead of generating for nobody
-            raise RequestError(504, f"no answer within {self.config.request_timeout_s}s") from None
-
-    def _batch_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=_QUEUE_POLL_S)
-            except queue.Empty:
-                continue
-            batch = [first]
-            deadline = time.monotonic() + self.config.batch_window_s
-            while len(batch) < self._batch_limit:
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            self._run_batch(batch)
-
-    def _run_batch(self, batch: list[_Pending]) -> None:
-        live = [(row, fut) for row, fut in batch if fut.set_running_or_notify_cancel()]
-        if not live:
-            return
-        try:
-            gens = self.backend.generate_rows([row for row, _ in live])
-        except Exception as e:  # noqa: BLE001 - handed to each waiting request, never lost
-            log.exception("generation failed for a batch of %d", len(live))
-            for _, fut in live:
-                fut.set_exception(e)
-            return
-        for (_, fut), gen in zip(live, gens):
-            fut.set_result(gen)
-
-    def _fail_waiting(self, error: RequestError) -> None:
-        while True:
-            try:
-                _, fut = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                fut.set_exception(error)
+        return self.batcher.submit(RowRequest(messages, params, params.seed))
 
 
 def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:

@@ -3,9 +3,8 @@
 Both give `complete(messages, params, body) -> Answer`: the generation plus the model version
 that produced it, so the gateway can record and report exactly which weights answered.
 
-`LocalResponder` batches like `oel serve` (handler threads queue, one worker generates what
-arrived within `batch_window_s`), with its own small loop rather than `ChatServer`'s: the
-worker takes the (backend, version) pair once per batch, which is what makes a hot swap safe.
+`LocalResponder` batches like `oel serve` (the same `oel.collect.batcher.Batcher`); its batch
+function takes the (backend, version) pair once per batch, which is what makes a hot swap safe.
 `swap(backend, version)` only replaces that pair; the batch in progress finishes on the old
 weights, every later batch runs on the new ones, and no request is dropped or re-queued.
 
@@ -17,24 +16,21 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
-import time
 import urllib.error
 import urllib.request
-from concurrent.futures import Future
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from oel.collect.backends.base import Generation, SamplingParams
 from oel.collect.backends.hf import HFBackend, RowRequest
+from oel.collect.batcher import Batcher
 from oel.collect.http_limits import RETRY_AFTER_S, RequestError
 from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
 
-QUEUE_POLL_S = 0.2
-"""How often the idle batch worker checks whether the gateway is shutting down."""
 UPSTREAM_ERROR_CHARS = 200
 """How much of an upstream error body is quoted in the 502 message."""
 
@@ -59,9 +55,6 @@ class Responder(Protocol):
     def complete(self, messages: list[Message], params: SamplingParams, body: dict[str, Any]) -> Answer: ...
 
 
-_Pending = tuple[RowRequest, "Future[Answer]"]
-
-
 class LocalResponder:
     """An HFBackend in this process, batched, whose weights can be swapped between batches."""
 
@@ -69,12 +62,9 @@ class LocalResponder:
                  max_queue: int, request_timeout_s: float) -> None:
         self._current = (backend, version)
         self._swap_lock = threading.Lock()
-        self.max_batch_size = max_batch_size
-        self.batch_window_s = batch_window_s
-        self.request_timeout_s = request_timeout_s
-        self._queue: queue.Queue[_Pending] = queue.Queue(maxsize=max_queue)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.batcher: Batcher[Answer] = Batcher(self._run_batch, max_batch_size=max_batch_size,
+                                                batch_window_s=batch_window_s, max_queue=max_queue,
+                                                request_timeout_s=request_timeout_s, name="gateway")
 
     @property
     def version(self) -> int:
@@ -90,69 +80,22 @@ class LocalResponder:
             self._current = (backend, version)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._batch_loop, name="oel-gateway-batcher", daemon=True)
-        self._thread.start()
+        self.batcher.start()
 
     def close(self) -> None:
         """Finish the batch in progress, then fail what still waits with 503."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.request_timeout_s)
-        error = RequestError(503, "gateway is shutting down", retry_after_s=RETRY_AFTER_S)
-        while True:
-            try:
-                _, fut = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                fut.set_exception(error)
+        self.batcher.close("gateway is shutting down")
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self.batcher.queue_depth()
 
     def complete(self, messages: list[Message], params: SamplingParams, body: dict[str, Any]) -> Answer:
-        fut: Future[Answer] = Future()
-        try:
-            self._queue.put_nowait((RowRequest(messages, params, params.seed), fut))
-        except queue.Full:
-            raise RequestError(503, f"gateway busy: {self._queue.maxsize} requests already waiting",
-                               retry_after_s=RETRY_AFTER_S) from None
-        try:
-            return fut.result(timeout=self.request_timeout_s)
-        except TimeoutError:
-            fut.cancel()
-            raise RequestError(504, f"no answer within {self.request_timeout_s}s") from None
+        return self.batcher.submit(RowRequest(messages, params, params.seed))
 
-    def _batch_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=QUEUE_POLL_S)
-            except queue.Empty:
-                continue
-            batch = [first]
-            deadline = time.monotonic() + self.batch_window_s
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            self._run_batch(batch)
-
-    def _run_batch(self, batch: list[_Pending]) -> None:
-        live = [(row, fut) for row, fut in batch if fut.set_running_or_notify_cancel()]
-        if not live:
-            return
+    def _run_batch(self, rows: Sequence[RowRequest]) -> list[Answer]:
         with self._swap_lock:
             backend, version = self._current  # one pair for the whole batch: a swap waits for the next
-        try:
-            gens = backend.generate_rows([row for row, _ in live])
-        except Exception as e:
-            log.exception("generation failed for a batch of %d", len(live))
-            for _, fut in live:
-                fut.set_exception(e)
-            return
-        for (_, fut), gen in zip(live, gens):
-            fut.set_result(Answer(gen, version))
+        return [Answer(gen, version) for gen in backend.generate_rows(rows)]
 
 
 class UpstreamResponder:
