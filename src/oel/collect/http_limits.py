@@ -204,3 +204,62 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def _count(self, change: int) -> None:
         with self._count_lock:
             self.open_connections += change
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; anything else is a 400 naming `body`."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 4300+ digit integers, deep nesting
+        raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "body: must be a JSON object")
+    return body
+
+
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """What `oel serve`'s and the gateway's handlers share: HTTP/1.1 keep-alive, a bounded JSON
+    body read once, OpenAI-style error bodies, and answers that close (after a lingering drain)
+    a connection whose body was left unread, since its bytes would parse as the next request.
+
+    Subclasses set `max_body_bytes` and `timeout` (the socket timeout: idle and slow clients
+    lose their slot) and may override `on_status` to count answers.
+    """
+
+    protocol_version = "HTTP/1.1"
+    max_body_bytes = 1 << 20
+    _body_read = False
+
+    def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    def parse_request(self) -> bool:
+        self._body_read = False
+        return super().parse_request()
+
+    def on_status(self, status: int) -> None:
+        """Called with the status of every answer (a hook for metrics)."""
+
+    def _read_json(self) -> dict[str, Any]:
+        length = content_length(self.headers, self.max_body_bytes)
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            raise RequestError(408, f"body: not received within {self.timeout}s") from None
+        if len(data) < length:
+            raise RequestError(400, f"body: {len(data)} bytes received, Content-Length said {length}")
+        self._body_read = True
+        return json_object(data)
+
+    def _error(self, e: RequestError, headers: dict[str, str] | None = None) -> None:
+        if e.retry_after_s is not None:
+            headers = {**(headers or {}), "Retry-After": str(e.retry_after_s)}
+        self._reply(e.status, error_body(e.status, str(e), e.param), headers)
+
+    def _reply(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        unread = not self._body_read and may_have_body(self.command, self.headers)
+        self.close_connection = self.close_connection or unread
+        self.on_status(status)
+        send_json(self, status, obj, headers)
+        if unread:
+            linger_close(self.connection)

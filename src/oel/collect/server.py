@@ -24,7 +24,6 @@ can grow: body size, max_tokens, queue length, open connections and their thread
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -43,12 +42,8 @@ from oel.collect.batcher import Batcher
 from oel.collect.chat_request import parse_chat_request
 from oel.collect.http_limits import (
     BoundedHTTPServer,
+    JsonRequestHandler,
     RequestError,
-    content_length,
-    error_body,
-    linger_close,
-    may_have_body,
-    send_json,
 )
 from oel.config import cfg
 from oel.errors import ConfigError
@@ -194,17 +189,9 @@ class ChatServer:
 def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
     config = server.config
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = config.client_timeout_s  # socket timeout: idle and slow clients lose their slot
-        _body_read = False
-
-        def log_message(self, format: str, *args: Any) -> None:  # route access logs to logging
-            log.debug("%s " + format, self.client_address[0], *args)
-
-        def parse_request(self) -> bool:
-            self._body_read = False
-            return super().parse_request()
+    class Handler(JsonRequestHandler):
+        timeout = config.client_timeout_s
+        max_body_bytes = config.max_body_bytes
 
         def do_GET(self) -> None:
             if self._authorized() and self._routed("GET") == MODELS_PATH:
@@ -253,41 +240,8 @@ def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 return None
             return path
 
-        def _read_json(self) -> dict[str, Any]:
-            length = content_length(self.headers, config.max_body_bytes)
-            try:
-                data = self.rfile.read(length)
-            except TimeoutError:
-                raise RequestError(408, f"body: not received within {config.client_timeout_s}s") from None
-            if len(data) < length:
-                raise RequestError(400, f"body: {len(data)} bytes received, Content-Length said {length}")
-            self._body_read = True
-            return _json_object(data)
-
-        def _error(self, e: RequestError, headers: dict[str, str] | None = None) -> None:
-            if e.retry_after_s is not None:
-                headers = {**(headers or {}), "Retry-After": str(e.retry_after_s)}
-            self._reply(e.status, error_body(e.status, str(e), e.param), headers)
-
-        def _reply(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            # An unread body would parse as the next request: close, after a lingering drain.
-            unread = not self._body_read and may_have_body(self.command, self.headers)
-            self.close_connection = self.close_connection or unread
-            send_json(self, status, obj, headers)
-            if unread:
-                linger_close(self.connection)
 
     return Handler
-
-
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 4300+ digit integers, deep nesting
-        raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, "body: must be a JSON object")
-    return body
 
 
 def serve(config: ServeConfig) -> None:

@@ -28,12 +28,8 @@ from urllib.parse import unquote, urlsplit
 from oel.collect.chat_request import bad, bool_field, parse_chat_request
 from oel.collect.http_limits import (
     RETRY_AFTER_S,
+    JsonRequestHandler,
     RequestError,
-    content_length,
-    error_body,
-    linger_close,
-    may_have_body,
-    send_json,
     show,
 )
 from oel.errors import DataError
@@ -137,32 +133,20 @@ def stream_events(answer: Answer, model: str, cid: str, include_usage: bool) -> 
     return events
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, "body: must be a JSON object")
-    return body
-
-
 def make_handler(gw: Gateway) -> type[BaseHTTPRequestHandler]:
     config = gw.config
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    class Handler(JsonRequestHandler):
         timeout = config.client_timeout_s
-        _body_read = False
+        max_body_bytes = config.max_body_bytes
         _endpoint = "other"
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.client_address[0], *args)
-
         def parse_request(self) -> bool:
-            self._body_read = False
             self._endpoint = "other"
             return super().parse_request()
+
+        def on_status(self, status: int) -> None:
+            gw.metrics.count_request(self._endpoint, status)
 
         def do_GET(self) -> None:
             self._serve("GET")
@@ -292,7 +276,7 @@ def make_handler(gw: Gateway) -> type[BaseHTTPRequestHandler]:
             depth = gw.responder.queue_depth() if gw.responder is not None else 0
             text = gw.metrics.render(gw.store.stats(), queue_depth=depth, open_connections=gw.httpd.open_connections,
                                      model_version=gw.version).encode("utf-8")
-            self._count(200)
+            self.on_status(200)
             self.send_response(200)
             self.send_header("Content-Type", METRICS_CONTENT_TYPE)
             self.send_header("Content-Length", str(len(text)))
@@ -301,37 +285,9 @@ def make_handler(gw: Gateway) -> type[BaseHTTPRequestHandler]:
 
         # ---- bodies and answers -------------------------------------------------------------
 
-        def _read_json(self) -> dict[str, Any]:
-            length = content_length(self.headers, config.max_body_bytes)
-            try:
-                data = self.rfile.read(length)
-            except TimeoutError:
-                raise RequestError(408, f"body: not received within {config.client_timeout_s}s") from None
-            if len(data) < length:
-                raise RequestError(400, f"body: {len(data)} bytes received, Content-Length said {length}")
-            self._body_read = True
-            return _json_object(data)
-
-        def _count(self, status: int) -> None:
-            gw.metrics.count_request(self._endpoint, status)
-
-        def _error(self, e: RequestError, headers: dict[str, str] | None = None) -> None:
-            if e.retry_after_s is not None:
-                headers = {**(headers or {}), "Retry-After": str(e.retry_after_s)}
-            self._reply(e.status, error_body(e.status, str(e), e.param), headers)
-
-        def _reply(self, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            # An unread body would parse as the next request: close, after a lingering drain.
-            unread = not self._body_read and may_have_body(self.command, self.headers)
-            self.close_connection = self.close_connection or unread
-            self._count(status)
-            send_json(self, status, obj, headers)
-            if unread:
-                linger_close(self.connection)
-
         def _stream(self, events: list[dict[str, Any]], headers: dict[str, str]) -> None:
             """Server-sent events in chunked transfer encoding, so the connection stays reusable."""
-            self._count(200)
+            self.on_status(200)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
