@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from oel.errors import ConfigError
+from oel.errors import ConfigError, DataError
 from oel.io import atomic_write_json, read_json
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
@@ -338,6 +338,8 @@ def status(config: OnlineConfig) -> dict[str, Any]:
     """What an operator asks first: the store's numbers, the current version, the last round row."""
     from oel.io import iter_jsonl
 
+    if not Path(config.store).is_file():  # a status query must not create an empty store
+        raise DataError(f"{config.store}: store not found (the gateway creates it; check `store`)")
     with Store.open(config.store, retention=config.retention) as store:
         stats = store.stats()
     versions = Versions(config.versions.dir)
