@@ -46,6 +46,13 @@ READERS = [
     "experience curve {f}",
     "report {f}",
     "serve {f}",
+    "gateway {f}",
+    "online run {f}",
+    "online status {f}",
+    "online demo {f}",
+    "online export {f} out.jsonl",
+    "online versions {f}",
+    "online rollback {f} 0",
 ]
 
 # Commands given an OUTPUT path that cannot be written: a directory where a file goes, or a

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from oel.cli import add_config_command
+from oel.errors import DataError
 from oel.online.config import OnlineConfig
 
 
@@ -40,6 +42,8 @@ def _status(config: OnlineConfig, ns: argparse.Namespace) -> int:
 def _export(ns: argparse.Namespace) -> int:
     from oel.online.store import Store
 
+    if not Path(ns.store).is_file():  # exporting must not create an empty store
+        raise DataError(f"{ns.store}: store not found")
     with Store.open(ns.store) as store:
         n = store.export_jsonl(ns.out, round=ns.round)
     print(f"exported {n} trajectories to {ns.out}")
@@ -50,7 +54,9 @@ def _versions(ns: argparse.Namespace) -> int:
     from oel.online.versions import Versions, version_name
 
     versions = Versions(ns.versions_dir)
-    current = versions.current().version if versions.current_file.is_file() else None
+    if not versions.current_file.is_file():
+        raise DataError(f"{ns.versions_dir}: not a versions directory (no {versions.current_file.name})")
+    current = versions.current().version
     for v in versions.list():
         mark = "*" if v.version == current else " "
         verdict = v.verdict.get("reason", "") or ("gate off" if v.verdict.get("check") == "off" else "")
