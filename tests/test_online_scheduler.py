@@ -257,3 +257,30 @@ def test_a_second_scheduler_on_the_same_run_dir_is_refused(tiny_model, tmp_path,
     finally:
         first.close()
     Scheduler(_config(tiny_model, tmp_path)).close()  # released with its holder
+
+
+def test_the_publish_hook_runs_with_the_new_version_and_a_failing_one_is_logged(tiny_model, tmp_path, one_thread):
+    """The serving side's switch for an upstream server (vLLM restart, LoRA load): a real command per version."""
+    import sys
+
+    from oel.online.scheduler import Scheduler
+
+    out = tmp_path / "hook.txt"
+    script = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(chr(10).join(sys.argv[2:]))"
+    hook = f"{sys.executable} -c '{script}' {out} {{version}} {{model_dir}}"
+    _fill(tmp_path / "store.sqlite", 2)
+    scheduler = Scheduler(_config(tiny_model, tmp_path, f"publish_hook={hook}"))
+    assert scheduler.run_round().version == 1
+    version, model_dir = out.read_text().split("\n")
+    assert version == "1" and model_dir == json.loads((tmp_path / "versions" / "current.json").read_text())["model_dir"]
+    assert json.loads((tmp_path / "run" / "round_0" / "publish" / "_complete.json").read_text())["hook_exit"] == 0
+    scheduler.close()
+
+    failing = f"{sys.executable} -c 'import sys; sys.exit(\"vllm did not restart\")'"
+    _fill(tmp_path / "store.sqlite", 2, start=2)
+    scheduler = Scheduler(_config(tiny_model, tmp_path, f"publish_hook={failing}"))
+    outcome = scheduler.run_round()
+    assert outcome.version == 2  # published: the hook's failure is the operator's to act on
+    marker = json.loads((tmp_path / "run" / "round_1" / "publish" / "_complete.json").read_text())
+    assert marker["hook_exit"] == 1 and "vllm did not restart" in marker["hook_output"]
+    scheduler.close()

@@ -71,6 +71,10 @@ class OnlineConfig:
     consolidate: ConsolidateConfig = cfg(help="consolidation into the current version; teacher = that version "
                                               "reading the lessons unless consolidate.teacher_model is set",
                                          factory=ConsolidateConfig)
+    publish_hook: str = cfg("", "a command run after each publication (e.g. restart vLLM on the new weights); "
+                                "{model_dir} and {version} are filled in; no shell; at least once per version: "
+                                "a resumed round runs it again; a failing hook is logged, the version stays published")
+    hook_timeout_s: float = cfg(600.0, "a publish hook still running after this long is killed (and logged as failed)")
     evaluate_each_round: bool = cfg(False, "evaluate every new version with all the enabled evaluate parts (off: "
                                            "only the gate's part runs, and only when the gate is on)")
     evaluate: EvaluateConfig = cfg(help="how new versions are evaluated (held-out games on `env`, IF-Eval, the meter)",

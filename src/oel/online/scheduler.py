@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
+import shlex
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -132,6 +134,29 @@ def hold_lock(path: Path) -> IO[str]:
         f.close()
         raise ConfigError(f"run_dir: {path.parent} is in use by another running scheduler ({path.name} is locked)") from None
     return f
+
+
+def run_hook(template: str, version: Version, timeout_s: float) -> dict[str, Any]:
+    """Run the publish hook for `version` (argv from `template`, no shell); its outcome for the marker.
+
+    The serving side's switch when it is not oel's own gateway: e.g. a script that restarts vLLM on
+    `{model_dir}`, or loads it as a LoRA adapter through vLLM's endpoint.
+    """
+    argv = [a.format(model_dir=version.model_dir, version=version.version) for a in shlex.split(template)]
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        code, tail = done.returncode, (done.stderr or done.stdout).strip()[-HOOK_OUTPUT_CHARS:]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        code, tail = -1, one_line(e)
+    seconds = round(time.perf_counter() - t0, 2)
+    if code != 0:
+        log.error("publish hook for %s failed (exit %s): %s", version_name(version.version), code, tail)
+    return {"hook_exit": code, "hook_seconds": seconds, **({"hook_output": tail} if code != 0 else {})}
+
+
+HOOK_OUTPUT_CHARS = 300
+"""How much of a failing hook's output is kept in the publish marker and the log."""
 
 
 def one_line(e: BaseException) -> str:
@@ -288,6 +313,8 @@ class Scheduler:
         metrics = {f"consolidate_{k}": v for k, v in consolidated.items()}
         v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict, parent=ctx.start.version)
         log.info("round %d: published %s", ctx.round, version_name(v.version))
+        if self.config.publish_hook:
+            return {"version": v.version, **run_hook(self.config.publish_hook, v, self.config.hook_timeout_s)}
         return {"version": v.version}
 
     # ---- operator metrics and the service loop ----------------------------------------------
