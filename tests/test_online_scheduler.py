@@ -284,3 +284,19 @@ def test_the_publish_hook_runs_with_the_new_version_and_a_failing_one_is_logged(
     marker = json.loads((tmp_path / "run" / "round_1" / "publish" / "_complete.json").read_text())
     assert marker["hook_exit"] == 1 and "vllm did not restart" in marker["hook_output"]
     scheduler.close()
+
+
+@pytest.mark.parametrize("tolerance,published", [(2.0, True), (-2.0, False)])
+def test_the_move_quality_gate_compares_held_out_move_quality(tiny_model, tmp_path, one_thread, tolerance, published):
+    """Both versions play the same held-out maps; a pass rate of 0 on both sides cannot hide a worse mover."""
+    _fill(tmp_path / "store.sqlite", 2)
+    scheduler = Scheduler(_config(tiny_model, tmp_path, "gate.check=move_quality", f"gate.tolerance={tolerance}",
+                                  "evaluate.games.num_maps=2", "evaluate.games.sampling.max_new_tokens=4"))
+    outcome = scheduler.run_round()
+    verdict = outcome.verdict
+    assert verdict["metric"] == "game_move_quality" and verdict["passed"] is published
+    assert (outcome.version == 1) is published
+    for which in ("evaluate_candidate", "evaluate_current"):
+        saved = json.loads((tmp_path / "run" / "round_0" / which / "evaluation.json").read_text())
+        assert saved["games"]["num_maps"] == 2 and saved["ifeval"] is None  # only the gate's part ran
+    scheduler.close()

@@ -25,16 +25,20 @@ from oel.loop.config import LoopConfig
 from oel.models import ModelConfig
 from oel.online.store import RETENTION_POLICIES, Retention
 
-GateCheck = Literal["off", "games", "meter", "ifeval"]
-GATE_METRIC: dict[str, str] = {"games": "game_pass_rate", "meter": "meter_emq", "ifeval": "ifeval_prompt_strict"}
-"""The evaluation summary number each gate check compares (higher is better for all three)."""
+GateCheck = Literal["off", "games", "move_quality", "meter", "ifeval"]
+GATE_METRIC: dict[str, str] = {"games": "game_pass_rate", "move_quality": "game_move_quality", "meter": "meter_emq",
+                               "ifeval": "ifeval_prompt_strict"}
+"""The evaluation summary number each gate check compares (higher is better for all)."""
+GATE_PART: dict[str, str] = {"games": "games", "move_quality": "games", "meter": "meter", "ifeval": "ifeval"}
+"""The evaluate part each gate check runs."""
 
 
 @dataclass
 class GateConfig:
     """The promotion gate: publish a new version only when it is not worse than the current one."""
 
-    check: GateCheck = cfg("off", "off: publish every round that trains; games: held-out pass rate; meter: the exact "
+    check: GateCheck = cfg("off", "off: publish every round that trains; games: held-out pass rate; move_quality: held-out moves on a "
+                                  "shortest path (sees damage a pass rate of 0 on both sides hides); meter: the exact "
                                   "policy meter (grid games); ifeval: IF-Eval prompt-level strict accuracy")
     tolerance: float = cfg(0.0, "publish when new >= current - tolerance (a negative tolerance demands an improvement)")
 
@@ -100,8 +104,8 @@ class OnlineConfig:
 
     def _check_gate(self) -> None:
         part = {"games": self.evaluate.games, "meter": self.evaluate.meter, "ifeval": self.evaluate.ifeval}
-        if self.gate.check != "off" and not part[self.gate.check].enabled:
-            raise ConfigError(f"gate.check: {self.gate.check} needs evaluate.{self.gate.check}.enabled=true")
+        if self.gate.check != "off" and not part[GATE_PART[self.gate.check]].enabled:
+            raise ConfigError(f"gate.check: {self.gate.check} needs evaluate.{GATE_PART[self.gate.check]}.enabled=true")
 
     def round_evaluate(self) -> EvaluateConfig | None:
         """The evaluation a round runs: all enabled parts, only the gate's part, or none."""
@@ -112,7 +116,7 @@ class OnlineConfig:
         e = dataclasses.replace(self.evaluate, games=dataclasses.replace(self.evaluate.games, enabled=False),
                                 ifeval=dataclasses.replace(self.evaluate.ifeval, enabled=False),
                                 meter=dataclasses.replace(self.evaluate.meter, enabled=False))
-        getattr(e, self.gate.check).enabled = True
+        getattr(e, GATE_PART[self.gate.check]).enabled = True
         return e
 
     def loop_config(self) -> LoopConfig:
