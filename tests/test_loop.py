@@ -293,11 +293,21 @@ def test_copy_stage_replaces_a_partial_attempt_and_a_killed_copy(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml")))
 def test_every_shipped_config_is_valid(path):
-    """`consolidate-*.yaml` are `oel consolidate` configs; every other file is an `oel loop` config."""
-    if Path(path).name.startswith("consolidate-"):
+    """`consolidate-*.yaml` are `oel consolidate` configs, `online.yaml` an `oel online run` one,
+    `online-demo.yaml` an `oel online demo` one; every other file is an `oel loop` config."""
+    name = Path(path).name
+    if name.startswith("consolidate-"):
         from oel.consolidate.config import ConsolidateConfig
 
         assert load_config(ConsolidateConfig, path).batch_size >= 1
+    elif name == "online.yaml":
+        from oel.online.config import OnlineConfig
+
+        assert load_config(OnlineConfig, path).run_dir.startswith("runs/")
+    elif name == "online-demo.yaml":
+        from oel.online.demo import DemoConfig
+
+        assert load_config(DemoConfig, path).run_dir.startswith("runs/")
     else:
         assert load_config(LoopConfig, path).run_dir.startswith("runs/")
 

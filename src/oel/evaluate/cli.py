@@ -18,7 +18,6 @@ from oel.cli import add_config_command
 
 def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
     """Load the model once, run every enabled part, print the table."""
-    from pathlib import Path
 
     from oel.config import save_config
     from oel.evaluate.evaluation import evaluate, evaluation_table

@@ -34,6 +34,7 @@ from oel.collect.http_limits import BoundedHTTPServer
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
+from oel.online.gateway_http import make_handler
 from oel.online.metrics import GatewayMetrics
 from oel.online.responders import LocalResponder, Responder, UpstreamResponder
 from oel.online.store import RETENTION_POLICIES, Store
@@ -158,8 +159,6 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *, backend: HFBackend | None = None, version: int = 0,
                  store: Store | None = None) -> None:
         """`backend`: an already loaded in-process model (tests); else `config.model` or current.json is loaded."""
-        from oel.online.gateway_http import make_handler
-
         self.config = config
         self.api_keys, self.admin_keys = config.load_api_keys()
         require_keys_off_loopback(config.host, self.api_keys, env_var=config.api_keys_env)

@@ -22,12 +22,14 @@ import sqlite3
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from oel.collect.auth import ApiKeys
 from oel.collect.chat_request import bad, bool_field, parse_chat_request
 from oel.collect.http_limits import (
     RETRY_AFTER_S,
+    BoundedHTTPServer,
     JsonRequestHandler,
     RequestError,
     show,
@@ -36,12 +38,41 @@ from oel.errors import DataError
 from oel.online.errors import ConflictError, NotFoundError
 from oel.online.intake import AUTO_SESSION_PREFIX
 from oel.online.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from oel.online.responders import Answer
+from oel.online.metrics import GatewayMetrics
+from oel.online.responders import Answer, Responder
 from oel.online.sessions import parse_messages as check_prompt
-from oel.online.store import MAX_NAME_CHARS
+from oel.online.store import MAX_NAME_CHARS, Store
 
-if TYPE_CHECKING:
-    from oel.online.gateway import Gateway
+
+class HandlerLimits(Protocol):
+    """The settings the handler reads (oel.online.gateway.GatewayConfig has them all)."""
+
+    client_timeout_s: float
+    max_body_bytes: int
+    served_name: str
+    rate_limit_per_s: float
+    max_tokens_limit: int
+
+
+class RateLimit(Protocol):
+    def wait_s(self, client: str) -> float: ...
+
+
+class GatewayState(Protocol):
+    """What the handler needs of the gateway (oel.online.gateway.Gateway). A protocol, so that the
+    gateway can build its handler from this module without the two importing each other."""
+
+    config: HandlerLimits
+    api_keys: ApiKeys
+    admin_keys: ApiKeys
+    httpd: BoundedHTTPServer
+    metrics: GatewayMetrics
+    rate_limiter: RateLimit
+    responder: Responder | None
+    store: Store
+
+    @property
+    def version(self) -> int: ...
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +164,7 @@ def stream_events(answer: Answer, model: str, cid: str, include_usage: bool) -> 
     return events
 
 
-def make_handler(gw: Gateway) -> type[BaseHTTPRequestHandler]:
+def make_handler(gw: GatewayState) -> type[BaseHTTPRequestHandler]:
     config = gw.config
 
     class Handler(JsonRequestHandler):
