@@ -327,3 +327,38 @@ def test_knowledge_file_replaces_the_extracted_knowledge(tiny_model, tmp_path):
     assert evaluation["games_knowledge"]["knowledge_texts"] == 2
     trained = yaml.safe_load((run / "round_0" / "consolidate" / "config.yaml").read_text())
     assert trained["knowledge"] == [str(run / "round_0" / "extract" / f"knowledge_{k}.txt") for k in range(2)]
+
+
+def test_reuse_from_refuses_stages_whose_template_file_was_edited(tiny_model, source_run, tmp_path):
+    """A user's template file keeps its path when edited, so the configs still match: the recorded
+    sha256 (extract manifest, consolidate prompts.json) is what tells the two prompts apart."""
+    from oel import prompts
+    from oel.consolidate.teacher import prompt_records
+    from oel.extract.store import manifest_path
+
+    teacher, extraction = tmp_path / "teacher.txt", tmp_path / "extract.txt"
+    teacher.write_text("Lessons:\n{knowledge}\n\nNow:\n{observation}")
+    extraction.write_text("Known:\n{knowledge}\nGame:\n{trajectory}\nWrite a new rule.")
+    source = tmp_path / "source"
+    shutil.copytree(source_run, source)
+    saved = yaml.safe_load((source / "config.yaml").read_text())
+    saved["consolidate"]["teacher_template"] = str(teacher)
+    saved["extract"].update(kind="extracted", prompt=str(extraction))
+    (source / "config.yaml").write_text(yaml.safe_dump(saved))
+    (source / "round_0" / "consolidate" / "prompts.json").write_text(json.dumps(prompt_records(str(teacher))))
+    manifest = manifest_path(source / "round_0" / "extract" / "store", 0)
+    recorded = json.loads(manifest.read_text())
+    recorded["fingerprint"]["prompt"] = prompts.get(str(extraction)).record()
+    manifest.write_text(json.dumps(recorded))
+
+    config = load_config(LoopConfig, None, [*tiny_overrides(tiny_model, tmp_path / "run"), f"reuse_from={source}",
+                                            f"consolidate.teacher_template={teacher}", "extract.kind=extracted",
+                                            f"extract.prompt={extraction}"])
+    reuse = ReuseSource.open(config)
+    assert reuse is not None
+    everything = [(0, "collect"), (0, "extract"), (0, "evaluate"), (0, "consolidate"), (1, "evaluate")]
+    assert [rs for rs in everything if reuse.reusable(config, *rs)] == everything
+    teacher.write_text("Earlier lessons:\n{knowledge}\n\n{observation}")
+    assert [rs for rs in everything if reuse.reusable(config, *rs)] == [(0, "collect"), (0, "extract"), (0, "evaluate")]
+    extraction.write_text("Known:\n{knowledge}\nRecord:\n{trajectory}\nWrite a rule.")
+    assert [rs for rs in everything if reuse.reusable(config, *rs)] == [(0, "collect")]

@@ -150,3 +150,41 @@ def test_an_edited_template_file_is_read_again(tmp_path):
     first = prompts.get(str(path))
     write(path, "Another wording, {knowledge}")
     assert prompts.get(str(path)).text == "Another wording, {knowledge}" and first.text == "A {knowledge}"
+
+
+def test_a_custom_task_teacher_block_is_put_in_front_of_a_non_game_prompt(tmp_path):
+    path = write(tmp_path / "block.txt", "Notes from earlier attempts:\n{knowledge}")
+    prefix = Prefix("t", 0, (Message(role="system", content="You help in a shell."),
+                             Message(role="user", content="List the files.")), "List the files.", "imported")
+    msgs = teacher_messages(prefix, "Use ls -la.", task_template=str(path))
+    assert [m.content for m in msgs] == ["You help in a shell.", "Notes from earlier attempts:\nUse ls -la.\n\nList the files."]
+    config = load_config(ConsolidateConfig, None, [f"task_teacher_template={path}"])
+    assert prompt_records(config.teacher_template, config.task_teacher_template)[2] == {
+        "name": str(path), "sha256": sha12(path.read_text())}
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("Notes only", r"has no \{knowledge\} field \(a task-neutral knowledge block needs \{knowledge\}\)"),
+    ("{knowledge}\n{observation}", r"has unknown field \{observation\}"),
+])
+def test_a_task_teacher_block_with_wrong_fields_is_refused(tmp_path, text, problem):
+    path = write(tmp_path / "block.txt", text)
+    with pytest.raises(ConfigError, match=problem) as e:
+        load_config(ConsolidateConfig, None, [f"task_teacher_template={path}"])
+    assert f"task_teacher_template: '{path}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resuming_after_the_teacher_template_file_was_edited_is_refused(grid_consolidation_config, tmp_path, one_thread):
+    from oel.consolidate import consolidate
+    from oel.errors import TrainingError
+
+    path = write(tmp_path / "teacher.txt", "Lessons:\n{knowledge}\n\nNow:\n{observation}")
+    consolidate(grid_consolidation_config("run", teacher_template=str(path), save_every=1))
+    again = grid_consolidation_config("run", teacher_template=str(path), save_every=1, steps=2, on_existing="resume")
+    write(path, "Earlier lessons:\n{knowledge}\n\n{observation}")
+    with pytest.raises(TrainingError, match=r"prompts\.json: prompt '.*teacher\.txt' changed \(sha256 \w+ -> \w+\) since "
+                                            r"the run started; use on_existing=overwrite"):
+        consolidate(again)
+    write(path, "Lessons:\n{knowledge}\n\nNow:\n{observation}")
+    consolidate(again)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -40,7 +40,8 @@ class ConsolidateConfig:
     model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher", factory=ModelConfig)
 
     teacher_model: str = cfg("", "a different FROZEN model as the teacher (a preset, .gguf or HF directory, loaded with model's dtype and device), reading the knowledge and scoring the student's samples; it must share the student's vocabulary (checked). Empty = the round-start model itself (the paper). Costs that model's weights in memory (1.5B preset in bf16: ~3.1 GiB) and its forward passes")
-    teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for collected grid-game prefixes: teacher_grid_v1 (knowledge before the observation), teacher_grid_after_v1 (after it), teacher_grid_system_v1 (in a system message), or a path to your own .txt template with {knowledge} (and {observation}, else it is a system message); other prefixes (imported logs, other tasks) get the task-neutral knowledge_block_v1 block")
+    teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for collected grid-game prefixes: teacher_grid_v1 (knowledge before the observation), teacher_grid_after_v1 (after it), teacher_grid_system_v1 (in a system message), or a path to your own .txt template with {knowledge} (and {observation}, else it is a system message); other prefixes (imported logs, other tasks) get task_teacher_template")
+    task_teacher_template: str = cfg(prompts.TASK_TEACHER_TEMPLATE, "the teacher's knowledge block for every prefix that is not a grid game (imported logs, other tasks), put in front of its first user message: the built-in knowledge_block_v1 or a path to your own .txt template with {knowledge}")
     sampler: Sampler = cfg("on_policy", "on_policy: the student (no knowledge) writes the responses; off_policy: the teacher (with knowledge) does (baseline)")
     loss: LossName = cfg("topk_reverse_kl", "token loss; topk_reverse_kl is the paper's; forward_kl or sft for the off-policy baseline")
     top_k: int = cfg(256, "top_k_reverse_kl: the student's k most likely tokens (of the full-vocab softmax, no renormalisation)")
@@ -97,6 +98,7 @@ class ConsolidateConfig:
         if self.fsdp_mixed_precision and self.parallel != "fsdp":
             raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
         _check_template("teacher_template", self.teacher_template, prompts.TEACHER_ROLE)
+        _check_template("task_teacher_template", self.task_teacher_template, prompts.TASK_TEACHER_ROLE)
         if self.teacher_model and self.parallel == "fsdp":
             raise ValueError("teacher_model: not supported with parallel=fsdp (the other teacher would not be sharded); use ddp")
         if self.save_every < 0 or self.keep_last < 1:

@@ -22,7 +22,7 @@ from oel.consolidate import distributed
 from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.samplers import Sample
 from oel.consolidate.teacher import teacher_messages
-from oel.prompts import TEACHER_TEMPLATE
+from oel.prompts import TASK_TEACHER_TEMPLATE, TEACHER_TEMPLATE
 from oel.errors import DataError
 from oel.io import read_text_file
 from oel.trajectory import Message, Prefix
@@ -99,11 +99,13 @@ class ConsolidationData:
     """The prefixes and knowledge texts of one round, with their prompts encoded once each."""
 
     def __init__(self, prefixes: Sequence[Prefix], knowledge: Sequence[str],
-                 encode: Callable[[list[Message]], list[int]], teacher_template: str = TEACHER_TEMPLATE) -> None:
+                 encode: Callable[[list[Message]], list[int]], teacher_template: str = TEACHER_TEMPLATE,
+                 task_teacher_template: str = TASK_TEACHER_TEMPLATE) -> None:
         """`encode`: chat messages to prompt token ids (`make_encoder(...).encode`)."""
         self.prefixes = list(prefixes)
         self.knowledge = list(knowledge)
         self.teacher_template = teacher_template
+        self.task_teacher_template = task_teacher_template
         self._encode_messages = encode
         self._prompt_cache: dict[tuple[int, int], list[int]] = {}
 
@@ -112,8 +114,8 @@ class ConsolidationData:
         key = (prefix_index, knowledge_index)
         if key not in self._prompt_cache:
             prefix = self.prefixes[prefix_index]
-            msgs = list(prefix.prompt) if knowledge_index < 0 else teacher_messages(prefix, self.knowledge[knowledge_index],
-                                                                                        self.teacher_template)
+            msgs = list(prefix.prompt) if knowledge_index < 0 else teacher_messages(
+                prefix, self.knowledge[knowledge_index], self.teacher_template, self.task_teacher_template)
             self._prompt_cache[key] = self._encode_messages(msgs)
         return self._prompt_cache[key]
 

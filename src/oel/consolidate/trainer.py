@@ -31,6 +31,7 @@ differs (process group, wrappers, reductions) and explains why the result equals
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -50,9 +51,10 @@ from oel.consolidate.samplers import SAMPLERS, GenerationSettings, Sample
 from oel.consolidate.scoring import ResponseScorer
 from oel.consolidate.step import LOSSES, TrainingStep
 from oel.consolidate.teacher import Teacher, prompt_records
+from oel.prompts import changed_record
 from oel.errors import TrainingError
-from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
-from oel.layout import METRICS_FILE, MODEL_DIR
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text, repair_jsonl_tail
+from oel.layout import METRICS_FILE, MODEL_DIR, PROMPTS_FILE
 from oel.memory import peak_rss_mib
 from oel.provenance import refuse_if_different
 from oel.io import check_writable_dir
@@ -119,7 +121,8 @@ class Consolidator:
         self.optimizer = build.make_optimizer(self.params, config)
         self.sampler = SAMPLERS[config.sampler]()
         encoder = make_encoder(self.student, self.tokenizer, self.model_id)
-        self.data = ConsolidationData(round_prefixes, knowledge, encoder.encode, config.teacher_template)
+        self.data = ConsolidationData(round_prefixes, knowledge, encoder.encode, config.teacher_template,
+                                       config.task_teacher_template)
         self.training_step = TrainingStep(
             config=config, data=self.data, topology=self.topology, student=self.student, scorer=self.scorer,
             teacher=self.teacher, parallel=self.parallel, sampler=self.sampler,
@@ -191,6 +194,8 @@ class Consolidator:
                 if self.topology.is_main:
                     shutil.rmtree(self.out)
                 existing = []
+            else:
+                self._check_same_prompts()
         if self.topology.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.parallel.barrier()
@@ -206,13 +211,30 @@ class Consolidator:
         log.info("%d prefixes, %d knowledge texts, starting at step %d; peak RSS after setup %.0f MiB",
                  len(self.prefixes), len(self.knowledge), self.step, peak_rss_mib())
         save_config(c, self.out / "config.yaml")
-        atomic_write_text(self.out / "prompts.json", _json(prompt_records(c.teacher_template)))
+        atomic_write_text(self.out / PROMPTS_FILE, _json(self.prompt_records()))
+
+    def prompt_records(self) -> list[dict[str, str]]:
+        return prompt_records(self.config.teacher_template, self.config.task_teacher_template)
+
+    def _check_same_prompts(self) -> None:
+        """A template file edited under the same path leaves the config unchanged: compare the sha256s."""
+        recorded = self.out / PROMPTS_FILE
+        if not recorded.is_file():
+            return
+        try:
+            old = json.loads(read_text(recorded, "prompt record"))
+        except ValueError:
+            old = None
+        changed = changed_record(old, self.prompt_records())
+        if changed:
+            raise TrainingError(f"{recorded}: {changed} since the run started; use on_existing=overwrite or a new output_dir")
 
     def _check_same_run(self, path: Path) -> None:
         """Resuming under different training settings would silently mix two runs: refuse."""
         refuse_if_different(checkpoint.read_state(path)["config"], to_dict(self.config), where=str(path),
                             hint="use on_existing=overwrite or a new output_dir", ignore=RESUME_MAY_CHANGE,
                             error=TrainingError)
+
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines of steps after the checkpoint we resume from (they will be redone)."""

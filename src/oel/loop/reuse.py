@@ -2,11 +2,14 @@
 
 An ablation that changes only consolidation shares the main run's round-0 collect, extract
 and evaluate: each of those is copied instead of recomputed when every config key it
-depends on (STAGE_DEPENDENCIES, cumulative over rounds) has the same value in both runs.
+depends on (STAGE_DEPENDENCIES, cumulative over rounds) has the same value in both runs,
+and every prompt it depends on has the same text (a user's template file may be edited under
+the same path: the extract manifests and consolidate prompt records hold each prompt's sha256).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,10 +19,13 @@ from typing import Any
 
 import yaml
 
+from oel import prompts
 from oel.config import to_dict
-from oel.errors import ConfigError
+from oel.consolidate.teacher import prompt_records
+from oel.errors import ConfigError, DataError
+from oel.extract.store import read_manifest
 from oel.io import iter_jsonl, read_text
-from oel.layout import MARKER, RunLayout
+from oel.layout import MARKER, PROMPTS_FILE, RunLayout
 from oel.loop.config import LoopConfig
 from oel.provenance import diff_keys, select
 
@@ -92,7 +98,42 @@ class ReuseSource:
         if differing:
             log.info("round %d %s: not reused from %s (config differs in: %s)", r, stage, src, ", ".join(differing))
             return None
+        for q in range(r + 1):
+            for upstream in ("extract", "consolidate"):
+                if q == r and not _depends_on(stage, upstream):
+                    continue
+                changed = self._changed_prompt(config, q, upstream)
+                if changed:
+                    log.info("round %d %s: not reused from %s (round %d %s: %s)", r, stage, src, q, upstream, changed)
+                    return None
         return src
+
+    def _changed_prompt(self, config: LoopConfig, r: int, stage: str) -> str | None:
+        """How the prompt the source's round-r `stage` used differs from this run's; None if it does not
+        (or the source recorded none: the raw baseline, a knowledge file, a stage it never ran)."""
+        if stage == "consolidate":
+            path = self.layout.stage_dir(r, stage) / PROMPTS_FILE
+            if not path.is_file():
+                return None
+            try:
+                old = json.loads(read_text(path, "prompt record"))
+            except ValueError:
+                return f"{path} is not JSON"
+            c = config.consolidate
+            return prompts.changed_record(old, prompt_records(c.teacher_template, c.task_teacher_template))
+        try:
+            recorded = read_manifest(self.layout.store_dir(r), r).fingerprint.get("prompt")
+        except (DataError, OSError):
+            return None
+        if not isinstance(recorded, dict) or "name" not in recorded:
+            return None
+        chosen = config.extract.kind == "extracted" and config.extract.prompt not in ("", "auto")
+        spec = config.extract.prompt if chosen else str(recorded["name"])
+        try:
+            now = prompts.get(spec).record()
+        except ConfigError as e:
+            return str(e)
+        return prompts.changed_record([recorded], [now])
 
     def metrics_rows(self, r: int, stage: str) -> list[dict[str, Any]]:
         """The source's metrics.jsonl rows of (round r, stage), in order.
@@ -105,6 +146,16 @@ class ReuseSource:
             return []
         return [row for _, row in iter_jsonl(path, complete_lines_only=True)
                 if row.get("round") == r and row.get("stage") == stage]
+
+
+SAME_ROUND_READERS: dict[str, frozenset[str]] = {"extract": frozenset({"extract", "evaluate", "consolidate"}),
+                                                 "consolidate": frozenset({"consolidate"})}
+"""The stages of a round that read what its extract (the knowledge) or consolidate made (itself)."""
+
+
+def _depends_on(stage: str, upstream: str) -> bool:
+    """Whether round r's `stage` depends on the prompt of round r's `upstream` (earlier rounds: always)."""
+    return stage in SAME_ROUND_READERS[upstream]
 
 
 def copy_stage(src: Path, dest: Path) -> None:

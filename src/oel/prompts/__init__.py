@@ -99,6 +99,21 @@ class Role:
 
 EXTRACTION_ROLE = Role("an extraction template", frozenset({"knowledge", "trajectory"}))
 TEACHER_ROLE = Role("a teacher template", frozenset({"knowledge"}), frozenset({"observation"}))
+TASK_TEACHER_ROLE = Role("a task-neutral knowledge block", frozenset({"knowledge"}))
+
+
+def changed_record(old: object, new: list[dict[str, str]]) -> str | None:
+    """How a run's recorded prompts (`Template.record()` list) differ from `new`, in a few words;
+    None when they match. A user's template file edited between two runs keeps its path (so the
+    configs match) but not its sha256: resuming or reusing across that edit would mix two prompts."""
+    if not isinstance(old, list) or len(old) != len(new):
+        return "the recorded prompts are not a list of the same length"
+    for was, now in zip(old, new):
+        if not isinstance(was, dict) or was.get("name") != now["name"]:
+            return f"prompt {now['name']!r} was {was.get('name') if isinstance(was, dict) else was!r}"
+        if was.get("sha256") != now["sha256"]:
+            return f"prompt {now['name']!r} changed (sha256 {str(was.get('sha256'))[:12]} -> {now['sha256'][:12]})"
+    return None
 
 
 def is_template_file(spec: str) -> bool:
