@@ -185,6 +185,28 @@ def test_session_by_header_then_end_stores_one_trajectory(gateway: Gateway) -> N
     assert call(gateway, "POST", "/v1/sessions/nobody/end", {"outcome": "x"})[0] == 404
 
 
+def test_an_idle_session_is_ended_by_the_gateway(tmp_path: Path, backend: HFBackend) -> None:
+    """An agent that never posts its end: after session_idle_s the gateway's own timer ends it."""
+    import time
+
+    from oel.online.store import IDLE_OUTCOME
+
+    with make_gateway(tmp_path, backend, session_idle_s=0.2, idle_check_s=0.05) as gw:
+        assert call(gw, "POST", "/v1/chat/completions", chat(HI), headers={"X-OEL-Session": "quiet"})[0] == 200
+        deadline = time.monotonic() + 10
+        while gw.store.stats()["sessions_open"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (traj,) = gw.store.trajectories()
+        assert traj.outcome == IDLE_OUTCOME and len(traj.turns) == 1 and gw.store.stats()["sessions_open"] == 0
+        assert call(gw, "POST", "/v1/chat/completions", chat(HI), headers={"X-OEL-Session": "quiet"})[0] == 409
+
+
+@pytest.mark.parametrize("bad", [{"session_idle_s": -1.0}, {"session_idle_s": float("nan")}, {"idle_check_s": 0.0}])
+def test_bad_idle_settings_are_refused(tmp_path: Path, bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        GatewayConfig(store=str(tmp_path / "s.sqlite"), **bad)
+
+
 def test_session_without_header_is_stitched_by_prefix(gateway: Gateway) -> None:
     _, h1, b1 = call(gateway, "POST", "/v1/chat/completions", chat(HI))
     second = HI + [{"role": "assistant", "content": b1["choices"][0]["message"]["content"]},

@@ -59,6 +59,9 @@ class GatewayConfig:
     versions_dir: str = cfg("", "directory whose current.json names the model to serve; watched and hot-swapped; "
                             "empty = serve `model` only")
     watch_interval_s: float = cfg(2.0, "how often current.json is polled")
+    session_idle_s: float = cfg(0.0, "end a session (its outcome: unknown, ended idle) after this many seconds without an exchange, for agents "
+                                     "that never POST /v1/sessions/{id}/end; checked every idle_check_s; 0 = never")
+    idle_check_s: float = cfg(30.0, "how often idle sessions are looked for (session_idle_s > 0)")
     upstream_url: str = cfg("", "base URL of the upstream OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     upstream_api_key_env: str = cfg(DEFAULT_UPSTREAM_KEY_ENV, "environment variable holding the upstream's key")
     host: str = cfg("127.0.0.1", "address to bind; any non-loopback address needs API keys")
@@ -92,7 +95,9 @@ class GatewayConfig:
                      "rate_limit_burst"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("client_timeout_s", "request_timeout_s", "watch_interval_s"):
+        if not (self.session_idle_s >= 0 and math.isfinite(self.session_idle_s)):
+            raise ValueError(f"session_idle_s: must be a finite number >= 0, got {self.session_idle_s}")
+        for name in ("client_timeout_s", "request_timeout_s", "watch_interval_s", "idle_check_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         for name in ("batch_window_s", "rate_limit_per_s"):
@@ -216,6 +221,8 @@ class Gateway:
         self._spawn(self.httpd.serve_forever, "oel-gateway-http")
         if self.config.versions_dir and isinstance(self.responder, LocalResponder):
             self._spawn(self._watch, "oel-gateway-watch")
+        if self.config.session_idle_s > 0:
+            self._spawn(self._close_idle, "oel-gateway-idle")
         log.info("gateway at %s (responder %s, model version %d)", self.url, self.config.responder, self.version)
         return self
 
@@ -257,6 +264,17 @@ class Gateway:
         self.responder.swap(backend, version)
         self.metrics.count_swap(ok=True)
         log.info("now serving model version %d from %s", version, model_dir)
+
+    def _close_idle(self) -> None:
+        """End sessions idle for session_idle_s: a conversation whose agent never says it ended still
+        becomes a trajectory (outcome 'idle'), instead of waiting in the store for ever."""
+        while not self._stop.wait(self.config.idle_check_s):
+            try:
+                ended = self.store.close_idle_sessions(self.config.session_idle_s)
+                if ended:
+                    log.info("ended %d idle session(s)", len(ended))
+            except Exception as e:  # noqa: BLE001 - the next check retries; the operator reads the log
+                log.error("idle sessions not ended: %s", e)
 
     def _watch(self) -> None:
         """Poll current.json; a new (version, model_dir) is swapped in; a failed one is not retried."""
