@@ -49,6 +49,8 @@ def test_users_gateway_scheduler_new_version_served(tmp_path: Path, one_thread: 
         "online.extract.kind=raw_trajectories", "online.extract.num_runs=1", "online.extract.budget_tokens=3000",
         "online.consolidate.steps=2", "online.consolidate.batch_size=2", "online.consolidate.micro_batch_size=1",
         "online.consolidate.max_new_tokens=3", "online.consolidate.lr=0.05", "online.consolidate.finetune=full",
+        # the exact-meter gate runs on both versions; a tolerance of 1 publishes whatever it finds
+        "online.gate.check=meter", "online.gate.tolerance=1.0", "online.evaluate.meter.max_layouts=2",
     ])
     summary = run_demo(config)
     assert summary["user_errors"] == []
@@ -78,6 +80,8 @@ def test_users_gateway_scheduler_new_version_served(tmp_path: Path, one_thread: 
     report = (tmp_path / "demo" / "report" / "report.md").read_text()
     assert "| 0 |" in report and "v0001" in report and (tmp_path / "demo" / "report" / "online_timeline.png").is_file()
     assert f"{len(rows)} episodes" in report
+    (meter_row,) = [line for line in report.splitlines() if line.startswith("| 0 | ") and " -> " in line]
+    assert meter_row.count("%") >= 5 and "[" in meter_row  # start, candidate, paired CI, state-blind, P(invalid)
 
 
 def load_first_weight(model_dir: str) -> torch.Tensor:

@@ -17,8 +17,9 @@ from typing import Any
 
 from oel.evaluate.metrics import wilson_interval
 from oel.io import atomic_write_text, iter_jsonl, read_json
-from oel.layout import METRICS_FILE, DemoLayout
+from oel.layout import EVALUATION_FILE, METER_FILE, METRICS_FILE, DemoLayout
 from oel.online.versions import Versions, version_name
+from oel.report.gather import meter_result
 
 GATE_EVALUATIONS = ("evaluate_current", "evaluate_candidate")
 PERCENT = 100
@@ -32,7 +33,9 @@ class OnlineRun:
     versions: list[Any] = field(default_factory=list)
     current: int = 0
     evaluations: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    """round -> {evaluate_current|evaluate_candidate -> the games metrics}."""
+    """round -> {evaluate_current|evaluate_candidate -> the games metrics}, where the gate played games."""
+    meters: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """round -> {evaluate_current|evaluate_candidate -> `MeterResult`}, where the gate ran the meter."""
 
 
 def gather_online(run_dir: str | Path) -> OnlineRun:
@@ -47,9 +50,13 @@ def gather_online(run_dir: str | Path) -> OnlineRun:
     for row in run.rounds:
         r = row["round"]
         for which in GATE_EVALUATIONS:
-            path = layout.scheduler / f"round_{r}" / which / "evaluation.json"
-            if path.is_file():
-                run.evaluations.setdefault(r, {})[which] = read_json(path, "evaluation")["games"]["metrics"]
+            out = layout.scheduler / f"round_{r}" / which
+            if (out / EVALUATION_FILE).is_file():
+                games = read_json(out / EVALUATION_FILE, "evaluation").get("games")
+                if games:
+                    run.evaluations.setdefault(r, {})[which] = games["metrics"]
+            if (out / METER_FILE).is_file():
+                run.meters.setdefault(r, {})[which] = meter_result(read_json(out / METER_FILE, "meter result"), which)
     return run
 
 
@@ -110,6 +117,27 @@ def gate_table(run: OnlineRun) -> str:
     return "\n".join(rows)
 
 
+def meter_gate_table(run: OnlineRun) -> str:
+    """Each round's exact meter on held-out probe states: the start version, the candidate, and
+    their paired difference (bootstrap over maps), which is what the gate's verdict rests on."""
+    from oel.evaluate.meter import paired_gap
+
+    rows = ["| round | start version E[mq] | candidate E[mq] | candidate - start (95% CI over maps) | "
+            "candidate state-blind E[mq] | P(invalid) start -> candidate | moves u/d/l/r start -> candidate |",
+            "|---|---|---|---|---|---|---|"]
+    for r, meters in sorted(run.meters.items()):
+        start, cand = meters.get("evaluate_current"), meters.get("evaluate_candidate")
+        if start is None or cand is None:
+            continue
+        g = paired_gap(cand, start)
+        moves = " -> ".join("/".join(f"{p:.2f}".lstrip("0") for p in m.move_distribution().values()) for m in (start, cand))
+        rows.append(f"| {r} | {_pct(start.mean('emq'))} | {_pct(cand.mean('emq'))} | "
+                    f"{PERCENT * g.diff:+.1f} [{PERCENT * g.lo:+.1f}, {PERCENT * g.hi:+.1f}] | "
+                    f"{_pct(cand.state_blind_emq())} | {_pct(start.mean('p_invalid'))} -> {_pct(cand.mean('p_invalid'))} | "
+                    f"{moves} |")
+    return "\n".join(rows)
+
+
 def plot_timeline(run: OnlineRun, out: Path, t0: float) -> Path | None:
     """Episodes finished over wall time, coloured by the version that served them; rounds as lines."""
     if not run.episodes:
@@ -151,7 +179,11 @@ def write_online_report(run_dir: str | Path) -> Path:
           "## Held-out evaluation per round (the gate)", "",
           "Both models of a round play the same held-out maps with the same sampling seeds. CIs are 95% "
           "(Wilson over episodes for the pass rate, bootstrap over maps for move quality).", "",
-          gate_table(run) if run.evaluations else "(no gate evaluation in this run)", "",
+          *([gate_table(run), ""] if run.evaluations else []),
+          *(["The exact policy meter (no sampling) at every state of one shortest path of each held-out map; "
+             "E[mq] = probability on shortest-path moves, state-blind = what the model's average move "
+             "distribution alone would score.", "", meter_gate_table(run), ""] if run.meters else []),
+          *([] if run.evaluations or run.meters else ["(no gate evaluation in this run)", ""]),
           "## What the users saw", "",
           "Training maps (never the held-out ones); an episode counts for the version that answered its "
           "first turn. A deployment number, not an evaluation: the users' maps differ from round to round.", "",
