@@ -354,3 +354,38 @@ def test_new_item_cap_counts_only_items_that_are_not_repeats(tmp_path):
     f = read_experience(step_path(tmp_path / "store", 0, 0, 2))
     assert [t[-1] for t in f.texts] == ["a", "b", "c", "d"]  # copies of a, b do not use up the cap of 2
     assert f.record.over_cap_dropped == ["- EXPERIENCE ITEM: e"] and len(f.record.duplicates_dropped) == 2
+
+
+RESTATED = [  # three lessons a 0.5B extractor wrote in one round (the online demo): two are one idea
+    "- EXPERIENCE ITEM: The agent must always aim to reach the goal of the game, even if it's not the most efficient path.",
+    "- EXPERIENCE ITEM: You must always aim to reach the goal of the game, even if it's not the most efficient path.",
+    "- EXPERIENCE ITEM: To avoid getting stuck in walls, always aim to move in a straight line or avoid obstacles.",
+]
+
+
+def test_near_duplicates_are_dropped_only_when_asked(tmp_path):
+    from oel.extract.text import dedup_new, item_words, jaccard
+
+    assert dedup_new([], RESTATED) == (RESTATED, [])
+    assert dedup_new([], RESTATED, near=0.7) == ([RESTATED[0], RESTATED[2]], [RESTATED[1]])
+    # the threshold against a brute-force count of shared words
+    a, b = item_words(RESTATED[0]), item_words(RESTATED[1])
+    shared = [w for w in a if w in b]
+    assert jaccard(a, b) == len(shared) / (len(a) + len(b) - len(shared)) > 0.7
+    # moves are words of their own: rules that differ only in the move are different rules
+    up, down = "- EXPERIENCE ITEM: From the top row never answer [up].", "- EXPERIENCE ITEM: From the top row never answer [down]."
+    assert dedup_new([up], [down], near=0.7) == ([down], [])
+    fake = ScriptedExtractor(lambda t, p: "\n".join(RESTATED))
+    extract_round(config(tmp_path, num_trajectories=2, near_duplicate=0.7, max_new_items=0),
+                  [make_traj(i) for i in range(1, 3)], fake)
+    final = read_experience(step_path(tmp_path / "store", 0, 0, 2))
+    assert final.texts == [RESTATED[0], RESTATED[2]] and len(final.record.duplicates_dropped) == 3
+
+
+def test_near_duplicate_setting_is_checked_and_part_of_the_resume_fingerprint(tmp_path):
+    with pytest.raises(ConfigError, match=r"near_duplicate: must be in \[0, 1\], got 1.5"):
+        config(tmp_path, near_duplicate=1.5)
+    trajs = [make_traj(i) for i in range(1, 3)]
+    extract_round(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
+    with pytest.raises(ConfigError, match="near_duplicate"):
+        extract_round(config(tmp_path, num_trajectories=2, near_duplicate=0.7), trajs, ScriptedExtractor(lesson_per_game))

@@ -106,7 +106,7 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     else:
         answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
         candidates = parse_items(answer, config.format)
-    kept, duplicates = dedup_new(prev.texts, candidates)
+    kept, duplicates = dedup_new(prev.texts, candidates, near=config.near_duplicate if config.kind == "extracted" else 0.0)
     # The cap counts NEW items only: small models often copy the list back before adding one.
     cap = config.max_new_items if (config.kind == "extracted" and config.format == "structured") else 0
     kept, over_cap = (kept[:cap], kept[cap:]) if cap else (kept, [])
@@ -151,6 +151,7 @@ def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dic
     return {
         "kind": config.kind, "format": config.format, "budget_tokens": config.budget_tokens,
         "max_input_tokens": config.max_input_tokens, "max_new_items": config.max_new_items,
+        **({"near_duplicate": config.near_duplicate} if config.near_duplicate else {}),
         "strip_trajectory_thinking": config.strip_trajectory_thinking, "seed": config.seed,
         "extractor_model": extractor_model, "prompt": prompt_record, "token_counter": counter,
         "sampling": to_dict(replace(config.sampling, seed=0)),

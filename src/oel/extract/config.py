@@ -70,6 +70,8 @@ class ExtractConfig:
     max_input_tokens: int = cfg(4096, "most tokens of the extractor prompt (chat-template wrapper excluded); over it, the trajectory is cut from the left")
     format: Format = cfg("structured", "structured: keep only '- EXPERIENCE ITEM:' lines; unstructured: keep every line")
     max_new_items: int = cfg(2, "structured: keep at most this many NEW (non-repeated) items per step (the prompt asks for 1-2); 0 = no cap")
+    near_duplicate: float = cfg(0.0, "also drop a new item whose word set overlaps an earlier item's by at least this Jaccard "
+                                     "similarity and names the same bracketed moves (0.7: a word or two changed in a ten-word lesson); 0 = exact repeats only")
     prompt: str = cfg("", "extractor prompt template: '' or auto = chosen from the trajectories (extract_<format>_v1 for oel's grid games, extract_task_<format>_v1 for any other task); a built-in name; or a path to your own .txt template with {knowledge} and {trajectory}")
     kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the budget with the newest raw games")
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")
@@ -86,6 +88,8 @@ class ExtractConfig:
             raise ConfigError(f"use_step: must be -1 or in 0..num_trajectories={self.num_trajectories}, got {self.use_step}")
         if self.max_new_items < 0:
             raise ConfigError(f"max_new_items: must be >= 0, got {self.max_new_items}")
+        if not 0 <= self.near_duplicate <= 1:
+            raise ConfigError(f"near_duplicate: must be in [0, 1], got {self.near_duplicate}")
         if self.max_input_tokens <= self.budget_tokens:
             raise ConfigError(f"max_input_tokens: must exceed budget_tokens={self.budget_tokens} (the prompt holds the whole knowledge), got {self.max_input_tokens}")
         if not is_auto(self.prompt):

@@ -71,18 +71,50 @@ def parse_items(text: str, fmt: Format, *, max_items: int = 0) -> list[str]:
     return items[:max_items] if max_items > 0 else items
 
 
-def dedup_new(existing: Sequence[str], new: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(kept, dropped): new items that are not exact repeats of existing ones or of each other."""
+_WORD = re.compile(r"\[?[a-z0-9']+\]?")
+
+
+def item_words(text: str) -> frozenset[str]:
+    """The words of an item, lower-cased, the structured marker and punctuation left out (bracketed
+    moves such as [up] stay whole: "answer [up]" and "answer [down]" are different rules)."""
+    body = text[len(STRUCTURED_MARKER):] if text.startswith(STRUCTURED_MARKER) else text
+    return frozenset(_WORD.findall(body.lower()))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """|a & b| / |a | b|; two empty sets are the same item (1.0)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def restates(a: frozenset[str], b: frozenset[str], near: float) -> bool:
+    """Whether two items' words say the same thing: Jaccard >= `near` and the same bracketed answers
+    (a rule is about its move: "never answer [up]" and "never answer [down]" are two rules)."""
+    answers = {w for w in a if w.startswith("[")}, {w for w in b if w.startswith("[")}
+    return answers[0] == answers[1] and jaccard(a, b) >= near
+
+
+def dedup_new(existing: Sequence[str], new: Sequence[str], *, near: float = 0.0) -> tuple[list[str], list[str]]:
+    """(kept, dropped): new items that repeat neither an existing item nor an earlier new one.
+
+    An exact repeat (modulo spacing) always counts. With `near` > 0, so does an item whose word set
+    overlaps an earlier one's by a Jaccard similarity of at least `near` and names the same bracketed
+    answers: small models restate a lesson with a word or two changed ("The agent must..." / "You
+    must..."), which fills the budget with one idea. The first wording is kept.
+    """
     seen = {normalize_item(t) for t in existing}
+    seen_words = [item_words(t) for t in existing] if near > 0 else []
     kept: list[str] = []
     dropped: list[str] = []
     for t in new:
         key = normalize_item(t)
-        if key in seen:
+        words = item_words(t) if near > 0 else frozenset()
+        if key in seen or any(restates(words, w, near) for w in seen_words):
             dropped.append(t)
-        else:
-            seen.add(key)
-            kept.append(t)
+            continue
+        seen.add(key)
+        if near > 0:
+            seen_words.append(words)
+        kept.append(t)
     return kept, dropped
 
 
