@@ -83,6 +83,14 @@ def test_users_gateway_scheduler_new_version_served(tmp_path: Path, one_thread: 
     (meter_row,) = [line for line in report.splitlines() if line.startswith("| 0 | ") and " -> " in line]
     assert meter_row.count("%") >= 5 and "[" in meter_row  # start, candidate, paired CI, state-blind, P(invalid)
 
+    # Run again: the round is already done (rounds=1), so no scheduler starts; the users play one more
+    # episode each, all of it answered by v1, past max_episodes if need be.
+    again = run_demo(config)
+    assert again["user_errors"] == [] and again["current"] == 1
+    more = [json.loads(line) for line in (tmp_path / "demo" / "users.jsonl").read_text().splitlines()][len(rows):]
+    assert len(more) == USERS and all(set(r["versions"]) == {1} for r in more)
+    assert sorted(r["episode"] for r in more) == list(range(len(rows), len(rows) + USERS))
+
 
 def load_first_weight(model_dir: str) -> torch.Tensor:
     from safetensors.torch import load_file

@@ -37,7 +37,7 @@ from oel.config import cfg, save_config
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import TRAIN_BASE
 from oel.io import append_jsonl, iter_jsonl
-from oel.layout import DemoLayout
+from oel.layout import METRICS_FILE, DemoLayout
 from oel.online.config import OnlineConfig
 from oel.online.gateway import GatewayConfig
 from oel.online.versions import Versions
@@ -64,7 +64,8 @@ class DemoConfig:
     run_dir: str = cfg("runs/online-demo", "store.sqlite, versions/, scheduler/, users.jsonl, the report")
     users: int = cfg(4, "simulated agents playing at once through the gateway")
     max_episodes: int = cfg(64, "episodes the users play at most (all runs of the demo together)")
-    rounds: int = cfg(2, "stop once this many rounds have ended (published or refused by the gate)")
+    rounds: int = cfg(2, "stop once this many rounds have ended (published or refused by the gate), counting "
+                         "those of earlier runs of the demo in the same run_dir")
     timeout_minutes: float = cfg(45.0, "stop after this long whatever happened")
     temperature: float = cfg(0.7, "the users' sampling temperature")
     top_p: float = cfg(0.8, "the users' nucleus mass")
@@ -75,12 +76,21 @@ class DemoConfig:
                                                           "inside run_dir; max_rounds = rounds)")
 
 
-def scheduler_config(config: DemoConfig) -> OnlineConfig:
-    """The scheduler's config with every path inside the demo's run dir."""
+def scheduler_config(config: DemoConfig, rounds_ended: int = 0) -> OnlineConfig:
+    """The scheduler's config with every path inside the demo's run dir, and the rounds still to run."""
     paths = DemoLayout(Path(config.run_dir))
     return dataclasses.replace(config.online, store=str(paths.store), run_dir=str(paths.scheduler), env=config.env,
-                               max_rounds=config.rounds,
+                               max_rounds=max(config.rounds - rounds_ended, 0),
                                versions=dataclasses.replace(config.online.versions, dir=str(paths.versions)))
+
+
+def rounds_ended(paths: DemoLayout) -> int:
+    """Rounds an earlier run of the demo finished (the scheduler's metrics.jsonl has one row each)."""
+    metrics = paths.scheduler / METRICS_FILE
+    if not metrics.is_file():
+        return 0
+    return sum(1 for _, row in iter_jsonl(metrics, complete_lines_only=True)
+               if row.get("stage") == "round" and row.get("status") != "failed")
 
 
 class SimulatedUsers:
@@ -96,9 +106,10 @@ class SimulatedUsers:
         self.errors: list[str] = []
 
     def finish_after(self, more: int) -> None:
-        """Let the users play `more` episodes from now on, then stop (the episodes after a swap)."""
+        """Let the users play exactly `more` episodes from now on, then stop (the episodes after the
+        last swap; past max_episodes if the users had already played them all)."""
         with self._lock:
-            self.limit = min(self.limit, self._next + more)
+            self.limit = self._next + more
 
     def _take(self) -> int | None:
         with self._lock:
@@ -150,25 +161,33 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     paths = DemoLayout(Path(config.run_dir))
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, paths.run_dir / DEMO_CONFIG)
-    online = scheduler_config(config)
-    save_config(online, paths.run_dir / SCHEDULER_CONFIG)
+    ended = rounds_ended(paths)
+    online = scheduler_config(config, ended)
+    if online.max_rounds:  # (0 would mean "run for ever" to `oel online run`)
+        save_config(online, paths.run_dir / SCHEDULER_CONFIG)
     Versions(paths.versions).ensure_base(online.model.name)
     keys = [secrets.token_urlsafe(32) for _ in range(config.users)]
     gw_config = GatewayConfig(store=str(paths.store), port=0, model=online.model, versions_dir=str(paths.versions),
                               api_keys=[f"sim-user-{i}:{k}" for i, k in enumerate(keys)],
                               max_batch_size=max(config.users, 1))
+    _exit_on_sigterm()
     t0 = time.time()
     with Gateway(gw_config) as gateway:
-        scheduler = _start_scheduler(paths)
+        if online.max_rounds:
+            scheduler = _start_scheduler(paths)
+        else:
+            log.info("%d round(s) ended in earlier runs (rounds=%d): no scheduler this time", ended, config.rounds)
+            scheduler = None
         users = SimulatedUsers(config, gateway.url, keys)
-        threads = [threading.Thread(target=users.run, args=(i,), name=f"sim-user-{i}", daemon=True)
-                   for i in range(config.users)]
-        for t in threads:
-            t.start()
+        if scheduler is None:
+            users.finish_after(config.users)  # one episode each, on the version served
+        threads = [_start_user(users, i) for i in range(config.users)]
         try:
             if _wait(config, scheduler, threads, t0):
-                _await_swap(gateway, paths.versions, deadline=time.time() + SWAP_WAIT_S)
-                users.finish_after(config.users)  # one more episode each, on the version now served
+                if scheduler is not None:
+                    _await_swap(gateway, paths.versions, deadline=time.time() + SWAP_WAIT_S)
+                    users.finish_after(config.users)  # one more episode each, on the version now served
+                    threads = [t if t.is_alive() else _start_user(users, i) for i, t in enumerate(threads)]
                 for t in threads:
                     t.join(timeout=USER_TIMEOUT_S)
         finally:
@@ -183,14 +202,30 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return summary
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the users and the scheduler child are stopped, not orphaned."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _start_user(users: SimulatedUsers, i: int) -> threading.Thread:
+    t = threading.Thread(target=users.run, args=(i,), name=f"sim-user-{i}", daemon=True)
+    t.start()
+    return t
+
+
 def _start_scheduler(paths: DemoLayout) -> subprocess.Popen[bytes]:
     logf = open(paths.run_dir / SCHEDULER_LOG, "ab")  # noqa: SIM115 - the child owns it until it exits
     return subprocess.Popen([sys.executable, "-m", "oel", "online", "run", str(paths.run_dir / SCHEDULER_CONFIG)],
                             stdout=logf, stderr=subprocess.STDOUT)
 
 
-def _stop_scheduler(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def _stop_scheduler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=SCHEDULER_STOP_S)
@@ -199,9 +234,12 @@ def _stop_scheduler(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _wait(config: DemoConfig, scheduler: subprocess.Popen[bytes], threads: list[threading.Thread], t0: float) -> bool:
+def _wait(config: DemoConfig, scheduler: subprocess.Popen[bytes] | None, threads: list[threading.Thread],
+          t0: float) -> bool:
     """Until the scheduler has run its rounds (it exits at max_rounds: True) or time is up. Users that
     played all `max_episodes` stop; the scheduler goes on with what they left in the store."""
+    if scheduler is None:
+        return True
     deadline, users_done = t0 + config.timeout_minutes * 60, False
     while time.time() < deadline:
         if scheduler.poll() is not None:
