@@ -53,6 +53,7 @@ READERS = [
     "online export {f} out.jsonl",
     "online versions {f}",
     "online rollback {f} 0",
+    "online restore {f} 1",
 ]
 
 # Commands given an OUTPUT path that cannot be written: a directory where a file goes, or a

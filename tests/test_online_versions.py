@@ -92,6 +92,12 @@ def test_rollback_moves_current_back_and_is_recorded(tmp_path):
         versions.rollback(1)
     with pytest.raises(DataError, match="version 7 does not exist"):
         versions.rollback(7)
+    # restore undoes a rollback, and only goes forward
+    with pytest.raises(DataError, match="not later than the current version 1"):
+        versions.restore(0)
+    assert versions.restore(2).version == 2 and _current(versions.dir)["version"] == 2
+    assert versions.history()[-1] == {**versions.history()[-1], "event": "restore", "version": 2, "previous": 1}
+    versions.rollback(1)
     # the next version's parent is the version rolled back to
     assert versions.publish(_model_dir(tmp_path / "m2"), round=2).parent == 1
 

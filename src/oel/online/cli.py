@@ -5,6 +5,7 @@
     oel online export STORE OUT.jsonl [--round N]  trajectories as the batch stages read them
     oel online versions VERSIONS_DIR               published versions; `*` marks current
     oel online rollback VERSIONS_DIR VERSION       point current.json at an earlier version
+    oel online restore VERSIONS_DIR VERSION        ... or back at a later one (undo a rollback)
     oel online demo [CONFIG] [key=value ...]       gateway + scheduler + simulated users on this machine
 """
 
@@ -65,10 +66,11 @@ def _versions(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _rollback(ns: argparse.Namespace) -> int:
+def _move_current(ns: argparse.Namespace) -> int:
     from oel.online.versions import Versions, version_name
 
-    target = Versions(ns.versions_dir).rollback(ns.version)
+    versions = Versions(ns.versions_dir)
+    target = versions.rollback(ns.version) if ns.online_command == "rollback" else versions.restore(ns.version)
     print(f"current is now {version_name(target.version)}: {target.model_dir}")
     return 0
 
@@ -105,7 +107,11 @@ def register(subparsers: Any) -> None:
     r = sub.add_parser("rollback", help="point current.json at an earlier published version (recorded in history.jsonl)")
     r.add_argument("versions_dir")
     r.add_argument("version", type=int)
-    r.set_defaults(func=_rollback)
+    r.set_defaults(func=_move_current)
+    f = sub.add_parser("restore", help="point current.json at a later published version, undoing a rollback")
+    f.add_argument("versions_dir")
+    f.add_argument("version", type=int)
+    f.set_defaults(func=_move_current)
     add_config_command(sub, "demo", DemoConfig, _demo,
                        help="the online mode on this machine: gateway, scheduler and simulated users over loopback HTTP",
                        description=("Start the gateway (serving the current version), the scheduler (a child process) "

@@ -196,6 +196,17 @@ class Versions:
         self._point_current(version, event="rollback", previous=before)
         return target
 
+    def restore(self, version: int) -> Version:
+        """Point current at a LATER complete version: undo a rollback (recorded in history.jsonl).
+        Separate from `rollback` so that neither can move the served model the other way by a typo."""
+        target = self.get(version)
+        before = self.current().version
+        if version <= before:
+            raise DataError(f"restore: version {version} is not later than the current version {before} "
+                            "(use rollback to go back)")
+        self._point_current(version, event="restore", previous=before)
+        return target
+
     def apply_retention(self) -> list[int]:
         """Delete complete versions beyond the `keep_last` newest (never 0, never current); returns them."""
         if self.keep_last == 0:
