@@ -125,15 +125,19 @@ def test_a_custom_teacher_template_file(tmp_path):
     assert prompt_records(str(path))[1] == {"name": str(path), "sha256": sha12(TEACHER_TEXT)}
 
 
-@pytest.mark.parametrize("text,problem", [
-    ("{observation} only", r"has no \{knowledge\} field"),
-    ("{knowledge} {trajectory}", r"has unknown field \{trajectory\} \(a teacher template needs \{knowledge\} and may have \{observation\}"),
+@pytest.mark.parametrize("key,text,problem", [
+    ("teacher_template", "{observation} only", r"has no \{knowledge\} field"),
+    ("teacher_template", "{knowledge} {trajectory}",
+     r"has unknown field \{trajectory\} \(a teacher template needs \{knowledge\} and may have \{observation\}"),
+    ("task_teacher_template", "Notes only",
+     r"has no \{knowledge\} field \(a task-neutral knowledge block needs \{knowledge\}\)"),
+    ("task_teacher_template", "{knowledge}\n{observation}", r"has unknown field \{observation\}"),
 ])
-def test_a_teacher_template_file_with_wrong_fields_is_refused(tmp_path, text, problem):
+def test_a_teacher_template_file_with_wrong_fields_is_refused(tmp_path, key, text, problem):
     path = write(tmp_path / "teacher.txt", text)
     with pytest.raises(ConfigError, match=problem) as e:
-        load_config(ConsolidateConfig, None, [f"teacher_template={path}"])
-    assert f"teacher_template: '{path}'" in str(e.value) and "\n" not in str(e.value)
+        load_config(ConsolidateConfig, None, [f"{key}={path}"])
+    assert f"{key}: '{path}'" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_teacher_template_file_is_recorded_by_a_consolidation_run(grid_consolidation_config, tmp_path, one_thread):
@@ -161,17 +165,6 @@ def test_a_custom_task_teacher_block_is_put_in_front_of_a_non_game_prompt(tmp_pa
     config = load_config(ConsolidateConfig, None, [f"task_teacher_template={path}"])
     assert prompt_records(config.teacher_template, config.task_teacher_template)[2] == {
         "name": str(path), "sha256": sha12(path.read_text())}
-
-
-@pytest.mark.parametrize("text,problem", [
-    ("Notes only", r"has no \{knowledge\} field \(a task-neutral knowledge block needs \{knowledge\}\)"),
-    ("{knowledge}\n{observation}", r"has unknown field \{observation\}"),
-])
-def test_a_task_teacher_block_with_wrong_fields_is_refused(tmp_path, text, problem):
-    path = write(tmp_path / "block.txt", text)
-    with pytest.raises(ConfigError, match=problem) as e:
-        load_config(ConsolidateConfig, None, [f"task_teacher_template={path}"])
-    assert f"task_teacher_template: '{path}'" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_resuming_after_the_teacher_template_file_was_edited_is_refused(grid_consolidation_config, tmp_path, one_thread):
