@@ -27,9 +27,11 @@ def _lora(model, seed: int = 0):
     """A peft LoRA model whose adapter is non-zero (peft initialises B to zero)."""
     import copy
 
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    from oel.consolidate.build import add_lora
+
+    peft_model = add_lora(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

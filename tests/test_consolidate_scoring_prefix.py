@@ -26,9 +26,11 @@ def tiny():
 
 
 def _lora(model):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    from oel.consolidate.build import add_lora
+
+    peft_model = add_lora(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -154,7 +156,9 @@ def test_student_shared_head_logits_and_gradients_equal_plain_scoring():
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="head_tokens"):
         response_logits_shared_head(model, pack(prompts, responses, pad_id=0, side="left"), shared)
-    model.gradient_checkpointing_enable()
+    from oel.consolidate.build import enable_checkpointing
+
+    enable_checkpointing(model)
     model.train()
     with pytest.raises(ValueError, match="checkpointed"):
         response_logits_shared_head(model, batch, shared)

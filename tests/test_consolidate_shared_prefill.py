@@ -21,10 +21,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def lora_student():
     """A peft LoRA student in train mode whose adapter is not zero (B is randomised)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
+
+    from oel.consolidate.build import add_lora
 
     model, tok = tiny_chat_model(seed=4, dtype=torch.float32)
-    student = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+    student = add_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                target_modules=["q_proj", "v_proj", "down_proj"]))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():

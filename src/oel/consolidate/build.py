@@ -58,6 +58,24 @@ def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: A
 PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
 """The one warning peft (not oel) triggers in transformers >= 5.24."""
 
+
+def add_lora(model: Any, lora: Any) -> Any:
+    """`peft.get_peft_model`, without the deprecation warning peft itself causes (it reads
+    transformers' renamed `is_gradient_checkpointing`; nothing to fix on our side)."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing under its current name (`activation_checkpointing_enable` from
+    transformers 5.24, `gradient_checkpointing_enable` before); non-reentrant by default (DDP-safe)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
     """The model to train, in place: a seeded LoRA adapter injected (peft), or every weight trainable.
 
@@ -66,16 +84,13 @@ def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
     """
     c = config
     if c.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                           target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
         # peft draws the adapter's initial A matrices from torch's global RNG.
         torch.manual_seed(derive_seed(c.seed, STREAM_INIT))
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing to fix on our side.
-            warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
-            model = get_peft_model(model, lora)
+        model = add_lora(model, lora)
     else:
         model.requires_grad_(True)
         if next(model.parameters()).dtype != torch.float32:
@@ -83,9 +98,7 @@ def prepare_student(model: Any, config: ConsolidateConfig) -> Any:
                         "(~0.4%% of a weight in bf16) are lost; set model.dtype=float32 for small learning rates",
                         next(model.parameters()).dtype)
     if c.gradient_checkpointing:
-        # Non-reentrant by default in transformers 5 (DDP-safe); renamed in 5.24.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
+        enable_checkpointing(model)
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.eval()
