@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from oel import prompts
 from oel.consolidate.scoring import ResponseScorer
+from oel.io import read_text
 from oel.trajectory import Message, Prefix
 
 KNOWLEDGE_BLOCK_SEPARATOR = "\n\n"
@@ -68,6 +71,18 @@ def prompt_records(template: str = prompts.TEACHER_TEMPLATE,
                    task_template: str = prompts.TASK_TEACHER_TEMPLATE) -> list[dict[str, str]]:
     """What a run stores to identify the teacher wording it used (name + sha256, files included)."""
     return [prompts.get(name).record() for name in (prompts.POLICY_TEMPLATE, template, task_template)]
+
+
+def prompts_changed(recorded: Path, records: list[dict[str, str]]) -> str | None:
+    """How the prompt record a consolidation run wrote (`recorded`, its prompts.json) differs from
+    `records`, in a few words; None when it matches or no run wrote one there."""
+    if not recorded.is_file():
+        return None
+    try:
+        old = json.loads(read_text(recorded, "prompt record"))
+    except ValueError:
+        return f"{recorded} is not JSON"
+    return prompts.changed_record(old, records)
 
 
 class Teacher:

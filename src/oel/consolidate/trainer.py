@@ -31,7 +31,6 @@ differs (process group, wrappers, reductions) and explains why the result equals
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -50,10 +49,9 @@ from oel.consolidate.fast_paths import FastPaths, decide_fast_paths
 from oel.consolidate.samplers import SAMPLERS, GenerationSettings, Sample
 from oel.consolidate.scoring import ResponseScorer
 from oel.consolidate.step import LOSSES, TrainingStep
-from oel.consolidate.teacher import Teacher, prompt_records
-from oel.prompts import changed_record
+from oel.consolidate.teacher import Teacher, prompt_records, prompts_changed
 from oel.errors import TrainingError
-from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_text, repair_jsonl_tail
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
 from oel.layout import METRICS_FILE, MODEL_DIR, PROMPTS_FILE
 from oel.memory import peak_rss_mib
 from oel.provenance import refuse_if_different
@@ -218,23 +216,16 @@ class Consolidator:
 
     def _check_same_prompts(self) -> None:
         """A template file edited under the same path leaves the config unchanged: compare the sha256s."""
-        recorded = self.out / PROMPTS_FILE
-        if not recorded.is_file():
-            return
-        try:
-            old = json.loads(read_text(recorded, "prompt record"))
-        except ValueError:
-            old = None
-        changed = changed_record(old, self.prompt_records())
+        changed = prompts_changed(self.out / PROMPTS_FILE, self.prompt_records())
         if changed:
-            raise TrainingError(f"{recorded}: {changed} since the run started; use on_existing=overwrite or a new output_dir")
+            raise TrainingError(f"{self.out / PROMPTS_FILE}: {changed} since the run started; "
+                                "use on_existing=overwrite or a new output_dir")
 
     def _check_same_run(self, path: Path) -> None:
         """Resuming under different training settings would silently mix two runs: refuse."""
         refuse_if_different(checkpoint.read_state(path)["config"], to_dict(self.config), where=str(path),
                             hint="use on_existing=overwrite or a new output_dir", ignore=RESUME_MAY_CHANGE,
                             error=TrainingError)
-
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines of steps after the checkpoint we resume from (they will be redone)."""

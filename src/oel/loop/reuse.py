@@ -9,7 +9,6 @@ the same path: the extract manifests and consolidate prompt records hold each pr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,9 +20,10 @@ import yaml
 
 from oel import prompts
 from oel.config import to_dict
-from oel.consolidate.teacher import prompt_records
+from oel.consolidate.teacher import prompt_records, prompts_changed
 from oel.errors import ConfigError, DataError
 from oel.extract.store import read_manifest
+from oel.extract.templates import is_auto
 from oel.io import iter_jsonl, read_text
 from oel.layout import MARKER, PROMPTS_FILE, RunLayout
 from oel.loop.config import LoopConfig
@@ -112,22 +112,16 @@ class ReuseSource:
         """How the prompt the source's round-r `stage` used differs from this run's; None if it does not
         (or the source recorded none: the raw baseline, a knowledge file, a stage it never ran)."""
         if stage == "consolidate":
-            path = self.layout.stage_dir(r, stage) / PROMPTS_FILE
-            if not path.is_file():
-                return None
-            try:
-                old = json.loads(read_text(path, "prompt record"))
-            except ValueError:
-                return f"{path} is not JSON"
             c = config.consolidate
-            return prompts.changed_record(old, prompt_records(c.teacher_template, c.task_teacher_template))
+            return prompts_changed(self.layout.stage_dir(r, stage) / PROMPTS_FILE,
+                                   prompt_records(c.teacher_template, c.task_teacher_template))
         try:
             recorded = read_manifest(self.layout.store_dir(r), r).fingerprint.get("prompt")
         except (DataError, OSError):
             return None
         if not isinstance(recorded, dict) or "name" not in recorded:
             return None
-        chosen = config.extract.kind == "extracted" and config.extract.prompt not in ("", "auto")
+        chosen = config.extract.kind == "extracted" and not is_auto(config.extract.prompt)
         spec = config.extract.prompt if chosen else str(recorded["name"])
         try:
             now = prompts.get(spec).record()

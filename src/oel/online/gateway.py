@@ -267,7 +267,7 @@ class Gateway:
 
     def _close_idle(self) -> None:
         """End sessions idle for session_idle_s: a conversation whose agent never says it ended still
-        becomes a trajectory (outcome 'idle'), instead of waiting in the store for ever."""
+        becomes a trajectory (with the store's idle outcome), instead of waiting in the store for ever."""
         while not self._stop.wait(self.config.idle_check_s):
             try:
                 ended = self.store.close_idle_sessions(self.config.session_idle_s)
