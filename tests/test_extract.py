@@ -22,6 +22,7 @@ from oel.extract import (
     strip_thinking,
 )
 from oel.extract.render import build_extraction_prompt
+from oel.extract.store import read_manifest
 from oel.extract.text import approx_token_count, parse_items, token_counter
 from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message, Trajectory, Turn
@@ -389,3 +390,44 @@ def test_near_duplicate_setting_is_checked_and_part_of_the_resume_fingerprint(tm
     extract_round(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
     with pytest.raises(ConfigError, match="near_duplicate"):
         extract_round(config(tmp_path, num_trajectories=2, near_duplicate=0.7), trajs, ScriptedExtractor(lesson_per_game))
+
+
+FROZENLAKE_BOARD = """[GAME] Current Board:
+
++-----+-----+-----+
+|  P  |     |  H  |
++-----+-----+-----+
+|     |     |  H  |
++-----+-----+-----+
+|     |     |  G  |
++-----+-----+-----+
+
+Available Actions: [up], [down], [left], [right]"""
+
+
+def test_compact_record_redraws_table_boards_as_rows_of_cells():
+    from oel.extract.render import compact_tables
+
+    assert compact_tables(FROZENLAKE_BOARD) == ("[GAME] Current Board:\nP . H\n. . H\n. . G\n"
+                                                "Available Actions: [up], [down], [left], [right]")
+    sokoban = "# # # #\n# P O #\n# # # #"  # not a table: kept as it is
+    assert compact_tables(sokoban) == sokoban
+    # an empty row and a wider cell
+    assert compact_tables("+--+----+\n|  | XY |\n+--+----+") == ". XY"
+
+
+def test_compact_record_is_what_the_extractor_reads_and_part_of_the_fingerprint(tmp_path):
+    ts = [Turn(prompt=[Message(role="user", content=FROZENLAKE_BOARD)], observation=FROZENLAKE_BOARD,
+               response="[up]", feedback="You tried to move up but hit a wall!\n" + FROZENLAKE_BOARD)]
+    trajs = [Trajectory(id=f"t{i}", env_id="FrozenLake-v0-raw", seed=i, model_id="m", turns=ts,
+                        outcome=f"T{i} two invalid moves", passed=False) for i in (1, 2)]
+    fake = ScriptedExtractor(lesson_per_game)
+    extract_round(config(tmp_path, num_trajectories=2, record="compact"), trajs, fake)
+    assert all("P . H\n. . H\n. . G" in p and "+-----+" not in p for p in fake.prompts)
+    assert read_manifest(tmp_path / "store", 0).fingerprint["record"] == "compact"
+    with pytest.raises(ConfigError, match="record"):
+        extract_round(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
+    full = ScriptedExtractor(lesson_per_game)
+    extract_round(config(tmp_path / "full", num_trajectories=2), trajs, full)
+    assert all("+-----+" in p for p in full.prompts)
+    assert "record" not in read_manifest(tmp_path / "full" / "store", 0).fingerprint  # old stores still resume

@@ -152,6 +152,7 @@ def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dic
         "kind": config.kind, "format": config.format, "budget_tokens": config.budget_tokens,
         "max_input_tokens": config.max_input_tokens, "max_new_items": config.max_new_items,
         **({"near_duplicate": config.near_duplicate} if config.near_duplicate else {}),
+        **({"record": config.record} if config.record != "full" else {}),
         "strip_trajectory_thinking": config.strip_trajectory_thinking, "seed": config.seed,
         "extractor_model": extractor_model, "prompt": prompt_record, "token_counter": counter,
         "sampling": to_dict(replace(config.sampling, seed=0)),
@@ -255,7 +256,8 @@ def _extract_many(config: ExtractConfig, backend: ChatBackend | None, template: 
         return [Extraction(raw, None, 0, None) for _ in prevs]
     assert backend is not None and template is not None
     built = [build_extraction_prompt(template, p.rendered, traj, count=count, max_input_tokens=config.max_input_tokens,
-                                     strip_response_thinking=config.strip_trajectory_thinking, style=style)
+                                     strip_response_thinking=config.strip_trajectory_thinking, style=style,
+                                     record=config.record)
              for p in prevs]
     for p in built:
         if p.truncated:

@@ -11,11 +11,18 @@ record can say so.
 
 The record's labels come from a `RecordStyle` (`oel.extract.templates`): a grid game's turns
 read "Game:" / "Game reply:", any other task's "Input:" / "Feedback:".
+
+`record="compact"` redraws ASCII tables (FrozenLake's `+-----+` boards) as rows of cells, one
+symbol each and `.` for an empty cell, and drops blank lines: a 4x4 board costs 4 short lines
+instead of 9 long ones, and a small extractor can read which symbol is next to which. Nothing
+else changes; the text is the game's own, reformatted, never annotated.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Literal
 
 from oel import prompts
 from oel.errors import DataError
@@ -27,6 +34,11 @@ EMPTY_KNOWLEDGE = "(none yet)"
 """What the extractor sees in the knowledge slot before the first item exists."""
 
 OMITTED_TURNS_NOTE = "[{n} earlier turn(s) omitted for length]"
+RecordFormat = Literal["full", "compact"]
+EMPTY_CELL = "."
+"""How `record="compact"` shows a table cell with nothing in it."""
+_TABLE_RULE = re.compile(r"^\s*\+(-+\+)+\s*$")
+_TABLE_ROW = re.compile(r"^\s*\|(.*\|)\s*$")
 CUT_TEXT_NOTE = "[...]"
 
 
@@ -59,8 +71,28 @@ def shown_observation(prev_obs: str, prev_feedback: str, prev_response: str, obs
     return "\n".join(lines).strip()
 
 
-def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: RecordStyle = GRID_STYLE) -> list[str]:
+def compact_tables(text: str) -> str:
+    """`text` with ASCII tables redrawn as rows of space-separated cells, and no blank lines.
+
+    A table rule (`+-----+-----+`) is dropped; a table row (`|  P  |     |  H  |`) becomes
+    `P . H`. Any other line is kept as it is.
+    """
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or _TABLE_RULE.match(line):
+            continue
+        row = _TABLE_ROW.match(line)
+        if row:
+            cells = [c.strip() or EMPTY_CELL for c in row.group(1).split("|")[:-1]]
+            line = " ".join(cells)
+        out.append(line.rstrip())
+    return "\n".join(out)
+
+
+def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: RecordStyle = GRID_STYLE,
+                record: RecordFormat = "full") -> list[str]:
     """One text block per turn: what the game showed (new parts only), the agent's answer, the reply."""
+    shape = compact_tables if record == "compact" else str.strip
     blocks: list[str] = []
     prev_obs = prev_fb = prev_resp = ""
     for i, turn in enumerate(traj.turns, start=1):
@@ -68,10 +100,10 @@ def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: Recor
         lines = [f"Turn {i}"]
         shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp, turn.observation)
         if shown:
-            lines.append(f"{style.observation_label}: {shown}")
+            lines.append(f"{style.observation_label}: {shape(shown)}")
         lines.append(f"Agent: {response.strip()}")
         if turn.feedback.strip():
-            lines.append(f"{style.feedback_label}: {turn.feedback.strip()}")
+            lines.append(f"{style.feedback_label}: {shape(turn.feedback.strip())}")
         blocks.append("\n".join(lines))
         prev_obs, prev_fb, prev_resp = turn.observation, turn.feedback, turn.response
     return blocks
@@ -104,6 +136,7 @@ def build_extraction_prompt(
     max_input_tokens: int,
     strip_response_thinking: bool = True,
     style: RecordStyle = GRID_STYLE,
+    record: RecordFormat = "full",
 ) -> ExtractionPrompt:
     """Fill the template; if over `max_input_tokens`, cut the trajectory from the left only."""
     knowledge = knowledge.strip() or EMPTY_KNOWLEDGE
@@ -111,7 +144,7 @@ def build_extraction_prompt(
     def render(trajectory_text: str) -> str:
         return template.render(knowledge=knowledge, trajectory=trajectory_text)
 
-    blocks = turn_blocks(traj, strip_response_thinking=strip_response_thinking, style=style)
+    blocks = turn_blocks(traj, strip_response_thinking=strip_response_thinking, style=style, record=record)
     tail = outcome_line(traj)
     for dropped in range(len(blocks)):
         shown = blocks[dropped:]
