@@ -45,7 +45,12 @@ def run_meter(config: Any, ns: argparse.Namespace) -> int:
 
     if config.out:
         check_writable_file(config.out, "meter result")
-    print(gap_table(run_gap(config)))
+    gap = run_gap(config)
+    print(gap_table(gap))
+    if "sample_check" in gap.meta:
+        from oel.evaluate.meter_check import summary_line
+
+        print("\n" + summary_line(gap.meta["sample_check"]))
     if config.out:
         print(f"\nwritten: {config.out}")
     return 0

@@ -54,12 +54,16 @@ class GapConfig:
     knowledge_file: str = cfg("", "the lessons the teacher reads (required unless teacher_template has no {knowledge} "
                                   "field: then the meter compares two models, e.g. M_r against M_0, with the control off)")
     control: bool = cfg(True, "also measure the same teacher reading unrelated lessons (the control)")
+    sample_check: int = cfg(0, "also SAMPLE this many answers per probe state from the student (T=1, no top-k/top-p) and "
+                               "compare sampled move quality with the meter's E[mq] and its CI (oel.evaluate.meter_check); 0 = off")
     out: str = cfg("", "write the result JSON here; '' = only print it")
 
     def __post_init__(self) -> None:
         for name in ("num_seeds", "max_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.sample_check < 0:
+            raise ConfigError(f"sample_check: must be >= 0, got {self.sample_check}")
 
 
 @dataclass
@@ -164,6 +168,12 @@ def run_gap(config: GapConfig) -> TeacherGap:
     gap = teacher_gap(student, teacher, states, knowledge, template=config.teacher_template, control=config.control)
     gap.meta.update({"student_model": student.model_id, "teacher_model": teacher.model_id, "seeds": config.seeds,
                      "round": config.round})
+    if config.sample_check:
+        from oel.evaluate.meter_check import sample_check
+
+        check = sample_check(student.model, student.tokenizer, states, policy_variant(), gap.student,
+                             samples_per_state=config.sample_check)
+        gap.meta["sample_check"] = check.to_dict()
     if config.out:
         atomic_write_json(Path(config.out), gap.to_dict())
     return gap
