@@ -73,57 +73,33 @@ class SampleCheck:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def _kept(self) -> list[tuple[StateSamples, Any]]:
+        """(samples, the meter's score) at every state where at least one answer was a move."""
         exact = {(s.layout, s.step): s for s in self.meter.states}
         return [(s, exact[(s.layout, s.step)]) for s in self.states if s.mq is not None]
 
-    def _per_layout(self, values: Sequence[tuple[str, float]]) -> dict[str, float]:
-        acc: dict[str, list[float]] = {}
-        for layout, v in values:
-            acc.setdefault(layout, []).append(v)
-        return {k: float(np.mean(v)) for k, v in acc.items()}
-
-    def sampled_mq(self) -> float:
-        per = self._per_layout([(s.layout, float(s.mq)) for s, _ in self._kept()])
-        return float(np.mean(list(per.values())))
-
-    def meter_mq(self) -> float:
-        """The meter's E[mq] over the same states (those with at least one counted sample)."""
-        per = self._per_layout([(s.layout, e.emq) for s, e in self._kept()])
-        return float(np.mean(list(per.values())))
-
-    def meter_ci(self) -> tuple[float, float]:
-        per = self._per_layout([(s.layout, e.emq) for s, e in self._kept()])
-        return bootstrap_mean_ci([per[k] for k in sorted(per)])
-
-    def sampling_se(self) -> float:
-        """Standard error of `sampled_mq` from sampling alone (maps fixed), with the meter's p as truth."""
-        kept = self._kept()
-        layouts = sorted({s.layout for s, _ in kept})
-        var = 0.0
-        for layout in layouts:
-            mine = [(s, e) for s, e in kept if s.layout == layout]
-            for s, e in mine:
-                var += e.emq * (1 - e.emq) / s.counted / (len(mine) ** 2 * len(layouts) ** 2)
-        return math.sqrt(var)
-
     def summary(self) -> dict[str, Any]:
-        base = {"samples": sum(s.counted + s.other for s in self.states), "states": len(self.states),
-                "seconds": self.seconds, "meter_seconds": self.meter.seconds, **self.meta}
-        if not self._kept():
+        samples = sum(s.counted + s.other for s in self.states)
+        base = {"samples": samples, "states": len(self.states), "seconds": self.seconds,
+                "meter_seconds": self.meter.seconds, **self.meta}
+        kept = self._kept()
+        if not kept:
             return {**base, "counted_moves": 0, "states_counted": 0, "sampled_mq": None, "within_meter_ci": False}
-        lo, hi = self.meter_ci()
-        sampled, se = self.sampled_mq(), self.sampling_se()
-        counted = sum(s.counted for s in self.states)
-        samples = counted + sum(s.other for s in self.states)
-        per_sample = self.seconds / max(1, samples)
+        by_layout: dict[str, list[tuple[StateSamples, Any]]] = {}
+        for pair in kept:
+            by_layout.setdefault(pair[0].layout, []).append(pair)
+        groups = [by_layout[k] for k in sorted(by_layout)]
+        sampled = float(np.mean([np.mean([s.mq for s, _ in g]) for g in groups]))
+        exact = [float(np.mean([e.emq for _, e in g])) for g in groups]
+        meter_mq = float(np.mean(exact))
+        lo, hi = bootstrap_mean_ci(exact)
+        # Maps fixed, the meter's p as the truth: each state's share is a binomial mean over its counted answers.
+        se = math.sqrt(sum(e.emq * (1 - e.emq) / s.counted / (len(g) ** 2 * len(groups) ** 2)
+                           for g in groups for s, e in g))
         needed = math.ceil(samples * (se / ONE_POINT) ** 2) if se > 0 else 0
-        return {"samples": samples, "counted_moves": counted, "states": len(self.states),
-                "states_counted": len(self._kept()), "sampled_mq": sampled, "meter_emq": self.meter_mq(),
-                "meter_ci95": [lo, hi], "within_meter_ci": lo <= sampled <= hi,
-                "sampling_se": se, "z": (sampled - self.meter_mq()) / se if se > 0 else 0.0,
-                "seconds": self.seconds, "meter_seconds": self.meter.seconds,
-                "samples_for_one_point_se": needed, "seconds_for_one_point_se": needed * per_sample, **self.meta}
-
+        return {**base, "counted_moves": sum(s.counted for s in self.states), "states_counted": len(kept),
+                "sampled_mq": sampled, "meter_emq": meter_mq, "meter_ci95": [lo, hi], "within_meter_ci": lo <= sampled <= hi,
+                "sampling_se": se, "z": (sampled - meter_mq) / se if se > 0 else 0.0,
+                "samples_for_one_point_se": needed, "seconds_for_one_point_se": needed * self.seconds / max(1, samples)}
 
     def to_dict(self) -> dict[str, Any]:
         """The summary and every state's counts (what `oel meter sample_check=N` writes)."""

@@ -34,12 +34,13 @@ EMPTY_KNOWLEDGE = "(none yet)"
 """What the extractor sees in the knowledge slot before the first item exists."""
 
 OMITTED_TURNS_NOTE = "[{n} earlier turn(s) omitted for length]"
+CUT_TEXT_NOTE = "[...]"
+
 RecordFormat = Literal["full", "compact"]
 EMPTY_CELL = "."
 """How `record="compact"` shows a table cell with nothing in it."""
 _TABLE_RULE = re.compile(r"^\s*\+(-+\+)+\s*$")
 _TABLE_ROW = re.compile(r"^\s*\|(.*\|)\s*$")
-CUT_TEXT_NOTE = "[...]"
 
 
 def new_part(previous: str, current: str) -> str:
