@@ -431,3 +431,29 @@ def test_compact_record_is_what_the_extractor_reads_and_part_of_the_fingerprint(
     extract_round(config(tmp_path / "full", num_trajectories=2), trajs, full)
     assert all("+-----+" in p for p in full.prompts)
     assert "record" not in read_manifest(tmp_path / "full" / "store", 0).fingerprint  # old stores still resume
+
+
+def test_tally_record_counts_each_answer_and_the_replies_to_it(tmp_path):
+    from oel.extract.render import TALLY_HEADER, tally_blocks
+
+    wall = "[GAME] You attempted an invalid move. Reason: You tried to move up but hit a wall!\n" + FROZENLAKE_BOARD
+    moved = "[GAME] You moved down to position (1, 0).\n" + FROZENLAKE_BOARD
+    turns = [Turn(prompt=[Message(role="user", content=FROZENLAKE_BOARD)], observation=FROZENLAKE_BOARD,
+                  response=r, feedback=f) for r, f in
+             (("[up]", wall), ("<think>x</think>[up]", wall), ("[down]", moved), ("[right]", ""))]
+    traj = Trajectory(id="t", env_id="FrozenLake-v0-raw", seed=1, model_id="m", turns=turns,
+                      outcome="T1 Failure: you fell into a hole after 4 turns.", passed=False)
+    start, tally = tally_blocks(traj, strip_response_thinking=True)
+    assert "P . H\n. . H\n. . G" in start and "+-----+" not in start
+    assert tally.splitlines() == [
+        TALLY_HEADER,
+        '- [up]: 2 times; "You attempted an invalid move. Reason: You tried to move up but hit a wall!" 2 times',
+        '- [down]: 1 time; "You moved down to position (1, 0)." 1 time',
+        '- [right]: 1 time; "(no reply)" 1 time',
+        "- the game ended right after the last [right]",
+    ]
+    fake = ScriptedExtractor(lesson_per_game)
+    extract_round(config(tmp_path, num_trajectories=1, record="tally"), [traj], fake)
+    assert TALLY_HEADER in fake.prompts[0] and fake.prompts[0].count("Outcome: T1 Failure") == 1
+    assert "Turn 1" not in fake.prompts[0]
+    assert read_manifest(tmp_path / "store", 0).fingerprint["record"] == "tally"

@@ -75,7 +75,7 @@ class ExtractConfig:
                                      "similarity and names the same bracketed moves (0.7: a word or two changed in a ten-word lesson); 0 = exact repeats only")
     prompt: str = cfg("", "extractor prompt template: '' or auto = chosen from the trajectories (extract_<format>_v1 for oel's grid games, extract_task_<format>_v1 for any other task); a built-in name; or a path to your own .txt template with {knowledge} and {trajectory}")
     kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the budget with the newest raw games")
-    record: RecordFormat = cfg("full", "how each game is shown to the extractor: full = the game's text as played; compact = the same text with ASCII-table boards redrawn as rows of cells ('P . H'), blank lines dropped")
+    record: RecordFormat = cfg("full", "how each game is shown to the extractor: full = the game's text as played; compact = the same text with ASCII-table boards redrawn as rows of cells ('P . H'), blank lines dropped; tally = the first board, then per answer how often it was given and the game's replies to it")
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")
     seed: int = cfg(0, "base seed; run k's step-i sampling seed is extraction_seed(seed, round, k, i)")
     overwrite: bool = cfg(False, "false: resume an interrupted round (settings must match); true: delete this round's store first")

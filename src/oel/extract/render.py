@@ -16,6 +16,13 @@ read "Game:" / "Game reply:", any other task's "Input:" / "Feedback:".
 symbol each and `.` for an empty cell, and drops blank lines: a 4x4 board costs 4 short lines
 instead of 9 long ones, and a small extractor can read which symbol is next to which. Nothing
 else changes; the text is the game's own, reformatted, never annotated.
+
+`record="tally"` does not replay the game: it shows the first observation (compact) and then,
+answer by answer, how often the agent gave it and what the game replied each time (the first
+line of the reply), with the answer after which the game ended marked. Extractors of 1.5B
+parameters misread even short records of whole games (docs/results/teacher-gap-search); a tally
+asks them to read one line per answer. It is built only from what the agent saw -- its answers
+and the game's replies -- never from the game's hidden state.
 """
 
 from __future__ import annotations
@@ -36,11 +43,17 @@ EMPTY_KNOWLEDGE = "(none yet)"
 OMITTED_TURNS_NOTE = "[{n} earlier turn(s) omitted for length]"
 CUT_TEXT_NOTE = "[...]"
 
-RecordFormat = Literal["full", "compact"]
+RecordFormat = Literal["full", "compact", "tally"]
 EMPTY_CELL = "."
 """How `record="compact"` shows a table cell with nothing in it."""
 _TABLE_RULE = re.compile(r"^\s*\+(-+\+)+\s*$")
 _TABLE_ROW = re.compile(r"^\s*\|(.*\|)\s*$")
+_REPLY_TAG = re.compile(r"^\s*\[[A-Z]+\]\s*")
+"""The speaker tag TextArena puts before a game's reply (`[GAME] You moved down ...`)."""
+TALLY_START_LABEL = "Start of the game"
+TALLY_HEADER = "What each answer did in this game (answer: times given; the game's replies):"
+TALLY_NO_REPLY = "(no reply)"
+TALLY_LAST_MOVE = "the game ended right after the last {answer}"
 
 
 def new_part(previous: str, current: str) -> str:
@@ -88,6 +101,51 @@ def compact_tables(text: str) -> str:
             line = " ".join(cells)
         out.append(line.rstrip())
     return "\n".join(out)
+
+
+def reply_headline(feedback: str) -> str:
+    """The first non-empty line of a game's reply, without its speaker tag (`[GAME]`)."""
+    for line in feedback.splitlines():
+        if line.strip():
+            return _REPLY_TAG.sub("", line).strip()
+    return TALLY_NO_REPLY
+
+
+def tally_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: RecordStyle = GRID_STYLE) -> list[str]:
+    """`record="tally"`: the first observation, then one line per distinct answer (first given first).
+
+    Each line counts the answer and the distinct headlines of the game's replies to it, e.g.
+    `[up]: 2 times; "You attempted an invalid move. ..." 2 times`; the answer the game ended
+    after says so. Two blocks, so that an over-long tally is cut like any record (from the left).
+    """
+    replies: dict[str, dict[str, int]] = {}
+    for turn in traj.turns:
+        response = strip_thinking(turn.response) if strip_response_thinking else turn.response
+        answer = " ".join(response.split()) or TALLY_NO_REPLY
+        headline = reply_headline(turn.feedback)
+        per_reply = replies.setdefault(answer, {})
+        per_reply[headline] = per_reply.get(headline, 0) + 1
+    lines = [TALLY_HEADER]
+    for answer, per_reply in replies.items():
+        shown = "; ".join(f'"{reply}" {_times(n)}' for reply, n in per_reply.items())
+        lines.append(f"- {answer}: {_times(sum(per_reply.values()))}; {shown}")
+    if traj.turns:
+        last = strip_thinking(traj.turns[-1].response) if strip_response_thinking else traj.turns[-1].response
+        lines.append(f"- {TALLY_LAST_MOVE.format(answer=' '.join(last.split()) or TALLY_NO_REPLY)}")
+    start = traj.turns[0].observation if traj.turns else ""
+    return [f"{TALLY_START_LABEL} ({style.observation_label}): {compact_tables(start.strip())}", "\n".join(lines)]
+
+
+def _times(n: int) -> str:
+    return "1 time" if n == 1 else f"{n} times"
+
+
+def record_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: RecordStyle = GRID_STYLE,
+                  record: RecordFormat = "full") -> list[str]:
+    """The trajectory slot's blocks in the chosen `record` format (see the module docstring)."""
+    if record == "tally":
+        return tally_blocks(traj, strip_response_thinking=strip_response_thinking, style=style)
+    return turn_blocks(traj, strip_response_thinking=strip_response_thinking, style=style, record=record)
 
 
 def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: RecordStyle = GRID_STYLE,
@@ -145,7 +203,7 @@ def build_extraction_prompt(
     def render(trajectory_text: str) -> str:
         return template.render(knowledge=knowledge, trajectory=trajectory_text)
 
-    blocks = turn_blocks(traj, strip_response_thinking=strip_response_thinking, style=style, record=record)
+    blocks = record_blocks(traj, strip_response_thinking=strip_response_thinking, style=style, record=record)
     tail = outcome_line(traj)
     for dropped in range(len(blocks)):
         shown = blocks[dropped:]
