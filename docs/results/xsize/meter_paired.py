@@ -7,24 +7,17 @@ states). Prints B - A for E[mq], P(invalid) and P(losing), paired over maps (oel
 
 from __future__ import annotations
 
-import json
 import sys
 
-from oel.evaluate.meter import MeterResult, StateScore, paired_gap
+from oel.evaluate.meter import paired_gap
+from oel.io import read_json
+from oel.report.gather import meter_result
 
 METRICS = ("emq", "p_invalid", "p_losing")
 
 
-def read_meter(path: str) -> MeterResult:
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    states = [StateScore(s["layout"], s["step"], s["logp"], tuple(s["optimal"]), tuple(s["invalid"]),
-                         tuple(s["losing"])) for s in doc["per_state"]]
-    return MeterResult(doc["key"]["model"], states)
-
-
 def main(a_path: str, b_path: str) -> None:
-    a, b = read_meter(a_path), read_meter(b_path)
+    a, b = (meter_result(read_json(p, "meter file"), p) for p in (a_path, b_path))
     for metric in METRICS:
         g = paired_gap(b, a, metric)
         print(f"{metric}: B {100 * b.mean(metric):.1f}% - A {100 * a.mean(metric):.1f}% = "

@@ -28,6 +28,7 @@ and the game's replies -- never from the game's hidden state.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +36,7 @@ from oel import prompts
 from oel.errors import DataError
 from oel.extract.templates import GRID_STYLE, RecordStyle
 from oel.extract.text import TokenCounter, strip_thinking
-from oel.trajectory import Trajectory
+from oel.trajectory import Trajectory, Turn
 
 EMPTY_KNOWLEDGE = "(none yet)"
 """What the extractor sees in the knowledge slot before the first item exists."""
@@ -103,6 +104,11 @@ def compact_tables(text: str) -> str:
     return "\n".join(out)
 
 
+def shown_response(turn: Turn, strip_response_thinking: bool) -> str:
+    """The agent's answer as the record shows it: thinking removed unless asked to keep it."""
+    return strip_thinking(turn.response) if strip_response_thinking else turn.response
+
+
 def reply_headline(feedback: str) -> str:
     """The first non-empty line of a game's reply, without its speaker tag (`[GAME]`)."""
     for line in feedback.splitlines():
@@ -118,20 +124,16 @@ def tally_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: Reco
     `[up]: 2 times; "You attempted an invalid move. ..." 2 times`; the answer the game ended
     after says so. Two blocks, so that an over-long tally is cut like any record (from the left).
     """
-    replies: dict[str, dict[str, int]] = {}
-    for turn in traj.turns:
-        response = strip_thinking(turn.response) if strip_response_thinking else turn.response
-        answer = " ".join(response.split()) or TALLY_NO_REPLY
-        headline = reply_headline(turn.feedback)
-        per_reply = replies.setdefault(answer, {})
-        per_reply[headline] = per_reply.get(headline, 0) + 1
+    answers = [" ".join(shown_response(t, strip_response_thinking).split()) or TALLY_NO_REPLY for t in traj.turns]
+    replies: dict[str, Counter[str]] = {}
+    for answer, turn in zip(answers, traj.turns):
+        replies.setdefault(answer, Counter())[reply_headline(turn.feedback)] += 1
     lines = [TALLY_HEADER]
     for answer, per_reply in replies.items():
         shown = "; ".join(f'"{reply}" {_times(n)}' for reply, n in per_reply.items())
-        lines.append(f"- {answer}: {_times(sum(per_reply.values()))}; {shown}")
-    if traj.turns:
-        last = strip_thinking(traj.turns[-1].response) if strip_response_thinking else traj.turns[-1].response
-        lines.append(f"- {TALLY_LAST_MOVE.format(answer=' '.join(last.split()) or TALLY_NO_REPLY)}")
+        lines.append(f"- {answer}: {_times(per_reply.total())}; {shown}")
+    if answers:
+        lines.append(f"- {TALLY_LAST_MOVE.format(answer=answers[-1])}")
     start = traj.turns[0].observation if traj.turns else ""
     return [f"{TALLY_START_LABEL} ({style.observation_label}): {compact_tables(start.strip())}", "\n".join(lines)]
 
@@ -155,7 +157,7 @@ def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: Recor
     blocks: list[str] = []
     prev_obs = prev_fb = prev_resp = ""
     for i, turn in enumerate(traj.turns, start=1):
-        response = strip_thinking(turn.response) if strip_response_thinking else turn.response
+        response = shown_response(turn, strip_response_thinking)
         lines = [f"Turn {i}"]
         shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp, turn.observation)
         if shown:
@@ -250,7 +252,7 @@ def render_raw_trajectory(traj: Trajectory, *, strip_response_thinking: bool = T
     """
     moves = []
     for i, turn in enumerate(traj.turns, start=1):
-        response = strip_thinking(turn.response) if strip_response_thinking else turn.response
+        response = shown_response(turn, strip_response_thinking)
         moves.append(f"  {style.raw_step_label} {i}: {' '.join(response.split())}")
         # Keep the reply's line structure (a board is 2-D), without blank lines.
         moves += [f"    {line.rstrip()}" for line in turn.feedback.splitlines() if line.strip()]
