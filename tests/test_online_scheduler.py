@@ -246,6 +246,46 @@ def test_sigterm_stops_a_waiting_scheduler_cleanly(tiny_model, tmp_path):
     assert proc.returncode == 0, err[-2000:]
 
 
+SIGNAL_STORM = 2000
+"""SIGTERMs sent at a waiting scheduler in the storm test: enough that some land inside the wait's own code."""
+STORM_TIMEOUT_S = 120
+"""The storm takes about a second; a hang fails the test well before the suite-wide timeout."""
+
+
+@pytest.mark.timeout(STORM_TIMEOUT_S)
+def test_a_signal_storm_never_deadlocks_the_wait(tiny_model, tmp_path, one_thread):
+    """The handler runs on the main thread wherever it is, inside the wait included: it must take no lock.
+
+    (It once called threading.Event.set, whose lock the interrupted Event.wait could be holding; CI hung.)
+    """
+    import threading
+
+    scheduler = Scheduler(_config(tiny_model, tmp_path, "max_rounds=0", "poll_s=0.001"))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def storm() -> None:
+        for _ in range(SIGNAL_STORM):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.0002)
+
+    sender = threading.Thread(target=storm)
+    stops = 0
+    try:
+        scheduler._install_signal_handlers()
+        sender.start()
+        while sender.is_alive():
+            scheduler._stop_requested = False
+            assert scheduler.run_forever() == 0
+            stops += 1
+        sender.join()
+        time.sleep(0.05)  # signals still pending run the scheduler's handler, not the default one
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        scheduler.close()
+    assert stops > 1
+
+
 def test_a_second_scheduler_on_the_same_run_dir_is_refused(tiny_model, tmp_path, one_thread):
     from oel.errors import ConfigError
     from oel.online.scheduler import Scheduler

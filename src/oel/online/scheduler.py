@@ -189,7 +189,7 @@ class Scheduler:
         self.versions.ensure_base(config.model.name)
         self.store = Store.open(config.store, retention=config.retention)
         self.metrics = MetricsLog(self.loop_config)
-        self.stop_event = threading.Event()
+        self._stop_requested = False
         self._clock = clock
         self._last_round = clock()
 
@@ -268,7 +268,7 @@ class Scheduler:
         if done is not None:
             log.info("round %d: %s already complete, skipped", ctx.round, name)
             return done
-        if self.stop_event.is_set():
+        if self._stop_requested:
             raise SchedulerStopped(f"stopped before round {ctx.round}'s {name} stage")
         log.info("round %d: %s started", ctx.round, name)
         t0 = time.perf_counter()
@@ -343,9 +343,9 @@ class Scheduler:
                  version_name(self.versions.current().version))
         done = 0
         try:
-            while not self.stop_event.is_set():
+            while not self._stop_requested:
                 if self.run_round() is None:
-                    self.stop_event.wait(self.config.poll_s)
+                    self._wait(self.config.poll_s)
                     continue
                 done += 1
                 if self.config.max_rounds and done >= self.config.max_rounds:
@@ -354,11 +354,30 @@ class Scheduler:
             log.info("%s; the round resumes on restart", e)
         return done
 
+    def request_stop(self) -> None:
+        """Stop between stages (the round stays claimed) or at the end of the current wait.
+
+        Safe from a signal handler, which runs on the main thread between two bytecodes, perhaps
+        while that thread holds a lock: a plain assignment takes none (a threading.Event's `set`
+        would, and deadlocks when the signal lands inside the Event's own `wait`).
+        """
+        self._stop_requested = True
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep `seconds`, in slices, so that a stop request ends the wait within STOP_CHECK_S."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(STOP_CHECK_S, left))
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+            signal.signal(sig, lambda *_: self.request_stop())
+
+
+STOP_CHECK_S = 0.05
+"""How often a waiting scheduler looks for a stop request (a signal handler can only set a flag)."""
 
 
 def status(config: OnlineConfig) -> dict[str, Any]:
