@@ -96,6 +96,27 @@ def test_metrics_and_paired_gap():
     assert gap.diff == pytest.approx(0.3) and gap.lo == pytest.approx(0.3) and gap.hi == pytest.approx(0.3)
 
 
+def test_the_report_names_a_model_that_collapsed_onto_one_move(tmp_path):
+    """The collapse warning and the moves column, on hand-built scores: [down] optimal at half the states."""
+    from oel.report.gather import RunData
+    from oel.report.tables import collapse_warnings, meter_table
+
+    def res(p_down: float) -> MeterResult:
+        rest = (1 - p_down) / 3
+        lp = [math.log(rest), math.log(p_down), math.log(rest), math.log(rest)]  # canonical order u/d/l/r
+        states = [StateScore(f"L{i}", step, lp, (False, step == 0, False, step == 1), (True, False, True, False),
+                             (False,) * 4) for i in range(3) for step in (0, 1)]
+        return MeterResult(f"{p_down}", states)
+
+    data = RunData(run_dir=tmp_path, rounds=[0, 1], meters={0: res(0.4), 1: res(0.95)})
+    assert data.meters[1].fixed_policy_emq([0, 1, 0, 0]) == pytest.approx(0.5)
+    assert data.meters[1].state_blind_emq() == pytest.approx(0.5 * 0.95 + 0.5 * 0.05 / 3)
+    warnings = collapse_warnings(data)
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: M_1 puts 95% of its move probability on [down]")
+    assert "always [down] scores 50.0% here" in warnings[0]
+    assert "| .02/.95/.02/.02 |" in meter_table(data) and "| .20/.40/.20/.20 |" in meter_table(data)
+
+
 def test_teacher_gap_routes_knowledge_texts_by_layout_and_the_cli_writes_it(tiny, one_thread, tmp_path):
     from types import SimpleNamespace
 

@@ -328,10 +328,13 @@ class MeterResult:
         optimal half the time) raises E[mq] without reading the board. A setting reads the board
         only where its E[mq] exceeds this.
         """
-        mean_p = np.mean([s.p_move for s in self.states], axis=0)
+        return self.fixed_policy_emq(np.mean([s.p_move for s in self.states], axis=0))
+
+    def fixed_policy_emq(self, p: Sequence[float]) -> float:
+        """E[mq] of answering with the same move distribution `p` (canonical order) at every state."""
         acc: dict[str, list[float]] = {}
         for s in self.states:
-            acc.setdefault(s.layout, []).append(float(np.dot(mean_p, s.optimal)))
+            acc.setdefault(s.layout, []).append(float(np.dot(p, s.optimal)))
         return float(np.mean([np.mean(v) for v in acc.values()]))
 
     def summary(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from oel.layout import DemoLayout, RunLayout
 from oel.report.gather import gather
 from oel.report.plots import (plot_compare, plot_curves, plot_kl, plot_meter, plot_pass_rate, plot_series,
                               plot_teacher_gap)
-from oel.report.tables import compare_table, meter_table, results_table, sample_trajectory
+from oel.report.tables import collapse_warnings, compare_table, meter_table, results_table, sample_trajectory
 
 __all__ = ["gather", "write_report", "register"]
 
@@ -48,6 +48,7 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
                "state of one shortest path of held-out maps; E[mq] is the mass on shortest-path moves, "
                "'state-blind' what the model's average move distribution alone would score (a move bias).", "",
                meter_table(data), ""]
+        md += [line for w in collapse_warnings(data) for line in (w, "")]
     for r, gap in sorted(data.gaps.items()):
         md += [f"Round {r} teacher gap (training maps): {gap['verdict']}", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]

@@ -9,6 +9,10 @@ from oel.io import iter_jsonl
 from oel.layout import RunLayout
 from oel.report.gather import RunData
 
+COLLAPSE_SHARE = 0.9
+"""A model putting at least this share of its move probability on one answer, averaged over the
+probe states, has collapsed onto it (two FrozenLake students did, at .97 and .87 [down]: docs/results/xsize)."""
+
 
 def meter_rows(data: RunData) -> list[dict[str, Any]]:
     """Per round: M_r's exact E[mq] (and P(invalid)) at the held-out probe states, paired with M_0."""
@@ -21,7 +25,7 @@ def meter_rows(data: RunData) -> list[dict[str, Any]]:
     for r in sorted(data.meters):
         m = data.meters[r]
         row = {"round": r, "emq": m.mean("emq"), "state_blind": m.state_blind_emq(), "p_invalid": m.mean("p_invalid"),
-               "p_losing": m.mean("p_losing")}
+               "p_losing": m.mean("p_losing"), "moves": m.move_distribution()}
         if r != 0 and m.per_layout("emq").keys() == base.per_layout("emq").keys():
             g = paired_gap(m, base)
             row.update(vs0=g.diff, vs0_lo=g.lo, vs0_hi=g.hi)
@@ -33,14 +37,35 @@ def meter_table(data: RunData) -> str:
     rows = meter_rows(data)
     if not rows:
         return ""
-    out = ["| model | E[mq] (exact) | state-blind E[mq] | P(invalid) | P(losing) | E[mq] - M_0 (95% CI over maps) |",
-           "|---|---|---|---|---|---|"]
+    out = ["| model | E[mq] (exact) | state-blind E[mq] | P(invalid) | P(losing) | moves u/d/l/r | "
+           "E[mq] - M_0 (95% CI over maps) |",
+           "|---|---|---|---|---|---|---|"]
     for row in rows:
         vs0 = (f"{100 * row['vs0']:+.1f} [{100 * row['vs0_lo']:+.1f}, {100 * row['vs0_hi']:+.1f}]"
                if "vs0" in row else "-")
+        moves = "/".join(f"{p:.2f}".removeprefix("0") for p in row["moves"].values())
         out.append(f"| M_{row['round']} | {100 * row['emq']:.1f}% | {100 * row['state_blind']:.1f}% | "
-                   f"{100 * row['p_invalid']:.1f}% | {100 * row['p_losing']:.1f}% | {vs0} |")
+                   f"{100 * row['p_invalid']:.1f}% | {100 * row['p_losing']:.1f}% | {moves} | {vs0} |")
     return "\n".join(out)
+
+
+def collapse_warnings(data: RunData) -> list[str]:
+    """One plain sentence per model that answers (nearly) one move everywhere.
+
+    Why: reverse KL is mode-seeking, so a student sharpens its teacher's favourite move; on these
+    boards always [down] alone scores 50% E[mq], so such a model's meter gain is a move bias that
+    loses games (it walks off the bottom edge), and the report must say so next to the number.
+    """
+    out = []
+    for r, m in sorted(data.meters.items()):
+        moves = m.move_distribution()
+        move, share = max(moves.items(), key=lambda kv: kv[1])
+        if share >= COLLAPSE_SHARE:
+            always = m.fixed_policy_emq([float(k == move) for k in moves])
+            out.append(f"WARNING: M_{r} puts {100 * share:.0f}% of its move probability on {move} at the probe "
+                       f"states: it has collapsed onto one answer (its E[mq] {100 * m.mean('emq'):.1f}%; always "
+                       f"{move} scores {100 * always:.1f}% here), and it will lose the games that need another move.")
+    return out
 
 
 def _fmt_rate(s: dict[str, Any] | None) -> str:
