@@ -127,6 +127,34 @@ def test_a_gate_that_cannot_be_met_keeps_current(tiny_model, tmp_path, one_threa
     assert _rows(tmp_path)[-1]["verdict"]["passed"] is False
 
 
+def test_a_collapsed_candidate_is_refused_whatever_the_check(tiny_model, tmp_path, one_thread):
+    """gate.max_move_share runs the meter even with check=off; the candidate's top-move share is the
+    one the candidate's meter.json holds, and the threshold decides."""
+    _fill(tmp_path / "store.sqlite", 4)
+    scheduler = Scheduler(_config(tiny_model, tmp_path, "gate.max_move_share=0.25", "evaluate.meter.max_layouts=1"))
+    outcome = scheduler.run_round()  # every distribution over four moves has a top share >= 0.25
+    meter = json.loads((tmp_path / "run" / "round_0" / "evaluate_candidate" / "meter.json").read_text())["summary"]
+    assert outcome.status == "refused" and outcome.verdict["check"] == "off"
+    assert outcome.verdict["top_move_share"] == pytest.approx(max(meter["moves"].values()))
+    assert outcome.verdict["reason"].startswith("collapsed: ")
+    assert Versions(tmp_path / "versions").current().version == 0
+    scheduler.close()
+
+
+def test_the_collapse_verdict():
+    from oel.online.gate import compare, refuse_collapse
+
+    passed = compare("meter", "meter_emq", {"meter_emq": 0.5}, {"meter_emq": 0.3}, 0.0)
+    assert passed["passed"] is True
+    assert refuse_collapse(passed, {"meter_top_move_share": 0.97}, 0.0) is passed  # off
+    assert refuse_collapse(passed, {"meter_top_move_share": 0.89}, 0.9)["passed"] is True
+    refused = refuse_collapse(passed, {"meter_top_move_share": 0.97}, 0.9)
+    assert refused["passed"] is False and refused["reason"] == "collapsed: 97% of its move probability on one answer (>= 90%)"
+    assert refuse_collapse(passed, {}, 0.9)["reason"] == "meter_top_move_share missing from the evaluation"
+    with pytest.raises(ConfigError, match=r"gate.max_move_share: must be in \[0, 1\]"):
+        load_config(OnlineConfig, None, ["gate.max_move_share=1.5"])
+
+
 def test_the_gate_needs_its_evaluation_part(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="gate.check: games needs evaluate.games.enabled=true"):
         _config(tiny_model, tmp_path, "gate.check=games", "evaluate.games.enabled=false")

@@ -59,7 +59,7 @@ class Evaluation:
         if self.ifeval is not None:
             out.update({IFEVAL + k: getattr(self.ifeval.scores, k) for k in IFEVAL_KEYS})
         if self.meter is not None:
-            out.update({METER + k: self.meter[k] for k in METER_KEYS})
+            out.update({METER + k: self.meter.get(k) for k in METER_KEYS})  # .get: meter.json files predating a key
         return out
 
 
@@ -71,7 +71,7 @@ IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instructi
                "prompt_strict_ci_low", "prompt_strict_ci_high", "prompts")
 
 
-METER_KEYS = ("emq", "state_blind_emq", "p_invalid", "p_losing", "coverage", "layouts", "states")
+METER_KEYS = ("emq", "state_blind_emq", "p_invalid", "p_losing", "coverage", "top_move_share", "layouts", "states")
 
 
 def summary_part(summary: dict[str, Any], part: str) -> dict[str, Any]:

@@ -342,6 +342,7 @@ class MeterResult:
                 "emq": self.mean("emq"), "state_blind_emq": self.state_blind_emq(),
                 "p_invalid": self.mean("p_invalid"), "p_losing": self.mean("p_losing"),
                 "coverage": self.mean("coverage"), "moves": self.move_distribution(),
+                "top_move_share": max(self.move_distribution().values()),
                 "seconds_per_state": self.seconds / max(1, len(self.states)), **self.meta}
 
 

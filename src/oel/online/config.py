@@ -41,6 +41,13 @@ class GateConfig:
                                   "shortest path (sees damage a pass rate of 0 on both sides hides); meter: the exact "
                                   "policy meter (grid games); ifeval: IF-Eval prompt-level strict accuracy")
     tolerance: float = cfg(0.0, "publish when new >= current - tolerance (a negative tolerance demands an improvement)")
+    max_move_share: float = cfg(0.0, "also refuse a candidate that puts at least this share of its move probability on one "
+                                     "answer at the meter's probe states (a collapse: its E[mq] can rise while it loses "
+                                     "every game needing another move), e.g. 0.9; runs the meter; 0 = off")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_move_share <= 1.0:
+            raise ConfigError(f"gate.max_move_share: must be in [0, 1] (0 = off), got {self.max_move_share}")
 
 
 @dataclass
@@ -111,13 +118,13 @@ class OnlineConfig:
         """The evaluation a round runs: all enabled parts, only the gate's part, or none."""
         if self.evaluate_each_round:
             return self.evaluate
-        if self.gate.check == "off":
+        parts = {GATE_PART[self.gate.check]} if self.gate.check != "off" else set()
+        if self.gate.max_move_share > 0:
+            parts.add("meter")
+        if not parts:
             return None
-        e = dataclasses.replace(self.evaluate, games=dataclasses.replace(self.evaluate.games, enabled=False),
-                                ifeval=dataclasses.replace(self.evaluate.ifeval, enabled=False),
-                                meter=dataclasses.replace(self.evaluate.meter, enabled=False))
-        getattr(e, GATE_PART[self.gate.check]).enabled = True
-        return e
+        return dataclasses.replace(self.evaluate, **{p: dataclasses.replace(getattr(self.evaluate, p), enabled=p in parts)
+                                                     for p in ("games", "ifeval", "meter")})
 
     def loop_config(self) -> LoopConfig:
         """The round's stage settings as the loop's stages read them (one round, no in-context eval)."""

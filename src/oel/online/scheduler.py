@@ -44,6 +44,7 @@ from oel.loop.config import LoopConfig
 from oel.loop.context import MetricsLog, RoundContext
 from oel.models import ModelConfig
 from oel.online.config import GATE_METRIC, OnlineConfig
+from oel.online.gate import compare, refuse_collapse
 from oel.online.rounds import Round
 from oel.online.store import Store
 from oel.online.versions import Version, Versions, version_name
@@ -163,19 +164,6 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
-def compare(check: str, metric: str, candidate: dict[str, Any], current: dict[str, Any],
-            tolerance: float) -> dict[str, Any]:
-    """The gate's verdict: passed when candidate >= current - tolerance on `metric` (missing = refused)."""
-    new, old = candidate.get(metric), current.get(metric)
-    verdict: dict[str, Any] = {"check": check, "metric": metric, "candidate": new, "current": old,
-                               "tolerance": tolerance}
-    if new is None or old is None:
-        return {**verdict, "passed": False, "reason": f"{metric} missing from the evaluation"}
-    passed = new >= old - tolerance
-    reason = f"{metric} {new:.4f} {'>=' if passed else '<'} {old:.4f} - {tolerance}"
-    return {**verdict, "passed": passed, "reason": reason}
-
-
 class Scheduler:
     """Runs rounds over a store and publishes versions; `run_round()` once, `run_forever()` as a service."""
 
@@ -286,9 +274,11 @@ class Scheduler:
         candidate = self._evaluate(ctx, dataclasses.replace(self.config.model, name=str(ctx.layout.model_after(ctx.round))),
                                    EVALUATE_CANDIDATE, f"{self.config.model.name}@round{ctx.round}") if evaluate else {}
         if check == "off":
-            return {"check": "off", "passed": True, **{f"candidate_{k}": v for k, v in candidate.items()}}
-        current = self._evaluate(ctx, ctx.model_config, EVALUATE_CURRENT, ctx.model_id)
-        return compare(check, GATE_METRIC[check], candidate, current, self.config.gate.tolerance)
+            verdict = {"check": "off", "passed": True, **{f"candidate_{k}": v for k, v in candidate.items()}}
+        else:
+            current = self._evaluate(ctx, ctx.model_config, EVALUATE_CURRENT, ctx.model_id)
+            verdict = compare(check, GATE_METRIC[check], candidate, current, self.config.gate.tolerance)
+        return refuse_collapse(verdict, candidate, self.config.gate.max_move_share)
 
     def _evaluate(self, ctx: OnlineRoundContext, model: ModelConfig, which: str, model_id: str) -> dict[str, Any]:
         from oel.collect.backends.hf import HFBackend
