@@ -321,6 +321,10 @@ class MeterResult:
         p = np.mean([s.p_move for s in self.states], axis=0)
         return {m: float(x) for m, x in zip(CANONICAL_MOVES, p)}
 
+    def top_move(self) -> tuple[str, float]:
+        """The move this setting favours and its share of the mean distribution (a collapse shows here)."""
+        return max(self.move_distribution().items(), key=lambda kv: kv[1])
+
     def state_blind_emq(self) -> float:
         """E[mq] of playing this setting's AVERAGE move distribution at every state, per-layout mean.
 
@@ -342,7 +346,7 @@ class MeterResult:
                 "emq": self.mean("emq"), "state_blind_emq": self.state_blind_emq(),
                 "p_invalid": self.mean("p_invalid"), "p_losing": self.mean("p_losing"),
                 "coverage": self.mean("coverage"), "moves": self.move_distribution(),
-                "top_move_share": max(self.move_distribution().values()),
+                "top_move_share": self.top_move()[1],
                 "seconds_per_state": self.seconds / max(1, len(self.states)), **self.meta}
 
 

@@ -56,12 +56,13 @@ def collapse_warnings(data: RunData) -> list[str]:
     boards always [down] alone scores 50% E[mq], so such a model's meter gain is a move bias that
     loses games (it walks off the bottom edge), and the report must say so next to the number.
     """
+    from oel.evaluate.meter import CANONICAL_MOVES
+
     out = []
     for r, m in sorted(data.meters.items()):
-        moves = m.move_distribution()
-        move, share = max(moves.items(), key=lambda kv: kv[1])
+        move, share = m.top_move()
         if share >= COLLAPSE_SHARE:
-            always = m.fixed_policy_emq([float(k == move) for k in moves])
+            always = m.fixed_policy_emq([float(k == move) for k in CANONICAL_MOVES])
             out.append(f"WARNING: M_{r} puts {100 * share:.0f}% of its move probability on {move} at the probe "
                        f"states: it has collapsed onto one answer (its E[mq] {100 * m.mean('emq'):.1f}%; always "
                        f"{move} scores {100 * always:.1f}% here), and it will lose the games that need another move.")
