@@ -276,6 +276,8 @@ def test_sigterm_stops_a_waiting_scheduler_cleanly(tiny_model, tmp_path):
 
 SIGNAL_STORM = 2000
 """SIGTERMs sent at a waiting scheduler in the storm test: enough that some land inside the wait's own code."""
+STORM_TAIL_S = 0.01
+"""After the storm, the sender's pace: one SIGTERM per this many seconds until the test is done."""
 STORM_TIMEOUT_S = 120
 """The storm takes about a second; a hang fails the test well before the suite-wide timeout."""
 
@@ -291,20 +293,29 @@ def test_a_signal_storm_never_deadlocks_the_wait(tiny_model, tmp_path, one_threa
     scheduler = Scheduler(_config(tiny_model, tmp_path, "max_rounds=0", "poll_s=0.001"))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
+    storm_over, test_done = threading.Event(), threading.Event()
+
     def storm() -> None:
         for _ in range(SIGNAL_STORM):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.0002)
+        storm_over.set()
+        # Keep stopping the scheduler until the test is done with it: the loop below may already have
+        # cleared the flag the storm's last signal set, and a run_forever then left waiting would hang.
+        while not test_done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(STORM_TAIL_S)
 
     sender = threading.Thread(target=storm)
     stops = 0
     try:
         scheduler._install_signal_handlers()
         sender.start()
-        while sender.is_alive():
+        while not storm_over.is_set():
             scheduler._stop_requested = False
             assert scheduler.run_forever() == 0
             stops += 1
+        test_done.set()
         sender.join()
         time.sleep(0.05)  # signals still pending run the scheduler's handler, not the default one
     finally:
