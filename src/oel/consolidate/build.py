@@ -41,7 +41,8 @@ def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: A
     checking that it scores the same tokens: same vocabulary, same output width."""
     if not config.teacher_model:
         return None
-    other = load_round_model(dataclasses.replace(config.model, name=config.teacher_model), topology)
+    dtype = config.model.dtype if config.teacher_dtype == "model" else config.teacher_dtype
+    other = load_round_model(dataclasses.replace(config.model, name=config.teacher_model, dtype=dtype), topology)
     if other.tokenizer.get_vocab() != student.tokenizer.get_vocab():
         raise ConfigError(f"teacher_model: {config.teacher_model} has another vocabulary than the student "
                           f"{config.model.name}; a teacher must score the student's own tokens")
@@ -50,7 +51,7 @@ def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: A
         raise ConfigError(f"teacher_model: {config.teacher_model} has {rows[1]} output logits, the student {rows[0]}")
     other.model.eval()
     other.model.requires_grad_(False)
-    log.info("teacher: %s (frozen, %.0f MiB of weights)", other.model_id,
+    log.info("teacher: %s (frozen, %s, %.0f MiB of weights)", other.model_id, next(other.model.parameters()).dtype,
              sum(p.numel() * p.element_size() for p in other.model.parameters()) / 2**20)
     return other.model
 

@@ -20,6 +20,7 @@ from oel.errors import ConfigError
 from oel.models import ModelConfig
 
 Sampler = Literal["on_policy", "off_policy"]
+TeacherDtype = Literal["model", "bfloat16", "float32"]
 LossName = Literal["topk_reverse_kl", "reverse_kl", "sampled_reverse_kl", "forward_kl", "sft"]
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -39,7 +40,8 @@ class ConsolidateConfig:
     output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the consolidated model)")
     model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher", factory=ModelConfig)
 
-    teacher_model: str = cfg("", "a different FROZEN model as the teacher (a preset, .gguf or HF directory, loaded with model's dtype and device), reading the knowledge and scoring the student's samples; it must share the student's vocabulary (checked). Empty = the round-start model itself (the paper). Costs that model's weights in memory (1.5B preset in bf16: ~3.1 GiB) and its forward passes")
+    teacher_model: str = cfg("", "a different FROZEN model as the teacher (a preset, .gguf or HF directory, loaded on model's device in teacher_dtype), reading the knowledge and scoring the student's samples; it must share the student's vocabulary (checked). Empty = the round-start model itself (the paper). Costs that model's weights in memory (1.5B preset in bf16: ~3.1 GiB) and its forward passes")
+    teacher_dtype: TeacherDtype = cfg("model", "teacher_model's weights dtype: model = model.dtype; bfloat16 with model.dtype=float32 keeps the student's passes (and so its gradients) in float32 while the frozen teacher, which only scores, costs half the memory and time. Needs teacher_model (the round-start teacher IS the student's base weights)")
     teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for collected grid-game prefixes: teacher_grid_v1 (knowledge before the observation), teacher_grid_after_v1 (after it), teacher_grid_system_v1 (in a system message), or a path to your own .txt template with {knowledge} (and {observation}, else it is a system message); other prefixes (imported logs, other tasks) get task_teacher_template")
     task_teacher_template: str = cfg(prompts.TASK_TEACHER_TEMPLATE, "the teacher's knowledge block for every prefix that is not a grid game (imported logs, other tasks), put in front of its first user message: the built-in knowledge_block_v1 or a path to your own .txt template with {knowledge}")
     sampler: Sampler = cfg("on_policy", "on_policy: the student (no knowledge) writes the responses; off_policy: the teacher (with knowledge) does (baseline)")
@@ -99,6 +101,8 @@ class ConsolidateConfig:
             raise ValueError(f"fsdp_mixed_precision: needs parallel=fsdp, got parallel={self.parallel}")
         _check_template("teacher_template", self.teacher_template, prompts.TEACHER_ROLE)
         _check_template("task_teacher_template", self.task_teacher_template, prompts.TASK_TEACHER_ROLE)
+        if self.teacher_dtype != "model" and not self.teacher_model:
+            raise ValueError(f"teacher_dtype: {self.teacher_dtype} needs teacher_model (the round-start teacher shares the student's weights and dtype)")
         if self.teacher_model and self.parallel == "fsdp":
             raise ValueError("teacher_model: not supported with parallel=fsdp (the other teacher would not be sharded); use ddp")
         if self.save_every < 0 or self.keep_last < 1:
