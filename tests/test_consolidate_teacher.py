@@ -64,6 +64,16 @@ def test_a_bf16_teacher_scores_a_float32_student_close_to_a_float32_teacher(worl
     assert mixed.last_metrics["loss"] != full.last_metrics["loss"]  # the teacher did score in bf16
 
 
+def test_the_teacher_model_loads_with_the_students_settings_and_its_own_dtype(world, tmp_path):
+    """The one place both consolidation and the loop's teacher-gap meter take the teacher's load settings from."""
+    student = ModelConfig(name=world["random"], dtype="float32", device="cpu")
+    same = _config(world, tmp_path / "a", model=student, teacher_model="other").teacher_model_config(student)
+    mixed = _config(world, tmp_path / "b", model=student, teacher_model="other",
+                    teacher_dtype="bfloat16").teacher_model_config(student)
+    assert (same.name, same.dtype, same.device) == ("other", "float32", "cpu")
+    assert (mixed.name, mixed.dtype, mixed.device) == ("other", "bfloat16", "cpu")
+
+
 def test_a_teacher_dtype_without_a_teacher_model_is_refused(world, tmp_path):
     with pytest.raises(ValueError, match="teacher_dtype: bfloat16 needs teacher_model"):
         _config(world, tmp_path / "run", teacher_dtype="bfloat16")

@@ -3,7 +3,9 @@
 # (the 0.5B's 16 training games, its own K=2 lessons, the 1.5B teacher reading them after the board,
 # 6 steps of 4 prefixes, LoRA, lr 1e-4), consolidated twice with everything equal but the dtype;
 # then the exact meter on 12 held-out maps, each M_1 against M_0 (both scored in bf16).
-# Usage: precision.sh [OUT_DIR]; every step resumes or is skipped when its result is on file.
+# A third run, mixed, keeps the student float32 and loads only the frozen teacher in bf16 (teacher_dtype).
+# SEEDS="0 1 2" repeats every run with consolidation seeds 1 and 2 (the prefixes drawn and the student's samples).
+# Usage: [SEEDS="0 1 2"] [ONLY="mixed ..."] precision.sh [OUT_DIR]; every step resumes or is skipped when its result is on file.
 set -euo pipefail
 O=${OEL:-oel}
 D=${1:-runs/precision}
@@ -16,9 +18,15 @@ CONS="teacher_model=qwen2.5-coder-1.5b-instruct teacher_template=teacher_grid_af
 $O extract trajectories=$D/extract-games.jsonl out_dir=$D/store num_runs=2 num_trajectories=4 budget_tokens=512 \
    $S sampling.max_new_tokens=160
 L0=$D/store/round_000/run_00/step_004.txt; L1=$D/store/round_000/run_01/step_004.txt
-for dt in bfloat16 float32; do
-  [ -f $D/$dt/model/config.json ] || $O consolidate trajectories=$D/games.jsonl knowledge=[$L0,$L1] output_dir=$D/$dt \
-      model.dtype=$dt $CONS
-  [ -f $D/meter-$dt.json ] || $O meter teacher_model=$D/$dt/model teacher_template=policy_grid_v1 seeds=heldout \
-      max_layouts=12 out=$D/meter-$dt.json   # both M_1 scored in bf16, how the loop serves them
+# name: the dtype overrides; mixed = a float32 student with the frozen 1.5B teacher in bf16
+declare -A RUNS=([bfloat16]="model.dtype=bfloat16" [float32]="model.dtype=float32"
+                 [mixed]="model.dtype=float32 teacher_dtype=bfloat16")
+for seed in ${SEEDS:-0}; do
+  for name in ${ONLY:-bfloat16 float32 mixed}; do
+    run=$name$([ $seed = 0 ] || echo "-s$seed")   # seed 0 keeps the plain names
+    [ -f $D/$run/model/config.json ] || $O consolidate trajectories=$D/games.jsonl knowledge=[$L0,$L1] output_dir=$D/$run \
+        ${RUNS[$name]} seed=$seed $CONS
+    [ -f $D/meter-$run.json ] || $O meter teacher_model=$D/$run/model teacher_template=policy_grid_v1 seeds=heldout \
+        max_layouts=12 out=$D/meter-$run.json   # every M_1 scored in bf16, how the loop serves them
+  done
 done

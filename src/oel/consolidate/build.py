@@ -41,8 +41,7 @@ def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: A
     checking that it scores the same tokens: same vocabulary, same output width."""
     if not config.teacher_model:
         return None
-    dtype = config.model.dtype if config.teacher_dtype == "model" else config.teacher_dtype
-    other = load_round_model(dataclasses.replace(config.model, name=config.teacher_model, dtype=dtype), topology)
+    other = load_round_model(config.teacher_model_config(config.model), topology)
     if other.tokenizer.get_vocab() != student.tokenizer.get_vocab():
         raise ConfigError(f"teacher_model: {config.teacher_model} has another vocabulary than the student "
                           f"{config.model.name}; a teacher must score the student's own tokens")

@@ -108,6 +108,12 @@ class ConsolidateConfig:
         if self.save_every < 0 or self.keep_last < 1:
             raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
 
+    def teacher_model_config(self, student: ModelConfig) -> ModelConfig:
+        """How to load `teacher_model`: the student's settings (device, ...) with the teacher's name and
+        `teacher_dtype`; one place, so the loop's teacher-gap meter measures the teacher consolidation uses."""
+        dtype = student.dtype if self.teacher_dtype == "model" else self.teacher_dtype
+        return dataclasses.replace(student, name=self.teacher_model, dtype=dtype)
+
     def check_inputs(self, *, need_knowledge_files: bool = True) -> None:
         """The fields a run cannot start without (left optional so presets can be built first)."""
         for name in ("trajectories", "output_dir"):

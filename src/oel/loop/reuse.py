@@ -46,7 +46,8 @@ STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "collect": frozenset({"model", "env", "collect", "extract.num_trajectories"}),
     "extract": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file"}),
     "evaluate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "evaluate",
-                           "in_context_eval", "consolidate.teacher_model", "consolidate.teacher_template"}),
+                           "in_context_eval", "consolidate.teacher_model", "consolidate.teacher_dtype",
+                           "consolidate.teacher_template"}),
     "consolidate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "consolidate"}),
 }
 

@@ -11,7 +11,6 @@ run has) and checked once, here, where they enter the rest of the round.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -156,11 +155,12 @@ def round_teacher_gap(ctx: RoundContext, texts: list[str]) -> dict[str, Any]:
     path = ctx.layout.teacher_gap_file(ctx.round)
     key = {"student": ctx.model_id, "teacher_model": c.consolidate.teacher_model,
            "template": c.consolidate.teacher_template, "knowledge": texts_digest(texts),
-           "layouts": c.evaluate.meter.gap_layouts, "env": to_dict(c.env)}
+           "layouts": c.evaluate.meter.gap_layouts, "env": to_dict(c.env),
+           **({"teacher_dtype": c.consolidate.teacher_dtype} if c.consolidate.teacher_dtype != "model" else {})}
     saved = load_result(path, key)
     if saved is None:
         teacher = ctx.model if not c.consolidate.teacher_model else load_model(
-            dataclasses.replace(c.model, name=c.consolidate.teacher_model))
+            c.consolidate.teacher_model_config(c.model))
         states = probe_states(round_seeds(ctx.round, "collect", GAP_PROBE_SEEDS), c.env,
                               max_layouts=c.evaluate.meter.gap_layouts)
         saved = {"key": key, **teacher_gap(ctx.model, teacher, states, texts,
