@@ -2,7 +2,8 @@
 # The full held-out protocol of issue #16 for M_0 and for M_3 of the main run and of its control:
 # 128 held-out maps x 3 sampling seeds (T=0.7, top_p 0.8, top_k 20), IF-Eval on 100 prompts, the
 # exact meter on 12 held-out maps; the same for M_3 of the raw-trajectory ablation and, when it was run
-# (`oel loop configs/xsize/xsize-handwritten.yaml`), of the hand-written-lessons upper bound. Run after `oel loop
+# (`oel loop configs/xsize/xsize-handwritten.yaml`, `... xsize-handwritten-mixed.yaml`), of the hand-written-lessons
+# upper bound and of its float32-student run. Every M_3 is served in bf16. Run after `oel loop
 # configs/xsize/xsize.yaml`, `oel loop configs/xsize/xsize-control.yaml` and `oel loop configs/xsize/xsize-raw.yaml`.
 # Each evaluation is resumable (oel evaluate's key). Pair two IF-Evals with ifeval_paired.py, two meters with
 # meter_paired.py.
@@ -17,6 +18,8 @@ $O evaluate model.name=qwen2.5-coder-0.5b-instruct $P out_dir=$R/xsize-eval/M0
 $O evaluate model.name=$R/xsize/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3
 $O evaluate model.name=$R/xsize-control/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-control
 $O evaluate model.name=$R/xsize-raw/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-raw
-if [ -d $R/xsize-handwritten/round_2/consolidate/model ]; then
-  $O evaluate model.name=$R/xsize-handwritten/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-handwritten
-fi
+for run in handwritten handwritten-mixed; do   # when they were run
+  if [ -d $R/xsize-$run/round_2/consolidate/model ]; then
+    $O evaluate model.name=$R/xsize-$run/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-$run
+  fi
+done
