@@ -1,8 +1,8 @@
 #!/bin/bash
 # float32 against bfloat16 consolidation on the same steps (issue #16, item 5): the quick start's round 0
 # (the 0.5B's 16 training games, its own K=2 lessons, the 1.5B teacher reading them after the board,
-# 6 steps of 4 prefixes, LoRA, lr 1e-4), consolidated twice with everything equal but the dtype;
-# then the exact meter on 12 held-out maps, each M_1 against M_0 (both scored in bf16).
+# 6 steps of 4 prefixes, LoRA, lr 1e-4), consolidated in float32 and in bf16 with everything else equal;
+# then the exact meter on 12 held-out maps, each M_1 against M_0 (all scored in bf16).
 # A third run, mixed, keeps the student float32 and loads only the frozen teacher in bf16 (teacher_dtype).
 # SEEDS="0 1 2" repeats every run with consolidation seeds 1 and 2 (the prefixes drawn and the student's samples).
 # Usage: [SEEDS="0 1 2"] [ONLY="mixed ..."] precision.sh [OUT_DIR]; every step resumes or is skipped when its result is on file.

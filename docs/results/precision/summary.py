@@ -15,17 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-from oel.evaluate.meter import MeterResult, StateScore, paired_gap
+from oel.evaluate.meter import paired_gap
 from oel.io import read_json
+from oel.report.gather import meter_result
 
 DTYPES = ("float32", "mixed", "bfloat16")
 REFERENCE = "float32"
-
-
-def _m1(saved: dict, setting: str) -> MeterResult:
-    return MeterResult(setting, [StateScore(s["layout"], s["step"], s["logp"], tuple(s["optimal"]),
-                                            tuple(s["invalid"]), tuple(s["losing"]))
-                                 for s in saved["per_state"]["teacher"]])
 
 
 def _runs(root: Path) -> dict[tuple[str, int], Path]:
@@ -40,14 +35,15 @@ def _runs(root: Path) -> dict[tuple[str, int], Path]:
 
 def main(root: Path) -> None:
     runs = _runs(root)
-    m1 = {}
+    m1, gains = {}, {}
     print("| run | E[mq] (state-blind) | M_1 - M_0 [paired CI] | P(invalid) | P(losing) | moves u/d/l/r "
           "| loss, steps 1..6 | 6 steps | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (dtype, seed), run in sorted(runs.items(), key=lambda kv: (kv[0][1], DTYPES.index(kv[0][0]))):
         saved = read_json(root / f"meter-{run.name}.json", "meter file")
         t, g = saved["teacher"], saved["gaps"]["teacher_minus_student"]
-        m1[(dtype, seed)] = _m1(saved, run.name)
+        m1[(dtype, seed)] = meter_result({"per_state": saved["per_state"]["teacher"]}, run.name)  # M_1 is the meter's "teacher"
+        gains.setdefault(dtype, []).append(100 * g["diff"])
         metrics = root / f"metrics-{run.name}.jsonl"  # the committed copy, else the run's own
         steps = [json.loads(line) for line in (metrics if metrics.is_file() else run / "metrics.jsonl").read_text().splitlines()]
         losses = " ".join(f"{s['consolidate/loss']:.3f}" for s in steps)
@@ -58,12 +54,9 @@ def main(root: Path) -> None:
               f"| {sum(s['consolidate/step_s'] for s in steps):.0f} s "
               f"| {max(s['consolidate/peak_rss_mib'] for s in steps) / 1024:.1f} GiB |")
     print()
-    for dtype in DTYPES:
-        gains = [100 * read_json(root / f"meter-{runs[k].name}.json", "meter file")["gaps"]["teacher_minus_student"]["diff"]
-                 for k in sorted(runs) if k[0] == dtype]
-        if gains:
-            print(f"{dtype}: M_1 - M_0 over {len(gains)} seeds {' '.join(f'{g:+.1f}' for g in gains)}, "
-                  f"mean {sum(gains) / len(gains):+.1f}")
+    for dtype, per_seed in sorted(gains.items(), key=lambda kv: DTYPES.index(kv[0])):
+        print(f"{dtype}: M_1 - M_0 over {len(per_seed)} seeds {' '.join(f'{g:+.1f}' for g in per_seed)}, "
+              f"mean {sum(per_seed) / len(per_seed):+.1f}")
     print()
     for (dtype, seed), result in sorted(m1.items()):
         if dtype != REFERENCE and (REFERENCE, seed) in m1:
