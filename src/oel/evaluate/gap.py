@@ -53,6 +53,11 @@ class GapConfig:
     teacher_template: str = cfg(prompts.TEACHER_TEMPLATE, "the teacher's prompt (knowledge before/after the observation or in a system message)")
     knowledge_file: str = cfg("", "the lessons the teacher reads (required unless teacher_template has no {knowledge} "
                                   "field: then the meter compares two models, e.g. M_r against M_0, with the control off)")
+    knowledge: list[str] = cfg(help="instead of knowledge_file, K lessons files (a round's knowledge_<k>.txt): map j is "
+                                    "read with file j mod K, as the loop's teacher gap does", factory=list)
+    visited: str = cfg("", "a trajectory JSONL (e.g. a round's collect/train.jsonl): probe every state its games visited, "
+                           "replayed through the real game, instead of one shortest path per map (seeds, round and "
+                           "num_seeds are then unused; max_layouts still caps the maps)")
     control: bool = cfg(True, "also measure the same teacher reading unrelated lessons (the control)")
     sample_check: int = cfg(0, "also SAMPLE this many answers per probe state from the student (T=1, no top-k/top-p) and "
                                "compare sampled move quality with the meter's E[mq] and its CI (oel.evaluate.meter_check); 0 = off")
@@ -64,6 +69,12 @@ class GapConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.sample_check < 0:
             raise ConfigError(f"sample_check: must be >= 0, got {self.sample_check}")
+        if self.knowledge_file and self.knowledge:
+            raise ConfigError("knowledge: set knowledge_file (one file) or knowledge (K files), not both")
+
+    def knowledge_paths(self) -> list[str]:
+        """The lessons files the teacher reads, in order (one or K)."""
+        return [self.knowledge_file] if self.knowledge_file else list(self.knowledge)
 
 
 @dataclass
@@ -154,20 +165,27 @@ def run_gap(config: GapConfig) -> TeacherGap:
     """`oel meter`: load the models, build the probe states, measure, write `out`."""
     from oel.models import check_model_name, load_model
 
+    from oel.evaluate.visited import visited_states
+
     reads = "knowledge" in prompts.get(config.teacher_template).fields
-    if reads and not config.knowledge_file:
+    paths = config.knowledge_paths()
+    if reads and not paths:
         raise ConfigError(f"knowledge_file: required (the lessons the teacher reads with {config.teacher_template})")
-    knowledge = [read_text_file(config.knowledge_file, "knowledge_file")] if reads else []
+    knowledge = [read_text_file(p, "knowledge_file" if config.knowledge_file else f"knowledge[{i}]")
+                 for i, p in enumerate(paths)] if reads else []
+    if config.visited:
+        states = visited_states(config.visited, config.env, max_layouts=config.max_layouts)
     check_model_name(config.model.name)
     if config.teacher_model:
         check_model_name(config.teacher_model, "teacher_model")
     student = load_model(config.model)
     teacher = student if not config.teacher_model else load_model(
         dataclasses.replace(config.model, name=config.teacher_model))
-    states = probe_states(probe_seeds(config), config.env, max_layouts=config.max_layouts)
+    if not config.visited:
+        states = probe_states(probe_seeds(config), config.env, max_layouts=config.max_layouts)
     gap = teacher_gap(student, teacher, states, knowledge, template=config.teacher_template, control=config.control)
-    gap.meta.update({"student_model": student.model_id, "teacher_model": teacher.model_id, "seeds": config.seeds,
-                     "round": config.round})
+    gap.meta.update({"student_model": student.model_id, "teacher_model": teacher.model_id,
+                     **({"visited": config.visited} if config.visited else {"seeds": config.seeds, "round": config.round})})
     if config.sample_check:
         from oel.evaluate.meter_check import sample_check
 

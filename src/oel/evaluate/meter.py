@@ -76,7 +76,8 @@ def layout_key(state: GridState) -> str:
     return f"box:walls={sorted(state.walls)}:targets={sorted(state.targets)}:boxes={sorted(state.boxes)}:start={state.player}"
 
 
-def _labels(state: GridState) -> tuple[tuple[bool, ...], tuple[bool, ...], tuple[bool, ...]]:
+def move_labels(state: GridState) -> tuple[tuple[bool, ...], tuple[bool, ...], tuple[bool, ...]]:
+    """(optimal, invalid, losing) per canonical move at `state`, from the solver."""
     outcomes = [transition(state, m)[1] for m in CANONICAL_MOVES]
     return (tuple(is_optimal_move(state, m) for m in CANONICAL_MOVES),
             tuple(s is Status.INVALID for s in outcomes),
@@ -106,7 +107,7 @@ def probe_states(seeds: Sequence[int], env_config: EnvConfig | None = None, *, m
             continue
         seen.add(key)
         for step, move in enumerate(plan):
-            opt, inv, lose = _labels(state)
+            opt, inv, lose = move_labels(state)
             out.append(ProbeState(key, seed, step, observation, opt, inv, lose))
             result = env.step(move)
             if result.action != move:
