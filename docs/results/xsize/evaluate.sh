@@ -3,7 +3,8 @@
 # 128 held-out maps x 3 sampling seeds (T=0.7, top_p 0.8, top_k 20), IF-Eval on 100 prompts, the
 # exact meter on 12 held-out maps; the same for M_3 of the raw-trajectory ablation and, when it was run
 # (`oel loop configs/xsize/xsize-handwritten.yaml`, `... xsize-handwritten-mixed.yaml`), of the hand-written-lessons
-# upper bound and of its float32-student run. Every M_3 is served in bf16. Run after `oel loop
+# upper bound, of its float32-student run and of its small-step run and that run's control; and the
+# frozen 1.5B teacher's own play, with and without the hand-written lessons. Every M_3 is served in bf16. Run after `oel loop
 # configs/xsize/xsize.yaml`, `oel loop configs/xsize/xsize-control.yaml` and `oel loop configs/xsize/xsize-raw.yaml`.
 # Each evaluation is resumable (oel evaluate's key). Pair two IF-Evals with ifeval_paired.py, two meters with
 # meter_paired.py.
@@ -18,8 +19,13 @@ $O evaluate model.name=qwen2.5-coder-0.5b-instruct $P out_dir=$R/xsize-eval/M0
 $O evaluate model.name=$R/xsize/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3
 $O evaluate model.name=$R/xsize-control/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-control
 $O evaluate model.name=$R/xsize-raw/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-raw
-for run in handwritten handwritten-mixed; do   # when they were run
+for run in handwritten handwritten-mixed handwritten-smallstep control-smallstep; do   # when they were run
   if [ -d $R/xsize-$run/round_2/consolidate/model ]; then
     $O evaluate model.name=$R/xsize-$run/round_2/consolidate/model $P out_dir=$R/xsize-eval/M3-$run
   fi
 done
+# the teacher itself at play: the frozen 1.5B without lessons and reading the hand-written lessons
+# after the board (the teacher every hand-written run distilled), the same 384 games
+$O evaluate model.name=qwen2.5-coder-1.5b-instruct $P ifeval.enabled=false meter.enabled=false \
+  knowledge_file=configs/knowledge/frozenlake-handwritten.txt games.knowledge_template=teacher_grid_after_v1 \
+  out_dir=$R/xsize-eval/teacher-1.5b-handwritten
