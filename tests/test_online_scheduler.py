@@ -136,6 +136,9 @@ def test_a_collapsed_candidate_is_refused_whatever_the_check(tiny_model, tmp_pat
     meter = json.loads((tmp_path / "run" / "round_0" / "evaluate_candidate" / "meter.json").read_text())["summary"]
     assert outcome.status == "refused" and outcome.verdict["check"] == "off"
     assert outcome.verdict["top_move_share"] == pytest.approx(max(meter["moves"].values()))
+    played = json.loads((tmp_path / "run" / "round_0" / "evaluate_candidate" / "evaluation.json").read_text())["meter"]
+    assert outcome.verdict["sampled_top_move_share"] == pytest.approx(played["sampled"]["top_move_share"])
+    assert played["sampled"]["top_move_share"] >= outcome.verdict["top_move_share"] - 1e-9, "T < 1 and top-p sharpen"
     assert outcome.verdict["reason"].startswith("collapsed: ")
     assert Versions(tmp_path / "versions").current().version == 0
     scheduler.close()
@@ -151,6 +154,10 @@ def test_the_collapse_verdict():
     refused = refuse_collapse(passed, {"meter_top_move_share": 0.97}, 0.9)
     assert refused["passed"] is False and refused["reason"] == "collapsed: 97% of its move probability on one answer (>= 90%)"
     assert refuse_collapse(passed, {}, 0.9)["reason"] == "meter_top_move_share missing from the evaluation"
+    played = refuse_collapse(passed, {"meter_top_move_share": 0.86, "meter_sampled_top_move_share": 1.0}, 0.9)
+    assert played["passed"] is False and played["reason"] == (
+        "collapsed as the games sample: 86% of its move probability on one answer becomes 100% (>= 90%)")
+    assert refuse_collapse(passed, {"meter_top_move_share": 0.6, "meter_sampled_top_move_share": 0.7}, 0.9)["passed"]
     with pytest.raises(ConfigError, match=r"gate.max_move_share: must be in \[0, 1\]"):
         load_config(OnlineConfig, None, ["gate.max_move_share=1.5"])
 

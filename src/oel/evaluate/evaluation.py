@@ -60,6 +60,8 @@ class Evaluation:
             out.update({IFEVAL + k: getattr(self.ifeval.scores, k) for k in IFEVAL_KEYS})
         if self.meter is not None:
             out.update({METER + k: self.meter.get(k) for k in METER_KEYS})  # .get: meter.json files predating a key
+            sampled = self.meter.get("sampled") or {}
+            out.update({f"{METER}sampled_{k}": sampled.get(k) for k in SAMPLED_METER_KEYS})
         return out
 
 
@@ -72,6 +74,8 @@ IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instructi
 
 
 METER_KEYS = ("emq", "state_blind_emq", "p_invalid", "p_losing", "coverage", "top_move_share", "layouts", "states")
+SAMPLED_METER_KEYS = ("emq", "top_move_share")
+"""Of the meter's distribution as the games sample it (`oel.evaluate.sharpen`): meter_sampled_*."""
 
 
 def summary_part(summary: dict[str, Any], part: str) -> dict[str, Any]:
@@ -112,7 +116,8 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> di
     """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
     that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
     from oel.envs.seeds import heldout_seeds
-    from oel.evaluate.meter import measure, policy_variant, probe_states
+    from oel.evaluate.meter import MeterResult, measure, policy_variant, probe_states
+    from oel.evaluate.sharpen import sampled_summary
 
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
     if model is None or tokenizer is None or not hasattr(make_env(config.env), "solver_state"):
@@ -122,13 +127,16 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> di
            "template": prompts.get(prompts.POLICY_TEMPLATE).record()}
     cached = load_result(out / METER_FILE, key)
     if cached is not None:
-        return cached["summary"]
-    states = probe_states(heldout_seeds(), config.env, max_layouts=config.meter.max_layouts)
-    result = measure(model, tokenizer, states, policy_variant(), setting=backend.model_id)
-    summary = result.summary()
-    atomic_write_json(out / METER_FILE, {"key": key, "summary": summary,
-                                         "per_state": [s.__dict__ for s in result.states]})
-    return summary
+        result = MeterResult.from_saved(cached, backend.model_id)
+        summary = cached["summary"]
+    else:
+        states = probe_states(heldout_seeds(), config.env, max_layouts=config.meter.max_layouts)
+        result = measure(model, tokenizer, states, policy_variant(), setting=backend.model_id)
+        summary = result.summary()
+        atomic_write_json(out / METER_FILE, {"key": key, "summary": summary,
+                                             "per_state": [s.__dict__ for s in result.states]})
+    # recomputed, not saved in the meter file: it depends on the games' sampling, not on the model
+    return {**summary, "sampled": sampled_summary(result, config.games.sampling)}
 
 
 def _pct(x: float | None) -> str:

@@ -306,6 +306,12 @@ class MeterResult:
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], name: str) -> MeterResult:
+        """Back from a saved meter file's per-state scores (`per_state`: what `oel evaluate` writes)."""
+        return cls(name, [StateScore(s["layout"], s["step"], s["logp"], tuple(s["optimal"]), tuple(s["invalid"]),
+                                     tuple(s["losing"])) for s in saved["per_state"]])
+
     def per_layout(self, metric: str) -> dict[str, float]:
         """The per-layout mean of `metric` ('emq', 'p_invalid', 'p_losing', 'coverage')."""
         acc: dict[str, list[float]] = {}

@@ -43,7 +43,8 @@ class GateConfig:
     tolerance: float = cfg(0.0, "publish when new >= current - tolerance (a negative tolerance demands an improvement)")
     max_move_share: float = cfg(0.0, "also refuse a candidate that puts at least this share of its move probability on one "
                                      "answer at the meter's probe states (a collapse: its E[mq] can rise while it loses "
-                                     "every game needing another move), e.g. 0.9; runs the meter; 0 = off")
+                                     "every game needing another move), whole or as the games sample it (T, top-p: "
+                                     "a .85 answer becomes 1.0 at T 0.7, top-p 0.8), e.g. 0.9; runs the meter; 0 = off")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_move_share <= 1.0:

@@ -30,11 +30,15 @@ def refuse_collapse(verdict: dict[str, Any], candidate: dict[str, Any], max_shar
     """
     if max_share <= 0:
         return verdict
-    share = candidate.get("meter_top_move_share")
-    verdict = {**verdict, "top_move_share": share, "max_move_share": max_share}
+    share, sampled = candidate.get("meter_top_move_share"), candidate.get("meter_sampled_top_move_share")
+    verdict = {**verdict, "top_move_share": share, "sampled_top_move_share": sampled, "max_move_share": max_share}
     if share is None:
         return {**verdict, "passed": False, "reason": "meter_top_move_share missing from the evaluation"}
     if share >= max_share:
         return {**verdict, "passed": False,
                 "reason": f"collapsed: {100 * share:.0f}% of its move probability on one answer (>= {100 * max_share:.0f}%)"}
+    if sampled is not None and sampled >= max_share:  # it will PLAY one answer (oel.evaluate.sharpen)
+        return {**verdict, "passed": False,
+                "reason": f"collapsed as the games sample: {100 * share:.0f}% of its move probability on one answer "
+                          f"becomes {100 * sampled:.0f}% (>= {100 * max_share:.0f}%)"}
     return verdict

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from oel.collect.backends.base import SamplingParams
 from oel.errors import DataError
 from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
 from oel.io import iter_jsonl, read_json, read_text
@@ -31,6 +34,8 @@ class RunData:
     gaps: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Round -> the teacher gap (evaluate/teacher_gap.json)."""
     config: str = ""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """How the run's held-out games sampled (evaluate.games.sampling; the defaults without a config)."""
 
     @property
     def name(self) -> str:
@@ -47,6 +52,7 @@ def gather(run_dir: str | os.PathLike) -> RunData:
         raise DataError(f"{layout.run_dir}: no round_<r> directories: is this an `oel loop` run dir?")
     data = RunData(layout.run_dir, rounds)
     data.config = read_text(layout.config_file, "run config") if layout.config_file.is_file() else ""
+    data.sampling = games_sampling(data.config, layout.config_file)
     for r in rounds:
         for stage, target in (("evaluate", data.evaluate), ("collect", data.collect)):
             m = layout.marker(r, stage)
@@ -76,13 +82,25 @@ def gather(run_dir: str | os.PathLike) -> RunData:
     return data
 
 
+def games_sampling(config_text: str, path: Path) -> SamplingParams:
+    """evaluate.games.sampling of a saved run config (temperature, top_p, top_k; the rest is not needed)."""
+    try:
+        games = ((yaml.safe_load(config_text) or {}).get("evaluate") or {}).get("games") or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not a readable run config ({e})") from None
+    given = games.get("sampling") or {}
+    try:
+        return SamplingParams(**{k: given[k] for k in ("temperature", "top_p", "top_k") if k in given})
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: evaluate.games.sampling: {e}") from None
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     return read_json(path, "oel result file") if path.is_file() else None
 
 
 def meter_result(saved: dict[str, Any], name: str) -> Any:
     """A `MeterResult` back from its saved per-state scores."""
-    from oel.evaluate.meter import MeterResult, StateScore
+    from oel.evaluate.meter import MeterResult
 
-    return MeterResult(name, [StateScore(s["layout"], s["step"], s["logp"], tuple(s["optimal"]), tuple(s["invalid"]),
-                                         tuple(s["losing"])) for s in saved["per_state"]])
+    return MeterResult.from_saved(saved, name)

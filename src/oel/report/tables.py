@@ -17,6 +17,7 @@ probe states, has collapsed onto it (two FrozenLake students did, at .97 and .87
 def meter_rows(data: RunData) -> list[dict[str, Any]]:
     """Per round: M_r's exact E[mq] (and P(invalid)) at the held-out probe states, paired with M_0."""
     from oel.evaluate.meter import paired_gap
+    from oel.evaluate.sharpen import sharpened
 
     if 0 not in data.meters:
         return []
@@ -26,6 +27,8 @@ def meter_rows(data: RunData) -> list[dict[str, Any]]:
         m = data.meters[r]
         row = {"round": r, "emq": m.mean("emq"), "state_blind": m.state_blind_emq(), "p_invalid": m.mean("p_invalid"),
                "p_losing": m.mean("p_losing"), "moves": m.move_distribution()}
+        played = sharpened(m, data.sampling)
+        row.update(sampled_emq=played.mean("emq"), sampled_top=played.top_move())
         if r != 0 and m.per_layout("emq").keys() == base.per_layout("emq").keys():
             g = paired_gap(m, base)
             row.update(vs0=g.diff, vs0_lo=g.lo, vs0_hi=g.hi)
@@ -37,15 +40,17 @@ def meter_table(data: RunData) -> str:
     rows = meter_rows(data)
     if not rows:
         return ""
+    sp = data.sampling
     out = ["| model | E[mq] (exact) | state-blind E[mq] | P(invalid) | P(losing) | moves u/d/l/r | "
-           "E[mq] - M_0 (95% CI over maps) |",
-           "|---|---|---|---|---|---|---|"]
+           f"E[mq] - M_0 (95% CI over maps) | as the games sample (T {sp.temperature:g}, top-p {sp.top_p:g}): E[mq], top move |",
+           "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         vs0 = (f"{100 * row['vs0']:+.1f} [{100 * row['vs0_lo']:+.1f}, {100 * row['vs0_hi']:+.1f}]"
                if "vs0" in row else "-")
         moves = "/".join(f"{p:.2f}".removeprefix("0") for p in row["moves"].values())
         out.append(f"| M_{row['round']} | {100 * row['emq']:.1f}% | {100 * row['state_blind']:.1f}% | "
-                   f"{100 * row['p_invalid']:.1f}% | {100 * row['p_losing']:.1f}% | {moves} | {vs0} |")
+                   f"{100 * row['p_invalid']:.1f}% | {100 * row['p_losing']:.1f}% | {moves} | {vs0} | "
+                   f"{100 * row['sampled_emq']:.1f}%, {row['sampled_top'][0]} {100 * row['sampled_top'][1]:.0f}% |")
     return "\n".join(out)
 
 
@@ -57,15 +62,23 @@ def collapse_warnings(data: RunData) -> list[str]:
     loses games (it walks off the bottom edge), and the report must say so next to the number.
     """
     from oel.evaluate.meter import CANONICAL_MOVES
+    from oel.evaluate.sharpen import sharpened
 
     out = []
     for r, m in sorted(data.meters.items()):
         move, share = m.top_move()
+        played_move, played_share = sharpened(m, data.sampling).top_move()
+        always = m.fixed_policy_emq([float(k == move) for k in CANONICAL_MOVES])
         if share >= COLLAPSE_SHARE:
-            always = m.fixed_policy_emq([float(k == move) for k in CANONICAL_MOVES])
             out.append(f"WARNING: M_{r} puts {100 * share:.0f}% of its move probability on {move} at the probe "
                        f"states: it has collapsed onto one answer (its E[mq] {100 * m.mean('emq'):.1f}%; always "
                        f"{move} scores {100 * always:.1f}% here), and it will lose the games that need another move.")
+        elif played_share >= COLLAPSE_SHARE:
+            sp = data.sampling
+            out.append(f"WARNING: M_{r} puts {100 * share:.0f}% of its move probability on {move}, and sampled as the "
+                       f"games sample (T {sp.temperature:g}, top-p {sp.top_p:g}, top-k {sp.top_k}) that becomes "
+                       f"{100 * played_share:.0f}% {played_move}: it plays one answer almost everywhere (always {move} "
+                       f"scores {100 * always:.1f}% E[mq] here) and will lose the games that need another move.")
     return out
 
 
