@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 
 import pytest
@@ -10,8 +12,8 @@ from oel.envs import EnvConfig, make_env
 from oel.envs.analysis import ceiling_report
 from oel.envs.policies import OptimalPolicy, RandomPolicy, play_episode
 from oel.envs.seeds import heldout_seeds
-from oel.envs.solver import (MOVES, LakeState, Status, distance_to_success, is_optimal_move, move_quality,
-                             optimal_actions, random_pass_probability, solvable_within, transition)
+from oel.envs.solver import (MOVES, LakeState, Status, blind_pass_probability, distance_to_success, is_optimal_move,
+                             move_quality, optimal_actions, random_pass_probability, solvable_within, transition)
 
 FIDELITY_EPISODES = 60
 SOKOBAN_UNSOLVABLE_HELDOUT = 13
@@ -69,6 +71,57 @@ def test_random_pass_probability_by_hand() -> None:
     five = 0.25**4 + 6 * 0.25**5
     assert random_pass_probability(LAKE, 5) == pytest.approx(five)
     assert random_pass_probability(LAKE, 5, invalid_moves_tolerated=0) == pytest.approx(0.25**4)
+
+
+def _brute_force_blind_pass(state: LakeState, probs: dict[str, float], turns: int, tolerated: int) -> float:
+    """Sum, over all 4^turns answer sequences, the probability of those that win under the episode rules.
+
+    A game that ends early ignores its later answers; their probabilities sum to one, so weighting
+    every full sequence by all its answers counts each ended game exactly once.
+    """
+    total = 0.0
+    for seq in itertools.product(list(MOVES), repeat=turns):
+        weight = math.prod(probs.get(move, 0.0) for move in seq)
+        current, streak = state, 0
+        for move in seq:
+            current, status = transition(current, move)
+            if status is Status.WON:
+                total += weight
+                break
+            if status is Status.MOVED:
+                streak = 0
+            elif status is Status.INVALID and streak < tolerated:
+                streak += 1
+            else:  # a hole, or one invalid move too many
+                break
+    return total
+
+
+def test_blind_pass_probability_against_enumeration() -> None:
+    """The DP equals the sum over all 4^5 answer sequences, for skewed priors and both streak rules."""
+    open_lake = LakeState(size=3, holes=frozenset({(0, 2), (2, 0)}), goal=(2, 2), player=(0, 0))
+    rng = random.Random(0)
+    for state in (LAKE, open_lake):
+        weights = [rng.random() for _ in MOVES]
+        drawn = {move: w / sum(weights) for move, w in zip(MOVES, weights)}
+        for probs in ({"[down]": 0.5, "[right]": 0.5}, {"[up]": 0.1, "[down]": 0.6, "[left]": 0.05, "[right]": 0.25},
+                      drawn):
+            for tolerated in (0, 1):
+                assert blind_pass_probability(state, probs, 5, tolerated) == \
+                    pytest.approx(_brute_force_blind_pass(state, probs, 5, tolerated))
+    uniform = {m: 0.25 for m in MOVES}
+    assert blind_pass_probability(LAKE, uniform, 5) == pytest.approx(random_pass_probability(LAKE, 5))
+    # always [down] never wins a lake whose goal is bottom-right; half [down], half [right] on LAKE
+    # must go down, down, right, right: 1/16, plus the tolerated wall hit at (2,0) or (2,1): 2 * 1/32
+    assert blind_pass_probability(open_lake, {"[down]": 1.0}, 5) == 0.0
+    assert blind_pass_probability(LAKE, {"[down]": 0.5, "[right]": 0.5}, 5) == pytest.approx(1 / 16 + 2 / 32)
+
+
+def test_blind_pass_probability_rejects_bad_priors() -> None:
+    with pytest.raises(ValueError, match="unknown moves"):
+        blind_pass_probability(LAKE, {"down": 1.0}, 5)
+    with pytest.raises(ValueError, match="summing to 1"):
+        blind_pass_probability(LAKE, {"[down]": 0.5}, 5)
 
 
 def test_optimal_policy_passes_every_heldout_frozenlake_map() -> None:

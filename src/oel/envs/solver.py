@@ -10,7 +10,8 @@ never parsed from text, and `transition` reproduces TextArena 0.7.4's move rules
   "move quality" diagnostic (SPEC §3) is the share of a policy's moves for which this holds.
 * `move_quality(state, actions)`: replay an episode's actions and mark each move.
 * `random_pass_probability(state, max_turns)`: the EXACT chance that uniformly random moves win
-  within the turn cap, honouring the invalid-move rule (a dynamic programme, no sampling).
+  within the turn cap, honouring the invalid-move rule (a dynamic programme, no sampling);
+  `blind_pass_probability` the same for any fixed move distribution (a policy with only a prior).
 
 Positions are (row, col); actions are the canonical strings of `oel.envs.actions` ('[up]', ...).
 """
@@ -21,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import lru_cache
-from typing import Union
+from typing import Mapping, Union
 
 Pos = tuple[int, int]
 
@@ -196,26 +197,48 @@ def optimal_share(state: GridState) -> float:
     return sum(is_optimal_move(state, m) for m in MOVES) / len(MOVES)
 
 
-def random_pass_probability(state: GridState, max_turns: int, invalid_moves_tolerated: int = 1) -> float:
-    """Exact probability that uniformly random moves win within `max_turns` model turns.
+def blind_pass_probability(state: GridState, move_probs: Mapping[str, float], max_turns: int,
+                           invalid_moves_tolerated: int = 1) -> float:
+    """Exact probability that a STATE-BLIND policy wins within `max_turns` model turns.
 
-    Mirrors the episode rules: every turn counts; an invalid move is forgiven unless it is the
+    The policy answers each move with the same probabilities `move_probs` (canonical moves; missing
+    ones get 0) whatever the board shows: a pure move prior. It bounds what a teacher that has only a
+    direction habit can win, and shows that a prior's pass rate and its expected move quality can
+    disagree (always [down] scores 50% move quality on a 3x3 lake and never wins). Mirrors the
+    episode rules: every turn counts; an invalid move is forgiven unless it is the
     (`invalid_moves_tolerated` + 1)-th in a row, which ends the game as a loss.
     """
+    unknown = set(move_probs) - set(MOVES)
+    if unknown:
+        raise ValueError(f"move_probs: unknown moves {sorted(unknown)}; expected some of {list(MOVES)}")
+    if any(p < 0 for p in move_probs.values()) or abs(sum(move_probs.values()) - 1.0) > 1e-6:
+        raise ValueError(f"move_probs: expected non-negative probabilities summing to 1, got {dict(move_probs)}")
+    probs = [(action, move_probs.get(action, 0.0)) for action in MOVES]
 
     @lru_cache(maxsize=None)
     def win_chance(current: GridState, turns_left: int, invalid_streak: int) -> float:
         if turns_left == 0:
             return 0.0
         total = 0.0
-        for action in MOVES:
+        for action, p in probs:
+            if p == 0.0:
+                continue
             nxt, status = transition(current, action)
             if status is Status.WON:
-                total += 1.0
+                total += p
             elif status is Status.MOVED:
-                total += win_chance(nxt, turns_left - 1, 0)
+                total += p * win_chance(nxt, turns_left - 1, 0)
             elif status is Status.INVALID and invalid_streak < invalid_moves_tolerated:
-                total += win_chance(current, turns_left - 1, invalid_streak + 1)
-        return total / len(MOVES)
+                total += p * win_chance(current, turns_left - 1, invalid_streak + 1)
+        return total
 
     return win_chance(state, max_turns, 0)
+
+
+UNIFORM: dict[str, float] = {action: 1.0 / len(MOVES) for action in MOVES}
+"""Uniformly random moves: the reference policy of every pass-rate table."""
+
+
+def random_pass_probability(state: GridState, max_turns: int, invalid_moves_tolerated: int = 1) -> float:
+    """Exact probability that uniformly random moves win within `max_turns` model turns."""
+    return blind_pass_probability(state, UNIFORM, max_turns, invalid_moves_tolerated)
