@@ -41,7 +41,9 @@ class ModelConfig:
     """Which model to load and how."""
 
     name: str = cfg(DEFAULT_PRESET, "offline preset name, path to a .gguf file, Hugging Face model dir, or hub id")
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = cfg("auto", "weights dtype; auto = bfloat16 (about 2x faster than float32 on this CPU)")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = cfg(
+        "auto", "weights dtype; auto = bfloat16 where the hardware computes it natively (GPU, AVX-512 BF16/AMX "
+        "CPU: ~2x faster than float32), else float32 (an AVX2-only CPU emulates bf16, 3-5x slower)")
     device: str = cfg("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     cache_dir: str | None = cfg(None, "where dense copies of GGUF models are cached; null = $OEL_CACHE_DIR or the user cache dir")
     use_cache: bool = cfg(True, "cache a dense safetensors copy of GGUF models (second load takes seconds)")
