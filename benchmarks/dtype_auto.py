@@ -5,7 +5,7 @@
 Times one forward pass of a randomly initialised decoder layer stack with the 0.5B preset's shapes
 (Qwen2.5-0.5B: hidden 896, MLP 4864, 14 heads; one layer, no weights to download) in both dtypes,
 the same inputs, median of `--repeats`, and prints the ratio. Why: on a CPU without native bf16
-(AVX2 only) torch emulates bf16 and runs it tens of times slower than float32; with AVX-512 BF16
+(AVX2 only) torch emulates bf16 and a layer runs 3-5x slower than in float32; with AVX-512 BF16
 bf16 is about 2x faster. `auto` must follow the hardware, and this shows by how much it matters.
 """
 

@@ -16,9 +16,10 @@ import json
 import sys
 
 from oel.collect.backends.base import SamplingParams
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.seeds import heldout_seeds, round_seeds
 from oel.envs.solver import MOVES, GridState, blind_pass_probability
+from oel.evaluate.games import start_states
 from oel.evaluate.meter import MeterResult
 from oel.evaluate.sharpen import sharpened
 
@@ -29,14 +30,6 @@ PRIORS: dict[str, dict[str, float]] = {
     **{f"[down] {q:.2f} / [right] {1 - q:.2f}": {"[down]": q, "[right]": 1 - q}
        for q in (1.0, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4)},
 }
-
-
-def starts(seeds: list[int]) -> list[GridState]:
-    env, out = make_env(EnvConfig()), []
-    for seed in seeds:
-        env.reset(seed)
-        out.append(env.solver_state())
-    return out
 
 
 def pass_rate(maps: list[GridState], prior: dict[str, float]) -> float:
@@ -52,20 +45,16 @@ def meter_settings(name: str, path: str) -> dict[str, MeterResult]:
     return {f"{name} {k}": MeterResult.from_saved({"per_state": v}, f"{name} {k}") for k, v in per_state.items()}
 
 
-def normalised(dist: dict[str, float]) -> dict[str, float]:
-    total = sum(dist.values())
-    return {m: p / total for m, p in dist.items()}
-
-
 def main(args: list[str]) -> None:
-    train, heldout = starts(round_seeds(1, "collect", MAPS)), starts(heldout_seeds(MAPS))
+    train = list(start_states(EnvConfig(), round_seeds(1, "collect", MAPS)).values())
+    heldout = list(start_states(EnvConfig(), heldout_seeds(MAPS)).values())
     rows = [(name, prior, None) for name, prior in PRIORS.items()]
     for arg in args:
         name, _, path = arg.partition("=")
         for label, result in meter_settings(name, path).items():
-            rows.append((f"{label}, as scored", normalised(result.move_distribution()), result.state_blind_emq()))
+            rows.append((f"{label}, as scored", result.move_distribution(), result.state_blind_emq()))
             sampled = sharpened(result, PROTOCOL)
-            rows.append((f"{label}, as sampled", normalised(sampled.move_distribution()), sampled.state_blind_emq()))
+            rows.append((f"{label}, as sampled", sampled.move_distribution(), sampled.state_blind_emq()))
     print(f"| state-blind policy | moves u/d/l/r | pass, training maps ({MAPS}) | pass, held-out ({MAPS}, reference) "
           "| meter E[mq] of the prior (probe states) |")
     print("|---|---|---|---|---|")
