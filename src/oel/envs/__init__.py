@@ -1,11 +1,13 @@
-"""Environments: the TextArena grid games of the paper, and the protocol for your own.
+"""Environments: the TextArena grid games of the paper, small-answer games, and the protocol for your own.
 
     from oel.envs import EnvConfig, make_env
     env = make_env(EnvConfig(game="frozenlake"))
     observation = env.reset(seed)
     result = env.step(model_response)      # -> StepResult(feedback, done, observation, ...)
 
-`EnvConfig`'s defaults are the paper's settings (SPEC §2). TextArena is imported only when
+`EnvConfig`'s defaults are the paper's settings (SPEC §2). Besides the paper's grid games,
+`game` selects TextArena single-player games whose answer each turn comes from a small set
+(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0) and `blackjack` (Blackjack-v0). TextArena is imported only when
 an environment is made, so config handling stays cheap.
 """
 
@@ -18,14 +20,20 @@ from oel.config import cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
-GameName = Literal["frozenlake", "sokoban"]
+GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack"]
+GRID_GAMES: tuple[str, ...] = ("frozenlake", "sokoban")
+"""The paper's games: a board, four moves, the BFS solver."""
+ANSWER_GAMES: tuple[str, ...] = ("guess_number", "blackjack")
+"""Games whose answer comes from a small set (`oel.envs.answer_game`)."""
+GAMES: tuple[str, ...] = GRID_GAMES + ANSWER_GAMES
 
 
 @dataclass
 class EnvConfig:
     """Which game to play and how; every default is the paper's setting."""
 
-    game: GameName = cfg("frozenlake", "which grid game: 'frozenlake' (FrozenLake-v0-raw) or 'sokoban' (Sokoban-v0)")
+    game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
+                         "'guess_number' (GuessTheNumber-v0) or 'blackjack' (Blackjack-v0)")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
     strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
@@ -33,11 +41,16 @@ class EnvConfig:
     frozenlake_holes: int = cfg(2, "number of holes on the FrozenLake board (maps are always solvable)")
     sokoban_size: int = cfg(6, "Sokoban room side (square room, walls included)")
     sokoban_boxes: int = cfg(1, "number of boxes (and targets) in the Sokoban room")
+    hide_rules: bool = cfg(False, "small-answer games: show a generic description instead of TextArena's rules "
+                                  "text (the grid games always hide theirs, as in the paper)")
+    guess_min: int = cfg(1, "guess_number: smallest possible secret number")
+    guess_max: int = cfg(20, "guess_number: largest possible secret number")
+    blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
 
     def __post_init__(self) -> None:
-        if self.game not in ("frozenlake", "sokoban"):
-            raise ConfigError(f"game: expected 'frozenlake' or 'sokoban', got {self.game!r}")
-        for name in ("max_turns", "frozenlake_size", "sokoban_boxes"):
+        if self.game not in GAMES:
+            raise ConfigError(f"game: expected one of {', '.join(repr(g) for g in GAMES)}, got {self.game!r}")
+        for name in ("max_turns", "frozenlake_size", "sokoban_boxes", "blackjack_hands"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.invalid_moves_tolerated < 0:
@@ -45,12 +58,22 @@ class EnvConfig:
         free_cells = self.frozenlake_size**2 - 2
         if not 0 <= self.frozenlake_holes < free_cells:
             raise ConfigError(f"frozenlake_holes: must be in 0..{free_cells - 1} for size {self.frozenlake_size}, got {self.frozenlake_holes}")
+        if self.guess_min < 0 or self.guess_max <= self.guess_min:
+            raise ConfigError(f"guess_max: must exceed guess_min (>= 0), got {self.guess_min}..{self.guess_max}")
         if self.sokoban_size < 4:
             raise ConfigError(f"sokoban_size: must be at least 4 (walls take the border), got {self.sokoban_size}")
 
 
 def make_env(config: EnvConfig) -> TextEnv:
     """A fresh environment for `config` (one instance plays one episode at a time)."""
+    if config.game == "guess_number":
+        from oel.envs.guess_number import GuessTheNumberGame
+
+        return GuessTheNumberGame(config)
+    if config.game == "blackjack":
+        from oel.envs.blackjack import BlackjackGame
+
+        return BlackjackGame(config)
     from oel.envs.textarena_games import FrozenLakeGame, SokobanGame
 
     if config.game == "frozenlake":
@@ -58,4 +81,10 @@ def make_env(config: EnvConfig) -> TextEnv:
     return SokobanGame(config)
 
 
-__all__ = ["EnvConfig", "GameName", "StepResult", "TextEnv", "make_env"]
+def is_grid_game(config: EnvConfig) -> bool:
+    """True for the paper's board games (solver, four moves, the grid prompts)."""
+    return config.game in GRID_GAMES
+
+
+__all__ = ["EnvConfig", "GameName", "GAMES", "GRID_GAMES", "ANSWER_GAMES", "StepResult", "TextEnv", "make_env",
+           "is_grid_game"]

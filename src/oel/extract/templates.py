@@ -9,6 +9,8 @@ trajectories themselves:
 - a trajectory is a grid game when its env_id is one of the TextArena games oel knows
   (`GRID_ENV_IDS`), or when `oel collect` played it (`source: collect`: collection only plays
   those games, through the grid policy prompt);
+- the small-answer games (`ANSWER_ENV_IDS`: GuessTheNumber, Blackjack) get GAME_STYLE: game
+  words, without maps, symbols or moves (`extract_game_<format>_v1`);
 - a round is a grid round only when every trajectory is one; a round that mixes both is shown
   with the task-neutral words (true of a game too, while game words are false of a task).
 
@@ -36,6 +38,9 @@ GRID_ENV_IDS = frozenset({"FrozenLake-v0-raw", "Sokoban-v0-raw", "FrozenLake-v0"
 """The TextArena grid games: the env ids oel's games record (`oel.envs.textarena_games`, checked
 by a test) and the same games as TextArena itself names them (an imported log of one)."""
 
+ANSWER_ENV_IDS = frozenset({"GuessTheNumber-v0-raw", "Blackjack-v0-raw"})
+"""The small-answer games oel plays (`oel.envs.answer_game`): game words, but no maps or moves."""
+
 COLLECTED_SOURCE = "collect"
 """Trajectory.source of episodes `oel collect` played (only grid games, with the grid policy prompt)."""
 
@@ -60,6 +65,9 @@ class RecordStyle:
 GRID_STYLE = RecordStyle(
     name="grid", observation_label="Game", feedback_label="Game reply", raw_template=prompts.RAW_TRAJECTORY_TEMPLATE,
     raw_body_field="moves", raw_step_label="move", default_prompt="extract_{format}_v1")
+GAME_STYLE = RecordStyle(
+    name="game", observation_label="Game", feedback_label="Game reply", raw_template=prompts.RAW_TRAJECTORY_TEMPLATE,
+    raw_body_field="moves", raw_step_label="answer", default_prompt="extract_game_{format}_v1")
 TASK_STYLE = RecordStyle(
     name="task", observation_label="Input", feedback_label="Feedback", raw_template=prompts.RAW_TASK_TEMPLATE,
     raw_body_field="turns", raw_step_label="turn", default_prompt="extract_task_{format}_v1")
@@ -72,11 +80,16 @@ def is_auto(prompt: str) -> bool:
 
 def is_grid_game(traj: Trajectory) -> bool:
     """A trajectory of one of oel's grid games (see the module docstring)."""
+    if traj.env_id in ANSWER_ENV_IDS:
+        return False
     return traj.env_id in GRID_ENV_IDS or traj.source == COLLECTED_SOURCE
 
 
 def round_style(trajs: Sequence[Trajectory]) -> RecordStyle:
-    """GRID_STYLE when every trajectory is a grid game, else TASK_STYLE (logged when mixed)."""
+    """GRID_STYLE when every trajectory is a grid game, GAME_STYLE when every one is a small-answer
+    game, else TASK_STYLE (logged when mixed)."""
+    if trajs and all(t.env_id in ANSWER_ENV_IDS for t in trajs):
+        return GAME_STYLE
     grid = [is_grid_game(t) for t in trajs]
     if all(grid):
         return GRID_STYLE

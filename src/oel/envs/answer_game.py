@@ -1,0 +1,176 @@
+"""TextArena single-player games whose answer each turn comes from a small finite set.
+
+The grid games (`oel.envs.textarena_games`) are the paper's settings and stay as they are. The
+games here (a number to guess, a card hand to play) are what the offline models may actually
+learn from: their state is a number or a short list, not a 2-D board. Every such game gives:
+
+* `answers()`: the canonical answers legal to TRY at the current state (the set the exact meter
+  scores; `oel.evaluate.answer_meter`). The game may still refuse one (a repeated guess).
+* `parse(response)`: the canonical answer in a model's free text (last bracketed one that is an
+  answer, after any `</think>`), or None; the game then receives `NO_ACTION_TEXT` and takes its
+  own invalid-move path.
+* the rules text, checked VERBATIM against what TextArena 0.7.4 prints (a changed text raises
+  `EnvironmentTextError`, never leaks or half-replaces); `hide_rules` replaces it with a generic
+  description where the rules would give the strategy away.
+* an outcome summary for the extractor, and `passed`/`reward` from the game's own scoring
+  (evaluation only).
+
+TextArena's `reset(seed)` seeds the GLOBAL random module and draws from it; every call into
+TextArena runs under `isolated_global_random`, as for the grid games.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+import textarena as ta
+
+from oel.envs import EnvConfig
+from oel.envs.actions import NO_ACTION_TEXT, THINK_CLOSE, answer_text
+from oel.envs.base import StepResult
+from oel.envs.textarena_games import TEXTARENA_PLAYER_ACTION, TEXTARENA_PROMPT, isolated_global_random
+from oel.errors import EnvironmentTextError
+
+log = logging.getLogger(__name__)
+
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+
+PLAYER_LABEL = "You answered:"
+GAME_LABEL = "The game replied:"
+"""How the history renders each answer and reply. Not TextArena's `[Player] [10]` / `[GAME] ...`
+lines: with those, the models continue the transcript (writing the game's next reply themselves)
+instead of answering, and the meter's answers cover under a fifth of what they emit."""
+
+REASON_WON = "won"
+REASON_LOST = "lost"
+REASON_INVALID = "invalid_moves"
+REASON_TURN_LIMIT = "turn_limit"
+
+
+class TextArenaAnswerGame:
+    """A `TextEnv` over one TextArena single-player game with a small answer set."""
+
+    env_id: ClassVar[str]
+    game_name: ClassVar[str]
+    """The `EnvConfig.game` value that selects this class."""
+    hidden_description: ClassVar[str]
+    """Shown instead of the rules text when `hide_rules` is on."""
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        self.textarena_env = self._make_textarena_env()
+        self.turns = 0
+        self.end_reason: str | None = None
+        self._history: list[str] = []
+        self._done = True
+        self.seed: int | None = None
+
+    # ---- what a game defines ---------------------------------------------------------------
+
+    def _make_textarena_env(self) -> Any:
+        raise NotImplementedError
+
+    def rules_text(self) -> str:
+        """TextArena's rules prompt, verbatim, for this game's settings."""
+        raise NotImplementedError
+
+    def canonical(self, content: str) -> str | None:
+        """The canonical answer for one bracketed content (`' 7 '` -> `'[7]'`), or None."""
+        raise NotImplementedError
+
+    def answers(self) -> tuple[str, ...]:
+        """Every canonical answer one may try at the current state (the meter's answer set)."""
+        raise NotImplementedError
+
+    def classify(self, reason: str, reward: float) -> str:
+        """One of the REASON_* codes for TextArena's end-of-game reason."""
+        raise NotImplementedError
+
+    def outcome_text(self, passed: bool, reward: float) -> str:
+        """Success or failure and why, for the extractor."""
+        raise NotImplementedError
+
+    def passed(self, reward: float) -> bool:
+        """Whether a finished episode counts as solved (the game's own success)."""
+        raise NotImplementedError
+
+    def capped_reward(self) -> float:
+        """The game's own score for an episode our turn cap stopped."""
+        return float(self.textarena_env._get_percentage_completion())
+
+    # ---- the TextEnv protocol -------------------------------------------------------------
+
+    def parse(self, response: str) -> str | None:
+        """The last bracketed answer in `response` (after any `</think>`), canonical, or None."""
+        for content in reversed(_BRACKETED.findall(answer_text(response))):
+            answer = self.canonical(content)
+            if answer is not None:
+                return answer
+        return None
+
+    def reset(self, seed: int) -> str:
+        with isolated_global_random():
+            self.textarena_env.reset(num_players=1, seed=seed)
+        self.textarena_env.state.error_allowance = self.config.invalid_moves_tolerated
+        messages = self._drain()
+        if not messages or messages[0][2] != TEXTARENA_PROMPT:
+            raise EnvironmentTextError(f"{self.env_id}: reset(seed={seed}) did not start with the rules prompt")
+        if messages[0][1] != self.rules_text():
+            raise EnvironmentTextError(
+                f"{self.env_id} at reset(seed={seed}): its rules prompt is not the verified text of textarena 0.7.4 "
+                f"(installed {getattr(ta, '__version__', '?')}); check the new text, then update "
+                f"{type(self).__name__}.rules_text")
+        intro = self.hidden_description if self.config.hide_rules else messages[0][1].rstrip()
+        self._history = [intro] + [self._render(m) for m in messages[1:]]
+        self.turns, self.end_reason, self._done, self.seed = 0, None, False, seed
+        return self.observation()
+
+    def step(self, response: str) -> StepResult:
+        if self._done:
+            raise RuntimeError(f"{self.env_id}: step() without an episode in progress; call reset(seed) first")
+        action = self.parse(response)
+        with isolated_global_random():
+            done, _info = self.textarena_env.step(action if action is not None else NO_ACTION_TEXT)
+        self.turns += 1
+        messages = self._drain()
+        self._history.extend(self._render(m) for m in messages)
+        feedback = "\n".join(self._render(m) for m in messages if m[2] != TEXTARENA_PLAYER_ACTION)
+        state = self.textarena_env.state
+        if done:
+            reward = float(state.rewards[0])
+            self.end_reason = self.classify(state.game_info[0].get("reason") or "", reward)
+        elif self.turns >= self.config.max_turns:
+            reward = self.capped_reward()
+            self.end_reason = REASON_TURN_LIMIT
+        else:
+            return StepResult(feedback=feedback, done=False, observation=self.observation(), action=action)
+        self._done = True
+        passed = self.passed(reward)
+        return StepResult(feedback=feedback, done=True, action=action, outcome=self.outcome_text(passed, reward),
+                          passed=passed, reward=reward)
+
+    def observation(self) -> str:
+        """The whole game so far as one text."""
+        return "\n".join(self._history)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _drain(self) -> list[tuple[int, str, Any]]:
+        _player, messages = self.textarena_env.get_observation()
+        return list(messages)
+
+    def _render(self, observation: tuple[int, str, Any]) -> str:
+        sender, message, _kind = observation
+        if sender == ta.GAME_ID:
+            return f"{GAME_LABEL} {message.rstrip()}"
+        return f"{PLAYER_LABEL} {message.rstrip()}"
+
+    def _turns_text(self) -> str:
+        return f"{self.turns} turn{'s' if self.turns != 1 else ''}"
+
+
+__all__ = ["TextArenaAnswerGame", "REASON_WON", "REASON_LOST", "REASON_INVALID", "REASON_TURN_LIMIT", "THINK_CLOSE"]

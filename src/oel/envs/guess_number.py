@@ -1,0 +1,176 @@
+"""GuessTheNumber-v0 from TextArena 0.7.4: find a secret number from 'higher'/'lower' hints.
+
+Why this game: its state is a short list of (guess, hint) pairs, which models that cannot read a
+2-D board can still read; a good answer depends on that state (a guess that agrees with every
+hint), and a good policy (halve the remaining range) is something a lesson can say in one line.
+
+Settings: numbers `guess_min..guess_max` (TextArena's 1..20), and TextArena's own turn limit set
+to our `max_turns` so that the rules text the model reads ("within N turns") is true. With 20
+numbers, halving the range wins every game within 5 guesses; a guess at random among the numbers
+not yet tried wins 5 of 20 (25%).
+
+The rules text does not give the strategy away, so it is shown by default (`hide_rules=false`);
+hidden, the model reads only that it must find a number in the range, answering `[n]`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import textarena as ta
+
+from oel.envs.answer_game import REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
+
+_NUMBER = re.compile(r"\s*(\d{1,4})\s*")
+HINT_HIGHER = "higher"
+HINT_LOWER = "lower"
+_HINT = re.compile(r"The target number is (higher|lower)\.")
+
+
+@dataclass(frozen=True)
+class GuessState:
+    """What the player knows: the range and every valid guess with its hint (the game's true
+    target is NOT part of it; the meter's oracle reasons only from what the player was told)."""
+
+    low: int
+    high: int
+    history: tuple[tuple[int, str], ...]
+
+    def candidates(self) -> tuple[int, ...]:
+        """The numbers still consistent with every hint (and not yet guessed)."""
+        lo, hi = self.low, self.high
+        for guess, hint in self.history:
+            if hint == HINT_HIGHER:
+                lo = max(lo, guess + 1)
+            else:
+                hi = min(hi, guess - 1)
+        tried = {g for g, _ in self.history}
+        return tuple(n for n in range(lo, hi + 1) if n not in tried)
+
+
+class GuessTheNumberGame(TextArenaAnswerGame):
+    """GuessTheNumber-v0 (built unwrapped, as `GuessTheNumber-v0-raw`)."""
+
+    env_id = "GuessTheNumber-v0-raw"
+    game_name = "guess_number"
+
+    @property
+    def hidden_description(self) -> str:  # type: ignore[override]
+        c = self.config
+        return (f"You are playing a guessing game. A secret whole number lies between {c.guess_min} and "
+                f"{c.guess_max}.\nEach turn, answer with one number in square brackets, for example [5].")
+
+    def _make_textarena_env(self) -> Any:
+        c = self.config
+        return ta.make(self.env_id, min_number=c.guess_min, max_number=c.guess_max, max_turns=c.max_turns)
+
+    def rules_text(self) -> str:
+        c = self.config
+        return (
+            "You are Player 0. You are playing Guess The Number.\n"
+            f"You have to guess the number between {c.guess_min} and {c.guess_max} within {c.max_turns} turns.\n"
+            "As you enter your guess, the game will provide you with hints such as 'higher' or 'lower'.\n"
+            "You may provide your response in any manner. Only the number that is wrapped in square brackets "
+            "will be considered as your guess. For example, [5].\n"
+            "As you play, the history of your guesses will be appended below. Use the information to complete "
+            "the game before you run out of guesses.\n"
+            "Enter your guess.")
+
+    def canonical(self, content: str) -> str | None:
+        m = _NUMBER.fullmatch(content)
+        return f"[{int(m.group(1))}]" if m else None
+
+    def answers(self) -> tuple[str, ...]:
+        return tuple(f"[{n}]" for n in range(self.config.guess_min, self.config.guess_max + 1))
+
+    def player_state(self) -> GuessState:
+        """The range and the hints so far, as the player was told them (for the meter's oracle)."""
+        history = tuple((int(g), h) for g, h in self.textarena_env.state.game_state["guess_history"])
+        return GuessState(self.config.guess_min, self.config.guess_max, history)
+
+    def target(self) -> int:
+        """The secret number (measurement only: e.g. checking that probe states are replayed exactly)."""
+        return int(self.textarena_env.state.game_state["game_number"])
+
+    def classify(self, reason: str, reward: float) -> str:
+        if reason.startswith("Congratulations"):
+            return REASON_WON
+        if reason.startswith("Invalid Move"):
+            return REASON_INVALID
+        if reason.startswith("The turn limit"):
+            return REASON_TURN_LIMIT
+        return REASON_LOST
+
+    def passed(self, reward: float) -> bool:
+        return self.end_reason == REASON_WON
+
+    def outcome_text(self, passed: bool, reward: float) -> str:
+        turns = self._turns_text()
+        if passed:
+            return f"Success: you guessed the secret number {self.target()} in {turns}."
+        guesses = self.player_state().history
+        last = f" Your last valid guess was {guesses[-1][0]}." if guesses else ""
+        if self.end_reason == REASON_INVALID:
+            reason = (self.textarena_env.state.game_info[0].get("reason") or "").removeprefix("Invalid Move:").strip()
+            return (f"Failure: {self.config.invalid_moves_tolerated + 1} invalid answers in a row ended the game after "
+                    f"{turns} (last one: {reason}) The secret number was {self.target()}.{last}")
+        return (f"Failure: the turn limit ({self.config.max_turns} turns) was reached before you found the number. "
+                f"The secret number was {self.target()}.{last}")
+
+
+def random_pass_probability(low: int, high: int, max_turns: int) -> float:
+    """Exact pass rate of guessing uniformly among the numbers not yet tried (no hint used).
+
+    Each guess is a fresh number; the target is equally likely any of the n, so the chance it is
+    among the first k distinct guesses is k / n.
+    """
+    n = high - low + 1
+    return min(max_turns, n) / n
+
+
+def bisect_pass_probability(low: int, high: int, max_turns: int) -> float:
+    """Exact pass rate of always guessing the middle of the numbers still consistent.
+
+    The numbers findable within t guesses by halving number 2**t - 1.
+    """
+    n = high - low + 1
+    return min(n, 2 ** max_turns - 1) / n
+
+
+
+
+def win_probability(candidates: int, turns: int) -> float:
+    """Best achievable chance of finding a target uniform over `candidates` numbers in `turns`
+    guesses: a tree of `turns` levels holds at most 2**turns - 1 numbers."""
+    if candidates <= 0:
+        return 0.0
+    return min(candidates, 2 ** turns - 1) / candidates if turns > 0 else 0.0
+
+
+def answer_values(state: GuessState, answers: Sequence[str], turns_left: int) -> list[float]:
+    """Exact chance of winning after each answer, if every later guess is the best one.
+
+    A consistent guess k splits the candidates into L below and R above: it wins now with 1/n, else
+    the hint leaves L or R candidates and turns_left - 1 turns. Any other answer (inconsistent,
+    repeated, out of range) tells nothing new and costs the turn.
+    """
+    cands = state.candidates()
+    n = len(cands)
+    out: list[float] = []
+    for a in answers:
+        k = int(a.strip("[]"))
+        if k in cands:
+            below = sum(1 for c in cands if c < k)
+            above = n - 1 - below
+            out.append((1 + below * win_probability(below, turns_left - 1)
+                        + above * win_probability(above, turns_left - 1)) / n)
+        else:
+            out.append(win_probability(n, turns_left - 1))
+    return out
+
+
+__all__ = ["GuessTheNumberGame", "GuessState", "HINT_HIGHER", "HINT_LOWER", "random_pass_probability",
+           "bisect_pass_probability", "win_probability", "answer_values"]

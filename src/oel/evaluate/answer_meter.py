@@ -1,0 +1,172 @@
+"""The exact meter for small-answer games: P(answer) over the game's whole answer set at probe states.
+
+The grid meter (`oel.evaluate.meter`) scores four moves; here each game names its own answer
+set (`TextArenaAnswerGame.answers()`: twenty numbers, or [Hit]/[Stand]) and its own oracle
+(`oel.evaluate.oracles`), which labels every answer at a state with what the game's true state
+says of it: `good` (what an optimal player would answer), `ok` (not a wasted answer: e.g. a
+number that agrees with every hint), `invalid` (the game refuses it), and a `value` (e.g. the
+expected return of the hand after that answer). Nothing is sampled for an immediate answer:
+every answer is scored as the whole assistant turn through the chat template
+(`oel.evaluate.meter.answer_token_ids`), and the distribution renormalised over the set.
+
+The screen's first question is whether an answer depends on the state at all. `state_blind`
+plays the setting's AVERAGE answer distribution at every state: a model whose `E[ok]` is no
+higher than its state-blind `E[ok]` answers by prior, and lessons can only move that prior.
+`dependence()` is the mutual information between state and answer (nats), averaged over probes.
+
+Diagnostic only: never a training signal, never used to select lessons or data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from oel.evaluate.meter import PromptVariant, answer_token_ids, score_answers_shared
+from oel.evaluate.metrics import bootstrap_mean_ci
+from oel.errors import DataError
+
+
+@dataclass(frozen=True)
+class AnswerProbe:
+    """One state of one game: what the model sees there and what the oracle says of each answer."""
+
+    key: str
+    """Groups probes for the bootstrap (one episode's states share a key)."""
+    seed: int
+    turn: int
+    observation: str
+    answers: tuple[str, ...]
+    good: tuple[bool, ...]
+    ok: tuple[bool, ...]
+    invalid: tuple[bool, ...]
+    value: tuple[float, ...]
+    """The oracle's value of each answer (higher is better; game-specific units)."""
+
+
+@dataclass
+class AnswerScore:
+    """The meter at one probe: log p of every answer in the set."""
+
+    probe: AnswerProbe
+    logp: list[float]
+
+    @property
+    def coverage(self) -> float:
+        return float(sum(math.exp(x) for x in self.logp))
+
+    @property
+    def p(self) -> np.ndarray:
+        x = np.asarray(self.logp, dtype=float)
+        w = np.exp(x - x.max())
+        return w / w.sum()
+
+    def expect(self, labels: Sequence[float], p: np.ndarray | None = None) -> float:
+        return float(np.dot(self.p if p is None else p, np.asarray(labels, dtype=float)))
+
+
+METRICS: tuple[str, ...] = ("good", "ok", "invalid", "value")
+
+
+@dataclass
+class AnswerMeterResult:
+    """Every probe's score under one setting (a model with one prompt)."""
+
+    setting: str
+    scores: list[AnswerScore]
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def average_distribution(self) -> dict[str, float]:
+        """The mean distribution over answers, over every probe (answer sets must agree)."""
+        acc: dict[str, list[float]] = {}
+        for s in self.scores:
+            for a, q in zip(s.probe.answers, s.p):
+                acc.setdefault(a, []).append(float(q))
+        n = len(self.scores)
+        return {a: sum(v) / n for a, v in acc.items()}
+
+    def per_key(self, metric: str, *, blind: bool = False) -> dict[str, float]:
+        """Per-episode mean of E[metric] (as scored, or for the state-blind policy)."""
+        avg = self.average_distribution() if blind else None
+        acc: dict[str, list[float]] = {}
+        for s in self.scores:
+            p = np.array([avg.get(a, 0.0) for a in s.probe.answers]) if avg is not None else None
+            if p is not None:
+                p = p / max(p.sum(), 1e-12)
+            acc.setdefault(s.probe.key, []).append(s.expect(getattr(s.probe, metric), p))
+        return {k: float(np.mean(v)) for k, v in acc.items()}
+
+    def mean(self, metric: str, *, blind: bool = False) -> float:
+        return float(np.mean(list(self.per_key(metric, blind=blind).values())))
+
+    def dependence(self) -> float:
+        """Mutual information between probe state and answer, in nats: mean KL(p_state || p_average)."""
+        avg = self.average_distribution()
+        kls = []
+        for s in self.scores:
+            q = np.array([avg[a] for a in s.probe.answers])
+            q = q / q.sum()
+            p = s.p
+            kls.append(float(np.sum(p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300))))))
+        return float(np.mean(kls))
+
+    def blind_gap(self, metric: str = "ok") -> dict[str, Any]:
+        """E[metric] as scored minus the state-blind policy's, with a bootstrap CI over episodes:
+        above zero means the answers read the state."""
+        a, b = self.per_key(metric), self.per_key(metric, blind=True)
+        d = [a[k] - b[k] for k in sorted(a)]
+        lo, hi = bootstrap_mean_ci(d)
+        return {"metric": metric, "diff": float(np.mean(d)), "ci95": [lo, hi], "episodes": len(d)}
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"setting": self.setting, "probes": len(self.scores),
+                               "episodes": len(self.per_key("ok")), "coverage": self.mean_coverage()}
+        for m in METRICS:
+            out[m] = self.mean(m)
+            out[f"{m}_state_blind"] = self.mean(m, blind=True)
+        out["dependence_nats"] = self.dependence()
+        out["blind_gap_ok"] = self.blind_gap("ok")
+        out["blind_gap_value"] = self.blind_gap("value")
+        top = sorted(self.average_distribution().items(), key=lambda kv: -kv[1])[:3]
+        out["top_answers"] = {a: round(q, 4) for a, q in top}
+        out["seconds_per_probe"] = self.seconds / max(1, len(self.scores))
+        return {**out, **self.meta}
+
+    def mean_coverage(self) -> float:
+        return float(np.mean([s.coverage for s in self.scores]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"summary": self.summary(),
+                "per_probe": [{"key": s.probe.key, "seed": s.probe.seed, "turn": s.probe.turn,
+                               "answers": list(s.probe.answers), "logp": s.logp} for s in self.scores]}
+
+
+def measure_answers(model: Any, tokenizer: Any, probes: Sequence[AnswerProbe], variant: PromptVariant, *,
+                    setting: str | None = None) -> AnswerMeterResult:
+    """Score every answer of each probe's answer set under `variant` (exact; no sampling)."""
+    t0 = time.perf_counter()
+    order = sorted(range(len(probes)), key=lambda i: (probes[i].key, probes[i].turn))
+    encoded = [answer_token_ids(tokenizer, variant.build(probes[i].observation), probes[i].answers) for i in order]
+    logps = score_answers_shared(model, [e[0] for e in encoded], [e[1] for e in encoded])
+    by_index = dict(zip(order, logps))
+    scores = [AnswerScore(p, by_index[i]) for i, p in enumerate(probes)]
+    return AnswerMeterResult(setting or variant.name, scores, time.perf_counter() - t0)
+
+
+def paired_answer_gap(a: AnswerMeterResult, b: AnswerMeterResult, metric: str = "ok") -> dict[str, Any]:
+    """Setting A minus setting B on the same probes: mean over episodes, bootstrap CI over episodes."""
+    pa, pb = a.per_key(metric), b.per_key(metric)
+    if pa.keys() != pb.keys():
+        raise DataError(f"paired_answer_gap: {a.setting} and {b.setting} were measured on different probes")
+    d = [pa[k] - pb[k] for k in sorted(pa)]
+    lo, hi = bootstrap_mean_ci(d)
+    return {"metric": metric, "diff": float(np.mean(d)), "ci95": [lo, hi], "episodes": len(d)}
+
+
+ProbeMaker = Callable[..., list[AnswerProbe]]
