@@ -16,12 +16,17 @@ learn from: their state is a number or a short list, not a 2-D board. Every such
   (evaluation only).
 
 TextArena's `reset(seed)` seeds the GLOBAL random module and draws from it; every call into
-TextArena runs under `isolated_global_random`, as for the grid games.
+TextArena runs under `isolated_global_random`, as for the grid games. Unlike the grid games, some
+of these draw during `step` too (the dealer's cards): each episode keeps its own continuation of
+the seeded stream (`_episode_random`), restored around every step. Without it every step would
+draw from the same restored process state, so the dealer would draw the same cards in every
+episode (seen: always-stand winning 23% or 50% of hands depending on the process, not 38%).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 from typing import Any, ClassVar
 
@@ -66,6 +71,7 @@ class TextArenaAnswerGame:
         self._history: list[str] = []
         self._done = True
         self.seed: int | None = None
+        self._episode_random: Any = None
 
     # ---- what a game defines ---------------------------------------------------------------
 
@@ -113,6 +119,7 @@ class TextArenaAnswerGame:
     def reset(self, seed: int) -> str:
         with isolated_global_random():
             self.textarena_env.reset(num_players=1, seed=seed)
+            self._episode_random = random.getstate()
         self.textarena_env.state.error_allowance = self.config.invalid_moves_tolerated
         messages = self._drain()
         if not messages or messages[0][2] != TEXTARENA_PROMPT:
@@ -132,7 +139,9 @@ class TextArenaAnswerGame:
             raise RuntimeError(f"{self.env_id}: step() without an episode in progress; call reset(seed) first")
         action = self.parse(response)
         with isolated_global_random():
+            random.setstate(self._episode_random)
             done, _info = self.textarena_env.step(action if action is not None else NO_ACTION_TEXT)
+            self._episode_random = random.getstate()
         self.turns += 1
         messages = self._drain()
         self._history.extend(self._render(m) for m in messages)

@@ -55,7 +55,7 @@ def oracle_labels(game: TextArenaAnswerGame, answers: Sequence[str]
     from oel.envs.blackjack import BlackjackGame, action_values
 
     if isinstance(game, BlackjackGame):
-        values = action_values(game.player_cards(), game.dealer_card(), answers)
+        values = action_values(game.player_cards(), game.dealer_card(), answers, game.turns_left())
         best = max(values)
         return values, tuple(v >= best - VALUE_TOLERANCE for v in values), tuple(False for _ in answers)
     raise ConfigError(f"meter: no oracle for {type(game).__name__}")
