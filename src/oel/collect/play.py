@@ -72,7 +72,8 @@ class CollectConfig:
     round: int = cfg(0, "OEL round; picks the round's seed block and is recorded in each trajectory")
     sampling: SamplingParams = cfg(factory=SamplingParams, help="how the policy samples its answers")
     batch_size: int = cfg(32, "episodes in flight together; each turn is one backend call over all of them")
-    prompt: str = cfg("policy_grid_v1", "prompt template for each turn (oel/prompts/<name>.txt), rendered with the observation")
+    prompt: str = cfg("policy_grid_v1", "prompt template for each turn (oel/prompts/<name>.txt), rendered with the "
+                                        "observation; the small-answer games replace this default by policy_game_v1")
     knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none")
     out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed on rerun")
 
@@ -87,6 +88,7 @@ class CollectConfig:
                               f"got {self.seed_offset} + {self.num_seeds}")
         if self.backend == "openai" and not self.endpoint.base_url:
             raise ConfigError("endpoint.base_url: required when backend=openai")
+        self.prompt = prompts.policy_template_for(self.env.game, self.prompt)
 
 
 @dataclass(frozen=True)

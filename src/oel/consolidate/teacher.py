@@ -16,6 +16,8 @@ Prompt. `teacher_messages(prefix, knowledge)` decides by the template the prefix
 records it was played with (`Prefix.template`), never by looking at the text:
 - played with the policy template (`prompts.POLICY_TEMPLATE`, what `oel collect` uses): the
   teacher sees the same observation through `prompts.TEACHER_TEMPLATE` with the knowledge in it;
+- played with a small-answer game's policy prompt (`prompts.PAIRED_TEACHER`, e.g.
+  `policy_game_v1`): the same observation through its paired teacher prompt (`teacher_game_v1`);
 - anything else (imported logs, a deployment's conversations, any task that is not one of the
   grid games): the task-neutral teacher (`prompts.TASK_TEACHER_TEMPLATE`, the knowledge block
   `knowledge_block_v1`: "experience learned from earlier attempts at tasks like this one", no
@@ -52,6 +54,9 @@ def teacher_messages(prefix: Prefix, knowledge: str, template: str = prompts.TEA
     same form); `task_template` the task-neutral block for every other prefix.
     """
     msgs = list(prefix.prompt)
+    paired = prompts.PAIRED_TEACHER.get(prefix.template or "")
+    if paired is not None and prefix.prompt[-1].role == "user":
+        return [m for m in msgs[:-1]] + prompts.turn_messages(paired, prefix.observation, knowledge=knowledge)
     if is_grid_prefix(prefix):
         turn = prompts.turn_messages(template, prefix.observation, knowledge=knowledge)
         system = [m for m in turn if m.role == "system"]

@@ -143,6 +143,11 @@ def hand_start_value(p_hit: Mapping[tuple[int, bool, int], float], turns: int) -
     return total
 
 
+def uniform_hit_table(p_hit: float = 0.5) -> dict[tuple[int, bool, int], float]:
+    """The same P([Hit]) at every (hard total, ace, dealer card): e.g. random play at 0.5."""
+    return {(h, a, u): p_hit for h in range(2, 32) for a in (False, True) for u in range(1, 11)}
+
+
 class BlackjackGame(TextArenaAnswerGame):
     """Blackjack-v0 (built unwrapped, as `Blackjack-v0-raw`), `blackjack_hands` hands per episode."""
 
@@ -198,4 +203,4 @@ class BlackjackGame(TextArenaAnswerGame):
 
 
 __all__ = ["BlackjackGame", "ANSWERS", "HIT", "STAND", "action_values", "optimal_action", "policy_value",
-           "hand_start_value", "stand_win", "score", "hand_of"]
+           "hand_start_value", "uniform_hit_table", "stand_win", "score", "hand_of"]

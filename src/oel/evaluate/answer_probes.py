@@ -113,3 +113,9 @@ def consistent_guesser(game: TextArenaAnswerGame, rng: random.Random) -> str:
 def uniform_answer(game: TextArenaAnswerGame, rng: random.Random) -> str:
     """Any game: an answer chosen uniformly from the answer set."""
     return rng.choice(game.answers())
+
+
+def reference_policy(config: EnvConfig) -> Policy:
+    """The policy whose states the held-out meter probes: a consistent guesser for GuessTheNumber
+    (states with informative hints), uniform answers for any other game."""
+    return consistent_guesser if config.game == "guess_number" else uniform_answer

@@ -24,7 +24,7 @@ from oel.evaluate.games import GameEval, Knowledge, evaluate_games, knowledge_te
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
 from oel.io import atomic_write_json, read_text_file
 from oel import prompts
-from oel.envs import make_env
+from oel.envs import is_grid_game, make_env
 from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
 from oel.provenance import load_result
 from oel.collect.backends.base import ChatBackend
@@ -73,7 +73,10 @@ IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instructi
                "prompt_strict_ci_low", "prompt_strict_ci_high", "prompts")
 
 
-METER_KEYS = ("emq", "state_blind_emq", "p_invalid", "p_losing", "coverage", "top_move_share", "layouts", "states")
+METER_KEYS = ("emq", "state_blind_emq", "p_invalid", "p_losing", "coverage", "top_move_share", "layouts", "states",
+              "ok", "ok_state_blind", "good", "value", "value_state_blind", "invalid", "dependence_nats", "probes")
+"""The grid meter's keys (emq ... states) and the small-answer meter's (ok ... probes); a summary
+holds None for the other kind's."""
 SAMPLED_METER_KEYS = ("emq", "top_move_share")
 """Of the meter's distribution as the games sample it (`oel.evaluate.sharpen`): meter_sampled_*."""
 
@@ -120,6 +123,8 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> di
     from oel.evaluate.sharpen import sampled_summary
 
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
+    if model is not None and tokenizer is not None and not is_grid_game(config.env):
+        return heldout_answer_meter(model, tokenizer, backend.model_id, config, out)
     if model is None or tokenizer is None or not hasattr(make_env(config.env), "solver_state"):
         log.info("meter: skipped (needs an in-process model and a game with a solver)")
         return None
@@ -137,6 +142,29 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> di
                                              "per_state": [s.__dict__ for s in result.states]})
     # recomputed, not saved in the meter file: it depends on the games' sampling, not on the model
     return {**summary, "sampled": sampled_summary(result, config.games.sampling)}
+
+
+def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: EvaluateConfig, out: Path
+                         ) -> dict[str, Any]:
+    """The small-answer meter (`oel.evaluate.answer_meter`) at held-out probe states: the states of
+    the first `meter.max_layouts` held-out episodes as the game's reference policy plays them
+    (the same states in every round, so rounds compare pairwise). Saved per probe in `METER_FILE`."""
+    from oel.envs.seeds import heldout_seeds
+    from oel.evaluate.answer_meter import AnswerMeterResult, measure_answers
+    from oel.evaluate.answer_probes import played_probes, reference_policy
+    from oel.evaluate.meter import PromptVariant
+
+    policy = prompts.policy_template_for(config.env.game)
+    key = {"model": model_id, "env": to_dict(config.env), "max_layouts": config.meter.max_layouts,
+           "template": prompts.get(policy).record(), "meter": "answers"}
+    cached = load_result(out / METER_FILE, key)
+    if cached is not None:
+        return cached["summary"]
+    probes = played_probes(config.env, heldout_seeds(config.meter.max_layouts), reference_policy(config.env))
+    result: AnswerMeterResult = measure_answers(model, tokenizer, probes, PromptVariant(policy, policy), setting=model_id)
+    saved = result.to_json()
+    atomic_write_json(out / METER_FILE, {"key": key, **saved})
+    return saved["summary"]
 
 
 def _pct(x: float | None) -> str:

@@ -107,7 +107,8 @@ def knowledge_texts(knowledge: Knowledge) -> list[str]:
 
 def _run_key(model_id: str, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str]) -> dict[str, Any]:
     """Everything an episode's outcome depends on (batch size does not: seeds are per episode)."""
-    template = prompts.get(cfg.knowledge_template if texts else NO_KNOWLEDGE_TEMPLATE)
+    policy = prompts.policy_template_for(env_cfg.game, NO_KNOWLEDGE_TEMPLATE)
+    template = prompts.get(prompts.knowledge_template_for(policy, cfg.knowledge_template) if texts else policy)
     sampling = {k: v for k, v in to_dict(cfg.sampling).items() if k != "seed"}
     digest = texts_digest(texts) if texts else None
     return {"model": model_id, "env": to_dict(env_cfg), "num_maps": cfg.num_maps,
@@ -119,12 +120,27 @@ def with_random_reference(summary: GameSummary, env_cfg: EnvConfig, trajs: Seque
                           starts: dict[int, GridState]) -> GameSummary:
     """`summary` with random play's exact pass rate on these maps and move quality at these positions."""
     if not starts:
-        return summary
+        random_pass = answer_game_random_pass_rate(env_cfg)
+        return summary if random_pass is None else dataclasses.replace(summary, random_pass_rate=random_pass)
     shares = [x for t in trajs if t.seed in starts for x in random_move_shares(starts[t.seed], t)]
     exact = [random_pass_probability(starts[s], env_cfg.max_turns, env_cfg.invalid_moves_tolerated)
              for s in sorted({t.seed for t in trajs if t.seed in starts})]
     return dataclasses.replace(summary, random_move_quality=sum(shares) / len(shares) if shares else None,
                                random_pass_rate=sum(exact) / len(exact))
+
+
+def answer_game_random_pass_rate(env_cfg: EnvConfig) -> float | None:
+    """Random play's exact pass rate in a small-answer game (None for other games): GuessTheNumber,
+    a number drawn among those not yet tried; Blackjack (one hand), [Hit] or [Stand] at even odds."""
+    if env_cfg.game == "guess_number":
+        from oel.envs.guess_number import random_pass_probability
+
+        return random_pass_probability(env_cfg.guess_min, env_cfg.guess_max, env_cfg.max_turns)
+    if env_cfg.game == "blackjack" and env_cfg.blackjack_hands == 1:
+        from oel.envs.blackjack import hand_start_value, uniform_hit_table
+
+        return hand_start_value(uniform_hit_table(), env_cfg.max_turns)
+    return None
 
 
 def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridState]:
@@ -154,7 +170,8 @@ def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Se
         jobs = [job for j, group in enumerate(jobs_by_map) if j % len(texts) == index for job in group]
         if not jobs:
             continue
-        template = knowledge_template if text is not None else NO_KNOWLEDGE_TEMPLATE
+        policy = prompts.policy_template_for(env_cfg.game, NO_KNOWLEDGE_TEMPLATE)
+        template = prompts.knowledge_template_for(policy, knowledge_template) if text is not None else policy
         fields = {"knowledge": text} if text is not None else {}
         played += play_episodes(backend, lambda: make_env(env_cfg), jobs, params, template=template,
                                 prompt_fields=fields, round=round, batch_size=batch_size, on_finish=on_finish,

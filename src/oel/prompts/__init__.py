@@ -50,6 +50,16 @@ RAW_TASK_TEMPLATE = "raw_task_v1"
 CONTROL_LESSONS = "control_unrelated_lessons_v1"
 """Lessons about letters and haiku: what a teacher reads in the unrelated-lessons control."""
 
+GAME_POLICY_TEMPLATE = "policy_game_v1"
+"""The small-answer games' policy prompt (`oel.envs.answer_game`): no grid words, and the
+request for a bracketed answer AFTER the game text (put before it, the models continue the
+game's transcript instead of answering)."""
+GAME_TEACHER_TEMPLATE = "teacher_game_v1"
+PAIRED_TEACHER: dict[str, str] = {GAME_POLICY_TEMPLATE: GAME_TEACHER_TEMPLATE,
+                                  "policy_game_think_v1": "teacher_game_think_v1"}
+"""Policy prompt -> the teacher prompt that reads the same turn with the knowledge in it (the
+grid policy's teacher is chosen by `consolidate.teacher_template` instead: it has three placements)."""
+
 TEMPLATE_FILE_SUFFIX = ".txt"
 """A template value ending in this is a user's file (a path), anything else a built-in name."""
 LITERAL_BRACE_HINT = "write {{ and }} for a literal brace"
@@ -192,6 +202,22 @@ def load(spec: str, *, key: str, role: Role) -> Template:
     if problem:
         raise ConfigError(f"{key}: {problem}")
     return template
+
+
+def policy_template_for(game: str, configured: str = POLICY_TEMPLATE) -> str:
+    """The policy prompt for `game`: `configured` for the grid games (and for any game when it is
+    not the grid default); the game-neutral prompt for the small-answer games otherwise."""
+    from oel.envs import GRID_GAMES
+
+    if game in GRID_GAMES or configured != POLICY_TEMPLATE:
+        return configured
+    return GAME_POLICY_TEMPLATE
+
+
+def knowledge_template_for(policy: str, configured: str = TEACHER_TEMPLATE) -> str:
+    """The teacher / in-context prompt paired with the policy prompt `policy`: its pair in
+    `PAIRED_TEACHER`, else `configured` (the grid placement the config chose)."""
+    return PAIRED_TEACHER.get(policy, configured)
 
 
 def turn_messages(template: str, observation: str, **fields: str) -> list[Message]:
