@@ -2,7 +2,11 @@
 and do lessons move it? Exact meter on training-side seeds only (round 0's 'train' block).
 
     python docs/results/answer-games/screen.py MODEL=qwen2.5-coder-0.5b-instruct GAME=guess_number \
-        EPISODES=24 [KNOWLEDGE=name:path,...] [TEACHER_TEMPLATE=teacher_game_v1] [OUT=file.json]
+        EPISODES=24 [FORMAT=immediate|think] [SAMPLES=4] [KNOWLEDGE=name:path,...] [OUT=file.json]
+
+FORMAT=think asks for a short thought before the answer (policy_game_think_v1 / teacher_game_think_v1),
+samples SAMPLES thoughts per state at the games' sampling settings and scores every answer exactly
+after each: an estimate, not exact.
 
 Prints one JSON line per setting (the policy prompt, then each lessons file read by the teacher
 prompt), with E[ok] / E[good] / E[value] as scored and for the state-blind policy, the mutual
@@ -15,10 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-from oel.envs import EnvConfig
+from oel.collect.backends.base import SamplingParams
+from oel.collect.backends.hf import HFBackend
+from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import round_seeds
-from oel.evaluate.answer_meter import measure_answers, paired_answer_gap
-from oel.evaluate.answer_probes import consistent_guesser, played_probes, uniform_answer
+from oel.evaluate.answer_meter import measure_answers, measure_answers_thinking, paired_answer_gap
+from oel.evaluate.answer_probes import played_probes, reference_policy
 from oel.evaluate.meter import PromptVariant
 from oel.models import ModelConfig, load_model
 
@@ -26,20 +32,35 @@ args = dict(a.split("=", 1) for a in sys.argv[1:])
 model_name = args.get("MODEL", "qwen2.5-coder-0.5b-instruct")
 game = args.get("GAME", "guess_number")
 episodes = int(args.get("EPISODES", "24"))
-policy_t = args.get("POLICY_TEMPLATE", "policy_game_v1")
-teacher_t = args.get("TEACHER_TEMPLATE", "teacher_game_v1")
+think = args.get("FORMAT", "immediate") == "think"
+policy_t = args.get("POLICY_TEMPLATE", "policy_game_think_v1" if think else "policy_game_v1")
+teacher_t = args.get("TEACHER_TEMPLATE", "teacher_game_think_v1" if think else "teacher_game_v1")
+samples = int(args.get("SAMPLES", "4"))
 config = EnvConfig(game=game, max_turns=int(args.get("TURNS", "5")))
-reference = consistent_guesser if game == "guess_number" else uniform_answer
-probes = played_probes(config, round_seeds(0, "train", episodes), reference)
+probes = played_probes(config, round_seeds(0, "train", episodes), reference_policy(config))
 loaded = load_model(ModelConfig(name=model_name))
+backend = HFBackend(loaded.model, loaded.tokenizer, model_id=loaded.model_id)
+parse = make_env(config).parse
+
+
+def run(variant: PromptVariant, name: str):
+    if not think:
+        return measure_answers(loaded.model, loaded.tokenizer, probes, variant, setting=name)
+    params = SamplingParams(max_new_tokens=int(args.get("THOUGHT_TOKENS", "96")))
+    result, drawn = measure_answers_thinking(backend, probes, variant, parse, params, samples=samples, setting=name)
+    examples.setdefault(name, [[d.thought for d in ds] for ds in drawn[:6]])
+    return result
+
+
+examples: dict = {}
 results = {}
-base = measure_answers(loaded.model, loaded.tokenizer, probes, PromptVariant(policy_t, policy_t), setting="policy")
+base = run(PromptVariant(policy_t, policy_t), "policy")
 results["policy"] = base.summary()
 print(json.dumps(results["policy"]), flush=True)
 for item in filter(None, args.get("KNOWLEDGE", "").split(",")):
     name, path = item.split(":", 1)
     variant = PromptVariant(name, teacher_t, Path(path).read_text())
-    r = measure_answers(loaded.model, loaded.tokenizer, probes, variant, setting=name)
+    r = run(variant, name)
     s = r.summary()
     s["gap_vs_policy"] = {m: paired_answer_gap(r, base, m) for m in ("ok", "good", "value")}
     results[name] = s
@@ -47,4 +68,5 @@ for item in filter(None, args.get("KNOWLEDGE", "").split(",")):
 if "OUT" in args:
     Path(args["OUT"]).write_text(json.dumps({"model": model_name, "game": game, "episodes": episodes,
                                              "policy_template": policy_t, "teacher_template": teacher_t,
-                                             "results": results}, indent=1))
+                                             "format": "think" if think else "immediate",
+                                             "results": results, "thought_examples": examples}, indent=1))

@@ -170,3 +170,66 @@ def paired_answer_gap(a: AnswerMeterResult, b: AnswerMeterResult, metric: str = 
 
 
 ProbeMaker = Callable[..., list[AnswerProbe]]
+
+
+# ---- the thought format: sample a thought, then score every answer exactly after it ----------
+
+
+@dataclass
+class ThoughtSample:
+    """One sampled thought at a probe and the exact answer distribution after it."""
+
+    thought: str
+    logp: list[float]
+    answered: bool
+    """Whether the sampled reply itself ended in an answer (else the answers are scored after the
+    whole reply: what the policy would need to add)."""
+    tokens: int
+
+
+def split_thought(response: str, parse: Callable[[str], str | None]) -> tuple[str, bool]:
+    """(the thought, whether the reply ended in a parseable answer): the thought is everything
+    before the last '[' that opens the reply's answer; with no answer, the whole reply."""
+    answer = parse(response)
+    if answer is None:
+        return response.rstrip() + " ", False
+    cut = response.rfind("[")
+    while cut > 0 and parse(response[cut:]) is None:
+        cut = response.rfind("[", 0, cut)
+    return response[:max(cut, 0)], True
+
+
+def measure_answers_thinking(backend: Any, probes: Sequence[AnswerProbe], variant: PromptVariant,
+                             parse: Callable[[str], str | None], params: Any, *, samples: int = 4,
+                             setting: str | None = None) -> tuple[AnswerMeterResult, list[list[ThoughtSample]]]:
+    """The meter for a short thought before the answer: `samples` thoughts per probe sampled at the
+    policy's settings (`params`, seeded), every answer scored exactly after each thought, and the
+    probe's distribution the mean over its thoughts. An ESTIMATE (thoughts are sampled), unlike
+    the immediate meter: its CI reflects both probes and thoughts."""
+    from oel.collect.backends.hf import RowRequest
+    from oel.collect.backends.sampling import derive_seed
+
+    model, tokenizer = backend.model, backend.tokenizer
+    t0 = time.perf_counter()
+    rows = [RowRequest(variant.build(p.observation), params, derive_seed(params.seed, i * samples + j))
+            for i, p in enumerate(probes) for j in range(samples)]
+    gens = backend.generate_rows(rows)
+    scores: list[AnswerScore] = []
+    per_probe: list[list[ThoughtSample]] = []
+    for i, probe in enumerate(probes):
+        messages = variant.build(probe.observation)
+        drawn: list[ThoughtSample] = []
+        for gen in gens[i * samples:(i + 1) * samples]:
+            thought, answered = split_thought(gen.text, parse)
+            prompt_ids, ids = answer_token_ids(tokenizer, messages, [thought + a for a in probe.answers])
+            logp = score_answers_shared(model, [prompt_ids], [ids])[0]
+            drawn.append(ThoughtSample(thought, logp, answered, gen.completion_tokens))
+        per_probe.append(drawn)
+        mean_p = np.mean([AnswerScore(probe, d.logp).p for d in drawn], axis=0)
+        scores.append(AnswerScore(probe, [float(x) for x in np.log(np.maximum(mean_p, 1e-300))]))
+    result = AnswerMeterResult(setting or variant.name, scores, time.perf_counter() - t0)
+    result.meta = {"thought_samples": samples,
+                   "answered_share": float(np.mean([d.answered for ds in per_probe for d in ds])),
+                   "thought_tokens": float(np.mean([d.tokens for ds in per_probe for d in ds])),
+                   "seconds_per_thought": (time.perf_counter() - t0) / max(1, len(rows))}
+    return result, per_probe
