@@ -144,7 +144,17 @@ class AnswerMeterResult:
     def to_json(self) -> dict[str, Any]:
         return {"summary": self.summary(),
                 "per_probe": [{"key": s.probe.key, "seed": s.probe.seed, "turn": s.probe.turn,
-                               "answers": list(s.probe.answers), "logp": s.logp} for s in self.scores]}
+                               "answers": list(s.probe.answers), "good": list(s.probe.good), "ok": list(s.probe.ok),
+                               "invalid": list(s.probe.invalid), "value": list(s.probe.value), "logp": s.logp}
+                              for s in self.scores]}
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], name: str) -> AnswerMeterResult:
+        """Back from `to_json()` (the observation text is not saved: probes are keyed by episode and turn)."""
+        scores = [AnswerScore(AnswerProbe(d["key"], d["seed"], d["turn"], "", tuple(d["answers"]), tuple(d["good"]),
+                                          tuple(d["ok"]), tuple(d["invalid"]), tuple(d["value"])), list(d["logp"]))
+                  for d in saved["per_probe"]]
+        return cls(name, scores)
 
 
 def measure_answers(model: Any, tokenizer: Any, probes: Sequence[AnswerProbe], variant: PromptVariant, *,

@@ -19,7 +19,8 @@ from oel.layout import DemoLayout, RunLayout
 from oel.report.gather import gather
 from oel.report.plots import (plot_compare, plot_curves, plot_kl, plot_meter, plot_pass_rate, plot_series,
                               plot_teacher_gap)
-from oel.report.tables import collapse_warnings, compare_table, meter_table, results_table, sample_trajectory
+from oel.report.tables import (answer_meter_table, collapse_warnings, compare_table, meter_table, results_table,
+                               sample_trajectory)
 
 __all__ = ["gather", "write_report", "register"]
 
@@ -49,6 +50,13 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
                "'state-blind' what the model's average move distribution alone would score (a move bias).", "",
                meter_table(data), ""]
         md += [line for w in collapse_warnings(data) for line in (w, "")]
+    if data.answer_meters:
+        md += ["The exact answer meter: the probability of every answer the game accepts, scored (not sampled) at "
+               "the states of held-out games as a reference player reaches them. E[ok] is the mass on answers "
+               "consistent with everything the game has said, E[good] on the best answers, E[value] the exact "
+               "chance of winning after the answer (best play afterwards); 'state-blind' is what the model's "
+               "average answer distribution alone would score: a model whose E[ok] is no higher answers by prior.",
+               "", answer_meter_table(data), ""]
     for r, gap in sorted(data.gaps.items()):
         md += [f"Round {r} teacher gap (training maps): {gap['verdict']}", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]

@@ -31,6 +31,8 @@ class RunData:
     curves: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     meters: dict[int, Any] = field(default_factory=dict)
     """Round -> M_r's `MeterResult` at the held-out probe states (evaluate/meter.json)."""
+    answer_meters: dict[int, Any] = field(default_factory=dict)
+    """Round -> M_r's `AnswerMeterResult` (the small-answer games' meter; same file)."""
     gaps: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Round -> the teacher gap (evaluate/teacher_gap.json)."""
     config: str = ""
@@ -68,7 +70,9 @@ def gather(run_dir: str | os.PathLike) -> RunData:
         if k0.is_file():
             data.knowledge[r] = read_text(k0, "knowledge file").strip()
         meter = _read_json(layout.meter_file(r))
-        if meter is not None:
+        if meter is not None and "per_probe" in meter:
+            data.answer_meters[r] = meter_result(meter, f"M_{r}")
+        elif meter is not None:
             data.meters[r] = meter_result(meter, f"M_{r}")
         gap = _read_json(layout.teacher_gap_file(r))
         if gap is not None:
@@ -100,7 +104,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def meter_result(saved: dict[str, Any], name: str) -> Any:
-    """A `MeterResult` back from its saved per-state scores."""
+    """A `MeterResult` back from its saved per-state scores (an `AnswerMeterResult` for the
+    small-answer games, whose meter file holds `per_probe`)."""
+    if "per_probe" in saved:
+        from oel.evaluate.answer_meter import AnswerMeterResult
+
+        return AnswerMeterResult.from_saved(saved, name)
     from oel.evaluate.meter import MeterResult
 
     return MeterResult.from_saved(saved, name)

@@ -54,6 +54,28 @@ def meter_table(data: RunData) -> str:
     return "\n".join(out)
 
 
+def answer_meter_table(data: RunData) -> str:
+    """Per round: M_r's small-answer meter at the held-out probe states, paired with M_0 (CIs over episodes)."""
+    from oel.evaluate.answer_meter import paired_answer_gap
+
+    if 0 not in data.answer_meters:
+        return ""
+    base = data.answer_meters[0]
+    out = ["| model | E[ok] (exact) | state-blind E[ok] | E[good] | E[value] | P(invalid) | state-answer information "
+           "(nats) | E[ok] - M_0 (95% CI) | E[value] - M_0 (95% CI) | top answers |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r, m in sorted(data.answer_meters.items()):
+        gaps = ["-", "-"]
+        if r != 0 and m.per_key("ok").keys() == base.per_key("ok").keys():
+            gaps = [f"{100 * g['diff']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
+                    for g in (paired_answer_gap(m, base, "ok"), paired_answer_gap(m, base, "value"))]
+        top = ", ".join(f"{a} {q:.2f}" for a, q in sorted(m.average_distribution().items(), key=lambda kv: -kv[1])[:3])
+        out.append(f"| M_{r} | {100 * m.mean('ok'):.1f}% | {100 * m.mean('ok', blind=True):.1f}% | "
+                   f"{100 * m.mean('good'):.1f}% | {100 * m.mean('value'):.1f}% | {100 * m.mean('invalid'):.1f}% | "
+                   f"{m.dependence():.3f} | {gaps[0]} | {gaps[1]} | {top} |")
+    return "\n".join(out)
+
+
 def collapse_warnings(data: RunData) -> list[str]:
     """One plain sentence per model that answers (nearly) one move everywhere.
 
