@@ -261,8 +261,10 @@ def parse_prometheus(text: str) -> dict[str, float]:
         elif line and not line.startswith("# HELP "):
             m = SAMPLE.fullmatch(line)
             assert m, f"not a Prometheus sample: {line!r}"
-            assert m.group(1) in typed, f"{m.group(1)} has no # TYPE"
-            samples[m.group(1) + (m.group(2) or "")] = float(m.group(4))
+            family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))  # a histogram's samples
+            assert m.group(1) in typed or family in typed, f"{m.group(1)} has no # TYPE"
+            labels = ",".join(sorted(re.findall(r'[a-zA-Z_]+="[^"]*"', m.group(2) or "")))
+            samples[m.group(1) + (f"{{{labels}}}" if labels else "")] = float(m.group(4))
     return samples
 
 
@@ -278,8 +280,8 @@ def test_metrics_page_is_prometheus_text(gateway: Gateway) -> None:
     assert m["oel_gateway_trajectories_received_total"] == 3
     assert (m["oel_gateway_trajectories_stored_total"], m["oel_gateway_trajectories_duplicate_total"],
             m["oel_gateway_trajectories_rejected_total"]) == (1, 1, 1)
-    assert m['oel_gateway_requests_total{endpoint="/v1/trajectories",code="201"}'] == 1
-    assert m['oel_gateway_requests_total{endpoint="/v1/trajectories",code="400"}'] == 1
+    assert m['oel_gateway_requests_total{code="201",endpoint="/v1/trajectories"}'] == 1
+    assert m['oel_gateway_requests_total{code="400",endpoint="/v1/trajectories"}'] == 1
     assert m["oel_gateway_model_version"] == 0 and m["oel_gateway_queue_depth"] == 0
 
 

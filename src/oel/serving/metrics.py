@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What generate_latest writes (newer prometheus_client versions name 1.0.0 their latest)."""
 STORE_COUNTERS = {
     "trajectories_received": "trajectories posted or ended sessions, stored or not",
     "trajectories_stored": "trajectories stored (new)",
@@ -59,8 +60,10 @@ class ServerMetrics:
         Gauge(prefix + "queue_depth", "chat requests waiting for generation", registry=r).set_function(queue_depth)
         Gauge(prefix + "open_connections", "HTTP connections open", registry=r).set_function(open_connections)
         Gauge(prefix + "model_version", "the model version now answering", registry=r).set_function(model_version)
-        self.swaps = Counter(prefix + "model_swaps", "hot swaps to a new model version", registry=r)
-        self.swap_failures = Counter(prefix + "model_swap_failures", "new versions that failed to load", registry=r)
+        self._swaps = Counter(prefix + "model_swaps", "hot swaps to a new model version", registry=r)
+        self._swap_failures = Counter(prefix + "model_swap_failures", "new versions that failed to load", registry=r)
+        self.swaps = 0
+        self.swap_failures = 0
         self.first_token = Histogram(prefix + "first_token_seconds", "time from a streamed request's arrival to "
                                      "its first answer text", buckets=FIRST_TOKEN_BUCKETS_S, registry=r)
         self.closed = Counter(prefix + "connections_closed", "connections the server closed, by reason",
@@ -72,7 +75,12 @@ class ServerMetrics:
         self.requests.labels(endpoint=endpoint, code=str(status)).inc()
 
     def count_swap(self, ok: bool) -> None:
-        (self.swaps if ok else self.swap_failures).inc()
+        if ok:
+            self.swaps += 1
+            self._swaps.inc()
+        else:
+            self.swap_failures += 1
+            self._swap_failures.inc()
 
     def render(self) -> bytes:
         """The whole /metrics page (text exposition format 0.0.4)."""
