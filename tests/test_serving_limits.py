@@ -293,3 +293,12 @@ def test_openai_client_against_oel_serve_streaming_and_not(srv: ChatServer) -> N
     conn.request("GET", "/metrics", headers=AUTH)
     page = conn.getresponse().read().decode()
     assert "oel_serve_first_token_seconds_count" in page and "oel_serve_requests_total" in page
+
+
+def test_oversized_headers_are_431_and_closed(srv: ChatServer) -> None:
+    with socket.create_connection(srv.httpd.server_address, timeout=WAIT_S) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        err = json.loads(resp.read())
+    assert resp.status == 431 and err["error"]["message"].startswith("request headers")

@@ -219,6 +219,9 @@ class GuardedH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot frame: an OpenAI error naming the header, and close."""
         detail = self._protocol_error or msg
+        if "buffer too long" in detail.lower() or "too long" in detail.lower():
+            self._send_error(431, f"request headers: larger than {self.conn._max_incomplete_event_size} bytes")
+            return
         if "content-length" in detail.lower():
             message = f"Content-Length: malformed or conflicting ({detail})"
         elif "transfer-encoding" in detail.lower():
