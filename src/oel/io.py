@@ -82,6 +82,7 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
         if q.exists():
             if not q.is_dir():
                 raise DataError(f"{p}: sits under {q}, which is a file; expected a path for the {what}")
+            _probe_writable(q, p, what)
             break
     return p
 
@@ -94,10 +95,24 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output directory") 
             if not q.is_dir():
                 where = "is a file" if q == p else f"sits under {q}, which is a file"
                 raise DataError(f"{p}: {where}; expected the {what} to be a directory")
-            if not os.access(q, os.W_OK | os.X_OK):
-                raise DataError(f"{q}: permission denied creating the {what} {p}")
+            _probe_writable(q, p, what)
             break
     return p
+
+
+def _probe_writable(folder: Path, target: Path, what: str) -> None:
+    """Create and remove a temporary file in `folder`, the nearest existing folder of `target`.
+
+    os.access answers for permission bits only: it says yes to root on a read-only bind mount or
+    sysfs and on folders ACLs deny. Trying is the only answer that holds, and it costs one create
+    and one unlink, so a command refuses an unwritable output before it loads a model.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".oel-write-check.", dir=folder)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the {what} {target} here ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _writable(path: str | os.PathLike, *, private: bool = False) -> Path:
