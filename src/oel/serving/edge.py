@@ -149,6 +149,7 @@ class EdgeMiddleware:
             if started:
                 raise
             err = error_status(e)
+            endpoint = scope["state"].get("endpoint", endpoint)  # a 401/405 on a known route counts there
             if err.status >= 500 and not isinstance(e, RequestError):
                 log.exception("%s %s failed", scope["method"], endpoint)
             extra = getattr(e, "headers", None)
