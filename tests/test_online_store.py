@@ -239,3 +239,19 @@ def test_conversations_are_private_files(tmp_path: Path) -> None:
         assert mode(path.parent) == mode(path.parent.parent) == 0o700 and mode(out.parent) == 0o700
     finally:
         os.umask(old)
+
+
+def test_a_posted_trajectory_without_a_source_is_online_and_read_as_a_task(tmp_path: Path) -> None:
+    """Not the schema's default `collect` (a grid game `oel collect` played): extraction of a round of
+    posted deployment trajectories must use the task wording, not the games'."""
+    from oel.extract.templates import GRID_STYLE, TASK_STYLE, round_style
+
+    body = {"id": "t1", "env_id": "support-desk", "seed": 0, "model_id": "m", "outcome": "solved", "passed": True,
+            "turns": [{"prompt": [{"role": "user", "content": "my printer"}], "observation": "my printer",
+                       "response": "restart it"}]}
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.add_trajectory("alice", body)
+        store.add_trajectory("alice", {**body, "id": "t2", "source": "collect", "env_id": "FrozenLake-v0-raw"})
+        plain, collected = store.trajectories()
+    assert (plain.source, collected.source) == ("online", "collect")
+    assert round_style([plain]) is TASK_STYLE and round_style([collected]) is GRID_STYLE

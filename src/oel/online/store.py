@@ -35,7 +35,7 @@ from oel.online import intake, rounds
 from oel.online.intake import AUTO_SESSION_PREFIX, Added, Recorded
 from oel.online.rounds import Deleted, Round, bump
 from oel.online.schema import connect, ensure_schema, transaction
-from oel.online.sessions import ONLINE_ENV_ID, Exchange, parse_messages
+from oel.online.sessions import ONLINE_ENV_ID, STITCHED_SOURCE, Exchange, parse_messages
 from oel.trajectory import Message, Trajectory, parse_trajectory, write_trajectories
 
 Retention = Literal["keep", "delete_after_consolidation"]
@@ -72,9 +72,14 @@ def _check_count(field: str, value: object, *, least: int) -> int:
 
 
 def _validated_post(trajectory: Trajectory | Mapping[str, Any]) -> Trajectory:
+    """A posted trajectory, validated. One that does not say its `source` arrived through the
+    gateway: it is `online`, not the schema's default `collect` (which claims `oel collect` played a
+    grid game, and makes extraction read a deployment's task with the games' words)."""
     if isinstance(trajectory, Trajectory):
         traj = trajectory
     else:
+        if isinstance(trajectory, Mapping) and "source" not in trajectory:
+            trajectory = {**trajectory, "source": STITCHED_SOURCE}
         try:
             traj = parse_trajectory(trajectory)  # type: ignore[arg-type]
         except ValueError as e:
