@@ -302,3 +302,18 @@ def test_oversized_headers_are_431_and_closed(srv: ChatServer) -> None:
         resp.begin()
         err = json.loads(resp.read())
     assert resp.status == 431 and err["error"]["message"].startswith("request headers")
+
+
+@pytest.mark.parametrize("key", [KEY, None])
+def test_a_body_over_the_limit_is_answered_not_reset(srv: ChatServer, key: str | None) -> None:
+    """A 5 MiB body: 413 with a key (over max_body_bytes), 401 without; either way the client, which
+    writes its whole body before reading, reads the answer instead of a broken pipe."""
+    host, port = srv.httpd.server_address
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT_S)
+    conn.request("POST", "/v1/chat/completions", body=b'{"x": "' + b"x" * (5 << 20) + b'"}',
+                 headers={"Authorization": f"Bearer {key}"} if key else {})
+    resp = conn.getresponse()
+    err = json.loads(resp.read())
+    conn.close()
+    assert resp.status == (413 if key else 401), err
+    assert err["error"]["message"].startswith("request body of" if key else "missing or invalid API key")

@@ -38,11 +38,15 @@ from oel.serving.protocol import RETRY_AFTER_S, error_body
 
 log = logging.getLogger(__name__)
 
-LINGER_S = 1.0
-LINGER_BYTES = 1 << 20
-"""Bounds of a lingering close: how long and how much unread body is discarded."""
+LINGER_S = 2.0
+LINGER_BYTES = 64 << 20
+"""Bounds of a lingering close: how long and how much unread body is discarded. A client writes its
+whole body before it reads the answer (http.client, requests, curl): closing before its last byte
+arrived resets the connection and destroys the answer (a 413 for a 5 MiB body became a broken
+pipe). Discarding costs the loop ~1 ms per MiB on loopback; the time bound holds a slow client."""
 DRAIN_BYTES = 1 << 20
-"""The most bytes of an unread body discarded to keep a connection alive after its answer."""
+"""The most bytes of an unread body parsed and discarded to keep a connection alive after its
+answer (401, 404, ...); beyond, the connection is closed with a lingering close."""
 EVICT_GRACE_S = 0.5
 """A connection is evicted only after waiting this long for its request: one that has just opened
 (its client about to send) is not reset by a burst of others."""
@@ -168,13 +172,17 @@ class GuardedH11Protocol(H11Protocol):
                 self._send_error(503, "server busy: too many open connections; retry later",
                                  [(b"retry-after", str(RETRY_AFTER_S).encode())], linger=True)
             return
-        lingering = isinstance(self.transport, _LingeringTransport) and self.transport.lingering
-        if lingering or (self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY):
-            self._discarded += len(data)  # an answered request's unread body: h11 skips it, within bounds
-            if self._discarded > (LINGER_BYTES if lingering else DRAIN_BYTES):
+        transport = self.transport if isinstance(self.transport, _LingeringTransport) else None
+        if transport is not None and transport.lingering:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
                 self.close_now("unread_body")
-                return
-            if lingering:
+            return
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY:
+            self._discarded += len(data)  # an answered request's unread body: h11 skips it, within bounds
+            if self._discarded > DRAIN_BYTES and transport is not None:
+                self.guard.on_close("unread_body")
+                transport.linger()
                 return
         super().data_received(data)
         if self._deadline is not None and self.cycle is not None and self.cycle is not self._armed_for:
