@@ -185,6 +185,17 @@ def test_session_by_header_then_end_stores_one_trajectory(gateway: Gateway) -> N
     assert call(gateway, "POST", "/v1/sessions/nobody/end", {"outcome": "x"})[0] == 404
 
 
+@pytest.mark.parametrize("session", ["a/../b", "x'; DROP TABLE sessions; --", "../../etc/passwd", "é 1%"])
+def test_hostile_session_ids_are_only_text(gateway: Gateway, session: str) -> None:
+    from urllib.parse import quote
+
+    assert call(gateway, "POST", "/v1/chat/completions", chat(HI), headers={"X-OEL-Session": quote(session)})[0] == 200
+    status, _, ended = call(gateway, "POST", f"/v1/sessions/{quote(quote(session), safe='')}/end", {"outcome": "ok"})
+    assert status == 201, ended
+    (traj,) = gateway.store.trajectories()
+    assert traj.meta["online"]["session"] == quote(session)
+
+
 def test_an_idle_session_is_ended_by_the_gateway(tmp_path: Path, backend: HFBackend) -> None:
     """An agent that never posts its end: after session_idle_s the gateway's own timer ends it."""
     import time

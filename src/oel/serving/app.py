@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
-from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -70,7 +69,7 @@ def build_app(state: ServingState) -> Any:
               Route("/v1/chat/completions", partial(_chat, state), methods=["POST"])]
     if state.store is not None:
         routes += [Route("/v1/trajectories", partial(_trajectory, state), methods=["POST"]),
-                   Route("/v1/sessions/{session_id}/end", partial(_end_session, state), methods=["POST"])]
+                   Route("/v1/sessions/{session_id:path}/end", partial(_end_session, state), methods=["POST"])]
     # A bare Router, not a Starlette app: exceptions reach EdgeMiddleware, which answers them.
     # Paths differing by a trailing slash are the same endpoint (the middleware matched them).
     inner = Router(routes=routes, redirect_slashes=False)
@@ -233,7 +232,7 @@ async def _end_session(state: ServingState, request: Request) -> Response:
     if not isinstance(body.get("outcome"), str):
         raise bad("outcome", f"expected a string, got {show(body.get('outcome'))}")
     kwargs = {"env_id": body["env_id"]} if body.get("env_id") is not None else {}
-    session_id = unquote(request.path_params["session_id"])
+    session_id = s["session_id"]  # from the raw path (EdgeMiddleware): an encoded '/' stays in the id
     added = await asyncio.to_thread(state.store.end_session, s["client"], session_id, body["outcome"],
                                     body.get("passed"), **kwargs)
     return JSONResponse({"id": added.trajectory_id, "duplicate": added.duplicate},

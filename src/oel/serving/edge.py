@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote
 
 from starlette.responses import JSONResponse
 
@@ -158,7 +159,13 @@ class EdgeMiddleware:
     def _route(self, scope: dict[str, Any]) -> tuple[str, Access]:
         """(endpoint name, access) of a known path and method; else 404/405 (after the key check)."""
         path = scope["path"].rstrip("/") or "/"
-        name = "/v1/sessions/{id}/end" if SESSION_END.fullmatch(path) else path
+        # A session id may hold an encoded '/' (ids are the client's text): match the raw path.
+        raw = scope.get("raw_path", b"").decode("latin-1").rstrip("/")
+        session = SESSION_END.fullmatch(raw)
+        if session:
+            scope["state"]["session_id"] = unquote(session.group(1))
+            path = raw
+        name = "/v1/sessions/{id}/end" if session else path
         endpoint = ENDPOINTS.get(name)
         if endpoint is None or (endpoint.needs_store and self.state.store is None):
             self._authorize("client", scope["state"]["headers"].get("authorization"), scope, "other")
