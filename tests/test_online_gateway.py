@@ -117,6 +117,9 @@ def test_plain_http_chat_records_before_answering(gateway: Gateway) -> None:
     assert status == 200 and text.rstrip().endswith("data: [DONE]")
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == body["choices"][0]["message"]["content"]
+    final = events[-1]  # the stream names its stored session and the version that answered
+    assert final["choices"][0]["finish_reason"] and final["oel_session"].startswith("auto-")
+    assert final["oel_model_version"] == 0 and gateway.store.stats()["exchanges_recorded"] == 2
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key-0123456789abc", ADMIN_KEY])

@@ -195,12 +195,11 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
             yield chunk(Delta(content=gen.text[len(sent):]))
         elif not gen.text.startswith(sent):
             log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
-        yield chunk(Delta(), gen.finish_reason)
+        recorded = {"oel_session": headers[SESSION_HEADER], "oel_model_version": result.version} if headers else {}
+        yield chunk(Delta(), gen.finish_reason, **recorded)
         if include_usage:
             yield ChatCompletionChunk(id=cid, created=created, model=state.served_name, choices=[],
                                       usage=Usage.of(gen)).sse()
-        if headers:
-            log.debug("streamed exchange recorded in session %s", headers[SESSION_HEADER])
         yield SSE_DONE
 
     headers = {"Cache-Control": "no-cache"}

@@ -335,6 +335,10 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    oel_session: str | None = None
+    """The gateway's session of a streamed exchange, on its final chunk (the headers went out before
+    a stitched session was known); OpenAI clients ignore the field."""
+    oel_model_version: int | None = None
 
     def sse(self) -> bytes:
         """One server-sent event (unset fields left out, as OpenAI does)."""
