@@ -148,6 +148,7 @@ READ_ONLY_WRITERS = [
     "evaluate out_dir={ro}/e",
     "collect num_seeds=1 out={ro}/t.jsonl",
     "import-logs chats.jsonl {ro}/out.jsonl",
+    "loop run_dir={ro}/r",
 ]
 FAIL_FAST_S = 5.0
 
