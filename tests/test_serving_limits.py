@@ -34,7 +34,7 @@ KEY = "carol-key-" + "c" * 24
 AUTH = {"Authorization": f"Bearer {KEY}"}
 WAIT_S = 30.0
 DEADLINE_S = 1.0
-SLACK_S = 0.5
+SLACK_S = 1.0
 """Scheduling slack on a shared 2-core machine, on top of a deadline."""
 POISON = "poison-row"
 
