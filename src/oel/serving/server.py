@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -200,10 +201,11 @@ class GuardedH11Protocol(H11Protocol):
         return self.cycle is None or self.cycle.response_complete
 
     def close_now(self, reason: str) -> None:
+        """Close at once, without lingering (evicted, deadline passed, too much unread body)."""
         self.guard.on_close(reason)
         self._disarm()
-        self.transport._transport.close() if isinstance(self.transport, _LingeringTransport) \
-            else self.transport.close()
+        transport = self.transport
+        (transport._transport if isinstance(transport, _LingeringTransport) else transport).close()
 
     # -- the request deadline -------------------------------------------------------------
     def _arm(self) -> None:
@@ -240,13 +242,12 @@ class GuardedH11Protocol(H11Protocol):
 
     def _send_error(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None,
                     linger: bool = False) -> None:
+        """Write a whole answer outside h11 (whose state may be ERROR, or never saw a request) and close."""
         body = json.dumps(error_body(status, message)).encode()
         head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"), *(headers or [])]
-        conn = h11.Connection(h11.SERVER)  # ours may be in an error state: frame the answer by hand
-        conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        conn.next_event()
-        self.transport.write(conn.send(h11.Response(status_code=status, headers=head)) + body)
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()] + [k + b": " + v for k, v in head]
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         if linger and isinstance(self.transport, _LingeringTransport):
             self.transport.linger()
         else:
