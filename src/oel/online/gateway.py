@@ -80,7 +80,8 @@ class GatewayConfig:
     batch_window_s: float = cfg(0.02, "how long the first request waits for others to batch with it")
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(4 << 20, "largest request body accepted, in bytes (413 beyond)")
-    max_queue: int = cfg(128, "chat requests waiting for generation; more get 503 + Retry-After")
+    max_queue: int = cfg(128, "chat requests waiting for generation (local), or in flight upstream (upstream, "
+                         "one thread each); more get 503 + Retry-After")
     max_prompt_tokens: int = cfg(0, "most prompt tokens a chat request may send (400 beyond, before any compute); "
                                  "0 = the model's context minus the request's max_tokens")
     max_connections: int = cfg(256, "connections open at once; over it, the oldest connection without a complete "
@@ -208,7 +209,8 @@ class Gateway:
             return None
         if c.responder == "upstream":
             return UpstreamEngine(c.upstream_url, api_key=os.environ.get(c.upstream_api_key_env, "") if
-                                  c.upstream_api_key_env else "", timeout_s=c.request_timeout_s)
+                                  c.upstream_api_key_env else "", timeout_s=c.request_timeout_s,
+                                  max_in_flight=c.max_queue)
         if backend is None:
             current = read_current(c.versions_dir) if c.versions_dir else None
             if current is not None:

@@ -24,6 +24,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -170,22 +171,26 @@ class UpstreamEngine:
     """Forwards chat requests to an OpenAI-compatible server (vLLM, llama.cpp, `oel serve`).
 
     Always non-streaming upstream: a streaming client gets the answer as one piece when it is
-    complete. Upstream failures are 502s (a 4xx other than 401/403 is passed on).
+    complete. Upstream failures are 502s (a 4xx other than 401/403 is passed on). The blocking
+    calls run on a pool of their own, `max_in_flight` threads (more requests get 503): slow
+    upstream answers never wait in the event loop's default pool, where the store's writes run.
     """
 
     version = 0
 
-    def __init__(self, base_url: str, *, api_key: str = "", timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, api_key: str = "", timeout_s: float, max_in_flight: int = 64) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
         self.timeout_s = timeout_s
+        self.max_in_flight = max_in_flight
         self._in_flight = 0
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="oel-upstream")
 
     def start(self) -> None:
         return None
 
     def close(self) -> None:
-        return None
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def queue_depth(self) -> int:
         return self._in_flight
@@ -195,13 +200,16 @@ class UpstreamEngine:
 
     def submit(self, messages: list[Message], params: SamplingParams, body: dict[str, Any],
                on_text: TextSink | None = None) -> asyncio.Future[Answer]:
+        if self._in_flight >= self.max_in_flight:
+            raise RequestError(503, f"upstream busy: {self.max_in_flight} requests already in flight",
+                               retry_after_s=RETRY_AFTER_S)
         forwarded = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        self._in_flight += 1  # counted here, on the loop thread, so the bound holds before the task runs
         return asyncio.ensure_future(self._complete(forwarded, on_text))
 
     async def _complete(self, body: dict[str, Any], on_text: TextSink | None) -> Answer:
-        self._in_flight += 1
         try:
-            reply = await asyncio.to_thread(self._post, body)
+            reply = await asyncio.get_running_loop().run_in_executor(self._pool, self._post, body)
         finally:
             self._in_flight -= 1
         try:
