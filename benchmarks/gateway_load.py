@@ -1,11 +1,11 @@
 """Gateway intake under load, with a kill -9 mid-way: is every acknowledged trajectory stored exactly once?
 
-    python benchmarks/gateway_load.py [--trajectories 2000] [--clients 32] [--kill-at 0.5] [--timeout 300]
+    python benchmarks/gateway_load.py [--trajectories 2000] [--clients 32] [--kill-at 0.33,0.67] [--timeout 300]
 
 The gateway runs as a child process (`python -m oel.online.gateway_cli responder=none`) on a
 fresh SQLite store (WAL, synchronous=FULL: every acknowledgement waited for an fsync) on
 127.0.0.1. `--clients` threads POST `--trajectories` trajectories to /v1/trajectories in all,
-each with its own Idempotency-Key, on keep-alive connections. When a `--kill-at` fraction is
+each with its own Idempotency-Key, on keep-alive connections. When each `--kill-at` fraction is
 acknowledged the gateway gets SIGKILL and is restarted on the same port and store; clients
 retry connection errors, 5xx and 429 with exponential backoff and the same key until
 acknowledged. At the end the store is opened and its rows compared with the acknowledgements.
@@ -40,7 +40,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trajectories", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--kill-at", type=float, default=0.5, help="fraction acknowledged before SIGKILL; 0 = no kill")
+    ap.add_argument("--kill-at", default="0.33,0.67",
+                    help="comma-separated fractions acknowledged at which the gateway is SIGKILLed; 0 = no kill")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before clients give up")
     ap.add_argument("--workdir", default="", help="where the store and gateway log go (default: a temp dir)")
     args = ap.parse_args()
@@ -55,11 +56,12 @@ def main() -> int:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     result, events = LoadResult(), []
     try:
-        killer = (kill_and_restart_when(gateway, result, int(args.trajectories * args.kill_at), events)
-                  if args.kill_at > 0 else None)
+        fractions = [float(f) for f in args.kill_at.split(",") if float(f) > 0]
+        # Acknowledgements stall while the gateway is down, so each killer fires after the previous restart.
+        killers = [kill_and_restart_when(gateway, result, int(args.trajectories * f), events) for f in fractions]
         run_load("127.0.0.1", port, KEY, trajectories=args.trajectories, clients=args.clients,
                  timeout_s=args.timeout, result=result)
-        if killer is not None:
+        for killer in killers:
             killer.join(timeout=args.timeout)
     finally:
         gateway.stop()

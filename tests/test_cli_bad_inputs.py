@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,68 @@ def test_bad_input_file(workdir: Path, capsys: pytest.CaptureFixture[str], comma
 def test_unwritable_output(workdir: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
     target = next(a.split("=", 1)[-1] for a in reversed(command.split()) if "k.txt" in a or "a_directory" in a)
     assert_one_line_error(workdir, command.split(), capsys, names=target)
+
+
+# Commands given an output under a folder nobody may write in; `{ro}` is that folder.
+READ_ONLY_WRITERS = [
+    "extract trajectories=t.jsonl out_dir={ro}/x num_trajectories=1",
+    "consolidate trajectories=t.jsonl knowledge=[k.txt] output_dir={ro}/c",
+    "meter knowledge_file=k.txt out={ro}/m.json",
+    "evaluate out_dir={ro}/e",
+    "collect num_seeds=1 out={ro}/t.jsonl",
+    "import-logs chats.jsonl {ro}/out.jsonl",
+    "loop run_dir={ro}/r",
+]
+FAIL_FAST_S = 5.0
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:
+        (folder / ".probe").touch()
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+@pytest.fixture
+def read_only_dir(workdir: Path) -> Iterator[Path]:
+    """A folder this process cannot create files in: mode 0555, or (root ignores modes) /sys."""
+    ro = workdir / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if _can_create_in(ro):
+            ro = Path("/sys")
+            if not Path("/sys").is_dir() or _can_create_in(ro):
+                pytest.skip("no folder this process cannot write in")
+        yield ro
+    finally:
+        (workdir / "ro").chmod(0o755)
+
+
+@pytest.mark.parametrize("command", READ_ONLY_WRITERS)
+def test_output_in_a_read_only_place_fails_fast_before_any_model_loads(
+        workdir: Path, read_only_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        command: str) -> None:
+    import oel.models
+
+    def no_loading(*_a: object, **_k: object) -> None:
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr(oel.models, "load_model", no_loading)
+    start = time.monotonic()
+    assert_one_line_error(workdir, command.format(ro=read_only_dir).split(), capsys, names=str(read_only_dir))
+    assert time.monotonic() - start < FAIL_FAST_S
+
+
+def test_extract_with_too_few_trajectories_fails_before_the_extractor_loads(
+        workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import oel.models
+
+    monkeypatch.setattr(oel.models, "load_model", lambda *a, **k: pytest.fail("extractor loaded"))
+    assert_one_line_error(workdir, "extract trajectories=t.jsonl out_dir=o/x num_trajectories=5".split(), capsys,
+                          names="need num_trajectories=5, found 1")
 
 
 @pytest.mark.parametrize("model", BAD_MODELS)

@@ -117,6 +117,9 @@ def test_plain_http_chat_records_before_answering(gateway: Gateway) -> None:
     assert status == 200 and text.rstrip().endswith("data: [DONE]")
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == body["choices"][0]["message"]["content"]
+    final = events[-1]  # the stream names its stored session and the version that answered
+    assert final["choices"][0]["finish_reason"] and final["oel_session"].startswith("auto-")
+    assert final["oel_model_version"] == 0 and gateway.store.stats()["exchanges_recorded"] == 2
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key-0123456789abc", ADMIN_KEY])
@@ -183,6 +186,17 @@ def test_session_by_header_then_end_stores_one_trajectory(gateway: Gateway) -> N
     assert traj.turns[0].feedback == "you fell in a hole"
     assert call(gateway, "POST", "/v1/chat/completions", chat(HI), headers=hdr)[0] == 409  # ended
     assert call(gateway, "POST", "/v1/sessions/nobody/end", {"outcome": "x"})[0] == 404
+
+
+@pytest.mark.parametrize("session", ["a/../b", "x'; DROP TABLE sessions; --", "../../etc/passwd", "é 1%"])
+def test_hostile_session_ids_are_only_text(gateway: Gateway, session: str) -> None:
+    from urllib.parse import quote
+
+    assert call(gateway, "POST", "/v1/chat/completions", chat(HI), headers={"X-OEL-Session": quote(session)})[0] == 200
+    status, _, ended = call(gateway, "POST", f"/v1/sessions/{quote(quote(session), safe='')}/end", {"outcome": "ok"})
+    assert status == 201, ended
+    (traj,) = gateway.store.trajectories()
+    assert traj.meta["online"]["session"] == quote(session)
 
 
 def test_an_idle_session_is_ended_by_the_gateway(tmp_path: Path, backend: HFBackend) -> None:
@@ -261,8 +275,10 @@ def parse_prometheus(text: str) -> dict[str, float]:
         elif line and not line.startswith("# HELP "):
             m = SAMPLE.fullmatch(line)
             assert m, f"not a Prometheus sample: {line!r}"
-            assert m.group(1) in typed, f"{m.group(1)} has no # TYPE"
-            samples[m.group(1) + (m.group(2) or "")] = float(m.group(4))
+            family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))  # a histogram's samples
+            assert m.group(1) in typed or family in typed, f"{m.group(1)} has no # TYPE"
+            labels = ",".join(sorted(re.findall(r'[a-zA-Z_]+="[^"]*"', m.group(2) or "")))
+            samples[m.group(1) + (f"{{{labels}}}" if labels else "")] = float(m.group(4))
     return samples
 
 
@@ -278,8 +294,8 @@ def test_metrics_page_is_prometheus_text(gateway: Gateway) -> None:
     assert m["oel_gateway_trajectories_received_total"] == 3
     assert (m["oel_gateway_trajectories_stored_total"], m["oel_gateway_trajectories_duplicate_total"],
             m["oel_gateway_trajectories_rejected_total"]) == (1, 1, 1)
-    assert m['oel_gateway_requests_total{endpoint="/v1/trajectories",code="201"}'] == 1
-    assert m['oel_gateway_requests_total{endpoint="/v1/trajectories",code="400"}'] == 1
+    assert m['oel_gateway_requests_total{code="201",endpoint="/v1/trajectories"}'] == 1
+    assert m['oel_gateway_requests_total{code="400",endpoint="/v1/trajectories"}'] == 1
     assert m["oel_gateway_model_version"] == 0 and m["oel_gateway_queue_depth"] == 0
 
 

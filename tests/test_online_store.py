@@ -214,3 +214,44 @@ def test_concurrent_exchanges_from_many_threads(store: Store) -> None:
     trajs = store.trajectories()
     assert len(trajs) == CLAIM_THREADS and all(len(t.turns) == 5 for t in trajs)
     assert rows(store.path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_conversations_are_private_files(tmp_path: Path) -> None:
+    """The store (its -wal too), its exports and new folders are the owner's only, whatever the umask."""
+    import os
+    import stat
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "new" / "dir" / "store.sqlite"
+        with Store.open(path) as store:
+            store.add_trajectory("alice", {"id": "t1", "env_id": "e", "seed": 0, "model_id": "m", "outcome": "done", "passed": True,
+                                           "turns": [{"prompt": [{"role": "user", "content": "hi"}],
+                                                      "observation": "hi", "response": "ok"}]})
+            out = tmp_path / "exports" / "t.jsonl"
+            assert store.export_jsonl(out) == 1
+            files = sorted(p.name for p in path.parent.glob("store.sqlite*"))
+            assert "store.sqlite-wal" in files and all(mode(path.parent / f) == 0o600 for f in files), files
+        assert mode(path) == 0o600 and mode(out) == 0o600
+        assert mode(path.parent) == mode(path.parent.parent) == 0o700 and mode(out.parent) == 0o700
+    finally:
+        os.umask(old)
+
+
+def test_a_posted_trajectory_without_a_source_is_online_and_read_as_a_task(tmp_path: Path) -> None:
+    """Not the schema's default `collect` (a grid game `oel collect` played): extraction of a round of
+    posted deployment trajectories must use the task wording, not the games'."""
+    from oel.extract.templates import GRID_STYLE, TASK_STYLE, round_style
+
+    body = {"id": "t1", "env_id": "support-desk", "seed": 0, "model_id": "m", "outcome": "solved", "passed": True,
+            "turns": [{"prompt": [{"role": "user", "content": "my printer"}], "observation": "my printer",
+                       "response": "restart it"}]}
+    with Store.open(tmp_path / "s.sqlite") as store:
+        store.add_trajectory("alice", body)
+        store.add_trajectory("alice", {**body, "id": "t2", "source": "collect", "env_id": "FrozenLake-v0-raw"})
+        plain, collected = store.trajectories()
+    assert (plain.source, collected.source) == ("online", "collect")
+    assert round_style([plain]) is TASK_STYLE and round_style([collected]) is GRID_STYLE

@@ -114,7 +114,7 @@ def test_bad_requests_fail_at_once_with_a_reason(server: ChatServer) -> None:
     status, body = post(url, json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode())
     assert status == 400 and "messages" in body["error"]["message"]
     assert post(url, json.dumps({"messages": [{"role": "user", "content": "x" * 30_000}]}).encode())[0] == 413
-    assert post(url, json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": True}).encode())[0] == 400
+    assert post(url, json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}).encode())[0] == 400
     assert post(server.url + "/completions", b"{}")[0] == 404
 
 

@@ -26,10 +26,10 @@ import torch
 from oel.collect.auth import ApiKeys, is_loopback, require_keys_off_loopback
 from oel.collect.backends.hf import HFBackend
 from oel.collect.backends.tiny import tiny_chat_model
-from oel.collect.chat_request import parse_chat_request
-from oel.collect.http_limits import RequestError
 from oel.collect.server import ChatServer, ServeConfig
 from oel.errors import ConfigError
+from oel.serving.protocol import RequestError, parse_chat_request
+from oel.serving.server import EVICT_GRACE_S
 
 KEY = "alice-key-" + "a" * 24
 OTHER_KEY = "bob-key-" + "b" * 24
@@ -52,7 +52,7 @@ def chat(content: str = "go", **fields: Any) -> dict[str, Any]:
     ("temperature", True), ("temperature", "1"),
     ("top_p", float("nan")), ("top_p", float("-inf")), ("top_p", 0), ("top_p", 1.01), ("top_p", False),
     ("top_k", -1), ("top_k", 2.5), ("top_k", True), ("seed", 1.5), ("seed", True), ("seed", "7"), ("seed", -1),
-    ("seed", 2**64), ("n", 2), ("n", True), ("stream", True), ("stream", "no"), ("model", 3),
+    ("seed", 2**64), ("n", 2), ("n", True), ("stream", "no"), ("stream_options", "usage"), ("model", 3),
     ("stop", ["\n"]), ("tools", [{"type": "function"}]), ("logprobs", True), ("frequency_penalty", 0.5),
     ("chat_template_kwargs", "think"),
 ])
@@ -67,7 +67,7 @@ def test_each_bad_field_is_a_400_naming_it(field: str, value: Any) -> None:
     ([{"role": "robot", "content": "x"}], "messages[0].role"), ([{"content": "x"}], "messages[0].role"),
     ([{"role": "user", "content": "x"}, {"role": "user", "content": 5}], "messages[1].content"),
     ([{"role": "user", "content": "x", "name": "bob"}], "messages[0].name"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages[0].content[0]"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages[0].content[0].type"),
 ])
 def test_bad_messages_name_the_message_and_field(messages: Any, param: str) -> None:
     with pytest.raises(RequestError) as e:
@@ -198,7 +198,7 @@ def request(s: ChatServer, method: str, path: str, body: Any = None, key: str | 
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     conn.request(method, path, body=data, headers=hdrs)
     resp = conn.getresponse()
-    out = resp.status, dict(resp.getheaders()), json.loads(resp.read() or b"{}")
+    out = resp.status, resp.headers, json.loads(resp.read() or b"{}")
     conn.close()
     return out
 
@@ -211,7 +211,7 @@ def raw(s: ChatServer, data: bytes, *, half_close: bool = False) -> tuple[int, d
         sock.shutdown(socket.SHUT_WR)
     resp = http.client.HTTPResponse(sock)
     resp.begin()
-    out = resp.status, dict(resp.getheaders()), json.loads(resp.read() or b"{}")
+    out = resp.status, resp.headers, json.loads(resp.read() or b"{}")
     sock.close()
     return out
 
@@ -265,7 +265,7 @@ def test_short_or_slow_bodies_do_not_hold_the_server(srv: ChatServer) -> None:
 @pytest.mark.parametrize("body,param", [
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
     (json.dumps(chat(max_tokens=0)).encode(), "max_tokens"), (json.dumps(chat(top_k=True)).encode(), "top_k"),
-    (json.dumps(chat(stream=True)).encode(), "stream"),
+    (json.dumps(chat(stream="yes")).encode(), "stream"),
 ])
 def test_bad_fields_over_http_keep_the_connection(srv: ChatServer, body: bytes, param: str) -> None:
     host, port = srv.httpd.server_address[:2]
@@ -316,15 +316,31 @@ def test_a_full_queue_answers_503_with_retry_after(one_thread: None) -> None:
         assert [a[0] for a in answers] == [200, 200]
 
 
-def test_connections_over_the_limit_get_503_at_once(one_thread: None) -> None:
-    with server(backend(), max_connections=2) as s:
+def test_connections_without_a_request_give_way_and_busy_ones_get_503(one_thread: None) -> None:
+    """max_connections: idle connections (no request sent) are closed, oldest first, to admit new ones;
+    when every slot holds a request in progress, a new connection is answered 503 at once."""
+    b = backend()
+    with server(b, max_connections=2, max_batch_size=1, batch_window_s=0) as s:
         idle = [socket.create_connection(s.httpd.server_address[:2], timeout=WAIT_S) for _ in range(2)]
         wait_for(lambda: s.httpd.open_connections == 2, "both idle connections to hold a slot")
+        time.sleep(EVICT_GRACE_S)  # connections that just opened are not evicted
+        assert request(s, "GET", "/v1/models")[0] == 200
+        assert idle[0].recv(1) == b""  # the oldest idle connection was closed to make room
+        b.gate.clear()
+        answers: list[Any] = []
+        busy = [post_in_thread(s, chat(), answers)]
+        assert b.entered.wait(WAIT_S)
+        busy.append(post_in_thread(s, chat(), answers))
+        wait_for(lambda: s.batcher.queue_depth() == 1, "request 2 to be queued")
+        assert idle[1].recv(1) == b""
         status, headers, err = request(s, "GET", "/v1/models")
         assert status == 503 and headers["Retry-After"] == "1" and "connections" in err["error"]["message"]
+        b.gate.set()
+        for t in busy:
+            t.join(WAIT_S)
+        assert [a[0] for a in answers] == [200, 200]
         for sock in idle:
             sock.close()
-        wait_for(lambda: s.httpd.open_connections == 0, "the idle connections to be released")
         assert request(s, "GET", "/v1/models")[0] == 200
 
 

@@ -28,11 +28,31 @@ def _default_file_mode() -> int:
 
 
 FILE_MODE = _default_file_mode()
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+"""Files holding users' conversations (the online store, its exports, round trajectories) and the
+directories created for them: readable by their owner only, whatever the umask."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory + fsync + rename."""
-    path = _writable(path)
+def make_dirs(path: str | os.PathLike, *, private: bool = False) -> Path:
+    """mkdir -p; the directories it creates get PRIVATE_DIR_MODE when `private` (existing ones are left)."""
+    p = Path(path)
+    missing = [q for q in (p, *p.parents) if not q.exists()]
+    for q in reversed(missing):
+        try:
+            q.mkdir(mode=PRIVATE_DIR_MODE if private else 0o777)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise DataError(f"{q}: cannot create the directory ({e.strerror})") from None
+    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, private: bool = False) -> None:
+    """Write `data` to `path` via a temp file in the same directory + fsync + rename.
+
+    `private`: the file is created PRIVATE_FILE_MODE (0600) and new folders 0700 (conversations)."""
+    path = _writable(path, private=private)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -42,7 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, PRIVATE_FILE_MODE if private else FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +82,7 @@ def check_writable_file(path: str | os.PathLike, what: str = "output file") -> P
         if q.exists():
             if not q.is_dir():
                 raise DataError(f"{p}: sits under {q}, which is a file; expected a path for the {what}")
+            _probe_writable(q, p, what)
             break
     return p
 
@@ -74,19 +95,30 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output directory") 
             if not q.is_dir():
                 where = "is a file" if q == p else f"sits under {q}, which is a file"
                 raise DataError(f"{p}: {where}; expected the {what} to be a directory")
-            if not os.access(q, os.W_OK | os.X_OK):
-                raise DataError(f"{q}: permission denied creating the {what} {p}")
+            _probe_writable(q, p, what)
             break
     return p
 
 
-def _writable(path: str | os.PathLike) -> Path:
+def _probe_writable(folder: Path, target: Path, what: str) -> None:
+    """Create and remove a temporary file in `folder`, the nearest existing folder of `target`.
+
+    os.access answers for permission bits only: it says yes to root on a read-only bind mount or
+    sysfs and on folders ACLs deny. Trying is the only answer that holds, and it costs one create
+    and one unlink, so a command refuses an unwritable output before it loads a model.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".oel-write-check.", dir=folder)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the {what} {target} here ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _writable(path: str | os.PathLike, *, private: bool = False) -> Path:
     """`path` checked as an output file (see `check_writable_file`), its folder made."""
     p = check_writable_file(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{p.parent}: cannot create the output directory ({e.strerror})") from None
+    make_dirs(p.parent, private=private)
     return p
 
 
@@ -140,8 +172,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise DataError(f"{path}:{e.lineno}: not a valid {what} ({e.msg})") from None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, *, private: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), private=private)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -129,13 +129,15 @@ def append_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
     append_jsonl(path, traj.model_dump(mode="json"))
 
 
-def write_trajectories(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> None:
-    """Write a whole file atomically (used by importers; collection appends instead)."""
+def write_trajectories(path: str | os.PathLike, trajs: Iterable[Trajectory], *, private: bool = False) -> None:
+    """Write a whole file atomically (used by importers; collection appends instead).
+
+    `private`: 0600 (and new folders 0700), for users' conversations (the online store's exports)."""
     from oel.io import atomic_write_text
     import json
 
     lines = [json.dumps(t.model_dump(mode="json"), ensure_ascii=False) for t in trajs]
-    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""), private=private)
 
 
 @dataclass(frozen=True)

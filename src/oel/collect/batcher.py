@@ -4,7 +4,11 @@ Handler threads `submit` one request each and wait; one worker thread takes what
 within `batch_window_s` (up to `max_batch_size`) and hands the batch to `run_batch`, which
 returns one result per request. The queue is bounded (a full one is an HTTP 503 with
 Retry-After), a request that times out is cancelled so the worker skips it instead of
-generating for nobody, and closing fails whatever still waits with 503.
+generating for nobody, and closing fails whatever still waits with 503. A batch that fails is
+run again row by row, so that one bad request fails alone and never its batch-mates.
+
+`submit` blocks its thread until the answer; `enqueue` returns the Future at once (the
+asynchronous server awaits it without holding a thread).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 from oel.collect.backends.hf import RowRequest
-from oel.collect.http_limits import RETRY_AFTER_S, RequestError
+from oel.serving.protocol import RETRY_AFTER_S, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +66,19 @@ class Batcher(Generic[R]):
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, row: RowRequest) -> R:
-        """Queue one request and wait for its result (called from handler threads)."""
+    def enqueue(self, row: RowRequest) -> Future[R]:
+        """Queue one request; its Future holds the result. A full queue is a 503 at once."""
         fut: Future[R] = Future()
         try:
             self._queue.put_nowait((row, fut))
         except queue.Full:
             raise RequestError(503, f"{self.name} busy: {self._queue.maxsize} requests already waiting",
                                retry_after_s=RETRY_AFTER_S) from None
+        return fut
+
+    def submit(self, row: RowRequest) -> R:
+        """Queue one request and wait for its result (called from threads)."""
+        fut = self.enqueue(row)
         try:
             return fut.result(timeout=self.request_timeout_s)
         except TimeoutError:
@@ -97,10 +106,22 @@ class Batcher(Generic[R]):
             return
         try:
             results = self.run_batch([row for row, _ in live])
-        except Exception as e:  # noqa: BLE001 - handed to each waiting request, never lost
-            log.exception("%s: generation failed for a batch of %d", self.name, len(live))
-            for _, fut in live:
-                fut.set_exception(e)
+        except Exception as e:  # noqa: BLE001 - handed to the waiting requests, never lost
+            if len(live) == 1:
+                log.exception("%s: generation failed", self.name)
+                live[0][1].set_exception(e)
+                return
+            log.warning("%s: a batch of %d failed (%s: %s); running its rows one by one", self.name, len(live),
+                        type(e).__name__, e)
+            for row, fut in live:
+                self._run_alone(row, fut)
             return
         for (_, fut), result in zip(live, results):
             fut.set_result(result)
+
+    def _run_alone(self, row: RowRequest, fut: Future[R]) -> None:
+        try:
+            fut.set_result(self.run_batch([row])[0])
+        except Exception as e:  # noqa: BLE001 - this row's own failure, its client's 500
+            log.exception("%s: generation failed for one request", self.name)
+            fut.set_exception(e)

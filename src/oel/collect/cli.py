@@ -91,11 +91,13 @@ def register(subparsers: Any) -> None:
     add_config_command(
         subparsers, "serve", ServeConfig, run_serve,
         help="serve a model over an OpenAI-compatible /v1/chat/completions endpoint",
-        description="A small OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions) over the "
-                    "in-process HF backend; concurrent requests are generated in batches. Clients send "
+        description="An OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions, streaming token by "
+                    "token too, GET /metrics, GET /healthz) over the in-process HF backend: the gateway's HTTP "
+                    "layer without a store; concurrent requests are generated in batches. Clients send "
                     "`Authorization: Bearer <key>` with a key from api_keys, api_keys_file or $OEL_API_KEYS "
                     "(`key` or `client:key` entries); without any key only a loopback host is served. "
-                    "Bodies, max_tokens, the queue and open connections are bounded (HTTP 413/400/503).",
+                    "Bodies, max_tokens, prompt tokens, the queue, open connections and the time to send a "
+                    "request are bounded (HTTP 413/400/503/408).",
     )
     p = subparsers.add_parser(
         "import-logs", help="convert OpenAI-style {\"messages\": [...]} JSONL chat logs into trajectory JSONL",

@@ -1,62 +1,49 @@
-"""A small OpenAI-compatible chat server over the in-process HF backend (`oel serve`).
+"""`oel serve`: the serving stack (oel.serving) over an in-process model, without a store.
 
-It lets users serve a consolidated checkpoint to anything that speaks the OpenAI chat API,
-and it gives the endpoint backend a REAL server to be tested against. It implements
-`GET /v1/models` and non-streaming `POST /v1/chat/completions` (n = 1), with the
-extensions vLLM and llama.cpp accept: `top_k` and `chat_template_kwargs.enable_thinking`.
+It lets users serve a consolidated checkpoint to anything that speaks the OpenAI chat API, and
+it gives the endpoint backend a REAL server to be tested against. It is the same HTTP layer as
+`oel gateway` (oel.serving.app) in its store-less mode: `GET /v1/models`,
+`POST /v1/chat/completions` (n = 1, streaming token by token with `stream: true`), `GET /metrics`
+and `GET /healthz`, with the extensions vLLM and llama.cpp accept: `top_k` and
+`chat_template_kwargs.enable_thinking`.
 
-Concurrent requests are batched: handler threads put their request on a queue, and one
-worker thread takes whatever arrived within `batch_window_s` (up to `max_batch_size`) and
-generates it in one padded batch. Sampling is per-row seeded, so a request's random draws
-do not depend on its batch-mates; its LOGITS do, through the padded batch's arithmetic:
-at float32 the difference is rounding-level (below 1e-4 of a logit, measured) and the same
-seeded request gave the same text alone and in batches, but with bf16 weights (the loader's
-default) it is 0.6-0.7 of a logit and changes sampled text. `batch_invariant=true`
-generates every request alone without the prefix store: its answer then depends on the
-request alone, at the cost of batching (benchmarks/serve_load.py measures it).
+Concurrent requests are batched (oel.serving.engine.LocalEngine): requests arriving within
+`batch_window_s` (up to `max_batch_size`) are generated in one padded batch. Sampling is
+per-row seeded, so a request's random draws do not depend on its batch-mates; its LOGITS do,
+through the padded batch's arithmetic: at float32 the difference is rounding-level (below 1e-4
+of a logit, measured) and the same seeded request gave the same text alone and in batches, but
+with bf16 weights (the loader's default) it is 0.6-0.7 of a logit and changes sampled text.
+`batch_invariant=true` generates every request alone without the prefix store: its answer then
+depends on the request alone, at the cost of batching (benchmarks/serve_load.py measures it).
 
-Hardening (docs/collection.md, "Serving a checkpoint"): bearer-token API keys on every
-endpoint (:mod:`oel.collect.auth`; no key is allowed only on a loopback address), strict
-request validation (:mod:`oel.collect.chat_request`), and bounds on everything a client
-can grow: body size, max_tokens, queue length, open connections and their threads
-(:mod:`oel.collect.http_limits`), idle and slow connections (`client_timeout_s`).
+Limits (docs/collection.md, "Serving a checkpoint"): bearer-token API keys on every endpoint
+but /healthz (:mod:`oel.collect.auth`; no key is allowed only on a loopback address), strict
+request validation (oel.serving.protocol), and bounds on everything a client can grow: body
+size, max_tokens, prompt tokens (the model's context), queue length, open connections, and the
+time a client may take to send its request (`client_timeout_s`, oel.serving.server).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
-import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
-from typing import Any
-from urllib.parse import urlsplit
 
 from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.backends.hf import HFBackend, RowRequest
+from oel.collect.backends.hf import HFBackend
 from oel.collect.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
-from oel.collect.batcher import Batcher
-from oel.collect.chat_request import parse_chat_request
-from oel.collect.http_limits import (
-    BoundedHTTPServer,
-    JsonRequestHandler,
-    RequestError,
-)
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
-from oel.trajectory import Message
+from oel.serving.app import ServingState, build_app
+from oel.serving.engine import LocalEngine
+from oel.serving.metrics import ServerMetrics
+from oel.serving.server import ConnectionGuard, HTTPServer
 
-__all__ = ["ChatServer", "RequestError", "ServeConfig", "completion_body", "parse_chat_request", "serve"]
+__all__ = ["ChatServer", "ServeConfig", "serve"]
 
 log = logging.getLogger(__name__)
-
-MODELS_PATH = "/v1/models"
-CHAT_PATH = "/v1/chat/completions"
-_ALLOWED = {MODELS_PATH: "GET", CHAT_PATH: "POST"}
 
 
 @dataclass(repr=False)
@@ -79,9 +66,12 @@ class ServeConfig:
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(1 << 20, "largest request body accepted, in bytes")
     max_queue: int = cfg(128, "requests waiting for generation at once; more get HTTP 503 + Retry-After")
-    max_connections: int = cfg(256, "connections served at once (one thread each); more get HTTP 503 + Retry-After")
-    client_timeout_s: float = cfg(30.0, "a connection that sends nothing for this long (idle keep-alive, a slow "
-                                  "request) is closed")
+    max_prompt_tokens: int = cfg(0, "most prompt tokens a request may send (400 beyond, before any compute); "
+                                 "0 = the model's context minus the request's max_tokens")
+    max_connections: int = cfg(256, "connections open at once; over it, the oldest connection without a complete "
+                               "request is closed, and when every one is busy the new one gets HTTP 503")
+    client_timeout_s: float = cfg(30.0, "deadline for a request's headers (from connection or previous answer) and, "
+                                  "separately, for its body (408); idle keep-alive connections close after it")
     request_timeout_s: float = cfg(600.0, "a request still unanswered after this long gets HTTP 504")
 
     def __post_init__(self) -> None:
@@ -93,6 +83,8 @@ class ServeConfig:
                      "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens: must be >= 0, got {self.max_prompt_tokens}")
         for name in ("client_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
@@ -111,19 +103,6 @@ class ServeConfig:
         return ApiKeys.load(list(self.api_keys), file=self.api_keys_file, env_var=self.api_keys_env)
 
 
-def completion_body(gen: Generation, model: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                     "finish_reason": gen.finish_reason}],
-        "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                  "total_tokens": gen.prompt_tokens + gen.completion_tokens},
-    }
-
-
 class ChatServer:
     """Serves an HFBackend over HTTP; `start()` returns at once, `close()` stops everything.
 
@@ -140,13 +119,22 @@ class ChatServer:
         self.backend = backend
         self.config = config
         self.served_name = config.served_name or backend.model_id
-        self.batcher: Batcher[Generation] = Batcher(
-            backend.generate_rows, max_batch_size=1 if config.batch_invariant else config.max_batch_size,
+        self.engine = LocalEngine(
+            backend, max_batch_size=1 if config.batch_invariant else config.max_batch_size,
             batch_window_s=config.batch_window_s, max_queue=config.max_queue,
-            request_timeout_s=config.request_timeout_s, name="server")
-        self.httpd = BoundedHTTPServer((config.host, config.port), _make_handler(self),
-                                       max_connections=config.max_connections)
-        self._threads: list[threading.Thread] = []
+            request_timeout_s=config.request_timeout_s, max_prompt_tokens=config.max_prompt_tokens, name="server")
+        self.batcher = self.engine.batcher
+        guard = ConnectionGuard(config.max_connections, config.client_timeout_s)
+        metrics = ServerMetrics("oel_serve_", queue_depth=self.engine.queue_depth,
+                                open_connections=lambda: len(guard.open), model_version=lambda: 0)
+        guard.on_close = lambda reason: metrics.closed.labels(reason=reason).inc()
+        state = ServingState(realm="oel serve", served_name=self.served_name, api_keys=self.api_keys,
+                             admin_keys=self.api_keys, engine=self.engine, store=None, metrics=metrics,
+                             max_body_bytes=config.max_body_bytes, max_tokens_limit=config.max_tokens_limit,
+                             client_timeout_s=config.client_timeout_s, request_timeout_s=config.request_timeout_s)
+        self.httpd = HTTPServer(build_app(state), config.host, config.port, guard,
+                                graceful_timeout_s=config.request_timeout_s)
+        self._started = False
         if not self.api_keys:
             log.warning("no API key configured: any local user or process can use %s (see api_keys_file)",
                         self.served_name)
@@ -156,92 +144,30 @@ class ChatServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
+    @property
+    def _threads(self) -> list:  # type: ignore[type-arg]
+        return self.httpd.threads
+
     def start(self) -> "ChatServer":
-        if self._threads:
+        if self._started:
             raise RuntimeError("ChatServer.start: already started (`with ChatServer(...)` starts it)")
-        self.batcher.start()
-        t = threading.Thread(target=self.httpd.serve_forever, name="oel-http", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self._started = True
+        self.engine.start()
+        self.httpd.start()
         auth = f"API keys of {len(set(self.api_keys.clients))} clients" if self.api_keys else "no API key"
         log.info("serving %s at %s (%s)", self.served_name, self.url, auth)
         return self
 
     def close(self) -> None:
-        """Stop accepting, finish the batch in progress, fail what still waits (503), free the port."""
-        self.httpd.shutdown()
-        for t in self._threads:
-            t.join(timeout=self.config.request_timeout_s)
-        self.batcher.close("server is shutting down")
-        self.httpd.server_close()
+        """Stop accepting, finish the requests in progress, fail what still waits (503), free the port."""
+        self.httpd.close()
+        self.engine.close("server is shutting down")
 
     def __enter__(self) -> "ChatServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def submit(self, messages: list[Message], params: SamplingParams) -> Generation:
-        """Queue one request and wait for its completion (called from handler threads)."""
-        return self.batcher.submit(RowRequest(messages, params, params.seed))
-
-
-def _make_handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
-    config = server.config
-
-    class Handler(JsonRequestHandler):
-        timeout = config.client_timeout_s
-        max_body_bytes = config.max_body_bytes
-
-        def do_GET(self) -> None:
-            if self._authorized() and self._routed("GET") == MODELS_PATH:
-                self._reply(200, {"object": "list", "data": [
-                    {"id": server.served_name, "object": "model", "created": 0, "owned_by": "oel"}]})
-
-        def do_POST(self) -> None:
-            if not (self._authorized() and self._routed("POST") == CHAT_PATH):
-                return
-            try:
-                messages, params = parse_chat_request(self._read_json(), config.max_tokens_limit)
-                gen = server.submit(messages, params)
-            except RequestError as e:
-                return self._error(e)
-            except Exception as e:  # noqa: BLE001 - the client gets a 500, the log the traceback
-                log.exception("chat completion failed")
-                return self._error(RequestError(500, f"{type(e).__name__}: {e}"))
-            self._reply(200, completion_body(gen, server.served_name))
-
-        def _other_method(self) -> None:
-            if self._authorized():
-                self._routed(self.command)
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
-
-        def _authorized(self) -> bool:
-            """No key configured, or a valid one sent; else 401 (the key is never logged)."""
-            header = self.headers.get("Authorization")
-            if not server.api_keys or server.api_keys.check(header):
-                return True
-            challenge = 'Bearer realm="oel serve"' + (', error="invalid_token"' if header else "")
-            log.info("%s: %s %s refused: %s API key", self.client_address[0], self.command,
-                     urlsplit(self.path).path, "wrong" if header else "no")
-            self._error(RequestError(401, "missing or invalid API key; send `Authorization: Bearer <key>`"),
-                        {"WWW-Authenticate": challenge})
-            return False
-
-        def _routed(self, method: str) -> str | None:
-            """The path when `method` serves it; else a 404 or 405 has been sent and None returned."""
-            path = urlsplit(self.path).path.rstrip("/")
-            if path not in _ALLOWED:
-                self._error(RequestError(404, f"{path or '/'}: not found (GET {MODELS_PATH}, POST {CHAT_PATH})"))
-                return None
-            if _ALLOWED[path] != method:
-                self._error(RequestError(405, f"{path}: use {_ALLOWED[path]}"), {"Allow": _ALLOWED[path]})
-                return None
-            return path
-
-
-    return Handler
 
 
 def serve(config: ServeConfig) -> None:

@@ -49,6 +49,9 @@ def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
         raise ConfigError("trajectories: required (path to a trajectory JSONL from `oel collect`)")
     check_writable_dir(config.out_dir, "experience store out_dir")
     trajs = read_trajectories(config.trajectories)
+    if len(trajs) < config.num_trajectories:  # before the extractor loads, not after
+        raise DataError(f"{config.trajectories}: need num_trajectories={config.num_trajectories}, "
+                        f"found {len(trajs)}")
     if config.extractor.backend == "hf":
         check_model_name(config.extractor.model.name, "extractor.model.name")
     # The raw baseline generates nothing, but counts its budget with the same tokenizer.

@@ -136,7 +136,7 @@ class SimulatedUsers:
                     "top_p": self.config.top_p, "top_k": self.config.top_k, "max_tokens": self.config.max_tokens,
                     "seed": seed * 100 + len(versions)}
             answer, headers = self._post("/chat/completions", body, user, session)
-            versions.append(int(headers.get(VERSION_HEADER, -1)))
+            versions.append(int(headers.get(VERSION_HEADER.lower(), -1)))
             responses.append(answer["choices"][0]["message"]["content"])
             step = env.step(responses[-1])
             if step.done:
@@ -151,7 +151,8 @@ class SimulatedUsers:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST", headers={
             "Content-Type": "application/json", "Authorization": f"Bearer {self.keys[user]}", SESSION_HEADER: session})
         with urllib.request.urlopen(req, timeout=USER_TIMEOUT_S) as resp:
-            return json.loads(resp.read() or b"{}"), dict(resp.headers)
+            # Header names are case-insensitive (the gateway, on ASGI, sends them in lower case).
+            return json.loads(resp.read() or b"{}"), {k.lower(): v for k, v in resp.headers.items()}
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:

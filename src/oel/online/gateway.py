@@ -6,9 +6,10 @@ in this process (`responder=local`, batched, hot-swappable) or from an upstream 
 (oel.online.store) BEFORE the answer is sent: an acknowledged exchange or trajectory is durable.
 `responder=none` only takes trajectories and session ends (an intake-only gateway).
 
-Endpoints (gateway_http.py): GET /v1/models, POST /v1/chat/completions (also `stream: true`),
+Endpoints (the serving stack's one HTTP layer, oel.serving.app, with a store): GET /v1/models,
+POST /v1/chat/completions (also `stream: true`, token by token from the in-process model),
 POST /v1/sessions/{id}/end, POST /v1/trajectories (Idempotency-Key), GET /metrics (admin key),
-GET /healthz (no key).
+GET /healthz (no key). Limits and deadlines: oel.serving.server and docs/online.md.
 
 Hot swap: `swap_model(model_dir, version)` loads the new weights aside while the old ones serve,
 then switches between batches. With `versions_dir` set, a watcher polls
@@ -30,14 +31,14 @@ from typing import Any, Literal
 
 from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.collect.backends.hf import HFBackend
-from oel.collect.http_limits import BoundedHTTPServer
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
-from oel.online.gateway_http import make_handler
-from oel.online.metrics import GatewayMetrics
-from oel.online.responders import LocalResponder, Responder, UpstreamResponder
 from oel.online.store import RETENTION_POLICIES, Store
+from oel.serving.app import ServingState, build_app
+from oel.serving.engine import Engine, LocalEngine, UpstreamEngine
+from oel.serving.metrics import ServerMetrics
+from oel.serving.server import ConnectionGuard, HTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,14 @@ class GatewayConfig:
     batch_window_s: float = cfg(0.02, "how long the first request waits for others to batch with it")
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(4 << 20, "largest request body accepted, in bytes (413 beyond)")
-    max_queue: int = cfg(128, "chat requests waiting for generation; more get 503 + Retry-After")
-    max_connections: int = cfg(256, "connections served at once; more get 503 + Retry-After")
-    client_timeout_s: float = cfg(30.0, "an idle or slow connection is closed after this long")
+    max_queue: int = cfg(128, "chat requests waiting for generation (local), or in flight upstream (upstream, "
+                         "one thread each); more get 503 + Retry-After")
+    max_prompt_tokens: int = cfg(0, "most prompt tokens a chat request may send (400 beyond, before any compute); "
+                                 "0 = the model's context minus the request's max_tokens")
+    max_connections: int = cfg(256, "connections open at once; over it, the oldest connection without a complete "
+                               "request is closed, and when every one is busy the new one gets 503 + Retry-After")
+    client_timeout_s: float = cfg(30.0, "deadline for a request's headers (from connection or previous answer) and, "
+                                  "separately, for its body (408); idle keep-alive connections close after it")
     request_timeout_s: float = cfg(600.0, "a chat request unanswered after this long gets 504 (also the upstream's)")
 
     def __post_init__(self) -> None:
@@ -95,6 +101,8 @@ class GatewayConfig:
                      "rate_limit_burst"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens: must be >= 0, got {self.max_prompt_tokens}")
         if not (self.session_idle_s >= 0 and math.isfinite(self.session_idle_s)):
             raise ValueError(f"session_idle_s: must be a finite number >= 0, got {self.session_idle_s}")
         for name in ("client_timeout_s", "request_timeout_s", "watch_interval_s", "idle_check_s"):
@@ -167,7 +175,6 @@ class Gateway:
         self.config = config
         self.api_keys, self.admin_keys = config.load_api_keys()
         require_keys_off_loopback(config.host, self.api_keys, env_var=config.api_keys_env)
-        self.metrics = GatewayMetrics()
         self.rate_limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self._own_store = store is None
         self.store = store if store is not None else Store.open(config.store, retention=config.retention)  # type: ignore[arg-type]
@@ -176,19 +183,34 @@ class Gateway:
         self._watched: tuple[int, str] | None = None
         try:
             self.responder = self._make_responder(backend, version)
-            self.httpd = BoundedHTTPServer((config.host, config.port), make_handler(self),
-                                           max_connections=config.max_connections)
+            guard = ConnectionGuard(config.max_connections, config.client_timeout_s)
+            self.metrics = ServerMetrics("oel_gateway_", queue_depth=self._queue_depth,
+                                         open_connections=lambda: len(guard.open),
+                                         model_version=lambda: self.version, store_stats=self.store.stats)
+            guard.on_close = lambda reason: self.metrics.closed.labels(reason=reason).inc()
+            state = ServingState(
+                realm="oel gateway", served_name=config.served_name, api_keys=self.api_keys,
+                admin_keys=self.admin_keys, engine=self.responder, store=self.store, metrics=self.metrics,
+                max_body_bytes=config.max_body_bytes, max_tokens_limit=config.max_tokens_limit,
+                client_timeout_s=config.client_timeout_s, request_timeout_s=config.request_timeout_s,
+                rate_limiter=self.rate_limiter, rate_limit_per_s=config.rate_limit_per_s)
+            self.httpd = HTTPServer(build_app(state), config.host, config.port, guard,
+                                    graceful_timeout_s=config.request_timeout_s)
         except BaseException:
             self._close_store()
             raise
 
-    def _make_responder(self, backend: HFBackend | None, version: int) -> Responder | None:
+    def _queue_depth(self) -> int:
+        return self.responder.queue_depth() if self.responder is not None else 0
+
+    def _make_responder(self, backend: HFBackend | None, version: int) -> Engine | None:
         c = self.config
         if c.responder == "none":
             return None
         if c.responder == "upstream":
-            return UpstreamResponder(c.upstream_url, api_key=os.environ.get(c.upstream_api_key_env, "") if
-                                     c.upstream_api_key_env else "", timeout_s=c.request_timeout_s)
+            return UpstreamEngine(c.upstream_url, api_key=os.environ.get(c.upstream_api_key_env, "") if
+                                  c.upstream_api_key_env else "", timeout_s=c.request_timeout_s,
+                                  max_in_flight=c.max_queue)
         if backend is None:
             current = read_current(c.versions_dir) if c.versions_dir else None
             if current is not None:
@@ -197,8 +219,9 @@ class Gateway:
                 backend = self.load_backend(model_dir)
             else:
                 backend = self.load_backend(c.model.name, c.model)
-        return LocalResponder(backend, version, max_batch_size=c.max_batch_size, batch_window_s=c.batch_window_s,
-                              max_queue=c.max_queue, request_timeout_s=c.request_timeout_s)
+        return LocalEngine(backend, version, max_batch_size=c.max_batch_size, batch_window_s=c.batch_window_s,
+                           max_queue=c.max_queue, request_timeout_s=c.request_timeout_s,
+                           max_prompt_tokens=c.max_prompt_tokens, name="gateway")
 
     def load_backend(self, model_dir: str, model_cfg: ModelConfig | None = None) -> HFBackend:
         """Load weights for serving: the configured dtype/device, prefix store off (swaps make it stale)."""
@@ -218,8 +241,8 @@ class Gateway:
     def start(self) -> Gateway:
         if self.responder is not None:
             self.responder.start()
-        self._spawn(self.httpd.serve_forever, "oel-gateway-http")
-        if self.config.versions_dir and isinstance(self.responder, LocalResponder):
+        self.httpd.start()
+        if self.config.versions_dir and isinstance(self.responder, LocalEngine):
             self._spawn(self._watch, "oel-gateway-watch")
         if self.config.session_idle_s > 0:
             self._spawn(self._close_idle, "oel-gateway-idle")
@@ -234,12 +257,11 @@ class Gateway:
     def close(self) -> None:
         """Stop accepting, finish what generates, close the store, free the port."""
         self._stop.set()
-        self.httpd.shutdown()
+        self.httpd.close()
         if self.responder is not None:
             self.responder.close()
         for t in self._threads:
             t.join(timeout=self.config.request_timeout_s)
-        self.httpd.server_close()
         self._close_store()
 
     def _close_store(self) -> None:
@@ -254,7 +276,7 @@ class Gateway:
 
     def swap_model(self, model_dir: str, version: int) -> None:
         """Load `model_dir` aside, then serve it from the next batch on; in-flight requests finish on the old."""
-        if not isinstance(self.responder, LocalResponder):
+        if not isinstance(self.responder, LocalEngine):
             raise ConfigError("swap_model: only the in-process responder (responder=local) swaps weights")
         try:
             backend = self.load_backend(model_dir)

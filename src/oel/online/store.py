@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oel.errors import ConfigError, DataError
+from oel.io import PRIVATE_FILE_MODE, make_dirs
 from oel.online import intake, rounds
 from oel.online.intake import AUTO_SESSION_PREFIX, Added, Recorded
 from oel.online.rounds import Deleted, Round, bump
 from oel.online.schema import connect, ensure_schema, transaction
-from oel.online.sessions import ONLINE_ENV_ID, Exchange, parse_messages
+from oel.online.sessions import ONLINE_ENV_ID, STITCHED_SOURCE, Exchange, parse_messages
 from oel.trajectory import Message, Trajectory, parse_trajectory, write_trajectories
 
 Retention = Literal["keep", "delete_after_consolidation"]
@@ -71,9 +72,14 @@ def _check_count(field: str, value: object, *, least: int) -> int:
 
 
 def _validated_post(trajectory: Trajectory | Mapping[str, Any]) -> Trajectory:
+    """A posted trajectory, validated. One that does not say its `source` arrived through the
+    gateway: it is `online`, not the schema's default `collect` (which claims `oel collect` played a
+    grid game, and makes extraction read a deployment's task with the games' words)."""
     if isinstance(trajectory, Trajectory):
         traj = trajectory
     else:
+        if isinstance(trajectory, Mapping) and "source" not in trajectory:
+            trajectory = {**trajectory, "source": STITCHED_SOURCE}
         try:
             traj = parse_trajectory(trajectory)  # type: ignore[arg-type]
         except ValueError as e:
@@ -103,7 +109,7 @@ class Store:
             raise ConfigError(f"retention: expected one of {', '.join(RETENTION_POLICIES)}, got {retention!r}")
         _check_count("max_failed_rounds", max_failed_rounds, least=1)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         conn = connect(path)
         try:
             ensure_schema(conn, path)
@@ -274,7 +280,7 @@ class Store:
     def export_jsonl(self, path: str | os.PathLike, *, round: int | None = None) -> int:
         """Write the trajectories (all, or one round's) as trajectory JSONL, atomically; returns how many."""
         trajs = self.trajectories(round=round)
-        write_trajectories(path, trajs)
+        write_trajectories(path, trajs, private=True)  # users' conversations: 0600
         return len(trajs)
 
     def stats(self) -> dict[str, int]:
@@ -289,3 +295,16 @@ class Store:
             for status in ("started", "done", "failed"):
                 out[f"rounds_{status}"] = conn.execute("SELECT count(*) FROM rounds WHERE status = ?", (status,)).fetchone()[0]
             return out
+
+
+def _create_private(path: Path) -> None:
+    """Create a new store file 0600 (its folders 0700) before SQLite opens it: it holds users'
+    conversations, and SQLite would create it (and its -wal/-shm, which copy the file's mode)
+    readable by everyone under the usual umask 022. An existing file is left as it is."""
+    make_dirs(path.parent, private=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DataError(f"{path}: cannot create the store ({e.strerror})") from None

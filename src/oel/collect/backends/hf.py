@@ -28,7 +28,7 @@ equal the fresh computation up to floating-point summation order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,9 @@ class RowRequest:
     messages: Sequence[Message]
     params: SamplingParams
     seed: int
+    on_token: Callable[[int, int], None] | None = field(default=None, compare=False)
+    """Called from the generating thread with (step, token id) as each token is sampled (streaming);
+    the stop token is passed too, nothing after it or beyond max_new_tokens."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,12 @@ class HFBackend:
                 results[item.index] = gen
         return [g for g in results if g is not None]
 
+    @property
+    def context_tokens(self) -> int | None:
+        """The most tokens (prompt + answer) the model attends over, from its config; None if unknown."""
+        n = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
     def _micro_batches(self, encoded: list[_Encoded]) -> list[list[_Encoded]]:
         """Cut length-sorted (longest first) rows into batches within both row and token limits.
 
@@ -191,9 +200,11 @@ class HFBackend:
                                    eos_token_id=list(self.stop_ids))
         device = _model_device(self.model)
         cache = self._padded_cache(batch, past, device) if self.prefix_store is not None else None
+        streaming = any(e.request.on_token is not None for e in batch)
+        streamer = _RowStreamer([e.request for e in batch], self.stop_ids) if streaming else None
         with torch.inference_mode():
             out_BT = self.model.generate(input_ids=ids_BW.to(device), attention_mask=mask_BW.to(device),
-                                         generation_config=gen_cfg, **cache_arg(cache),
+                                         generation_config=gen_cfg, **cache_arg(cache), streamer=streamer,
                                          logits_processor=LogitsProcessorList([sampler]))
         new_BT = out_BT[:, width:].cpu()
         gens = [self._finish(e, new_BT[b].tolist()) for b, e in enumerate(batch)]
@@ -276,6 +287,43 @@ class HFBackend:
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         # Counted like vLLM and llama.cpp: every generated token, the stop token included.
         return Generation(text=text, prompt_tokens=len(item.ids), completion_tokens=len(ids), finish_reason=finish)
+
+
+class _RowStreamer:
+    """A transformers streamer that hands each row's new token to that row's `on_token`.
+
+    `generate` calls `put` once with the prompt ids (B, W), then once per step with the
+    sampled ids (B,). A row stops receiving after its stop token or its own max_new_tokens
+    (the batch runs to the longest row's limit). A failing callback is logged, never allowed
+    to fail the batch its row shares with others.
+    """
+
+    def __init__(self, rows: Sequence[RowRequest], stop_ids: frozenset[int]) -> None:
+        self.rows = rows
+        self.stop_ids = stop_ids
+        self.steps = [0] * len(rows)
+        self.done = [r.on_token is None for r in rows]
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for b, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[b]:
+                continue
+            row = self.rows[b]
+            try:
+                row.on_token(self.steps[b], token)  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - one reader's failure is not its batch-mates'
+                log.exception("streaming callback failed; the row's stream stops")
+                self.done[b] = True
+            self.steps[b] += 1
+            if token in self.stop_ids or self.steps[b] >= row.params.max_new_tokens:
+                self.done[b] = True
+
+    def end(self) -> None:
+        return None
 
 
 def _pad_token_id(tokenizer: Any) -> int:

@@ -1,0 +1,9 @@
+"""The serving stack of `oel serve` and `oel gateway`: one HTTP layer over an engine (and, in the gateway, a store).
+
+    protocol.py   the OpenAI request/response bodies as pydantic models; RequestError and the error shape
+    engine.py     who answers: LocalEngine (batched in-process model, hot swap, prompt limit, token
+                  streaming) or UpstreamEngine (another OpenAI-compatible server)
+    app.py        the Starlette routes and the edge middleware (routing, keys, rate, body limits, errors)
+    server.py     uvicorn (h11) in a thread, with request deadlines and connection limits
+    metrics.py    /metrics through prometheus_client
+"""
