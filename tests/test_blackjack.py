@@ -121,3 +121,16 @@ def test_labels_at_a_real_state():
     probe = label(env, "k", SEED)
     values = action_values(env.player_cards(), env.dealer_card(), ANSWERS, TURNS)
     assert list(probe.value) == pytest.approx(values)
+
+
+def test_canonical_hands_render_the_real_game_and_cover_the_table():
+    from oel.evaluate.blackjack_meter import _fill, canonical_hands, canonical_probe
+
+    env = game()
+    hands = list(canonical_hands())
+    assert len(hands) == 240 and len({(h.hand, h.up) for h in hands}) == 240
+    probe = canonical_probe(env, hands[0], SEED)
+    assert probe.observation.endswith("Your hand: 2♥, 3♦ (Score: 5)\nDealer shows: 2♠")
+    # the DP's own answers at the canonical hands, filled to every state, lose almost nothing
+    table = {(h.hand[0], h.hand[1], h.up): float(optimal_action(h.hand, h.up, TURNS) == HIT) for h in hands}
+    assert hand_start_value(_fill(table), TURNS) == pytest.approx(hand_start_value({}, TURNS), abs=0.005)

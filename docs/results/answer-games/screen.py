@@ -52,10 +52,21 @@ def run(variant: PromptVariant, name: str):
     return result
 
 
+def value(variant: PromptVariant) -> dict:
+    """Blackjack, VALUE=1: the exact win rate of the model's [Hit]/[Stand] table at 240 canonical hands."""
+    from oel.evaluate.blackjack_meter import policy_value_meter
+
+    v = policy_value_meter(loaded.model, loaded.tokenizer, variant, config).to_dict()
+    return {k: v[k] for k in ("win_rate", "optimal", "always_stand", "random", "agreement")}
+
+
+with_value = game == "blackjack" and args.get("VALUE", "0") == "1" and not think
 examples: dict = {}
 results = {}
 base = run(PromptVariant(policy_t, policy_t), "policy")
 results["policy"] = base.summary()
+if with_value:
+    results["policy"]["policy_value"] = value(PromptVariant(policy_t, policy_t))
 print(json.dumps(results["policy"]), flush=True)
 for item in filter(None, args.get("KNOWLEDGE", "").split(",")):
     name, path = item.split(":", 1)
@@ -63,6 +74,8 @@ for item in filter(None, args.get("KNOWLEDGE", "").split(",")):
     r = run(variant, name)
     s = r.summary()
     s["gap_vs_policy"] = {m: paired_answer_gap(r, base, m) for m in ("ok", "good", "value")}
+    if with_value:
+        s["policy_value"] = value(variant)
     results[name] = s
     print(json.dumps(s), flush=True)
 if "OUT" in args:

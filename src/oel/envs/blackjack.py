@@ -34,6 +34,7 @@ DEALER_STANDS = 17
 BUST = 21
 ACE_BONUS = 10
 _ANSWER = re.compile(r"\s*(hit|stand)\s*", re.IGNORECASE)
+_HAND_END = re.compile(r"Hand (\d+): you (win|lose|draw|bust)\. Your final (\d+), Dealer (\d+)\.")
 
 Hand = tuple[int, bool]
 """(hard total with aces as 1, holds at least one ace)."""
@@ -199,8 +200,22 @@ class BlackjackGame(TextArenaAnswerGame):
         if self.end_reason == REASON_TURN_LIMIT:
             return f"Failure: the turn limit ({self.config.max_turns} turns) ended the game before the hand was finished ({tally})."
         verdict = "Success" if passed else "Failure"
-        return f"{verdict}: {tally} of {self.config.blackjack_hands} hand(s) in {turns}."
+        hands = "; ".join(self._hand_reasons())
+        return f"{verdict}: {tally} of {self.config.blackjack_hands} hand(s) in {turns} ({hands})."
 
+    def _hand_reasons(self) -> list[str]:
+        """Why each hand ended, restated from the game's own "Hand k: you lose. Your final 23, Dealer 10."."""
+        out = []
+        for m in _HAND_END.finditer(self.observation()):
+            hand, result, player, dealer = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+            if player > BUST:
+                why = f"your score went over 21 ({player})"
+            elif dealer > BUST:
+                why = f"the dealer went over 21 ({dealer}) while you stood on {player}"
+            else:
+                why = f"you stood on {player} against the dealer's {dealer}"
+            out.append(f"hand {hand} {'lost' if result in ('lose', 'bust') else 'won' if result == 'win' else 'drawn'}: {why}")
+        return out
 
 __all__ = ["BlackjackGame", "ANSWERS", "HIT", "STAND", "action_values", "optimal_action", "policy_value",
            "hand_start_value", "uniform_hit_table", "stand_win", "score", "hand_of"]

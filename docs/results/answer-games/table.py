@@ -1,0 +1,35 @@
+"""The screen table from the raw screen files: one row per (game, model, format, setting).
+
+    python docs/results/answer-games/table.py docs/results/answer-games/raw/*.json
+
+Columns: E[ok] as scored and for the state-blind policy (the answer reads the state where the
+first is higher; CI over episodes), the state-answer information, E[value], P(invalid), and for a
+lessons setting its paired gap over the same model's policy prompt on E[ok] and E[value].
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def ci(g: dict) -> str:
+    return f"{100 * g['diff']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
+
+
+print("| game | model | format | setting | probes | E[ok] | state-blind E[ok] | E[ok] - blind (95% CI) | information "
+      "(nats) | E[value] | P(invalid) | E[ok] - policy | E[value] - policy | top answers |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for path in sys.argv[1:]:
+    data = json.load(open(path))
+    model = data["model"].replace("qwen2.5-coder-", "").replace("-instruct", "")
+    for name, s in data["results"].items():
+        gap = s.get("gap_vs_policy", {})
+        top = ", ".join(f"{a} {q:.2f}" for a, q in s["top_answers"].items())
+        print(f"| {data['game']} | {model} | {data.get('format', 'immediate')} | {name} | {s['probes']} | {pct(s['ok'])} | "
+              f"{pct(s['ok_state_blind'])} | {ci(s['blind_gap_ok'])} | {s['dependence_nats']:.3f} | {pct(s['value'])} | "
+              f"{pct(s['invalid'])} | {ci(gap['ok']) if gap else '-'} | {ci(gap['value']) if gap else '-'} | {top} |")
