@@ -21,15 +21,16 @@ def ci(g: dict) -> str:
     return f"{100 * g['diff']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
 
 
-print("| game | model | format | setting | probes | E[ok] | state-blind E[ok] | E[ok] - blind (95% CI) | information "
+print("| game | model | format | lessons placed | setting | probes | E[ok] | state-blind E[ok] | E[ok] - blind (95% CI) | information "
       "(nats) | E[value] | P(invalid) | E[ok] - policy | E[value] - policy | top answers |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sys.argv[1:]:
     data = json.load(open(path))
     model = data["model"].replace("qwen2.5-coder-", "").replace("-instruct", "")
+    placed = "after the game" if "after" in data.get("teacher_template", "") else "before the game"
     for name, s in data["results"].items():
         gap = s.get("gap_vs_policy", {})
         top = ", ".join(f"{a} {q:.2f}" for a, q in s["top_answers"].items())
-        print(f"| {data['game']} | {model} | {data.get('format', 'immediate')} | {name} | {s['probes']} | {pct(s['ok'])} | "
+        print(f"| {data['game']} | {model} | {data.get('format', 'immediate')} | {placed if gap else '-'} | {name} | {s['probes']} | {pct(s['ok'])} | "
               f"{pct(s['ok_state_blind'])} | {ci(s['blind_gap_ok'])} | {s['dependence_nats']:.3f} | {pct(s['value'])} | "
               f"{pct(s['invalid'])} | {ci(gap['ok']) if gap else '-'} | {ci(gap['value']) if gap else '-'} | {top} |")
