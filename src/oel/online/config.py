@@ -63,7 +63,7 @@ class VersionsConfig:
 class OnlineConfig:
     """A long-running scheduler: rounds of extract -> consolidate (-> gate) over the store's trajectories."""
 
-    store: str = cfg("runs/online/store.sqlite", "the SQLite store the gateway writes (oel.online.store)")
+    store: str = cfg("runs/online/store.sqlite", "the store the gateway writes: a SQLite file or a postgresql:// URL (oel.online.store)")
     run_dir: str = cfg("runs/online/scheduler", "round_<r>/ (trajectories.jsonl, extract/, consolidate/, evaluate*/), metrics.jsonl")
     model: ModelConfig = cfg(help="the base model: version 0, the first round's starting point", factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment held-out evaluation and the gate play (when enabled)", factory=EnvConfig)

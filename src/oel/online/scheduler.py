@@ -45,6 +45,7 @@ from oel.loop.context import MetricsLog, RoundContext
 from oel.models import ModelConfig
 from oel.online.config import GATE_METRIC, OnlineConfig
 from oel.online.gate import compare, refuse_collapse
+from oel.online.pg import is_url
 from oel.online.rounds import Round
 from oel.online.store import Store
 from oel.online.versions import Version, Versions, version_name
@@ -374,7 +375,7 @@ def status(config: OnlineConfig) -> dict[str, Any]:
     """What an operator asks first: the store's numbers, the current version, the last round row."""
     from oel.io import iter_jsonl
 
-    if not Path(config.store).is_file():  # a status query must not create an empty store
+    if not is_url(config.store) and not Path(config.store).is_file():  # a status query must not create an empty store
         raise DataError(f"{config.store}: store not found (the gateway creates it; check `store`)")
     with Store.open(config.store, retention=config.retention) as store:
         stats = store.stats()
