@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -304,9 +305,26 @@ class Scheduler:
         metrics = {f"consolidate_{k}": v for k, v in consolidated.items()}
         v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict, parent=ctx.start.version)
         log.info("round %d: published %s", ctx.round, version_name(v.version))
+        out: dict[str, Any] = {"version": v.version}
+        if self.config.vllm_lora.url:
+            out.update(self._swap_vllm_lora(v))
         if self.config.publish_hook:
-            return {"version": v.version, **run_hook(self.config.publish_hook, v, self.config.hook_timeout_s)}
-        return {"version": v.version}
+            out.update(run_hook(self.config.publish_hook, v, self.config.hook_timeout_s))
+        return out
+
+    def _swap_vllm_lora(self, v: Version) -> dict[str, Any]:
+        """Load the version into vLLM as a LoRA adapter (oel.online.vllm_lora); a failure is logged, not fatal."""
+        from oel.online import vllm_lora
+
+        cfg = self.config.vllm_lora
+        parent = self.versions.get(v.parent) if v.parent else None  # version 0 is the base model itself
+        try:
+            adapter = vllm_lora.cumulative_adapter(v.model_dir, parent.model_dir if parent else None)
+            return vllm_lora.swap(cfg.url, version=v.version, adapter_dir=adapter, previous=v.parent,
+                                  prefix=cfg.prefix, api_key=os.environ.get(cfg.api_key_env) or None)
+        except DataError as e:
+            log.error("round %s: vLLM LoRA hot swap of %s failed: %s", v.round, version_name(v.version), e)
+            return {"vllm_lora_error": str(e)}
 
     # ---- operator metrics and the service loop ----------------------------------------------
 
