@@ -7,7 +7,7 @@ stitching rule (a request that starts with an earlier request plus its response 
 per stitched call, never the calls themselves. Pass 2 re-reads each conversation's records by
 offset, orders its calls by start time, and builds the trajectory the gateway would have built
 (the session's path, each turn's feedback the next user message), appending it to the output.
-Memory grows with the number of calls (a few dozen bytes each), not with their text.
+Memory grows with the number of calls (about 0.2 kB each), not with their text.
 
 The outcome is the feedback text the log holds (a score's comment, the openai format's
 `outcome`, or the user's last words after the final response), else an explicit unknown; numeric
@@ -47,20 +47,48 @@ class Report:
         return [f"skipped {n} record{'s' if n != 1 else ''}: {kind}" for kind, n in sorted(self.skipped.items())]
 
 
-@dataclass
+LINE_BITS, INDEX_BITS = 24, 16
+"""A call's place packed in one int: byte offset, line number (< 2**24), index in the record (< 2**16)."""
+
+
+def _pack(offset: int, lineno: int, index: int) -> int:
+    if lineno >= 1 << LINE_BITS or index >= 1 << INDEX_BITS:
+        raise DataError(f"line {lineno}: more than {1 << LINE_BITS} lines or {1 << INDEX_BITS} calls in one record")
+    return (offset << (LINE_BITS + INDEX_BITS)) | (lineno << INDEX_BITS) | index
+
+
+def _unpack(place: int) -> tuple[int, int, int]:
+    return (place >> (LINE_BITS + INDEX_BITS), (place >> INDEX_BITS) & ((1 << LINE_BITS) - 1),
+            place & ((1 << INDEX_BITS) - 1))
+
+
+def _short(key: str) -> bytes:
+    """A stitching key in 16 bytes (a 128-bit prefix of its sha256): pass 1 keeps one per stitched call."""
+    return bytes.fromhex(key[:32])
+
+
+@dataclass(slots=True)
 class _Conversation:
     group: str | None
-    calls: list[tuple[int, int, int]] = field(default_factory=list)
-    """(byte offset, line number, index of the call among the record's items)."""
+    places: list[int] = field(default_factory=list)
+    """Its calls' places (`_pack`), in file order."""
+
+    @property
+    def calls(self) -> list[tuple[int, int, int]]:
+        """(byte offset, line number, index of the call among the record's items)."""
+        return [_unpack(p) for p in self.places]
 
 
 class _Grouper:
-    """Pass 1's state: conversations by id, and the stitching index of conversations without one."""
+    """Pass 1's state: conversations by id, and the stitching index of conversations without one.
+
+    Kept small (about 0.2 kB per call): places packed in ints, stitching keys in 16 bytes, a key's
+    one (conversation, call) in one int unless several calls share it."""
 
     def __init__(self) -> None:
         self.conversations: list[_Conversation] = []
         self._by_group: dict[str, int] = {}
-        self._by_tail: dict[str, list[tuple[int, int]]] = {}
+        self._by_tail: dict[bytes, int | list[int]] = {}
         self._latest: list[int] = []
 
     def add(self, call: Call, where: tuple[int, int, int]) -> None:
@@ -70,13 +98,28 @@ class _Grouper:
                 conv = self._by_group[call.group] = self._new(call.group)
         else:
             keys = prefix_keys(call.messages)
-            candidates = [Candidate(c, key, self._latest[c] == n) for key in keys for c, n in self._by_tail.get(key, [])]
+            candidates = [Candidate(c, key, self._latest[c] == n) for key in keys
+                          for c, n in self._entries(_short(key))]
             conv = choose_conversation(keys, candidates)
             conv = self._new(None) if conv is None else conv
-            number = len(self.conversations[conv].calls)
-            self._by_tail.setdefault(tail_key(Exchange(call.messages, call.response)), []).append((conv, number))
+            number = len(self.conversations[conv].places)
+            self._remember(_short(tail_key(Exchange(call.messages, call.response))), (conv << 32) | number)
             self._latest[conv] = number
-        self.conversations[conv].calls.append(where)
+        self.conversations[conv].places.append(_pack(*where))
+
+    def _entries(self, key: bytes) -> list[tuple[int, int]]:
+        found = self._by_tail.get(key)
+        packed = [] if found is None else found if isinstance(found, list) else [found]
+        return [(p >> 32, p & 0xFFFFFFFF) for p in packed]
+
+    def _remember(self, key: bytes, packed: int) -> None:
+        found = self._by_tail.get(key)
+        if found is None:
+            self._by_tail[key] = packed
+        elif isinstance(found, list):
+            found.append(packed)
+        else:
+            self._by_tail[key] = [found, packed]
 
     def _new(self, group: str | None) -> int:
         self.conversations.append(_Conversation(group))
