@@ -122,6 +122,44 @@ def test_concurrent_claimers_never_overlap(store_url: str) -> None:
         s.close()
 
 
+TWO_SCHEDULERS = """
+import json, sys, time
+from oel.online import Store
+store = Store.open(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both start claiming at once
+while (r := store.claim_round(1, max_trajectories=int(sys.argv[3]), worker=sys.argv[2])) is not None:
+    print(json.dumps([r.number, list(r.trajectory_ids)]), flush=True)
+    store.finish_round(r.number)
+"""
+
+
+def test_two_scheduler_processes_claim_each_round_once(store_url: str) -> None:
+    """Two processes (two hosts' schedulers, as far as the database can tell) race over one pool while
+    a third keeps posting: every round is claimed once, no trajectory is in two rounds."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    with Store.open(store_url) as poster:
+        ids = fill(poster, POOL)
+        start = str(time.time() + 3.0)
+        procs = [subprocess.Popen([sys.executable, "-c", TWO_SCHEDULERS, store_url, f"host{i}", str(BATCH), start],
+                                  stdout=subprocess.PIPE, text=True) for i in range(2)]
+        ids += fill(poster, POOL // 2, start=POOL)  # arrivals while they claim
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+        rounds = [json.loads(line) for out in outs for line in out.splitlines()]
+        rest = poster.claim_round(1, worker="after")
+        if rest is not None:  # posted after both found the pool empty
+            rounds.append([rest.number, list(rest.trajectory_ids)])
+        numbers = sorted(n for n, _ in rounds)
+        claimed = [i for _, batch in rounds for i in batch]
+        assert numbers == list(range(len(numbers)))  # each round number given once
+        assert sorted(claimed) == sorted(ids) and len(claimed) == len(set(claimed))
+        assert all(list(poster.round(n).trajectory_ids) == batch for n, batch in rounds)
+
+
 def test_concurrent_claims_of_one_worker_are_one_round(store: Store) -> None:
     fill(store, POOL)
     results: list = []

@@ -145,12 +145,10 @@ def connect(url: str) -> PgConnection:
 def transaction(conn: PgConnection, *, write: bool = True) -> Iterator[PgConnection]:
     """A write transaction holding the writers' row lock, or a REPEATABLE READ snapshot; ROLLBACK on any error."""
     conn.reconnect_if_broken()
-    if write:
-        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        conn.execute("SELECT id FROM store_writer WHERE id = 1 FOR UPDATE")
-    else:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
+        if write:
+            conn.execute("SELECT id FROM store_writer WHERE id = 1 FOR UPDATE")
         yield conn
     except BaseException:
         if not conn._conn.broken:
