@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
-import os
 import shlex
 import signal
 import subprocess
@@ -313,18 +312,9 @@ class Scheduler:
         return out
 
     def _swap_vllm_lora(self, v: Version) -> dict[str, Any]:
-        """Load the version into vLLM as a LoRA adapter (oel.online.vllm_lora); a failure is logged, not fatal."""
-        from oel.online import vllm_lora
+        from oel.online.vllm_lora import swap_published
 
-        cfg = self.config.vllm_lora
-        parent = self.versions.get(v.parent) if v.parent else None  # version 0 is the base model itself
-        try:
-            adapter = vllm_lora.cumulative_adapter(v.model_dir, parent.model_dir if parent else None)
-            return vllm_lora.swap(cfg.url, version=v.version, adapter_dir=adapter, previous=v.parent,
-                                  prefix=cfg.prefix, api_key=os.environ.get(cfg.api_key_env) or None)
-        except DataError as e:
-            log.error("round %s: vLLM LoRA hot swap of %s failed: %s", v.round, version_name(v.version), e)
-            return {"vllm_lora_error": str(e)}
+        return swap_published(self.config.vllm_lora, self.versions, v)
 
     # ---- operator metrics and the service loop ----------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from oel.errors import DataError
+from oel.online.config import VllmLoraConfig
+from oel.online.versions import Version, Versions, version_name
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +141,18 @@ def swap(base_url: str, *, version: int, adapter_dir: Path, previous: int | None
         if status != 200:
             log.warning("vLLM kept adapter %s loaded (unload answered %s: %s)", old, status, " ".join(text.split())[:200])
     return out
+
+
+def swap_published(cfg: VllmLoraConfig, versions: Versions, v: Version) -> dict[str, Any]:
+    """The scheduler's step after publishing `v`: its cumulative adapter loaded into vLLM.
+
+    A failure is logged and returned for the publish marker, not raised: the version stays published
+    and vLLM keeps serving the previous adapter."""
+    parent = versions.get(v.parent) if v.parent else None  # version 0 is the base model itself
+    try:
+        adapter = cumulative_adapter(v.model_dir, parent.model_dir if parent else None)
+        return swap(cfg.url, version=v.version, adapter_dir=adapter, previous=v.parent, prefix=cfg.prefix,
+                    api_key=os.environ.get(cfg.api_key_env) or None)
+    except DataError as e:
+        log.error("round %s: vLLM LoRA hot swap of %s failed: %s", v.round, version_name(v.version), e)
+        return {"vllm_lora_error": str(e)}
