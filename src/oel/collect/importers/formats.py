@@ -39,7 +39,6 @@ from oel.collect.importers.base import (
     prompt_or_skip,
     render_tool_call,
     render_tool_result,
-    text_of,
     tokens,
 )
 from oel.trajectory import Message
