@@ -1,6 +1,6 @@
 # The two quick-start targets (see README.md):
 #   make run   -- set up and run the short OEL loop on the default offline model (1.5B teacher), then the report
-#   make test  -- set up and run the test suite
+#   make test  -- set up (PostgreSQL from apt included) and run the test suite
 # torch is installed first, pinned to 2.13.0: on the CPU machines oel targets, pip takes a
 # local CPU wheel for that version; an unpinned torch would pull GBs of CUDA packages.
 
@@ -11,7 +11,7 @@ TORCH     ?= torch==2.13.0
 RUN_DIR   ?= runs/quickstart
 CONFIG    ?= configs/quickstart.yaml
 
-.PHONY: run test setup setup-test clean-venv
+.PHONY: run test setup setup-test postgres clean-venv
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -34,7 +34,15 @@ $(VENV)/.models: $(VENV)/.base
 setup-test: $(VENV)/.base
 setup: $(VENV)/.models
 
-test: setup-test
+# The PostgreSQL server the store tests start a throwaway cluster of (tests/pg_server.py), from
+# Debian's packages; when it cannot be installed those tests skip and say why.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+	  echo "make: could not install PostgreSQL; the PostgreSQL store tests will be skipped"
+
+test: setup-test postgres
 	$(PY) -m pytest -q
 
 run: setup

@@ -1,6 +1,7 @@
 """Gateway intake under load, with a kill -9 mid-way: is every acknowledged trajectory stored exactly once?
 
     python benchmarks/gateway_load.py [--trajectories 2000] [--clients 32] [--kill-at 0.33,0.67] [--timeout 300]
+                                      [--store sqlite|postgresql|both] [--gateways 2] [--pg-url URL]
 
 The gateway runs as a child process (`python -m oel.online.gateway_cli responder=none`) on a
 fresh SQLite store (WAL, synchronous=FULL: every acknowledgement waited for an fsync) on
@@ -9,6 +10,11 @@ each with its own Idempotency-Key, on keep-alive connections. When each `--kill-
 acknowledged the gateway gets SIGKILL and is restarted on the same port and store; clients
 retry connection errors, 5xx and 429 with exponential backoff and the same key until
 acknowledged. At the end the store is opened and its rows compared with the acknowledgements.
+
+`--store postgresql` runs the same load on a PostgreSQL store (`--pg-url`, else a throwaway
+cluster started like the tests' own, tests/pg_server.py) with `--gateways` gateway processes
+writing it at once (clients split between them; the first one is the one killed); `both` runs
+SQLite first, then PostgreSQL, in the same invocation so their throughputs compare.
 
 Printed: throughput (acknowledged trajectories per wall second, the kill and restart included),
 p50/p99 latency from first attempt to acknowledgement and of single answered requests, counts
@@ -22,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from oel.online.loadgen import (
@@ -36,6 +43,50 @@ from oel.online.loadgen import (
 KEY = "gateway-load-key-0123456789"
 
 
+def run_one(kind: str, store: str, workdir: Path, args: argparse.Namespace) -> bool:
+    """One load run on `store` with the gateways `kind` calls for; prints its figures, returns PASS."""
+    n = args.gateways if kind == "postgresql" else 1
+    gateways = [GatewayProcess(store, free_port(), KEY, log_path=workdir / f"gateway-{kind}-{i}.log") for i in range(n)]
+    for i, g in enumerate(gateways):
+        print(f"{kind}: gateway {i} started in {g.start():.2f}s on 127.0.0.1:{g.port}; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    result, events = LoadResult(), []
+    try:
+        fractions = [float(f) for f in args.kill_at.split(",") if float(f) > 0]
+        # Acknowledgements stall while the gateway is down, so each killer fires after the previous restart.
+        killers = [kill_and_restart_when(gateways[0], result, int(args.trajectories * f), events) for f in fractions]
+        run_load("127.0.0.1", [g.port for g in gateways], KEY, trajectories=args.trajectories, clients=args.clients,
+                 timeout_s=args.timeout, result=result)
+        for killer in killers:
+            killer.join(timeout=args.timeout)
+    finally:
+        for g in gateways:
+            g.stop()
+    for event in events:
+        print(f"{kind}: gateway 0: {event}")
+    summary = {"store": kind, "gateways": n, "trajectories": args.trajectories, "clients": args.clients,
+               **result.summary()}
+    print(json.dumps(summary, indent=2))
+    check = verify(store, result)
+    print(json.dumps({"check": check}, indent=2))
+    ok = check["exactly_once"] and not result.failed and len(result.acked) == args.trajectories
+    print(f"{kind}: " + ("PASS: every acknowledged trajectory stored exactly once" if ok else "FAIL"), flush=True)
+    return ok
+
+
+def postgres_url(args: argparse.Namespace, stack: ExitStack) -> str:
+    if args.pg_url:
+        return args.pg_url
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    import pg_server
+
+    reason = pg_server.why_unavailable()
+    if reason:
+        sys.exit(f"no PostgreSQL server: {reason}")
+    databases = pg_server.Databases(stack.enter_context(pg_server.cluster()))
+    return databases.create()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trajectories", type=int, default=2000)
@@ -44,35 +95,23 @@ def main() -> int:
                     help="comma-separated fractions acknowledged at which the gateway is SIGKILLed; 0 = no kill")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before clients give up")
     ap.add_argument("--workdir", default="", help="where the store and gateway log go (default: a temp dir)")
+    ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="sqlite")
+    ap.add_argument("--gateways", type=int, default=2, help="gateway processes on the PostgreSQL store")
+    ap.add_argument("--pg-url", default="", help="an empty PostgreSQL database (default: a throwaway cluster)")
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="oel-gateway-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    store = workdir / "store.sqlite"
-    if store.exists():
-        sys.exit(f"{store}: exists; give a fresh --workdir")
-    port = free_port()
-    gateway = GatewayProcess(store, port, KEY, log_path=workdir / "gateway.log")
-    print(f"gateway: started in {gateway.start():.2f}s on 127.0.0.1:{port}, store {store}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-    result, events = LoadResult(), []
-    try:
-        fractions = [float(f) for f in args.kill_at.split(",") if float(f) > 0]
-        # Acknowledgements stall while the gateway is down, so each killer fires after the previous restart.
-        killers = [kill_and_restart_when(gateway, result, int(args.trajectories * f), events) for f in fractions]
-        run_load("127.0.0.1", port, KEY, trajectories=args.trajectories, clients=args.clients,
-                 timeout_s=args.timeout, result=result)
-        for killer in killers:
-            killer.join(timeout=args.timeout)
-    finally:
-        gateway.stop()
-    for event in events:
-        print(f"gateway: {event}")
-    print(json.dumps({"trajectories": args.trajectories, "clients": args.clients, **result.summary()}, indent=2))
-    check = verify(store, result)
-    print(json.dumps({"check": check}, indent=2))
-    ok = check["exactly_once"] and not result.failed and len(result.acked) == args.trajectories
-    print("PASS: every acknowledged trajectory stored exactly once" if ok else "FAIL")
-    return 0 if ok else 1
+    results = []
+    with ExitStack() as stack:
+        for kind in (("sqlite", "postgresql") if args.store == "both" else (args.store,)):
+            if kind == "sqlite":
+                store = workdir / "store.sqlite"
+                if store.exists():
+                    sys.exit(f"{store}: exists; give a fresh --workdir")
+                results.append(run_one(kind, str(store), workdir, args))
+            else:
+                results.append(run_one(kind, postgres_url(args, stack), workdir, args))
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

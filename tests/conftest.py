@@ -54,3 +54,36 @@ def grid_consolidation_config(tmp_path: Path, grid_consolidation_inputs: str):
         return ConsolidateConfig(**{**fields, **overrides})
 
     return make
+
+
+# ---- the online store on both backends (SQLite file, PostgreSQL server) ---------------------
+
+STORE_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_databases():
+    """A throwaway PostgreSQL cluster for the session (tests/pg_server.py); skips saying why if there is none."""
+    import pg_server
+
+    reason = pg_server.why_unavailable()
+    if reason:
+        pytest.skip(f"PostgreSQL store tests: {reason}")
+    with pg_server.cluster() as admin_url:
+        yield pg_server.Databases(admin_url)
+
+
+@pytest.fixture
+def pg_url(pg_databases) -> str:
+    """A fresh, empty PostgreSQL database for one test, dropped after it."""
+    url = pg_databases.create()
+    yield url
+    pg_databases.drop(url)
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's store lives: a new SQLite file, or a new PostgreSQL database (the same tests run on both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite")
+    return request.getfixturevalue("pg_url")

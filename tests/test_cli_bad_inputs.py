@@ -224,12 +224,12 @@ def test_the_console_script_prints_one_line_and_a_traceback_only_with_verbose(wo
 def test_unanticipated_os_errors_are_one_line_and_verbose_shows_the_traceback(
         workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """An OSError no reader turned into a DataError still reaches the user as one line."""
-    import oel.trajectory
+    import oel.collect.importers
 
     def failing_import(*_a: object, **_k: object) -> None:
         raise OSError(5, "Input/output error", "chats.jsonl")
 
-    monkeypatch.setattr(oel.trajectory, "import_openai_messages", failing_import)
+    monkeypatch.setattr(oel.collect.importers, "import_logs", failing_import)
     code, lines = run_cli(["import-logs", "chats.jsonl", "out.jsonl"], capsys)
     assert (code, lines) == (2, ["oel: error: chats.jsonl: Input/output error"])
     with pytest.raises(OSError):

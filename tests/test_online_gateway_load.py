@@ -43,6 +43,28 @@ def test_kill9_mid_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     finally:
         gateway.stop()
     assert gateway.starts == 2 and len(events) == 2, events
+    check_outcome(store, result)
+
+
+def test_two_gateways_on_one_postgresql_store_one_killed_mid_load(tmp_path: Path, pg_url: str) -> None:
+    """Two gateway processes write one PostgreSQL database at once; one of them is SIGKILLed and restarted."""
+    gateways = [GatewayProcess(pg_url, free_port(), KEY, log_path=tmp_path / f"gateway{i}.log") for i in range(2)]
+    for g in gateways:
+        g.start()
+    result, events = LoadResult(), []
+    try:
+        killer = kill_and_restart_when(gateways[0], result, KILL_AT, events)
+        run_load("127.0.0.1", [g.port for g in gateways], KEY, trajectories=TRAJECTORIES, clients=CLIENTS,
+                 timeout_s=TIMEOUT_S, result=result)
+        killer.join(timeout=TIMEOUT_S)
+    finally:
+        for g in gateways:
+            g.stop()
+    assert [g.starts for g in gateways] == [2, 1] and len(events) == 2, events
+    check_outcome(pg_url, result)
+
+
+def check_outcome(store: Path | str, result: LoadResult) -> None:
     assert not result.failed and len(result.acked) == TRAJECTORIES
     assert set(result.statuses) <= {"200", "201", *KILLED_SERVER_ERRORS}, result.statuses
     check = verify(store, result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -24,8 +23,9 @@ def traj(i: int) -> Trajectory:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.open(tmp_path / "online.db")
+def store(store_url: str) -> Store:
+    """On SQLite and on PostgreSQL (tests/conftest.py: store_url)."""
+    s = Store.open(store_url)
     yield s
     s.close()
 
@@ -39,12 +39,10 @@ def session(store: Store, name: str, text: str) -> str:
     return store.end_session("c", name, "done").trajectory_id
 
 
-def count(path: Path, table: str) -> int:
-    conn = sqlite3.connect(path)
-    try:
+def count(store: Store, table: str) -> int:
+    """Rows of a table, read on a connection of the store's own backend."""
+    with store._snapshot() as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    finally:
-        conn.close()
 
 
 # ---- claim, resume, finish, fail -------------------------------------------------------------------
@@ -65,8 +63,8 @@ def test_claim_takes_the_oldest_and_resumes_an_unfinished_round(store: Store) ->
     assert store.stats()["trajectories_claimed"] == 2 and store.stats()["trajectories_consumed"] == 3
 
 
-def test_failed_round_returns_its_trajectories_until_they_are_held(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "s.db", max_failed_rounds=2) as store:
+def test_failed_round_returns_its_trajectories_until_they_are_held(store_url: str) -> None:
+    with Store.open(store_url, max_failed_rounds=2) as store:
         ids = tuple(fill(store, 3))
         assert store.claim_round(3).trajectory_ids == ids
         assert store.fail_round(0).status == "failed"
@@ -103,11 +101,12 @@ def claim_until_empty(store: Store, worker: str, got: list[tuple[int, tuple[str,
         store.finish_round(r.number)
 
 
-def test_concurrent_claimers_never_overlap(tmp_path: Path) -> None:
-    """Half the workers share one Store (one connection, its lock), half have their own (SQLite's file lock)."""
-    shared = Store.open(tmp_path / "s.db")
+def test_concurrent_claimers_never_overlap(store_url: str) -> None:
+    """Half the workers share one Store (one connection, its lock), half have their own (SQLite's file
+    lock; PostgreSQL's writers' row lock): each round claimed once, no trajectory in two rounds."""
+    shared = Store.open(store_url)
     ids = fill(shared, POOL)
-    own = [Store.open(tmp_path / "s.db") for _ in range(CLAIM_THREADS // 2)]
+    own = [Store.open(store_url) for _ in range(CLAIM_THREADS // 2)]
     stores = [shared] * (CLAIM_THREADS // 2) + own
     got: list[list[tuple[int, tuple[str, ...]]]] = [[] for _ in stores]
     threads = [threading.Thread(target=claim_until_empty, args=(s, f"w{i}", got[i])) for i, s in enumerate(stores)]
@@ -121,6 +120,44 @@ def test_concurrent_claimers_never_overlap(tmp_path: Path) -> None:
     assert sorted(numbers) == list(range(len(numbers)))
     for s in own + [shared]:
         s.close()
+
+
+TWO_SCHEDULERS = """
+import json, sys, time
+from oel.online import Store
+store = Store.open(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both start claiming at once
+while (r := store.claim_round(1, max_trajectories=int(sys.argv[3]), worker=sys.argv[2])) is not None:
+    print(json.dumps([r.number, list(r.trajectory_ids)]), flush=True)
+    store.finish_round(r.number)
+"""
+
+
+def test_two_scheduler_processes_claim_each_round_once(store_url: str) -> None:
+    """Two processes (two hosts' schedulers, as far as the database can tell) race over one pool while
+    a third keeps posting: every round is claimed once, no trajectory is in two rounds."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    with Store.open(store_url) as poster:
+        ids = fill(poster, POOL)
+        start = str(time.time() + 3.0)
+        procs = [subprocess.Popen([sys.executable, "-c", TWO_SCHEDULERS, store_url, f"host{i}", str(BATCH), start],
+                                  stdout=subprocess.PIPE, text=True) for i in range(2)]
+        ids += fill(poster, POOL // 2, start=POOL)  # arrivals while they claim
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0]
+        rounds = [json.loads(line) for out in outs for line in out.splitlines()]
+        rest = poster.claim_round(1, worker="after")
+        if rest is not None:  # posted after both found the pool empty
+            rounds.append([rest.number, list(rest.trajectory_ids)])
+        numbers = sorted(n for n, _ in rounds)
+        claimed = [i for _, batch in rounds for i in batch]
+        assert numbers == list(range(len(numbers)))  # each round number given once
+        assert sorted(claimed) == sorted(ids) and len(claimed) == len(set(claimed))
+        assert all(list(poster.round(n).trajectory_ids) == batch for n, batch in rounds)
 
 
 def test_concurrent_claims_of_one_worker_are_one_round(store: Store) -> None:
@@ -172,13 +209,13 @@ def retention_scene(store: Store) -> dict[str, list[str]]:
 def test_delete_consumed_deletes_what_it_says_and_nothing_else(store: Store) -> None:
     ids = retention_scene(store)
     before = {t.id: t for t in store.trajectories()}
-    exchanges_before = count(store.path, "exchanges")
+    exchanges_before = count(store, "exchanges")
     deleted = store.delete_consumed(before_round=1)
     assert (deleted.trajectories, deleted.sessions, deleted.exchanges) == (2, 1, 1)
     after = {t.id: t for t in store.trajectories()}
     assert set(before) - set(after) == set(ids["r0"])
     assert all(after[i] == before[i] for i in after)
-    assert count(store.path, "exchanges") == exchanges_before - 1
+    assert count(store, "exchanges") == exchanges_before - 1
     assert store.round(0).trajectory_ids == tuple(ids["r0"])  # the round keeps its ids, no content
     with pytest.raises(DataError, match="^round 0: 2 of its 2 trajectories were deleted by retention$"):
         store.trajectories(round=0)
@@ -189,8 +226,8 @@ def test_delete_consumed_deletes_what_it_says_and_nothing_else(store: Store) -> 
     assert (stats["trajectories_deleted"], stats["exchanges_deleted"], stats["sessions_open"]) == (4, 2, 1)
 
 
-def test_delete_after_consolidation_deletes_at_finish(tmp_path: Path) -> None:
-    with Store.open(tmp_path / "s.db", retention="delete_after_consolidation") as store:
+def test_delete_after_consolidation_deletes_at_finish(store_url: str) -> None:
+    with Store.open(store_url, retention="delete_after_consolidation") as store:
         kept = session(store, "other", "not in the round")
         first = session(store, "mine", "in the round")
         store.add_trajectory("c", traj(0), idempotency_key="k")
@@ -201,7 +238,7 @@ def test_delete_after_consolidation_deletes_at_finish(tmp_path: Path) -> None:
         assert r.trajectory_ids == (kept, first)
         store.finish_round(r.number)
         assert [t.meta["online"]["posted_id"] for t in store.trajectories()] == ["t0"]
-        assert count(store.path, "exchanges") == 0 and count(store.path, "sessions") == 0
+        assert count(store, "exchanges") == 0 and count(store, "sessions") == 0
         r = store.claim_round(1)
         store.finish_round(r.number)
         assert store.trajectories() == []

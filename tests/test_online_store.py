@@ -1,5 +1,7 @@
-"""The online store on a real SQLite file: durability settings, idempotency, sessions, rounds, export, retention.
+"""The online store: durability settings, idempotency, sessions, rounds, export, retention.
 
+The tests that take `store` or `store_url` run twice, on a SQLite file and on a PostgreSQL
+database (a throwaway cluster, tests/pg_server.py); those about the file itself are SQLite's.
 Crash safety (SIGKILL of a writing process) is in test_online_store_crash.py.
 """
 
@@ -28,7 +30,14 @@ def traj(i: int, *, outcome: str = "success") -> Trajectory:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(store_url: str) -> Store:
+    s = Store.open(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Store:
     s = Store.open(tmp_path / "online.db")
     yield s
     s.close()
@@ -45,8 +54,8 @@ def rows(path: Path, sql: str) -> list[tuple]:
 # ---- the file ----------------------------------------------------------------------------------
 
 
-def test_wal_and_synchronous_full(store: Store) -> None:
-    conn = connect(store.path)
+def test_wal_and_synchronous_full(sqlite_store: Store) -> None:
+    conn = connect(sqlite_store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA user_version").fetchone()[0] == STORE_SCHEMA_VERSION
@@ -185,9 +194,9 @@ def test_store_stitches_like_the_pure_function(store: Store) -> None:
         assert sorted(by_session.values()) == sorted(stitch([e for e, _ in pairs]))
 
 
-def test_idle_sessions_are_closed_with_an_unknown_outcome(tmp_path: Path) -> None:
+def test_idle_sessions_are_closed_with_an_unknown_outcome(store_url: str) -> None:
     now = [1000.0]
-    with Store.open(tmp_path / "s.db", clock=lambda: now[0]) as store:
+    with Store.open(store_url, clock=lambda: now[0]) as store:
         old = store.record_exchange("c", [{"role": "user", "content": "a"}], "r").session_id
         now[0] += 100
         store.record_exchange("c", [{"role": "user", "content": "b"}], "r", session_id="fresh")
@@ -213,7 +222,8 @@ def test_concurrent_exchanges_from_many_threads(store: Store) -> None:
         t.join()
     trajs = store.trajectories()
     assert len(trajs) == CLAIM_THREADS and all(len(t.turns) == 5 for t in trajs)
-    assert rows(store.path, "PRAGMA integrity_check") == [("ok",)]
+    if store.backend == "sqlite":
+        assert rows(store.path, "PRAGMA integrity_check") == [("ok",)]
 
 
 def test_conversations_are_private_files(tmp_path: Path) -> None:
@@ -241,7 +251,7 @@ def test_conversations_are_private_files(tmp_path: Path) -> None:
         os.umask(old)
 
 
-def test_a_posted_trajectory_without_a_source_is_online_and_read_as_a_task(tmp_path: Path) -> None:
+def test_a_posted_trajectory_without_a_source_is_online_and_read_as_a_task(store_url: str) -> None:
     """Not the schema's default `collect` (a grid game `oel collect` played): extraction of a round of
     posted deployment trajectories must use the task wording, not the games'."""
     from oel.extract.templates import GRID_STYLE, TASK_STYLE, round_style
@@ -249,9 +259,36 @@ def test_a_posted_trajectory_without_a_source_is_online_and_read_as_a_task(tmp_p
     body = {"id": "t1", "env_id": "support-desk", "seed": 0, "model_id": "m", "outcome": "solved", "passed": True,
             "turns": [{"prompt": [{"role": "user", "content": "my printer"}], "observation": "my printer",
                        "response": "restart it"}]}
-    with Store.open(tmp_path / "s.sqlite") as store:
+    with Store.open(store_url) as store:
         store.add_trajectory("alice", body)
         store.add_trajectory("alice", {**body, "id": "t2", "source": "collect", "env_id": "FrozenLake-v0-raw"})
         plain, collected = store.trajectories()
     assert (plain.source, collected.source) == ("online", "collect")
     assert round_style([plain]) is TASK_STYLE and round_style([collected]) is GRID_STYLE
+
+
+# ---- PostgreSQL: the database itself ------------------------------------------------------------
+
+
+def test_postgresql_newer_schema_and_foreign_databases_are_refused(pg_url: str, pg_databases) -> None:
+    import psycopg
+
+    Store.open(pg_url).close()
+    Store.open(pg_url).close()  # reopening an existing store creates nothing
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE store_writer SET schema_version = %s", (STORE_SCHEMA_VERSION + 1,))
+    with pytest.raises(DataError, match=f"store schema version {STORE_SCHEMA_VERSION + 1} is newer"):
+        Store.open(pg_url)
+    other = pg_databases.create()
+    with psycopg.connect(other, autocommit=True) as conn:
+        conn.execute("CREATE TABLE sessions (x INTEGER)")
+    with pytest.raises(DataError, match="not an oel online store"):
+        Store.open(other)
+    pg_databases.drop(other)
+
+
+def test_postgresql_connection_errors_are_one_line_without_the_password(pg_url: str) -> None:
+    host = pg_url.split("@", 1)[1].rsplit("/", 1)[0]
+    with pytest.raises(DataError) as e:
+        Store.open(f"postgresql://postgres:s3cret@{host}/no_such_database")
+    assert "cannot open the store" in str(e.value) and "s3cret" not in str(e.value) and "\n" not in str(e.value)

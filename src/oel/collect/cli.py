@@ -68,13 +68,13 @@ def run_serve(config: Any, ns: argparse.Namespace) -> int:
 
 
 def run_import_logs(ns: argparse.Namespace) -> int:
-    from oel.io import check_writable_file
-    from oel.trajectory import import_openai_messages, write_trajectories
+    from oel.collect.importers import import_logs
 
-    check_writable_file(ns.output, "trajectory file")
-    trajs = import_openai_messages(ns.input, env_id=ns.env_id, model_id=ns.model_id)
-    write_trajectories(ns.output, trajs)
-    print(f"imported {len(trajs)} trajectories ({sum(len(t.turns) for t in trajs)} turns) -> {ns.output}")
+    report = import_logs(ns.input, ns.output, format=ns.format, env_id=ns.env_id, model_id=ns.model_id)
+    print(f"imported {report.trajectories} trajectories ({report.calls} model calls, format {report.format}) "
+          f"-> {ns.output}")
+    for line in report.lines():
+        print(line)
     return 0
 
 
@@ -100,12 +100,17 @@ def register(subparsers: Any) -> None:
                     "request are bounded (HTTP 413/400/503/408).",
     )
     p = subparsers.add_parser(
-        "import-logs", help="convert OpenAI-style {\"messages\": [...]} JSONL chat logs into trajectory JSONL",
-        description="Each assistant message becomes a turn; the user message after it is the environment's "
-                    "feedback. Optional per-record fields: id, env_id, seed, model_id, outcome, passed.",
+        "import-logs", help="convert deployment logs (LiteLLM, Langfuse, OpenTelemetry GenAI, OpenAI chat) "
+                            "into trajectory JSONL",
+        description="Model calls are grouped into conversations by the log's session / conversation id, else "
+                    "stitched by prefix as the gateway does; each conversation is one trajectory whose turns' "
+                    "feedback is the user's next message. Tool calls and results are kept as turns. The file is "
+                    "streamed; skipped records are reported by kind. See docs/online.md, 'Importing logs'.",
     )
-    p.add_argument("input", help="JSONL with one {\"messages\": [...]} object per line")
-    p.add_argument("output", help="trajectory JSONL to write (atomically; replaced if it exists)")
-    p.add_argument("--env-id", default="imported", help="env_id for records that do not name one")
-    p.add_argument("--model-id", default="unknown", help="model_id for records that do not name one")
+    p.add_argument("input", help="the log file: JSONL, one record per line")
+    p.add_argument("output", help="trajectory JSONL to write (atomically, 0600; replaced if it exists)")
+    p.add_argument("--format", choices=("litellm", "langfuse", "otel", "openai"), default=None,
+                   help="the log's format (default: detected from its first record)")
+    p.add_argument("--env-id", default="imported", help="env_id of the trajectories (openai records may name one)")
+    p.add_argument("--model-id", default=None, help="model_id of the trajectories (default: the model the log names)")
     p.set_defaults(func=run_import_logs)

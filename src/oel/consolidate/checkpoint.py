@@ -37,6 +37,8 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 OPTIMIZER_FSDP_FILE = "optimizer_fsdp.pt"
 ADAPTER_FILE = "adapter.safetensors"
+LORA_ADAPTER_DIR = "lora_adapter"
+"""In the final model dir of a LoRA round: the unmerged adapter in PEFT's format."""
 LORA_KEY = "lora_"
 
 
@@ -107,11 +109,15 @@ def checkpoint_dir(root: str | os.PathLike, step: int) -> Path:
 
 
 def save_hf_model(model: Any, tokenizer: Any, directory: str | os.PathLike) -> Path:
-    """Write the merged model + tokenizer as a Hugging Face directory, atomically."""
+    """Write the merged model + tokenizer as a Hugging Face directory (and a LoRA round's adapter), atomically."""
     final = Path(directory)
     tmp = _tmp_dir(final)
     try:
         _write_hf(tmp, model, tokenizer)
+        if hasattr(model, "peft_config") and _lora_layers(model):
+            # The adapter alone, in PEFT's format, for servers that apply it to the round's start
+            # model (vLLM LoRA hot swap, oel.online.vllm_lora); loaders of the merged model ignore it.
+            model.save_pretrained(tmp / LORA_ADAPTER_DIR, safe_serialization=True)
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -41,9 +41,10 @@ def _status(config: OnlineConfig, ns: argparse.Namespace) -> int:
 
 
 def _export(ns: argparse.Namespace) -> int:
+    from oel.online.pg import is_url
     from oel.online.store import Store
 
-    if not Path(ns.store).is_file():  # exporting must not create an empty store
+    if not is_url(ns.store) and not Path(ns.store).is_file():  # exporting must not create an empty store
         raise DataError(f"{ns.store}: store not found")
     with Store.open(ns.store) as store:
         n = store.export_jsonl(ns.out, round=ns.round)

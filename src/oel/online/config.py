@@ -60,10 +60,20 @@ class VersionsConfig:
 
 
 @dataclass
+class VllmLoraConfig:
+    """Hot swap for a vLLM that serves the base model with LoRA (oel.online.vllm_lora)."""
+
+    url: str = cfg("", "vLLM's base URL (http://host:8000); each published version is loaded there as the LoRA "
+                       "adapter <prefix>-v<N> and the previous one unloaded; needs consolidate.finetune=lora; '' = off")
+    prefix: str = cfg("oel", "adapter names: <prefix>-v<version>")
+    api_key_env: str = cfg("VLLM_API_KEY", "the environment variable holding vLLM's API key (unset: no key sent)")
+
+
+@dataclass
 class OnlineConfig:
     """A long-running scheduler: rounds of extract -> consolidate (-> gate) over the store's trajectories."""
 
-    store: str = cfg("runs/online/store.sqlite", "the SQLite store the gateway writes (oel.online.store)")
+    store: str = cfg("runs/online/store.sqlite", "the store the gateway writes: a SQLite file or a postgresql:// URL (oel.online.store)")
     run_dir: str = cfg("runs/online/scheduler", "round_<r>/ (trajectories.jsonl, extract/, consolidate/, evaluate*/), metrics.jsonl")
     model: ModelConfig = cfg(help="the base model: version 0, the first round's starting point", factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment held-out evaluation and the gate play (when enabled)", factory=EnvConfig)
@@ -86,6 +96,8 @@ class OnlineConfig:
     publish_hook: str = cfg("", "a command run after each publication (e.g. restart vLLM on the new weights); "
                                 "{model_dir} and {version} are filled in; no shell; at least once per version: "
                                 "a resumed round runs it again; a failing hook is logged, the version stays published")
+    vllm_lora: VllmLoraConfig = cfg(help="hot swap of a vLLM LoRA deployment on each publication",
+                                    factory=VllmLoraConfig)
     hook_timeout_s: float = cfg(600.0, "a publish hook still running after this long is killed (and logged as failed)")
     evaluate_each_round: bool = cfg(False, "evaluate every new version with all the enabled evaluate parts (off: "
                                            "only the gate's part runs, and only when the gate is on)")
@@ -107,6 +119,9 @@ class OnlineConfig:
                               f"{self.every_minutes} and {self.poll_s}")
         if self.versions.keep_last < 0:
             raise ConfigError(f"versions.keep_last: must be >= 0, got {self.versions.keep_last}")
+        if self.vllm_lora.url and self.consolidate.finetune != "lora":
+            raise ConfigError(f"vllm_lora.url: needs consolidate.finetune=lora (a vLLM LoRA deployment loads "
+                              f"adapters), got consolidate.finetune={self.consolidate.finetune}")
         self._check_gate()
         self.loop_config()  # the loop's rules on stage fields the scheduler owns
 

@@ -52,7 +52,7 @@ RESPONDERS = ("local", "upstream", "none")
 class GatewayConfig:
     """`oel gateway`: the store, who answers, who may call, and the limits."""
 
-    store: str = cfg("online/store.sqlite", "the SQLite store file (created if new)")
+    store: str = cfg("online/store.sqlite", "the store: a SQLite file (created if new) or a postgresql:// URL (docs/online.md)")
     retention: str = cfg("keep", "keep | delete_after_consolidation (the store's retention policy)")
     responder: Literal["local", "upstream", "none"] = cfg("local", "local: serve `model` in this process; upstream: "
                                                           "forward to upstream_url; none: trajectories only")

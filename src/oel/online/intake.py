@@ -1,7 +1,7 @@
 """What arrives at the store: exchanges into sessions, ended sessions and posted trajectories into rows.
 
 Functions over a connection inside the Store's write transaction, on inputs the Store has
-validated. Each stored trajectory gets the id `online-<n>` (n never reused: AUTOINCREMENT), so ids
+validated; the SQL is the dialect SQLite and PostgreSQL share (oel.online.pg runs it there). Each stored trajectory gets the id `online-<n>` (n never reused: AUTOINCREMENT), so ids
 stay unique in every export even when two clients post the same id; a posted trajectory keeps
 its own id as `meta.online.posted_id`.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from oel.online.errors import ConflictError, NotFoundError
 from oel.online.rounds import bump
@@ -55,31 +55,32 @@ def body_sha256(traj: Trajectory) -> str:
 # ---- exchanges ------------------------------------------------------------------------------
 
 
-def insert_exchange(conn: sqlite3.Connection, client: str, name: str | None, ex: Exchange, now: float) -> Recorded:
+def insert_exchange(conn: Any, client: str, name: str | None, ex: Exchange, now: float) -> Recorded:
     """Append `ex` to the client's session `name`, or to the stitched session it continues."""
     session, name = _named_session(conn, client, name, now) if name else _stitched_session(conn, client, ex, now)
     messages = json.dumps([m.model_dump() for m in ex.messages], ensure_ascii=False)
-    cur = conn.execute(
+    exchange_id = conn.execute(
         "INSERT INTO exchanges (session, client, messages, response, model_id, prompt_tokens, response_tokens, "
-        "tail_key, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (session, client, messages, ex.response, ex.model_id, ex.prompt_tokens, ex.response_tokens, tail_key(ex), now))
-    conn.execute("UPDATE sessions SET last_exchange = ?, updated = ? WHERE id = ?", (cur.lastrowid, now, session))
+        "tail_key, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (session, client, messages, ex.response, ex.model_id, ex.prompt_tokens, ex.response_tokens, tail_key(ex),
+         now)).fetchone()[0]
+    conn.execute("UPDATE sessions SET last_exchange = ?, updated = ? WHERE id = ?", (exchange_id, now, session))
     bump(conn, "exchanges_recorded")
-    return Recorded(name, cur.lastrowid)
+    return Recorded(name, exchange_id)
 
 
-def _named_session(conn: sqlite3.Connection, client: str, name: str, now: float) -> tuple[int, str]:
+def _named_session(conn: Any, client: str, name: str, now: float) -> tuple[int, str]:
     row = conn.execute("SELECT id, status FROM sessions WHERE client = ? AND name = ?", (client, name)).fetchone()
     if row is None:
-        cur = conn.execute("INSERT INTO sessions (client, name, auto, status, created, updated) "
-                           "VALUES (?, ?, 0, 'open', ?, ?)", (client, name, now, now))
-        return cur.lastrowid, name
+        session = conn.execute("INSERT INTO sessions (client, name, auto, status, created, updated) "
+                               "VALUES (?, ?, 0, 'open', ?, ?) RETURNING id", (client, name, now, now)).fetchone()[0]
+        return session, name
     if row[1] != "open":
         raise ConflictError(f"session_id: session '{name}' has ended; a new conversation needs a new session id")
     return row[0], name
 
 
-def _stitched_session(conn: sqlite3.Connection, client: str, ex: Exchange, now: float) -> tuple[int, str]:
+def _stitched_session(conn: Any, client: str, ex: Exchange, now: float) -> tuple[int, str]:
     """The client's open stitched session `ex` continues (sessions.choose_conversation), or a new one."""
     keys = prefix_keys(ex.messages)
     rows = conn.execute(
@@ -89,17 +90,17 @@ def _stitched_session(conn: sqlite3.Connection, client: str, ex: Exchange, now: 
     session = choose_conversation(keys, [Candidate(s, key, bool(latest)) for s, key, latest in rows])
     if session is not None:
         return session, f"{AUTO_SESSION_PREFIX}{session}"
-    cur = conn.execute("INSERT INTO sessions (client, auto, status, created, updated) VALUES (?, 1, 'open', ?, ?)",
-                       (client, now, now))
-    name = f"{AUTO_SESSION_PREFIX}{cur.lastrowid}"
-    conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, cur.lastrowid))
-    return cur.lastrowid, name
+    session = conn.execute("INSERT INTO sessions (client, auto, status, created, updated) "
+                           "VALUES (?, 1, 'open', ?, ?) RETURNING id", (client, now, now)).fetchone()[0]
+    name = f"{AUTO_SESSION_PREFIX}{session}"
+    conn.execute("UPDATE sessions SET name = ? WHERE id = ?", (name, session))
+    return session, name
 
 
 # ---- ending sessions ------------------------------------------------------------------------
 
 
-def end_session(conn: sqlite3.Connection, client: str, name: str, outcome: str, passed: bool | None, env_id: str,
+def end_session(conn: Any, client: str, name: str, outcome: str, passed: bool | None, env_id: str,
                 now: float) -> Added:
     """Store the session's trajectory; the same end again is a duplicate, a different one a conflict."""
     row = conn.execute("SELECT id, status, outcome, passed, env_id, trajectory FROM sessions "
@@ -121,7 +122,7 @@ def _exchange_from_row(row: tuple) -> Exchange:
                     prompt_tokens, response_tokens)
 
 
-def store_session(conn: sqlite3.Connection, session: int, outcome: str, passed: bool | None, env_id: str,
+def store_session(conn: Any, session: int, outcome: str, passed: bool | None, env_id: str,
                   now: float) -> str:
     """Build the open session's trajectory from its exchanges, store it, mark the session ended."""
     client, name, auto = conn.execute("SELECT client, name, auto FROM sessions WHERE id = ?", (session,)).fetchone()
@@ -140,7 +141,7 @@ def store_session(conn: sqlite3.Connection, session: int, outcome: str, passed: 
     return trajectory_id
 
 
-def idle_sessions(conn: sqlite3.Connection, cutoff: float) -> list[int]:
+def idle_sessions(conn: Any, cutoff: float) -> list[int]:
     """Open sessions whose last exchange is older than `cutoff`, oldest first."""
     return [r[0] for r in conn.execute("SELECT id FROM sessions WHERE status = 'open' AND updated < ? ORDER BY id",
                                        (cutoff,))]
@@ -149,7 +150,7 @@ def idle_sessions(conn: sqlite3.Connection, cutoff: float) -> list[int]:
 # ---- posted trajectories --------------------------------------------------------------------
 
 
-def add_post(conn: sqlite3.Connection, client: str, traj: Trajectory, key: str | None, now: float) -> Added:
+def add_post(conn: Any, client: str, traj: Trajectory, key: str | None, now: float) -> Added:
     """Store a posted trajectory once per idempotency key: a retry gets the first id, another body a conflict."""
     digest = body_sha256(traj)
     if key is not None:
@@ -170,14 +171,14 @@ def add_post(conn: sqlite3.Connection, client: str, traj: Trajectory, key: str |
     return Added(trajectory_id)
 
 
-def _new_trajectory_row(conn: sqlite3.Connection, origin: str, session: int | None, client: str,
+def _new_trajectory_row(conn: Any, origin: str, session: int | None, client: str,
                         now: float) -> tuple[int, str]:
     """Reserve a row; its number names the trajectory."""
-    cur = conn.execute("INSERT INTO trajectories (body, origin, session, client, created) VALUES ('', ?, ?, ?, ?)",
-                       (origin, session, client, now))
-    return cur.lastrowid, f"{TRAJECTORY_ID_PREFIX}{cur.lastrowid}"
+    seq = conn.execute("INSERT INTO trajectories (body, origin, session, client, created) VALUES ('', ?, ?, ?, ?) "
+                       "RETURNING seq", (origin, session, client, now)).fetchone()[0]
+    return seq, f"{TRAJECTORY_ID_PREFIX}{seq}"
 
 
-def _write_body(conn: sqlite3.Connection, seq: int, traj: Trajectory) -> None:
+def _write_body(conn: Any, seq: int, traj: Trajectory) -> None:
     body = json.dumps(traj.model_dump(mode="json"), ensure_ascii=False)
     conn.execute("UPDATE trajectories SET id = ?, body = ? WHERE seq = ?", (traj.id, body, seq))

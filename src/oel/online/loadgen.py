@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,15 +146,18 @@ class _Client:
         self.conn = None
 
 
-def run_load(host: str, port: int, api_key: str, *, trajectories: int, clients: int, timeout_s: float,
+def run_load(host: str, port: int | Sequence[int], api_key: str, *, trajectories: int, clients: int, timeout_s: float,
              result: LoadResult | None = None) -> LoadResult:
-    """`clients` threads post `trajectories` in all (split evenly); returns when each is acknowledged or given up."""
+    """`clients` threads post `trajectories` in all (split evenly); returns when each is acknowledged or given up.
+
+    Several ports: client c talks to gateway c mod n (several gateways writing one store at once)."""
+    ports = [port] if isinstance(port, int) else list(port)
     result = result if result is not None else LoadResult()
     deadline = time.monotonic() + timeout_s
     per_client = [list(range(c, trajectories, clients)) for c in range(clients)]
 
     def work(c: int) -> None:
-        client = _Client(host, port, api_key, result, deadline)
+        client = _Client(host, ports[c % len(ports)], api_key, result, deadline)
         for i in per_client[c]:
             client.post(f"load-c{c}-t{i}", make_trajectory(c, i))
         client._drop()

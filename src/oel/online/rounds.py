@@ -6,8 +6,8 @@ nothing.
 
 - **Claim**: a worker first gets back its own round that was claimed and neither finished nor
   failed (a crash mid-round), with the same trajectories in the same order; only when it has none
-  does it claim the oldest unconsumed trajectories as a new round. The claim is one BEGIN IMMEDIATE
-  transaction: two claimers never share a trajectory, and a round is never run on two batches.
+  does it claim the oldest unconsumed trajectories as a new round. The claim is one write
+  transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writers' row lock, oel.online.pg): two claimers never share a trajectory, and a round is never run on two batches.
 - **Fail**: the round's trajectories return to the pool for a later round, since most failures
   (an exception, a non-finite loss) say nothing about the data; a trajectory that was in
   `max_failed_rounds` failed rounds stays out of the pool (`held`), so one poisonous trajectory
@@ -19,15 +19,12 @@ nothing.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from oel.online.errors import ConflictError, NotFoundError
 
 RoundStatus = Literal["started", "done", "failed"]
-NO_LIMIT = -1
-"""SQLite's LIMIT for 'all rows'."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +48,10 @@ class Deleted:
     exchanges: int = 0
 
 
-def bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+def bump(conn: Any, name: str, by: int = 1) -> None:
     """Add to an operator counter, in the caller's transaction."""
     conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                 "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, by))
+                 "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value", (name, by))
 
 
 def _round_from_row(row: tuple, *, resumed: bool = False) -> Round:
@@ -62,7 +59,7 @@ def _round_from_row(row: tuple, *, resumed: bool = False) -> Round:
     return Round(number, worker, status, tuple(json.loads(ids)), resumed)
 
 
-def load(conn: sqlite3.Connection, number: int) -> Round:
+def load(conn: Any, number: int) -> Round:
     row = conn.execute("SELECT number, worker, status, trajectory_ids FROM rounds WHERE number = ?",
                        (number,)).fetchone()
     if row is None:
@@ -70,23 +67,22 @@ def load(conn: sqlite3.Connection, number: int) -> Round:
     return _round_from_row(row)
 
 
-def pool_count(conn: sqlite3.Connection, max_failed_rounds: int) -> int:
+def pool_count(conn: Any, max_failed_rounds: int) -> int:
     """Trajectories a new round may claim."""
     return conn.execute("SELECT count(*) FROM trajectories WHERE consumed_by_round IS NULL AND failed_rounds < ?",
                         (max_failed_rounds,)).fetchone()[0]
 
 
-def claim(conn: sqlite3.Connection, *, min_trajectories: int, max_trajectories: int | None, worker: str,
+def claim(conn: Any, *, min_trajectories: int, max_trajectories: int | None, worker: str,
           max_failed_rounds: int, now: float) -> Round | None:
     """The worker's unfinished round, else a new round of the oldest pool trajectories, else None."""
     row = conn.execute("SELECT number, worker, status, trajectory_ids FROM rounds "
                        "WHERE status = 'started' AND worker = ? ORDER BY number LIMIT 1", (worker,)).fetchone()
     if row is not None:
         return _round_from_row(row, resumed=True)
-    limit = NO_LIMIT if max_trajectories is None else max_trajectories
-    ids = [r[0] for r in conn.execute(
-        "SELECT id FROM trajectories WHERE consumed_by_round IS NULL AND failed_rounds < ? ORDER BY seq LIMIT ?",
-        (max_failed_rounds, limit))]
+    pool = "SELECT id FROM trajectories WHERE consumed_by_round IS NULL AND failed_rounds < ? ORDER BY seq"
+    ids = [r[0] for r in (conn.execute(pool, (max_failed_rounds,)) if max_trajectories is None
+                          else conn.execute(pool + " LIMIT ?", (max_failed_rounds, max_trajectories)))]
     if len(ids) < min_trajectories:
         return None
     number = conn.execute("SELECT coalesce(max(number) + 1, 0) FROM rounds").fetchone()[0]
@@ -97,7 +93,7 @@ def claim(conn: sqlite3.Connection, *, min_trajectories: int, max_trajectories: 
     return Round(number, worker, "started", tuple(ids))
 
 
-def _settle(conn: sqlite3.Connection, number: int, status: RoundStatus, now: float) -> bool:
+def _settle(conn: Any, number: int, status: RoundStatus, now: float) -> bool:
     """Mark a started round `status`; False when it already has that status (a retry changes nothing)."""
     current = load(conn, number).status
     if current == status:
@@ -108,13 +104,13 @@ def _settle(conn: sqlite3.Connection, number: int, status: RoundStatus, now: flo
     return True
 
 
-def finish(conn: sqlite3.Connection, number: int, now: float) -> Round:
+def finish(conn: Any, number: int, now: float) -> Round:
     """The round is done: its trajectories stay consumed by it."""
     _settle(conn, number, "done", now)
     return load(conn, number)
 
 
-def fail(conn: sqlite3.Connection, number: int, now: float) -> Round:
+def fail(conn: Any, number: int, now: float) -> Round:
     """The round failed: its trajectories return to the pool, each one failed round closer to being held."""
     if _settle(conn, number, "failed", now):
         conn.execute("UPDATE trajectories SET consumed_by_round = NULL, failed_rounds = failed_rounds + 1 "
@@ -122,7 +118,7 @@ def fail(conn: sqlite3.Connection, number: int, now: float) -> Round:
     return load(conn, number)
 
 
-def delete_done(conn: sqlite3.Connection, *, before_round: int | None = None, only_round: int | None = None) -> Deleted:
+def delete_done(conn: Any, *, before_round: int | None = None, only_round: int | None = None) -> Deleted:
     """Delete the trajectories of done rounds (numbered below `before_round`, or `only_round`), their sessions and exchanges."""
     if only_round is not None:
         where, arg = "r.number = ?", only_round

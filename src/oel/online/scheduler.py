@@ -45,6 +45,7 @@ from oel.loop.context import MetricsLog, RoundContext
 from oel.models import ModelConfig
 from oel.online.config import GATE_METRIC, OnlineConfig
 from oel.online.gate import compare, refuse_collapse
+from oel.online.pg import is_url
 from oel.online.rounds import Round
 from oel.online.store import Store
 from oel.online.versions import Version, Versions, version_name
@@ -303,9 +304,17 @@ class Scheduler:
         metrics = {f"consolidate_{k}": v for k, v in consolidated.items()}
         v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict, parent=ctx.start.version)
         log.info("round %d: published %s", ctx.round, version_name(v.version))
+        out: dict[str, Any] = {"version": v.version}
+        if self.config.vllm_lora.url:
+            out.update(self._swap_vllm_lora(v))
         if self.config.publish_hook:
-            return {"version": v.version, **run_hook(self.config.publish_hook, v, self.config.hook_timeout_s)}
-        return {"version": v.version}
+            out.update(run_hook(self.config.publish_hook, v, self.config.hook_timeout_s))
+        return out
+
+    def _swap_vllm_lora(self, v: Version) -> dict[str, Any]:
+        from oel.online.vllm_lora import swap_published
+
+        return swap_published(self.config.vllm_lora, self.versions, v)
 
     # ---- operator metrics and the service loop ----------------------------------------------
 
@@ -374,7 +383,7 @@ def status(config: OnlineConfig) -> dict[str, Any]:
     """What an operator asks first: the store's numbers, the current version, the last round row."""
     from oel.io import iter_jsonl
 
-    if not Path(config.store).is_file():  # a status query must not create an empty store
+    if not is_url(config.store) and not Path(config.store).is_file():  # a status query must not create an empty store
         raise DataError(f"{config.store}: store not found (the gateway creates it; check `store`)")
     with Store.open(config.store, retention=config.retention) as store:
         stats = store.stats()

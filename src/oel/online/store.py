@@ -1,4 +1,10 @@
-"""The online mode's durable store: exchanges, sessions, trajectories, rounds, in one SQLite file.
+"""The online mode's durable store: exchanges, sessions, trajectories, rounds, in SQLite or PostgreSQL.
+
+`Store.open(path)` opens the embedded default, one SQLite file (oel.online.schema);
+`Store.open("postgresql://...")` a PostgreSQL database that gateways and schedulers on several
+hosts share (oel.online.pg). Both run the same SQL (oel.online.intake, oel.online.rounds) and give
+the same guarantees; the paragraphs below describe SQLite, oel.online.pg says how PostgreSQL
+orders its writers.
 
 The gateway records every chat exchange and every posted trajectory here and acknowledges the
 request after the call returns; the scheduler claims rounds of complete trajectories and exports
@@ -21,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,10 +36,9 @@ from typing import Any, Literal
 
 from oel.errors import ConfigError, DataError
 from oel.io import PRIVATE_FILE_MODE, make_dirs
-from oel.online import intake, rounds
+from oel.online import intake, pg, rounds, schema
 from oel.online.intake import AUTO_SESSION_PREFIX, Added, Recorded
 from oel.online.rounds import Deleted, Round, bump
-from oel.online.schema import connect, ensure_schema, transaction
 from oel.online.sessions import ONLINE_ENV_ID, STITCHED_SOURCE, Exchange, parse_messages
 from oel.trajectory import Message, Trajectory, parse_trajectory, write_trajectories
 
@@ -92,9 +96,14 @@ def _validated_post(trajectory: Trajectory | Mapping[str, Any]) -> Trajectory:
 class Store:
     """The durable store of the online mode; open with `Store.open(path)`, close (or `with`) when done."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, *, retention: Retention, max_failed_rounds: int,
+    def __init__(self, path: Path | str, conn: Any, *, retention: Retention, max_failed_rounds: int,
                  clock: Callable[[], float]) -> None:
         self.path = path
+        """The SQLite file, or the PostgreSQL URL (what `Store.open` was given)."""
+        self.backend = "postgresql" if isinstance(path, str) else "sqlite"
+        self._connect: Callable[[], Any] = (lambda: pg.connect(path)) if isinstance(path, str) else (
+            lambda: schema.connect(path))
+        self._tx = pg.transaction if isinstance(path, str) else schema.transaction
         self.retention = retention
         self.max_failed_rounds = max_failed_rounds
         self._conn = conn
@@ -104,19 +113,32 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike, *, retention: Retention = "keep",
              max_failed_rounds: int = MAX_FAILED_ROUNDS, clock: Callable[[], float] = time.time) -> Store:
-        """Open (creating if new) the store at `path`; refuses a newer schema or a file that is no store."""
+        """Open (creating if new) the store at `path` (a SQLite file) or a `postgresql://` URL; refuses a
+        newer schema, or a file / database that is no store."""
         if retention not in RETENTION_POLICIES:
             raise ConfigError(f"retention: expected one of {', '.join(RETENTION_POLICIES)}, got {retention!r}")
         _check_count("max_failed_rounds", max_failed_rounds, least=1)
-        path = Path(path)
-        _create_private(path)
-        conn = connect(path)
+        if pg.is_url(path):
+            url = str(path)
+            conn = pg.connect(url)
+            init: Callable[[], None] = lambda: pg.ensure_schema(conn)  # noqa: E731
+            where: Path | str = url
+        else:
+            where = Path(path)
+            _create_private(where)
+            conn = schema.connect(where)
+            init = lambda: schema.ensure_schema(conn, where)  # noqa: E731
         try:
-            ensure_schema(conn, path)
+            init()
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, retention=retention, max_failed_rounds=max_failed_rounds, clock=clock)
+        return cls(where, conn, retention=retention, max_failed_rounds=max_failed_rounds, clock=clock)
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages: the file, or the URL without its password."""
+        return pg.redact(self.path) if isinstance(self.path, str) else str(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -129,16 +151,22 @@ class Store:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, transaction(self._conn) as conn:
+    def _write(self) -> Iterator[Any]:
+        with self._lock, self._tx(self._conn) as conn:
             yield conn
 
     @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A consistent read on a connection of its own (WAL readers never block the writer)."""
-        conn = connect(self.path)
+    def _read(self) -> Iterator[Any]:
+        """A consistent read on the shared connection (short ones: a count, a round's row)."""
+        with self._lock, self._tx(self._conn, write=False) as conn:
+            yield conn
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Any]:
+        """A consistent read on a connection of its own (readers never block the writer)."""
+        conn = self._connect()
         try:
-            with transaction(conn, write=False):
+            with self._tx(conn, write=False):
                 yield conn
         finally:
             conn.close()
@@ -213,8 +241,8 @@ class Store:
 
     def count_unconsumed(self) -> int:
         """Complete trajectories no round has claimed yet (held ones excluded)."""
-        with self._lock:
-            return rounds.pool_count(self._conn, self.max_failed_rounds)
+        with self._read() as conn:
+            return rounds.pool_count(conn, self.max_failed_rounds)
 
     def claim_round(self, min_trajectories: int, *, max_trajectories: int | None = None,
                     worker: str = DEFAULT_WORKER) -> Round | None:
@@ -229,8 +257,8 @@ class Store:
                                 worker=worker, max_failed_rounds=self.max_failed_rounds, now=self._clock())
 
     def round(self, number: int) -> Round:
-        with self._lock:
-            return rounds.load(self._conn, number)
+        with self._read() as conn:
+            return rounds.load(conn, number)
 
     def finish_round(self, number: int) -> Round:
         """The round's model is published; with delete_after_consolidation its conversations go now."""
@@ -262,7 +290,7 @@ class Store:
                 bodies = self._round_bodies(conn, round)
         return [self._parse_body(body) for body in bodies]
 
-    def _round_bodies(self, conn: sqlite3.Connection, number: int) -> list[str]:
+    def _round_bodies(self, conn: Any, number: int) -> list[str]:
         ids = rounds.load(conn, number).trajectory_ids
         found = dict(conn.execute("SELECT id, body FROM trajectories WHERE id IN (SELECT value FROM json_each(?))",
                                   (json.dumps(ids),)).fetchall())
@@ -275,7 +303,7 @@ class Store:
         try:
             return parse_trajectory(json.loads(body))
         except ValueError as e:
-            raise DataError(f"{self.path}: a stored trajectory does not validate ({e})") from None
+            raise DataError(f"{self.location}: a stored trajectory does not validate ({e})") from None
 
     def export_jsonl(self, path: str | os.PathLike, *, round: int | None = None) -> int:
         """Write the trajectories (all, or one round's) as trajectory JSONL, atomically; returns how many."""
@@ -285,7 +313,7 @@ class Store:
 
     def stats(self) -> dict[str, int]:
         """Operator numbers: monotonic counters (received = stored + duplicate + rejected) and current counts."""
-        with self._lock, transaction(self._conn, write=False) as conn:
+        with self._read() as conn:
             out = dict.fromkeys(COUNTERS, 0) | dict(conn.execute("SELECT name, value FROM counters").fetchall())
             out["trajectories_received"] = sum(out[f"trajectories_{k}"] for k in ("stored", "duplicate", "rejected"))
             out["trajectories_unconsumed"] = rounds.pool_count(conn, self.max_failed_rounds)
