@@ -52,10 +52,19 @@ STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
 }
 
 
-def stage_dependencies(stage: str, r: int) -> frozenset[str]:
+KNOWLEDGE_READERS_OF_EVALUATE = frozenset({"extract", "extractor", "knowledge_file", "consolidate.teacher_model",
+                                           "consolidate.teacher_dtype", "consolidate.teacher_template"})
+"""What an evaluate stage reads only for its in-context part (and the teacher gap, which runs with it)."""
+
+
+def stage_dependencies(stage: str, r: int, *, in_context: bool = True) -> frozenset[str]:
     """The config keys stage `stage` of round r depends on: its own, plus (through M_r) all of
-    round r-1's consolidate's."""
+    round r-1's consolidate's. Without in-context evaluation (`in_context=False` in both runs) an
+    evaluate stage reads no knowledge of its own round, so the lessons' settings drop out of its own
+    entry (M_r still depends on earlier rounds' lessons)."""
     own = STAGE_DEPENDENCIES[stage]
+    if stage == "evaluate" and not in_context:
+        own = own - KNOWLEDGE_READERS_OF_EVALUATE
     return own if r == 0 else own | stage_dependencies("consolidate", r - 1)
 
 
@@ -94,7 +103,8 @@ class ReuseSource:
             return None
         # Through YAML like the source's config.yaml, so that both sides are the same plain types.
         mine = yaml.safe_load(yaml.safe_dump(to_dict(config)))
-        keys = stage_dependencies(stage, r)
+        in_context = bool(config.in_context_eval or self.config.get("in_context_eval", True))
+        keys = stage_dependencies(stage, r, in_context=in_context)
         differing = diff_keys(select(self.config, keys), select(mine, keys))
         if differing:
             log.info("round %d %s: not reused from %s (config differs in: %s)", r, stage, src, ", ".join(differing))
