@@ -362,3 +362,15 @@ def test_reuse_from_refuses_stages_whose_template_file_was_edited(tiny_model, so
     assert [rs for rs in everything if reuse.reusable(config, *rs)] == [(0, "collect"), (0, "extract"), (0, "evaluate")]
     extraction.write_text("Known:\n{knowledge}\nRecord:\n{trajectory}\nWrite a rule.")
     assert [rs for rs in everything if reuse.reusable(config, *rs)] == [(0, "collect")]
+
+
+def test_evaluate_without_in_context_play_does_not_depend_on_the_lessons():
+    from oel.loop.reuse import stage_dependencies
+
+    with_icl = stage_dependencies("evaluate", 0)
+    without = stage_dependencies("evaluate", 0, in_context=False)
+    assert {"knowledge_file", "extract", "consolidate.teacher_model"} <= with_icl
+    assert not {"knowledge_file", "extract", "extractor"} & without
+    assert {"model", "env", "collect", "evaluate"} <= without
+    # M_1 is made from round 0's lessons: round 1's evaluate depends on them whatever its own play
+    assert "knowledge_file" in stage_dependencies("evaluate", 1, in_context=False)
