@@ -52,8 +52,9 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
         md += [line for w in collapse_warnings(data) for line in (w, "")]
     if data.answer_meters:
         md += ["The exact answer meter: the probability of every answer the game accepts, scored (not sampled) at "
-               "the states of held-out games as a reference player reaches them. E[ok] is the mass on answers "
-               "consistent with everything the game has said, E[good] on the best answers, E[value] the exact "
+               "the states of held-out games as a reference player reaches them. E[ok] is the mass on the answers "
+               "the game's oracle accepts (GuessTheNumber: consistent with every hint; Blackjack: the best "
+               "answer), E[good] on the best answers, E[value] the exact "
                "chance of winning after the answer (best play afterwards); 'state-blind' is what the model's "
                "average answer distribution alone would score: a model whose E[ok] is no higher answers by prior.",
                "", answer_meter_table(data), ""]

@@ -171,7 +171,7 @@ def plot_curves(data: RunData, out: Path) -> Path | None:
 
 def plot_compare(runs: list[RunData], out: Path, key: str, ylabel: str, filename: str) -> Path | None:
     """One metric per round for several runs (the main run and its ablations); CIs for pass rates."""
-    series = [(data, sorted(r for r in data.evaluate if key in data.evaluate[r])) for data in runs]
+    series = [(data, sorted(r for r in data.evaluate if data.evaluate[r].get(key) is not None)) for data in runs]
     if not any(xs for _, xs in series):
         return None
     fig, ax = _axes((6, 3.5))

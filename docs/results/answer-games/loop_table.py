@@ -1,0 +1,42 @@
+"""The Blackjack loop next to its control: held-out wins and the exact meter, paired with M_0 and
+main with control.
+
+    python docs/results/answer-games/loop_table.py runs/bj-1.5b runs/bj-1.5b-control
+
+Rows: every M_r of each run (M_0 is shared: the control reuses the main run's round-0 evaluation).
+Wins are 128 held-out games x 3 sampling seeds with a Wilson 95% CI; the meter's CIs are bootstraps
+over the 48 held-out probe games, paired on the same states.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from oel.evaluate.answer_meter import paired_answer_gap
+from oel.report.gather import gather
+
+HIT = "[Hit]"
+
+
+def ci(g: dict) -> str:
+    return f"{100 * g['diff']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
+
+
+main, control = gather(sys.argv[1]), gather(sys.argv[2])
+base = main.answer_meters[0]
+print("| run | model | held-out wins (95% CI) | tokens/turn | E[value] exact | E[value] - M_0 (95% CI) | "
+      "E[best answer] - M_0 | P([Hit]) | state-answer information | vs the control's M_r: E[value] |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for data in (main, control):
+    for r in sorted(data.answer_meters):
+        if data is control and r == 0:
+            continue
+        ev, m = data.evaluate[r], data.answer_meters[r]
+        wins = (f"{ev['game_passed']}/{ev['game_episodes']} = {100 * ev['game_pass_rate']:.1f}% "
+                f"[{100 * ev['game_ci_low']:.1f}, {100 * ev['game_ci_high']:.1f}]")
+        vs0 = ci(paired_answer_gap(m, base, "value")) if r else "-"
+        ok0 = ci(paired_answer_gap(m, base, "ok")) if r else "-"
+        other = control.answer_meters.get(r) if data is main and r else None
+        vsc = ci(paired_answer_gap(m, other, "value")) if other is not None else "-"
+        print(f"| {data.name} | M_{r} | {wins} | {ev['game_tokens_per_turn']:.2f} | {100 * m.mean('value'):.1f}% | "
+              f"{vs0} | {ok0} | {m.average_distribution().get(HIT, 0.0):.2f} | {m.dependence():.3f} | {vsc} |")
