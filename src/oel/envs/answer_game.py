@@ -28,12 +28,13 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import textarena as ta
 
 from oel.envs import EnvConfig
-from oel.envs.actions import NO_ACTION_TEXT, THINK_CLOSE, answer_text
+from oel.envs.actions import NO_ACTION_TEXT, answer_text
 from oel.envs.base import StepResult
 from oel.envs.textarena_games import TEXTARENA_PLAYER_ACTION, TEXTARENA_PROMPT, isolated_global_random
 from oel.errors import EnvironmentTextError
@@ -47,6 +48,9 @@ GAME_LABEL = "The game replied:"
 """How the history renders each answer and reply. Not TextArena's `[Player] [10]` / `[GAME] ...`
 lines: with those, the models continue the transcript (writing the game's next reply themselves)
 instead of answering, and the meter's answers cover under a fifth of what they emit."""
+
+VALUE_TOLERANCE = 1e-9
+"""Answers whose oracle value is within this of the best count as best (`good`)."""
 
 REASON_WON = "won"
 REASON_LOST = "lost"
@@ -88,6 +92,10 @@ class TextArenaAnswerGame:
 
     def answers(self) -> tuple[str, ...]:
         """Every canonical answer one may try at the current state (the meter's answer set)."""
+        raise NotImplementedError
+
+    def answer_labels(self, answers: Sequence[str]) -> tuple[list[float], tuple[bool, ...], tuple[bool, ...]]:
+        """The oracle at the current state (measurement only): per answer, (exact value, ok, invalid)."""
         raise NotImplementedError
 
     def classify(self, reason: str, reward: float) -> str:
@@ -182,4 +190,4 @@ class TextArenaAnswerGame:
         return f"{self.turns} turn{'s' if self.turns != 1 else ''}"
 
 
-__all__ = ["TextArenaAnswerGame", "REASON_WON", "REASON_LOST", "REASON_INVALID", "REASON_TURN_LIMIT", "THINK_CLOSE"]
+__all__ = ["TextArenaAnswerGame", "REASON_WON", "REASON_LOST", "REASON_INVALID", "REASON_TURN_LIMIT"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import textarena as ta
 
-from oel.envs.answer_game import REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
+from oel.envs.answer_game import VALUE_TOLERANCE, REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
 
 HIT, STAND = "[Hit]", "[Stand]"
 ANSWERS: tuple[str, ...] = (HIT, STAND)
@@ -177,6 +177,11 @@ class BlackjackGame(TextArenaAnswerGame):
 
     def dealer_card(self) -> str:
         return str(self.textarena_env.state.game_state["dealer_hand"][0])
+
+    def answer_labels(self, answers: Sequence[str]) -> tuple[list[float], tuple[bool, ...], tuple[bool, ...]]:
+        values = action_values(self.player_cards(), self.dealer_card(), answers, self.turns_left())
+        best = max(values)
+        return values, tuple(v >= best - VALUE_TOLERANCE for v in values), tuple(False for _ in answers)
 
     def turns_left(self) -> int:
         """Answers left for this hand (the episode's cap binds a one-hand episode exactly)."""

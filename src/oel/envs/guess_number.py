@@ -91,6 +91,14 @@ class GuessTheNumberGame(TextArenaAnswerGame):
         history = tuple((int(g), h) for g, h in self.textarena_env.state.game_state["guess_history"])
         return GuessState(self.config.guess_min, self.config.guess_max, history)
 
+    def answer_labels(self, answers: Sequence[str]) -> tuple[list[float], tuple[bool, ...], tuple[bool, ...]]:
+        state = self.player_state()
+        cands = set(state.candidates())
+        tried = {g for g, _ in state.history}
+        numbers = [int(a.strip("[]")) for a in answers]
+        return (answer_values(state, answers, self.config.max_turns - self.turns),
+                tuple(n in cands for n in numbers), tuple(n in tried for n in numbers))
+
     def target(self) -> int:
         """The secret number (measurement only: e.g. checking that probe states are replayed exactly)."""
         return int(self.textarena_env.state.game_state["game_number"])

@@ -21,44 +21,21 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from oel.envs import EnvConfig, make_env
-from oel.envs.answer_game import TextArenaAnswerGame
+from oel.envs.answer_game import VALUE_TOLERANCE, TextArenaAnswerGame
 from oel.errors import ConfigError, DataError
 from oel.evaluate.answer_meter import AnswerProbe
 from oel.trajectory import Trajectory
 
 Policy = Callable[[TextArenaAnswerGame, random.Random], str]
-VALUE_TOLERANCE = 1e-9
-"""Answers whose oracle value is within this of the best count as `good`."""
 
 
 def label(game: TextArenaAnswerGame, key: str, seed: int) -> AnswerProbe:
     """The current state of `game` as a probe, every answer labelled by the game's oracle."""
     answers = game.answers()
-    values, ok, invalid = oracle_labels(game, answers)
+    values, ok, invalid = game.answer_labels(answers)
     best = max(values)
     good = tuple(v >= best - VALUE_TOLERANCE for v in values)
     return AnswerProbe(key, seed, game.turns, game.observation(), answers, good, ok, invalid, tuple(values))
-
-
-def oracle_labels(game: TextArenaAnswerGame, answers: Sequence[str]
-                  ) -> tuple[list[float], tuple[bool, ...], tuple[bool, ...]]:
-    """(value, ok, invalid) per answer from the game's own oracle."""
-    from oel.envs.guess_number import GuessTheNumberGame, answer_values
-
-    if isinstance(game, GuessTheNumberGame):
-        state = game.player_state()
-        cands = set(state.candidates())
-        tried = {g for g, _ in state.history}
-        values = answer_values(state, answers, game.config.max_turns - game.turns)
-        numbers = [int(a.strip("[]")) for a in answers]
-        return values, tuple(n in cands for n in numbers), tuple(n in tried for n in numbers)
-    from oel.envs.blackjack import BlackjackGame, action_values
-
-    if isinstance(game, BlackjackGame):
-        values = action_values(game.player_cards(), game.dealer_card(), answers, game.turns_left())
-        best = max(values)
-        return values, tuple(v >= best - VALUE_TOLERANCE for v in values), tuple(False for _ in answers)
-    raise ConfigError(f"meter: no oracle for {type(game).__name__}")
 
 
 def played_probes(config: EnvConfig, seeds: Iterable[int], policy: Policy, *, rng_seed: int = 0) -> list[AnswerProbe]:

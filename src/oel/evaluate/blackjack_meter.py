@@ -107,7 +107,7 @@ def policy_value_meter(model: Any, tokenizer: Any, variant: PromptVariant, confi
         p_hit = float(s.p[ANSWERS.index(HIT)])
         hard, ace = h.hand
         table[(hard, ace, h.up)] = p_hit
-        agree.append(float(s.p[[g for g in s.probe.good].index(True)]))
+        agree.append(float(s.p[s.probe.good.index(True)]))
     # totals the canonical hands do not reach (hard 4, 21, three-card softs) take the nearest total's answer
     filled = _fill(table)
     turns = config.max_turns
