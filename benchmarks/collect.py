@@ -71,7 +71,7 @@ class RunResult:
 
 def run_ours(backend: Any, episodes: int, in_flight: int) -> tuple[RunResult, list[Any]]:
     """`collect` into a fresh temporary file (so nothing is skipped as already done)."""
-    from oel.collect.backends.base import SamplingParams
+    from oel.backends.base import SamplingParams
     from oel.collect.play import CollectConfig, collect
     from oel.trajectory import read_trajectories
 
@@ -129,7 +129,7 @@ def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult
 
 def repeated_prefill_share(trajs: list[Any], encode: Any) -> dict[str, float]:
     """Share of prompt tokens that repeat tokens computed before (head shared by all, previous turn)."""
-    from oel.collect.backends.prefix_cache import common_prefix_length
+    from oel.backends.prefix_cache import common_prefix_length
 
     total = shared_head = previous_turn = 0
     first_prompts = [encode(t.turns[0].prompt) for t in trajs]
@@ -157,7 +157,7 @@ def profile_first_turn(backend: Any, episodes: int, repeats: int) -> dict[str, f
 
     from oel import prompts
     from oel.envs import EnvConfig, make_env
-    from oel.collect.backends.base import SamplingParams
+    from oel.backends.base import SamplingParams
     from oel.collect.play import CollectConfig, select_jobs
     from oel.trajectory import Message
 
@@ -208,7 +208,7 @@ def main() -> None:
     import torch
 
     from oel.models import ModelConfig, load_model
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
     python benchmarks/gateway_load.py [--trajectories 2000] [--clients 32] [--kill-at 0.33,0.67] [--timeout 300]
                                       [--store sqlite|postgresql|both] [--gateways 2] [--pg-url URL]
 
-The gateway runs as a child process (`python -m oel.online.gateway_cli responder=none`) on a
+The gateway runs as a child process (`python -m oel gateway responder=none`) on a
 fresh SQLite store (WAL, synchronous=FULL: every acknowledgement waited for an fsync) on
 127.0.0.1. `--clients` threads POST `--trajectories` trajectories to /v1/trajectories in all,
 each with its own Idempotency-Key, on keep-alive connections. When each `--kill-at` fraction is

@@ -65,7 +65,7 @@ def collection_points(args: argparse.Namespace) -> list[dict[str, Any]]:
     from collect import run_ours
 
     from oel.models import ModelConfig, load_model
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     lm = load_model(ModelConfig(name=args.preset))
     backend = HFBackend(lm.model, lm.tokenizer, model_id=lm.model_id)

@@ -37,8 +37,8 @@ def main() -> int:
 
     import openai
 
-    from oel.collect.backends.hf import HFBackend
-    from oel.collect.server import ChatServer, ServeConfig
+    from oel.backends.hf import HFBackend
+    from oel.serving.chat_server import ChatServer, ServeConfig
     from oel.models import ModelConfig
 
     backend = HFBackend.from_model_config(ModelConfig(name=args.model, dtype=args.dtype, device="cpu"),

@@ -159,7 +159,7 @@ def main() -> None:
     from oel.consolidate.scoring import shared_prefix_length
     from oel.consolidate.trainer import read_knowledge
     from oel.models import ModelConfig, load_model
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from oel.cli import add_config_command, config_help, split_config_args
+from oel.commands import add_config_command, config_help, split_config_args
 from oel.config import cfg, describe, load_config, save_config, to_dict
 from oel.errors import ConfigError
 from oel.models import ModelConfig

@@ -16,8 +16,8 @@ from oel.consolidate.scoring import pack, response_logits
 from oel.consolidate.teacher import teacher_messages
 from oel.errors import TrainingError
 from oel.models import ModelConfig
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import save_tiny_chat_model, tiny_chat_model
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import save_tiny_chat_model, tiny_chat_model
 from oel.trajectory import Message, Prefix, Trajectory, Turn, write_trajectories
 
 OBSERVATIONS = ["Turn 1\nP . .\n. H .\n. . G", "Turn 2\n. P .\n. H .\n. . G",

@@ -20,9 +20,9 @@ import openai
 import pytest
 import torch
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import tiny_chat_model
 from oel.config import load_config
 from oel.online import Store
 from oel.online.gateway import Gateway, GatewayConfig

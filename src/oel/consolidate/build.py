@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from oel.collect.backends.sampling import derive_seed
+from oel.backends.sampling import derive_seed
 from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.data import STREAM_INIT
 from oel.consolidate.distributed import Topology

@@ -64,7 +64,7 @@ def run(config: ConsolidateConfig, ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from oel.cli import add_config_command
+    from oel.commands import add_config_command
 
     add_config_command(subparsers, "consolidate", ConsolidateConfig, run,
                        help="train the round's knowledge into the weights (on-policy context distillation)",

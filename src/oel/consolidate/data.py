@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from oel.collect.backends.sampling import RowSampling, derive_seed
+from oel.backends.sampling import RowSampling, derive_seed
 from oel.consolidate import distributed
 from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.samplers import Sample
@@ -134,7 +134,7 @@ class ConsolidationData:
 
 def make_encoder(student: Any, tokenizer: Any, model_id: str) -> Any:
     """The collection stage's own chat encoding (an `HFBackend`): its `encode`, `pad_id`, `stop_ids`."""
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     # No prefix store: the weights change every step, so stored KV would be stale.
     return HFBackend(student, tokenizer, model_id=model_id, prefix_cache_bytes=0)

@@ -216,8 +216,8 @@ def measure_answers_thinking(backend: Any, probes: Sequence[AnswerProbe], varian
     policy's settings (`params`, seeded), every answer scored exactly after each thought, and the
     probe's distribution the mean over its thoughts. An ESTIMATE (thoughts are sampled), unlike
     the immediate meter: its CI reflects both probes and thoughts."""
-    from oel.collect.backends.hf import RowRequest
-    from oel.collect.backends.sampling import derive_seed
+    from oel.backends.hf import RowRequest
+    from oel.backends.sampling import derive_seed
 
     model, tokenizer = backend.model, backend.tokenizer
     t0 = time.perf_counter()

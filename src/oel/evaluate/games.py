@@ -1,7 +1,7 @@
 """Held-out game evaluation: pass rate (with CI), tokens per turn, steps, endings and move quality.
 
 The policy plays the first `num_maps` fixed held-out maps once per sampling seed, through
-the same batched collection code as the user side (`oel.collect.play.play_episodes`), so
+the same batched collection code as the user side (`oel.rollout.play_episodes`), so
 what is measured is exactly what the loop collects. Without knowledge the prompt is the plain
 policy prompt (`policy_grid_v1`); with knowledge it is the teacher prompt (`teacher_grid_v1`)
 with the text inserted. With K knowledge texts (the K accumulation runs of a round), held-out
@@ -28,14 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from oel import prompts
-from oel.collect.backends.base import ChatBackend, SamplingParams
-from oel.collect.play import (
-    CollectStats,
-    EpisodeJob,
-    pending_jobs,
-    play_episodes,
-    trajectory_id,
-)
+from oel.backends.base import ChatBackend, SamplingParams
 from oel.config import to_dict
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import heldout_seeds
@@ -54,6 +47,7 @@ from oel.io import atomic_write_json
 from oel.layout import GAME_TRAJECTORIES
 from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
 from oel.provenance import claim_dir, load_result, texts_digest
+from oel.rollout import EpisodeJob, PlayStats, pending_jobs, play_episodes, trajectory_id
 from oel.trajectory import Trajectory, append_trajectory, read_trajectories
 
 log = logging.getLogger(__name__)
@@ -157,8 +151,8 @@ def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridStat
 
 def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Sequence[EpisodeJob]],
               texts: Sequence[str | None], params: SamplingParams, *, round: int, batch_size: int,
-              on_finish: Callable[[Trajectory, CollectStats], None] | None = None,
-              stats: CollectStats | None = None, knowledge_template: str = KNOWLEDGE_TEMPLATE) -> list[Trajectory]:
+              on_finish: Callable[[Trajectory, PlayStats], None] | None = None,
+              stats: PlayStats | None = None, knowledge_template: str = KNOWLEDGE_TEMPLATE) -> list[Trajectory]:
     """Play the episodes of each map, map j with knowledge texts[j mod K] (None: the policy prompt)
     through `knowledge_template`.
 
@@ -180,13 +174,13 @@ def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Se
 
 
 def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str], path: Path,
-                  on_episode: Callable[[Trajectory], None] | None) -> tuple[CollectStats, int]:
+                  on_episode: Callable[[Trajectory], None] | None) -> tuple[PlayStats, int]:
     """Play every (map, seed) episode not yet in `path`; returns this call's stats and how many were on file."""
     maps = heldout_seeds(cfg.num_maps)
     env_id = make_env(env_cfg).env_id
-    stats, skipped = CollectStats(), 0
+    stats, skipped = PlayStats(), 0
 
-    def _append(traj: Trajectory, _stats: CollectStats) -> None:
+    def _append(traj: Trajectory, _stats: PlayStats) -> None:
         append_trajectory(path, traj)
         if on_episode is not None:
             on_episode(traj)

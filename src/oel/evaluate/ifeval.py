@@ -36,7 +36,7 @@ from oel.evaluate.ifeval_offline import IFEvalPrompt, checkers, load_prompts, pa
 from oel.evaluate.metrics import wilson_ci
 from oel.provenance import claim_dir, load_result
 from oel.io import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, repair_jsonl_tail
-from oel.collect.backends.base import ChatBackend, SamplingParams
+from oel.backends.base import ChatBackend, SamplingParams
 from oel.trajectory import Message
 
 log = logging.getLogger(__name__)

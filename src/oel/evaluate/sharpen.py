@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 from oel.evaluate.meter import MeterResult, StateScore
 
 SHARPENED_KEYS = ("emq", "p_invalid", "p_losing")

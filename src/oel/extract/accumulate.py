@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from oel import prompts
-from oel.collect.backends import make_backend
-from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
+from oel.backends.base import ChatBackend, Generation, SamplingParams
 from oel.config import to_dict
 from oel.errors import ConfigError, DataError
-from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
+from oel.extract.config import ExtractConfig, extraction_seed
 from oel.extract.render import (
     ExtractionPrompt,
     build_extraction_prompt,
@@ -189,12 +188,6 @@ def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: lis
     if chat_with_seeds is not None:
         return list(chat_with_seeds(chats, params, seeds))
     return [backend.chat([c], replace(params, seed=s))[0] for c, s in zip(chats, seeds)]
-
-
-def make_extractor(config: ExtractorConfig) -> ChatBackend:
-    """The extractor backend `config` asks for (loads the model for backend=hf)."""
-    return make_backend(config.backend, model=config.model, endpoint=config.endpoint,
-                        max_batch_size=config.max_batch_size)
 
 
 def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,

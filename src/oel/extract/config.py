@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
 from oel import prompts
+from oel.backends.base import SamplingParams
+from oel.backends.select import BackendConfig
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.extract.render import RecordFormat
 from oel.extract.store import Kind
 from oel.extract.templates import GRID_STYLE, is_auto
 from oel.extract.text import Format
-from oel.models import ModelConfig
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.openai_endpoint import EndpointConfig
 
 DEFAULT_EXTRACT_MAX_NEW_TOKENS = 256
 """Two one-sentence lessons need ~80 tokens; 256 leaves room for a short preamble the
@@ -44,17 +42,12 @@ def _default_sampling() -> SamplingParams:
 
 
 @dataclass
-class ExtractorConfig:
+class ExtractorConfig(BackendConfig):
     """Which model writes the knowledge: by default the policy preset, in-process.
 
     For the knowledge-source ablation (baseline b) point it at another model -- another
     preset, or any OpenAI-compatible endpoint; its id is recorded in every item.
     """
-
-    backend: Literal["hf", "openai"] = cfg("hf", "hf: load `model` in this process; openai: call `endpoint`")
-    model: ModelConfig = cfg(help="the extractor model when backend=hf", factory=ModelConfig)
-    endpoint: EndpointConfig = cfg(help="the OpenAI-compatible endpoint when backend=openai", factory=EndpointConfig)
-    max_batch_size: int = cfg(8, "backend=hf: most prompts in one forward pass (the K runs of a step are batched)")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.commands import add_config_command
 from oel.loop.config import LoopConfig
 
 log = logging.getLogger(__name__)

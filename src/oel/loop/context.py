@@ -92,7 +92,7 @@ class RoundContext:
         gc.collect()
 
     def backend(self, max_batch_size: int) -> Any:
-        from oel.collect.backends.hf import HFBackend
+        from oel.backends.hf import HFBackend
 
         lm = self.model
         return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size)

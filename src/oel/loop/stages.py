@@ -64,7 +64,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
     """K accumulations over the extraction trajectories; the K texts at N_use go to files
     (or, with `knowledge_file`, that file's text as every one of the K: a control)."""
     from oel.extract import extract_round
-    from oel.extract.accumulate import make_extractor
+    from oel.backends.select import from_config
 
     c, layout = ctx.config, ctx.layout
     ctx.dir("extract")
@@ -82,7 +82,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
     elif c.extractor == "policy":
         backend = ctx.backend(cfg.extractor.max_batch_size)
     else:
-        backend = make_extractor(cfg.extractor)
+        backend = from_config(cfg.extractor)
     experience = extract_round(cfg, trajs, backend, tokenizer=ctx.model.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):

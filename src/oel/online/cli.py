@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.commands import add_config_command
 from oel.errors import DataError
 from oel.online.config import OnlineConfig
 

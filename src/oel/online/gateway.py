@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
-from oel.collect.backends.hf import HFBackend
+from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
+from oel.backends.hf import HFBackend
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig

@@ -282,7 +282,7 @@ class Scheduler:
         return refuse_collapse(verdict, candidate, self.config.gate.max_move_share)
 
     def _evaluate(self, ctx: OnlineRoundContext, model: ModelConfig, which: str, model_id: str) -> dict[str, Any]:
-        from oel.collect.backends.hf import HFBackend
+        from oel.backends.hf import HFBackend
         from oel.evaluate import evaluate as run_evaluate
         from oel.models import load_model
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 from oel.errors import DataError
 from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
 from oel.io import iter_jsonl, read_json, read_text

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from starlette.responses import JSONResponse
 
-from oel.collect.auth import ApiKeys
+from oel.serving.auth import ApiKeys
 from oel.errors import DataError
 from oel.online.errors import ConflictError, NotFoundError
 from oel.online.store import Store

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from oel.collect.backends.base import Generation, SamplingParams
+from oel.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
 
 RETRY_AFTER_S = 1

@@ -17,7 +17,7 @@ with bf16 weights (the loader's default) it is 0.6-0.7 of a logit and changes sa
 depends on the request alone, at the cost of batching (benchmarks/serve_load.py measures it).
 
 Limits (docs/collection.md, "Serving a checkpoint"): bearer-token API keys on every endpoint
-but /healthz (:mod:`oel.collect.auth`; no key is allowed only on a loopback address), strict
+but /healthz (:mod:`oel.serving.auth`; no key is allowed only on a loopback address), strict
 request validation (oel.serving.protocol), and bounds on everything a client can grow: body
 size, max_tokens, prompt tokens (the model's context), queue length, open connections, and the
 time a client may take to send its request (`client_timeout_s`, oel.serving.server).
@@ -30,9 +30,9 @@ import signal
 import time
 from dataclasses import dataclass
 
-from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
+from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
+from oel.backends.hf import HFBackend
+from oel.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from oel.config import cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig

@@ -10,13 +10,13 @@ within memory. Only the last position's logits are computed
 (`generate` asks the model for `logits_to_keep=1`), never the full-vocabulary logits of
 a long prompt.
 
-Sampling is per-row seeded (see :mod:`oel.collect.backends.sampling`): the random draws of
+Sampling is per-row seeded (see :mod:`oel.backends.sampling`): the random draws of
 completion i of a `chat` call depend on `params.seed` and i alone, whatever else shares its
 batch. Its logits do not: a padded batch rounds differently from a row alone. At float32 that
 is below 1e-4 of a logit and left every tested text unchanged; at bf16 it is 0.6-0.7 and
 changes sampled text (measured in docs/collection.md, "Batching and identical answers").
 
-With a prefix store (:mod:`oel.collect.backends.prefix_cache`, on by default), the KV of every
+With a prefix store (:mod:`oel.backends.prefix_cache`, on by default), the KV of every
 processed row is kept, and a prompt that extends an earlier one (the next turn of an
 episode) or shares the opening of a call's other prompts (the system text and rules) only
 runs its new tokens. A batch then has the layout `[pad | reused KV | pad | new tokens]` per
@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
+from oel.backends.base import Generation, SamplingParams
+from oel.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
                                       common_prefix_length)
-from oel.collect.backends.sampling import PerRowSampler, RowSampling, derive_seed
+from oel.backends.sampling import PerRowSampler, RowSampling, derive_seed
 from oel.trajectory import Message
 from oel.models.kv_cache import cache_arg
 

@@ -32,8 +32,8 @@ from typing import Any
 
 from oel.config import cfg
 from oel.errors import OELError
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.backends.sampling import derive_seed
+from oel.backends.base import Generation, SamplingParams
+from oel.backends.sampling import derive_seed
 from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
