@@ -28,6 +28,7 @@ from typing import Any
 from oel import prompts
 from oel.backends.base import ChatBackend, Generation, SamplingParams
 from oel.backends.sampling import derive_seed
+from oel.config import to_dict, updated
 from oel.envs.base import TextEnv
 from oel.errors import ConfigError
 from oel.io import repair_jsonl_tail
@@ -121,7 +122,7 @@ def _generate(backend: ChatBackend, prompts_: list[list[Message]], params: Sampl
     if chat_with_seeds is not None:
         gens = chat_with_seeds(prompts_, params, seeds)
     else:
-        call_params = SamplingParams(**{**asdict(params), "seed": derive_seed(*seeds)})
+        call_params = updated(params, seed=derive_seed(*seeds))
         gens = backend.chat(prompts_, call_params)
     if len(gens) != len(prompts_):
         raise RuntimeError(f"backend {backend.model_id}: returned {len(gens)} completions for {len(prompts_)} prompts")
@@ -203,6 +204,6 @@ def _advance(ep: _Episode, prompt: list[Message], gen: Generation, model_id: str
         id=trajectory_id(ep.env.env_id, round, ep.job), env_id=ep.env.env_id, seed=ep.job.seed,
         sample=ep.job.sample, model_id=model_id, round=round, turns=ep.turns, outcome=result.outcome,
         passed=result.passed, reward=result.reward,
-        meta={"prompt": template_record, "sampling": asdict(params),
+        meta={"prompt": template_record, "sampling": to_dict(params),
               "end_reason": getattr(ep.env, "end_reason", None)},
     )

@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from oel.io import append_jsonl, iter_jsonl, read_jsonl
 from oel.errors import DataError
+from oel.validation import describe
 
 SCHEMA_VERSION = 1
 
@@ -99,11 +100,7 @@ class Trajectory(BaseModel):
         return out
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
+_MESSAGES = TypeAdapter(list[Message])
 
 
 def parse_trajectory(obj: dict[str, Any]) -> Trajectory:
@@ -111,7 +108,7 @@ def parse_trajectory(obj: dict[str, Any]) -> Trajectory:
     try:
         return Trajectory.model_validate(obj)
     except ValidationError as e:
-        raise ValueError(_first_error(e)) from None
+        raise ValueError(describe(e)) from None
 
 
 def read_trajectories(path: str | os.PathLike, *, allow_empty: bool = False) -> list[Trajectory]:
@@ -197,9 +194,9 @@ def _one_openai_record(obj: dict[str, Any], lineno: int, *, env_id: str, model_i
     if "messages" not in obj or not isinstance(obj["messages"], list):
         raise ValueError("missing field 'messages' (a list of {role, content})")
     try:
-        msgs = [Message.model_validate(m) for m in obj["messages"]]
+        msgs = _MESSAGES.validate_python(obj["messages"])
     except ValidationError as e:
-        raise ValueError(f"messages: {_first_error(e)}") from None
+        raise ValueError(f"messages{describe(e)}") from None
     turns: list[Turn] = []
     for k, m in enumerate(msgs):
         if m.role != "assistant":
@@ -210,7 +207,7 @@ def _one_openai_record(obj: dict[str, Any], lineno: int, *, env_id: str, model_i
             turns.append(Turn(prompt=prompt, observation=prompt[-1].content if prompt else "",
                               response=m.content, feedback=nxt.content if nxt else ""))
         except ValidationError as e:
-            raise ValueError(f"messages[{k}]: {_first_error(e)}") from None
+            raise ValueError(f"messages[{k}]: {describe(e)}") from None
     if not turns:
         raise ValueError("no assistant message: nothing the model said")
     last_user_after = msgs[-1].content if msgs[-1].role == "user" else None

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.errors import OELError
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.sampling import derive_seed
@@ -43,8 +43,7 @@ class EndpointError(OELError):
     """The chat endpoint failed for good (after retries) or rejected the request."""
 
 
-@dataclass
-class EndpointConfig:
+class EndpointConfig(Config):
     """Where and how to reach an OpenAI-compatible chat endpoint."""
 
     base_url: str = cfg("http://127.0.0.1:8000/v1", "endpoint root, ending in /v1 (vLLM, llama.cpp server, SGLang, TGI, oel serve)")
@@ -58,7 +57,7 @@ class EndpointConfig:
     send_top_k: bool = cfg(True, "send top_k (a vLLM/llama.cpp/SGLang extension); turn off for strict OpenAI servers")
     send_thinking: bool = cfg(True, "send chat_template_kwargs.enable_thinking (vLLM/SGLang/llama.cpp extension)")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency: must be >= 1, got {self.concurrency}")
         if self.timeout_s <= 0:

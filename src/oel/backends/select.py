@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from oel.backends.base import ChatBackend
 from oel.backends.openai_endpoint import EndpointConfig, OpenAIBackend
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.models import ModelConfig
 
 BackendKind = Literal["hf", "openai"]
@@ -15,8 +14,7 @@ DEFAULT_MAX_BATCH_SIZE = 8
 """Prompts of one forward pass when a stage does not say: the K extraction runs of a step fit."""
 
 
-@dataclass
-class BackendConfig:
+class BackendConfig(Config):
     """A model a stage talks to: by default a preset, in-process; or any OpenAI-compatible endpoint."""
 
     backend: BackendKind = cfg("hf", "hf: load `model` in this process; openai: call `endpoint`")

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from oel import backends, prompts
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.openai_endpoint import EndpointConfig
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
 from oel.errors import ConfigError
@@ -38,8 +37,7 @@ log = logging.getLogger(__name__)
 SeedSet = Literal["heldout", "collect", "extract", "train"]
 
 
-@dataclass
-class CollectConfig:
+class CollectConfig(Config):
     """`oel collect`: which environment, which model, which maps, where to write."""
 
     env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)")
@@ -60,7 +58,7 @@ class CollectConfig:
     knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none")
     out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed on rerun")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("num_seeds", "samples_per_seed", "batch_size", "max_batch_size", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -10,12 +10,10 @@ LR 5e-6 for 1.7B / 1e-6 for 4B-8B, 20 or 100 steps) is `paper_gpu_preset()`:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 
@@ -31,8 +29,7 @@ PAPER_MAX_NEW_TOKENS = 1024
 PAPER_STEPS = 20
 
 
-@dataclass
-class ConsolidateConfig:
+class ConsolidateConfig(Config):
     """One round of consolidation: on-policy context distillation (or the off-policy baseline)."""
 
     trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix")
@@ -85,7 +82,7 @@ class ConsolidateConfig:
     parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) or fsdp (FSDP2 shards); batch_size must divide by the number of processes; ignored without a launcher")
     fsdp_mixed_precision: bool = cfg(False, "parallel=fsdp: compute in bfloat16 on float32 master weights (load with model.dtype=float32); gradients reduced in float32")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         positive = ("steps", "batch_size", "micro_batch_size", "top_k", "max_new_tokens", "lora_r", "lora_alpha")
         for name in positive:
             if getattr(self, name) < 1:
@@ -112,7 +109,7 @@ class ConsolidateConfig:
         """How to load `teacher_model`: the student's settings (device, ...) with the teacher's name and
         `teacher_dtype`; one place, so the loop's teacher-gap meter measures the teacher consolidation uses."""
         dtype = student.dtype if self.teacher_dtype == "model" else self.teacher_dtype
-        return dataclasses.replace(student, name=self.teacher_model, dtype=dtype)
+        return updated(student, name=self.teacher_model, dtype=dtype)
 
     def check_inputs(self, *, need_knowledge_files: bool = True) -> None:
         """The fields a run cannot start without (left optional so presets can be built first)."""
@@ -141,4 +138,4 @@ def paper_gpu_preset(**overrides: Any) -> ConsolidateConfig:
         finetune="full", batch_size=PAPER_BATCH, micro_batch_size=8, lr=PAPER_LR_SMALL,
         max_new_tokens=PAPER_MAX_NEW_TOKENS, steps=PAPER_STEPS, save_every=PAPER_STEPS,
     )
-    return dataclasses.replace(base, **overrides)
+    return updated(base, **overrides)

@@ -13,10 +13,9 @@ an environment is made, so config handling stays cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
@@ -28,8 +27,7 @@ ANSWER_GAMES: tuple[str, ...] = ("guess_number", "blackjack")
 GAMES: tuple[str, ...] = GRID_GAMES + ANSWER_GAMES
 
 
-@dataclass
-class EnvConfig:
+class EnvConfig(Config):
     """Which game to play and how; every default is the paper's setting."""
 
     game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
@@ -47,7 +45,7 @@ class EnvConfig:
     guess_max: int = cfg(20, "guess_number: largest possible secret number")
     blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.game not in GAMES:
             raise ConfigError(f"game: expected one of {', '.join(repr(g) for g in GAMES)}, got {self.game!r}")
         for name in ("max_turns", "frozenlake_size", "sokoban_boxes", "blackjack_hands"):

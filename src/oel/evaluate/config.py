@@ -7,10 +7,9 @@ the output directory for `oel evaluate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT
 from oel.errors import ConfigError
@@ -27,8 +26,7 @@ def _default_seeds() -> list[int]:
     return [0, 1, 2]
 
 
-@dataclass
-class GamesConfig:
+class GamesConfig(Config):
     """Held-out play: which maps, how many sampling seeds, how the policy samples."""
 
     enabled: bool = cfg(True, "play the held-out maps")
@@ -42,7 +40,7 @@ class GamesConfig:
                                                      "sets it to consolidate.teacher_template, so the in-context number "
                                                      "reads the knowledge as the teacher does")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_maps <= HELDOUT_COUNT:
             raise ConfigError(f"games.num_maps: must be in 1..{HELDOUT_COUNT}, got {self.num_maps}")
         if not self.sampling_seeds:
@@ -53,8 +51,7 @@ class GamesConfig:
             raise ConfigError(f"games.batch_size: must be >= 1, got {self.batch_size}")
 
 
-@dataclass
-class MeterConfig:
+class MeterConfig(Config):
     """The exact policy meter in the evaluation stage (`oel.evaluate.meter`): a diagnostic, never a signal."""
 
     enabled: bool = cfg(True, "score M_r's move probabilities exactly at the states of a shortest path of held-out maps "
@@ -65,14 +62,13 @@ class MeterConfig:
                                   "the round's TRAINING maps, and warn when the teacher is not better")
     gap_layouts: int = cfg(8, "distinct training maps probed for the teacher gap")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("max_layouts", "gap_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"meter.{name}: must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class IFEvalConfig:
+class IFEvalConfig(Config):
     """IF-Eval: which prompts, how long the answers may be."""
 
     enabled: bool = cfg(True, "run IF-Eval (instruction following, the out-of-domain forgetting check)")
@@ -84,7 +80,7 @@ class IFEvalConfig:
     batch_size: int = cfg(8, "prompts per backend call; answers are saved after every call (resume point)")
     enable_thinking: bool = cfg(False, "let thinking models think first; the <think> part is removed before scoring")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_prompts <= IFEVAL_PROMPT_COUNT:
             raise ConfigError(f"ifeval.num_prompts: must be in 1..{IFEVAL_PROMPT_COUNT}, got {self.num_prompts}")
         for name in ("max_new_tokens", "batch_size"):
@@ -92,8 +88,7 @@ class IFEvalConfig:
                 raise ConfigError(f"ifeval.{name}: must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class EvaluateConfig:
+class EvaluateConfig(Config):
     """`oel evaluate`: one model on the held-out maps (with and without knowledge) and IF-Eval."""
 
     model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig)
@@ -107,7 +102,7 @@ class EvaluateConfig:
     out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
     overwrite: bool = cfg(False, "discard results in out_dir made with different settings instead of refusing")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
         if not self.out_dir:

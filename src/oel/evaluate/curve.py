@@ -16,6 +16,7 @@ between them) are one measurement with the same seeds: played once, reused.
 
 from __future__ import annotations
 
+from typing import Any
 import csv
 import io
 import json
@@ -28,7 +29,7 @@ from pathlib import Path
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.select import BackendConfig
 from oel.rollout import EpisodeJob
-from oel.config import cfg, to_dict
+from oel.config import Config, cfg, to_dict
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds
 from oel.errors import ConfigError
@@ -42,8 +43,7 @@ from oel.trajectory import Trajectory, read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class CurveConfig:
+class CurveConfig(Config):
     """`oel experience curve`: which store, which steps, which held-out maps, which policy."""
 
     store: str = cfg("runs/experience", "the experience store written by `oel extract`")
@@ -58,7 +58,7 @@ class CurveConfig:
     batch_size: int = cfg(32, "episodes in flight together")
     out_dir: str = cfg("", "where the table and plot go; '' = STORE/round_RRR/curve")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_maps <= HELDOUT_COUNT:
             raise ConfigError(f"num_maps: must be in 1..{HELDOUT_COUNT}, got {self.num_maps}")
         for name in ("samples_per_map", "step_stride", "batch_size"):

@@ -23,13 +23,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from oel import prompts
 from oel.backends.base import ChatBackend, SamplingParams
-from oel.config import to_dict
+from oel.config import to_dict, updated
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import heldout_seeds
 from oel.envs.solver import GridState, random_pass_probability
@@ -190,7 +190,7 @@ def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, te
         todo = set(pending_jobs(path, jobs, env_id, EVAL_ROUND))
         skipped += len(jobs) - len(todo)
         play_maps(backend, env_cfg, [[job] if job in todo else [] for job in jobs], list(texts) or [None],
-                  replace(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
+                  updated(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
                   on_finish=_append, stats=stats, knowledge_template=cfg.knowledge_template)
     return stats, skipped
 

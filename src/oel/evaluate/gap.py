@@ -16,7 +16,6 @@ chooses what is trained on.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.envs import EnvConfig
 from oel.envs.seeds import heldout_seeds, round_seeds
 from oel.errors import ConfigError
@@ -39,8 +38,7 @@ NO_GAP = 0.0
 """A lower CI bound at or below this: the teacher is not shown to be better (a warning says so)."""
 
 
-@dataclass
-class GapConfig:
+class GapConfig(Config):
     """`oel meter`: student vs teacher (vs the unrelated-lessons control) on exact probe states."""
 
     model: ModelConfig = cfg(help="the student (policy prompt, no knowledge)", factory=ModelConfig)
@@ -63,7 +61,7 @@ class GapConfig:
                                "compare sampled move quality with the meter's E[mq] and its CI (oel.evaluate.meter_check); 0 = off")
     out: str = cfg("", "write the result JSON here; '' = only print it")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("num_seeds", "max_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -180,7 +178,7 @@ def run_gap(config: GapConfig) -> TeacherGap:
         check_model_name(config.teacher_model, "teacher_model")
     student = load_model(config.model)
     teacher = student if not config.teacher_model else load_model(
-        dataclasses.replace(config.model, name=config.teacher_model))
+        updated(config.model, name=config.teacher_model))
     if not config.visited:
         states = probe_states(probe_seeds(config), config.env, max_layouts=config.max_layouts)
     gap = teacher_gap(student, teacher, states, knowledge, template=config.teacher_template, control=config.control)

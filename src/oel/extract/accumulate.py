@@ -23,11 +23,11 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from oel import prompts
 from oel.backends.base import ChatBackend, Generation, SamplingParams
-from oel.config import to_dict
+from oel.config import to_dict, updated
 from oel.errors import ConfigError, DataError
 from oel.extract.config import ExtractConfig, extraction_seed
 from oel.extract.render import (
@@ -154,7 +154,7 @@ def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dic
         **({"record": config.record} if config.record != "full" else {}),
         "strip_trajectory_thinking": config.strip_trajectory_thinking, "seed": config.seed,
         "extractor_model": extractor_model, "prompt": prompt_record, "token_counter": counter,
-        "sampling": to_dict(replace(config.sampling, seed=0)),
+        "sampling": to_dict(updated(config.sampling, seed=0)),
     }
 
 
@@ -187,7 +187,7 @@ def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: lis
     chat_with_seeds = getattr(backend, "chat_with_seeds", None)
     if chat_with_seeds is not None:
         return list(chat_with_seeds(chats, params, seeds))
-    return [backend.chat([c], replace(params, seed=s))[0] for c, s in zip(chats, seeds)]
+    return [backend.chat([c], updated(params, seed=s))[0] for c, s in zip(chats, seeds)]
 
 
 def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,

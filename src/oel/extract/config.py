@@ -6,13 +6,13 @@ code and passes its already-loaded policy backend to :func:`oel.extract.extract_
 
 from __future__ import annotations
 
+from typing import Any
 import hashlib
-from dataclasses import dataclass
 
 from oel import prompts
 from oel.backends.base import SamplingParams
 from oel.backends.select import BackendConfig
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.extract.render import RecordFormat
 from oel.extract.store import Kind
@@ -41,7 +41,6 @@ def _default_sampling() -> SamplingParams:
     return SamplingParams(max_new_tokens=DEFAULT_EXTRACT_MAX_NEW_TOKENS)
 
 
-@dataclass
 class ExtractorConfig(BackendConfig):
     """Which model writes the knowledge: by default the policy preset, in-process.
 
@@ -50,8 +49,7 @@ class ExtractorConfig(BackendConfig):
     """
 
 
-@dataclass
-class ExtractConfig:
+class ExtractConfig(Config):
     """Accumulative extraction of one round: K runs over N trajectories, knowledge capped at L tokens."""
 
     trajectories: str = cfg("", "JSONL of the round's trajectories (from `oel collect`); the first num_trajectories are read, in file order")
@@ -75,7 +73,7 @@ class ExtractConfig:
     extractor: ExtractorConfig = cfg(help="the model that extracts", factory=ExtractorConfig)
     sampling: SamplingParams = cfg(help="extractor sampling; sampling.seed is ignored (see `seed`)", factory=_default_sampling)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("num_runs", "num_trajectories", "budget_tokens", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")

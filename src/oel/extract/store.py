@@ -29,6 +29,7 @@ from oel.errors import DataError
 from oel.extract.text import Format, normalize_item
 from oel.layout import store_round_dir
 from oel.io import atomic_write_json, atomic_write_text, read_text
+from oel.validation import describe, error_text, first_error, location
 
 SCHEMA_VERSION = 1
 Kind = Literal["extracted", "raw_trajectories"]
@@ -133,19 +134,18 @@ class RoundManifest(BaseModel):
 
 def _validation_message(e: ValidationError, data: Any) -> str:
     """One line: the item (index and id, when the error is inside one) and what is wrong."""
-    err = e.errors()[0]
+    err = first_error(e)
     loc = list(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = error_text(err)
     if len(loc) >= 2 and loc[0] == "items" and isinstance(loc[1], int):
         idx = loc[1]
         try:
             item_id = data["items"][idx].get("id", "?")
         except (KeyError, IndexError, TypeError, AttributeError):
             item_id = "?"
-        field = ".".join(str(p) for p in loc[2:])
+        field = location(loc[2:])
         return f"item {idx} (id '{item_id}'){': ' + field if field else ''}: {msg}"
-    where = ".".join(str(p) for p in loc)
-    return f"{where}: {msg}" if where else msg
+    return describe(e)
 
 
 def _read_json(path: Path) -> Any:

@@ -10,11 +10,9 @@ Everything else in a stage config is the user's to set, under the stage's name:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
@@ -32,8 +30,7 @@ LOOP_OWNED: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass
-class LoopConfig:
+class LoopConfig(Config):
     """Rounds of collect -> extract -> consolidate, with evaluation of every round's model."""
 
     run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, config.yaml, report/")
@@ -54,7 +51,7 @@ class LoopConfig:
     consolidate: ConsolidateConfig = cfg(help="on-policy context distillation of each round", factory=ConsolidateConfig)
     evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model", factory=EvaluateConfig)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
         for stage, names in LOOP_OWNED.items():
@@ -70,4 +67,4 @@ class LoopConfig:
 
 def with_fields(config: Any, **changes: Any) -> Any:
     """A copy of a stage config with loop-owned fields filled in (re-validated)."""
-    return dataclasses.replace(config, **changes)
+    return updated(config, **changes)

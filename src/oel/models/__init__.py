@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.errors import ModelLoadError
 from oel.models.loading import (
     assemble_preset,
@@ -36,8 +36,7 @@ __all__ = ["ModelConfig", "LoadedModel", "check_model_name", "load_model", "PRES
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """Which model to load and how."""
 
     name: str = cfg(DEFAULT_PRESET, "offline preset name, path to a .gguf file, Hugging Face model dir, or hub id")

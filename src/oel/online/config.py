@@ -11,11 +11,9 @@ from every trajectory it claimed).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
@@ -33,8 +31,7 @@ GATE_PART: dict[str, str] = {"games": "games", "move_quality": "games", "meter":
 """The evaluate part each gate check runs."""
 
 
-@dataclass
-class GateConfig:
+class GateConfig(Config):
     """The promotion gate: publish a new version only when it is not worse than the current one."""
 
     check: GateCheck = cfg("off", "off: publish every round that trains; games: held-out pass rate; move_quality: held-out moves on a "
@@ -46,21 +43,19 @@ class GateConfig:
                                      "every game needing another move), whole or as the games sample it (T, top-p: "
                                      "a .85 answer becomes 1.0 at T 0.7, top-p 0.8), e.g. 0.9; runs the meter; 0 = off")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 0.0 <= self.max_move_share <= 1.0:
             raise ConfigError(f"gate.max_move_share: must be in [0, 1] (0 = off), got {self.max_move_share}")
 
 
-@dataclass
-class VersionsConfig:
+class VersionsConfig(Config):
     """Where published versions go and how many are kept."""
 
     dir: str = cfg("runs/online/versions", "versions directory: v<NNNN>/ (model/, version.json), current.json, history.jsonl")
     keep_last: int = cfg(0, "keep the newest N published versions (plus version 0 and the current one); 0 = keep all")
 
 
-@dataclass
-class VllmLoraConfig:
+class VllmLoraConfig(Config):
     """Hot swap for a vLLM that serves the base model with LoRA (oel.online.vllm_lora)."""
 
     url: str = cfg("", "vLLM's base URL (http://host:8000); each published version is loaded there as the LoRA "
@@ -69,8 +64,7 @@ class VllmLoraConfig:
     api_key_env: str = cfg("VLLM_API_KEY", "the environment variable holding vLLM's API key (unset: no key sent)")
 
 
-@dataclass
-class OnlineConfig:
+class OnlineConfig(Config):
     """A long-running scheduler: rounds of extract -> consolidate (-> gate) over the store's trajectories."""
 
     store: str = cfg("runs/online/store.sqlite", "the store the gateway writes: a SQLite file or a postgresql:// URL (oel.online.store)")
@@ -104,7 +98,7 @@ class OnlineConfig:
     evaluate: EvaluateConfig = cfg(help="how new versions are evaluated (held-out games on `env`, IF-Eval, the meter)",
                                    factory=EvaluateConfig)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("min_trajectories",):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -139,7 +133,7 @@ class OnlineConfig:
             parts.add("meter")
         if not parts:
             return None
-        return dataclasses.replace(self.evaluate, **{p: dataclasses.replace(getattr(self.evaluate, p), enabled=p in parts)
+        return updated(self.evaluate, **{p: updated(getattr(self.evaluate, p), enabled=p in parts)
                                                      for p in ("games", "ifeval", "meter")})
 
     def loop_config(self) -> LoopConfig:

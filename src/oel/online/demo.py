@@ -18,7 +18,6 @@ themselves, so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import secrets
@@ -28,12 +27,11 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from oel import prompts
-from oel.config import cfg, save_config
+from oel.config import Config, cfg, save_config, updated
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import TRAIN_BASE
 from oel.io import append_jsonl, iter_jsonl
@@ -57,8 +55,7 @@ SWAP_WAIT_S = 120.0
 """How long the gateway may take to load and switch to a newly published version."""
 
 
-@dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """What the demo runs: the simulated users, how long, and the scheduler's settings."""
 
     run_dir: str = cfg("runs/online-demo", "store.sqlite, versions/, scheduler/, users.jsonl, the report")
@@ -79,9 +76,9 @@ class DemoConfig:
 def scheduler_config(config: DemoConfig, rounds_ended: int = 0) -> OnlineConfig:
     """The scheduler's config with every path inside the demo's run dir, and the rounds still to run."""
     paths = DemoLayout(Path(config.run_dir))
-    return dataclasses.replace(config.online, store=str(paths.store), run_dir=str(paths.scheduler), env=config.env,
+    return updated(config.online, store=str(paths.store), run_dir=str(paths.scheduler), env=config.env,
                                max_rounds=max(config.rounds - rounds_ended, 0),
-                               versions=dataclasses.replace(config.online.versions, dir=str(paths.versions)))
+                               versions=updated(config.online.versions, dir=str(paths.versions)))
 
 
 def rounds_ended(paths: DemoLayout) -> int:

@@ -25,13 +25,12 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.backends.hf import HFBackend
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.online.store import RETENTION_POLICIES, Store
@@ -48,8 +47,7 @@ DEFAULT_UPSTREAM_KEY_ENV = "OEL_UPSTREAM_API_KEY"
 RESPONDERS = ("local", "upstream", "none")
 
 
-@dataclass(repr=False)
-class GatewayConfig:
+class GatewayConfig(Config):
     """`oel gateway`: the store, who answers, who may call, and the limits."""
 
     store: str = cfg("online/store.sqlite", "the store: a SQLite file (created if new) or a postgresql:// URL (docs/online.md)")
@@ -90,7 +88,7 @@ class GatewayConfig:
                                   "separately, for its body (408); idle keep-alive connections close after it")
     request_timeout_s: float = cfg(600.0, "a chat request unanswered after this long gets 504 (also the upstream's)")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.retention not in RETENTION_POLICIES:
             raise ValueError(f"retention: expected one of {', '.join(RETENTION_POLICIES)}, got {self.retention!r}")
         if self.responder not in RESPONDERS:

@@ -23,7 +23,6 @@ judged); current stays, and the candidate stays in the round's consolidate/model
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import shlex
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from oel.config import updated
 from oel.errors import ConfigError, DataError
 from oel.io import atomic_write_json, read_json
 from oel.layout import MARKER, RunLayout, read_marker
@@ -94,7 +94,7 @@ class OnlineRoundContext(RoundContext):
     @property
     def model_config(self) -> ModelConfig:
         assert self.start is not None
-        return dataclasses.replace(self.config.model, name=self.start.model_dir)
+        return updated(self.config.model, name=self.start.model_dir)
 
     @property
     def model_id(self) -> str:
@@ -238,7 +238,7 @@ class Scheduler:
     def _round_config(self, n: int) -> LoopConfig:
         """Extraction reads every trajectory of the round: num_trajectories is the round's count."""
         c = self.loop_config
-        return dataclasses.replace(c, extract=dataclasses.replace(c.extract, num_trajectories=n))
+        return updated(c, extract=updated(c.extract, num_trajectories=n))
 
     def _round_state(self, rnd: Round) -> dict[str, Any]:
         """Written once, before any stage: a resumed round starts from the same version whatever current is now."""
@@ -272,7 +272,7 @@ class Scheduler:
     def _gate(self, ctx: OnlineRoundContext) -> dict[str, Any]:
         """The verdict: the candidate against the start version on the configured check."""
         check, evaluate = self.config.gate.check, self.config.round_evaluate()
-        candidate = self._evaluate(ctx, dataclasses.replace(self.config.model, name=str(ctx.layout.model_after(ctx.round))),
+        candidate = self._evaluate(ctx, updated(self.config.model, name=str(ctx.layout.model_after(ctx.round))),
                                    EVALUATE_CANDIDATE, f"{self.config.model.name}@round{ctx.round}") if evaluate else {}
         if check == "off":
             verdict = {"check": "off", "passed": True, **{f"candidate_{k}": v for k, v in candidate.items()}}
@@ -289,7 +289,7 @@ class Scheduler:
         evaluate = self.config.round_evaluate()
         assert evaluate is not None
         out = ctx.layout.stage_dir(ctx.round, which)
-        cfg = dataclasses.replace(evaluate, model=model, env=self.config.env, out_dir=str(out))
+        cfg = updated(evaluate, model=model, env=self.config.env, out_dir=str(out))
         lm = load_model(model)
         backend = HFBackend(lm.model, lm.tokenizer, model_id=model_id, max_batch_size=evaluate.max_batch_size)
         summary = run_evaluate(backend, cfg).summary()

@@ -25,15 +25,15 @@ time a client may take to send its request (`client_timeout_s`, oel.serving.serv
 
 from __future__ import annotations
 
+from typing import Any
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
 from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.backends.hf import HFBackend
 from oel.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.serving.app import ServingState, build_app
@@ -46,8 +46,7 @@ __all__ = ["ChatServer", "ServeConfig", "serve"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(repr=False)
-class ServeConfig:
+class ServeConfig(Config):
     """`oel serve`: which model to serve, who may use it, and the server's limits."""
 
     model: ModelConfig = cfg(factory=ModelConfig, help="the model to serve (preset, .gguf, or HF directory)")
@@ -74,7 +73,7 @@ class ServeConfig:
                                   "separately, for its body (408); idle keep-alive connections close after it")
     request_timeout_s: float = cfg(600.0, "a request still unanswered after this long gets HTTP 504")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         # `api_keys=KEY` is one key. (Typed `list | str` so that the config loader's type error,
         # which quotes the value, never quotes a key given without brackets.)
         if isinstance(self.api_keys, str):
