@@ -1,11 +1,10 @@
 """`ConsolidateConfig`: everything one round's consolidation needs, every field documented.
 
 Defaults are sized for a 2-core CPU and the 0.5B preset (LoRA, batch 4, short
-responses). The paper's GPU recipe (full fine-tuning, batch 64, 1024-token responses,
-LR 5e-6 for 1.7B / 1e-6 for 4B-8B, 20 or 100 steps) is `paper_gpu_preset()`:
-
-    cfg = paper_gpu_preset(trajectories="r0/trajectories.jsonl", knowledge=["r0/k0.txt", ...],
-                           output_dir="r0/consolidate", model=ModelConfig(name="..."))
+responses). Recipes are config files, not code: the paper's GPU recipe (full fine-tuning,
+batch 64, 1024-token responses, LR 5e-6 for 1.7B / 1e-6 for 4B-8B, 20 or 100 steps) is
+configs/gpu/qwen3-1.7b-frozenlake.yaml (and configs/gpu/consolidate-8gpu-*.yaml for one round
+on 8 GPUs).
 """
 
 from __future__ import annotations
@@ -22,11 +21,6 @@ TeacherDtype = Literal["model", "bfloat16", "float32"]
 LossName = Literal["topk_reverse_kl", "reverse_kl", "sampled_reverse_kl", "forward_kl", "sft"]
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PAPER_LR_SMALL = 5e-6  # Qwen3-1.7B in the paper
-PAPER_LR_LARGE = 1e-6  # Qwen3-4B / 8B
-PAPER_BATCH = 64
-PAPER_MAX_NEW_TOKENS = 1024
-PAPER_STEPS = 20
 
 
 class ConsolidateConfig(Config):
@@ -127,15 +121,3 @@ def _check_template(key: str, spec: str, role: prompts.Role) -> None:
         prompts.load(spec, key=key, role=role)
     except ConfigError as e:
         raise ValueError(str(e)) from None
-
-
-def paper_gpu_preset(**overrides: Any) -> ConsolidateConfig:
-    """The paper's recipe (Qwen3-1.7B, GPUs): full fine-tune, batch 64, 1024 new tokens, LR 5e-6, 20 steps.
-
-    Use lr=1e-6 for 4B/8B models and steps=100 for the longer schedule.
-    """
-    base = ConsolidateConfig(
-        finetune="full", batch_size=PAPER_BATCH, micro_batch_size=8, lr=PAPER_LR_SMALL,
-        max_new_tokens=PAPER_MAX_NEW_TOKENS, steps=PAPER_STEPS, save_every=PAPER_STEPS,
-    )
-    return updated(base, **overrides)
