@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, median, ratio, state_note  # noqa: E402
+from _common import DEFAULT_PRESET, add_smoke_flag, machine_state, median, ratio, smoke_model, state_note  # noqa: E402
 
 TEMPERATURE = 0.7
 TOP_P = 0.8
@@ -49,6 +49,7 @@ DEFAULT_REPEATS = 3
 DEFAULT_IN_FLIGHT = 32
 """`oel collect`'s default batch_size (episodes in flight)."""
 SECONDS_PER_MINUTE = 60
+SMOKE_EPISODES = 2
 
 
 @dataclass
@@ -203,7 +204,10 @@ def main() -> None:
     ap.add_argument("--skip-no-reuse", action="store_true", help="leave out the store-off side (the slowest)")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N",
                     help="instead of the comparison: run our side once under cProfile and print its N top functions")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.episodes, args.repeats, args.in_flight = smoke_model(), SMOKE_EPISODES, 1, SMOKE_EPISODES
 
     import torch
 

@@ -41,11 +41,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, emit, machine_state, median, ratio, run_child  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, emit, machine_state, median, ratio, run_child,  # noqa: E402
+                     smoke_knowledge, smoke_model, smoke_trajectories)
 
 DEFAULT_TRAJECTORIES = "runs/quickstart/round_0/collect/train.jsonl"
 DEFAULT_BATCH = 4
@@ -53,6 +53,9 @@ DEFAULT_STEPS = 4
 DEFAULT_MAX_NEW_TOKENS = 48
 LR = 1e-4  # configs/quickstart.yaml
 WARMUP_STEPS = 1
+SMOKE_BATCH = 2
+SMOKE_STEPS = 2
+SMOKE_MAX_NEW_TOKENS = 4
 """Steps excluded from the step-time median (first-call costs: allocator, caches, lazy imports)."""
 TRL_MAX_PROMPT_LENGTH = 8192
 """Far above any prompt here: TRL's default 512 silently cuts the left of longer teacher prompts."""
@@ -73,18 +76,17 @@ DEFAULT_KNOWLEDGE = """\
 # -- the two children ----------------------------------------------------------------------
 
 def _ours_config(args: argparse.Namespace, out_dir: str, knowledge_files: list[str]) -> Any:
+    """Our trainer's config for these arguments; `--set key=value` overrides are validated as `oel` validates them."""
+    from oel.config import from_dict, to_dict
+    from oel.config_sources import apply_overrides
     from oel.consolidate.config import ConsolidateConfig
     from oel.models import ModelConfig
 
-    overrides = dict(kv.split("=", 1) for kv in args.set if kv)
     cfg = ConsolidateConfig(trajectories=args.trajectories, knowledge=knowledge_files, output_dir=out_dir,
                             model=ModelConfig(name=args.preset), steps=args.steps, batch_size=args.batch,
                             micro_batch_size=args.batch, max_new_tokens=args.max_new_tokens, lr=LR,
                             save_every=0, on_existing="overwrite")
-    for key, value in overrides.items():
-        current = getattr(cfg, key)
-        setattr(cfg, key, value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value))
-    return cfg
+    return from_dict(ConsolidateConfig, apply_overrides(to_dict(cfg), [kv for kv in args.set if kv]))
 
 
 def child_ours(args: argparse.Namespace) -> None:
@@ -189,24 +191,23 @@ class _TRLTimer:
 
 def _draws(args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[tuple[int, int]]]]:
     """Prefixes, knowledge texts and, per step, the (prefix, knowledge) rows our trainer draws."""
-    from oel.consolidate.trainer import Consolidator, read_knowledge
+    from oel.consolidate.data import draw, read_knowledge
     from oel.trajectory import prefixes, read_trajectories
 
     cfg = _ours_config(args, "unused", args.knowledge)
     pre = prefixes(read_trajectories(args.trajectories))
     knowledge = read_knowledge(args.knowledge)
-    fake = SimpleNamespace(config=cfg, prefixes=pre, knowledge=knowledge)
-    return pre, knowledge, [Consolidator.draw(fake, s) for s in range(1, args.steps + 1)]
+    return pre, knowledge, [draw(cfg.seed, s, len(pre), len(knowledge), cfg.batch_size)
+                            for s in range(1, args.steps + 1)]
 
 
 def _trl_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from oel import prompts
-    from oel.consolidate.teacher import TEACHER_TEMPLATE
 
     pre, knowledge, steps = _draws(args)
     # Our teacher template minus its first (policy) paragraph and the observation = the experience paragraph.
     marker = "\x00OBS\x00"
-    teacher_text = prompts.get(TEACHER_TEMPLATE).render(knowledge="{knowledge}", observation=marker)
+    teacher_text = prompts.get(prompts.TEACHER_TEMPLATE).render(knowledge="{knowledge}", observation=marker)
     experience_block = teacher_text.split("\n\n", 1)[1].replace(marker, "")
     return [{"prompt": [{"role": m.role, "content": m.content} for m in pre[p].prompt],
              "privileged_context": experience_block.replace("{knowledge}", knowledge[k])}
@@ -276,7 +277,12 @@ def main() -> None:
                     help="TRL without gradient checkpointing (its default, which we keep otherwise, is on)")
     ap.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.knowledge = smoke_model(), smoke_trajectories(), [smoke_knowledge()]
+        args.batch, args.steps, args.max_new_tokens = SMOKE_BATCH, SMOKE_STEPS, SMOKE_MAX_NEW_TOKENS
+        args.skip_trl = args.skip_trl or not _trl_installed()
     if not Path(args.trajectories).is_file():
         sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or the quickstart) first, or pass --trajectories")
     if args.child:
@@ -305,6 +311,13 @@ def main() -> None:
         if tmp_knowledge is not None:
             os.unlink(tmp_knowledge.name)
     _report(args, {name: _summary(r) for name, r in runs.items()})
+
+
+def _trl_installed() -> bool:
+    """TRL is an optional extra (`.[bench]`); the smoke run leaves its side out when it is absent."""
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None
 
 
 def _report(args: argparse.Namespace, summaries: dict[str, dict[str, Any]]) -> None:

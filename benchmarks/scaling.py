@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SMALL_PRESET, machine_state, median, run_child  # noqa: E402
+from _common import (SMALL_PRESET, add_smoke_flag, machine_state, median, run_child, smoke_dir,  # noqa: E402
+                     smoke_model, smoke_trajectories)
 from consolidate import DEFAULT_KNOWLEDGE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TRAJECTORIES, WARMUP_STEPS  # noqa: E402
 
 DEFAULT_BATCHES = (1, 2, 4)
@@ -31,6 +32,8 @@ DEFAULT_IN_FLIGHT = (1, 4, 16)
 DEFAULT_EPISODES = 16
 DEFAULT_STEPS = 3
 DEFAULT_L_BATCH = 4
+SMOKE_LENGTH = 256
+"""Knowledge tokens of the smoke run's L point (the tiny model's tokens are bytes)."""
 CONSOLIDATE = str(Path(__file__).resolve().parent / "consolidate.py")
 
 
@@ -90,7 +93,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--trajectories", default=DEFAULT_TRAJECTORIES)
     ap.add_argument("--out", default="docs", help="directory for performance_scaling.md / .png")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:  # two points per curve, written next to the smoke inputs
+        args.preset, args.trajectories, args.out = smoke_model(), smoke_trajectories(), str(smoke_dir() / "out")
+        args.batches, args.lengths, args.l_batch, args.in_flight = [1, 2], [SMOKE_LENGTH], 1, [1, 2]
+        args.episodes, args.steps = 2, 2
 
     from oel.models import ModelConfig, load_model
 

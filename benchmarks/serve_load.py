@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_state, state_note  # noqa: E402
+from _common import add_smoke_flag, machine_state, state_note  # noqa: E402
 
 API_KEY = "bench-" + "k" * 32
 PROMPT_LENGTHS = 7
@@ -45,6 +45,7 @@ INVARIANCE_ROWS = 8
 INVARIANCE_TOKENS = 32
 CLIENT_TIMEOUT_S = 60.0
 PERCENTILES = (50, 99)
+SMOKE_REQUESTS = 4
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -204,7 +205,11 @@ def main() -> None:
     ap.add_argument("--time-limit-s", type=float, default=120.0, help="stop sending after this long (per mode)")
     ap.add_argument("--compare", action="store_true", help="also run batch_invariant=true on the same requests")
     ap.add_argument("--invariance", action="store_true", help="measure alone-vs-batched answers at float32 and bf16")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:  # every part, a few requests each
+        args.requests, args.concurrency, args.max_tokens, args.warmup = SMOKE_REQUESTS, 2, 2, 1
+        args.compare = args.invariance = True
     lm = load(args)
     results = [run_load(args, lm, batch_invariant=False)]
     if args.compare:

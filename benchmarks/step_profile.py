@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, state_note  # noqa: E402
+from _common import DEFAULT_PRESET, add_smoke_flag, machine_state, smoke_model, smoke_trajectories, state_note  # noqa: E402
 from consolidate import (DEFAULT_BATCH, DEFAULT_KNOWLEDGE, DEFAULT_MAX_NEW_TOKENS,  # noqa: E402
-                         DEFAULT_TRAJECTORIES, _ours_config)
+                         DEFAULT_TRAJECTORIES, SMOKE_BATCH, SMOKE_MAX_NEW_TOKENS, _ours_config)
 
+SMOKE_OPS = 3
 CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_PEAK_RSS = "5"
 """Writing this to clear_refs resets the process's peak-RSS counter (VmHWM), Linux >= 4.0."""
@@ -94,7 +95,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--set", nargs="*", default=[], help="ConsolidateConfig overrides, key=value")
     parser.add_argument("--ops", type=int, default=0, help="profile the student pass and print its N top operators")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.batch = smoke_model(), smoke_trajectories(), SMOKE_BATCH
+        args.max_new_tokens, args.ops = SMOKE_MAX_NEW_TOKENS, SMOKE_OPS
     args.steps = 2
 
     from oel.consolidate.trainer import Consolidator

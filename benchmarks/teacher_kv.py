@@ -34,11 +34,11 @@ import copy
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, median, ratio, state_note  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, machine_state, median, ratio, smoke_model,  # noqa: E402
+                     smoke_trajectories, state_note)
 from consolidate import DEFAULT_KNOWLEDGE, DEFAULT_TRAJECTORIES  # noqa: E402
 
 DEFAULT_BATCHES = (4, 8)
@@ -51,15 +51,14 @@ def build_rows(args: argparse.Namespace, batch: int, tok: Any, encode: Any, k_te
     """Teacher prompts, responses (recorded, tokenised, + end of turn), knowledge indices and student
     prompts of one batch."""
     from oel.consolidate.config import ConsolidateConfig
+    from oel.consolidate.data import draw
     from oel.consolidate.teacher import teacher_messages
-    from oel.consolidate.trainer import Consolidator
     from oel.trajectory import prefixes, read_trajectories
 
     trajs = read_trajectories(args.trajectories)
     pre = prefixes(trajs)
     responses_by_key = {(t.id, i): turn.response for t in trajs for i, turn in enumerate(t.turns)}
-    fake = SimpleNamespace(config=ConsolidateConfig(batch_size=batch), prefixes=pre, knowledge=k_texts)
-    draws = Consolidator.draw(fake, 1)
+    draws = draw(ConsolidateConfig().seed, 1, len(pre), len(k_texts), batch)
     if one_text:
         draws = [(p, 0) for p, _ in draws]
     prompts = [encode(teacher_messages(pre[p], k_texts[k])) for p, k in draws]
@@ -152,12 +151,15 @@ def main() -> None:
                     "and a second one made of its lines in reverse order)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-fp32", action="store_true", help="skip the float32 reference")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.batches, args.repeats = smoke_model(), smoke_trajectories(), [2], 1
 
     import torch
 
     from oel.consolidate.scoring import shared_prefix_length
-    from oel.consolidate.trainer import read_knowledge
+    from oel.consolidate.data import read_knowledge
     from oel.models import ModelConfig, load_model
     from oel.backends.hf import HFBackend
 
