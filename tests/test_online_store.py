@@ -17,7 +17,7 @@ import pytest
 from oel.errors import ConfigError, DataError
 from oel.online import Added, ConflictError, NotFoundError, Store
 from oel.online.schema import STORE_SCHEMA_VERSION, connect
-from oel.online.sessions import Exchange, stitch
+from oel.sessions import Exchange, stitch
 from oel.trajectory import Message, Trajectory, Turn
 
 CLAIM_THREADS = 8

@@ -38,6 +38,22 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    def __init__(self, **data: Any) -> None:
+        """Build in code; a bad value is one line naming the field (a ConfigValueError)."""
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigValueError(_message(type(self), data, _chosen(e), whole="")) from None
+
+    # Validation of nested configs must not go through this __init__ (it would be lax inside a
+    # strict `from_dict`): marked as pydantic marks its own RootModel.__init__.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A config built in code with a bad value: a ConfigError (one line for the CLI) and, like the
+    check of a dataclass's `__post_init__`, a ValueError."""
+
 
 def cfg(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None) -> Any:
     """A documented config field. `factory` for mutable defaults (lists, nested configs)."""
@@ -51,7 +67,7 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     try:
         return cls.model_validate(data, strict=True)
     except ValidationError as e:
-        raise ConfigError(_message(cls, data, _chosen(e))) from None
+        raise ConfigError(_message(cls, data, _chosen(e), whole=cls.__name__)) from None
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
@@ -149,8 +165,9 @@ def _walk(cls: type[Config], data: Any, loc: tuple[int | str, ...]) -> tuple[str
     return key, tp, value, len(loc)
 
 
-def _message(cls: type[Config], data: Any, err: ErrorDetails) -> str:
-    """One line: the full dotted key, then what was expected and what came."""
+def _message(cls: type[Config], data: Any, err: ErrorDetails, whole: str) -> str:
+    """One line: the full dotted key, then what was expected and what came (`whole`: what to call
+    the config itself when a check of all its fields fails)."""
     key, tp, value, used = _walk(cls, data, err["loc"])
     if err["type"] == "extra_forbidden":
         name = str(err["loc"][used])
@@ -159,7 +176,8 @@ def _message(cls: type[Config], data: Any, err: ErrorDetails) -> str:
         hint = f" (did you mean {', '.join(parent + c for c in close)}?)" if close else ""
         return f"{parent}{name}: unknown config key{hint}"
     if err["type"] == "value_error":  # a check in model_post_init
-        return f"{key or cls.__name__}: {error_text(err)}"
+        where = key or whole
+        return f"{where}: {error_text(err)}" if where else error_text(err)
     return f"{key}: {_expected(tp)}, got {value!r}" if _expected(tp) else f"{key}: {error_text(err)}"
 
 

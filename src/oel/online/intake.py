@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from oel.online.errors import ConflictError, NotFoundError
+from oel.errors import ConflictError, NotFoundError
 from oel.online.rounds import bump
-from oel.online.sessions import (
+from oel.sessions import (
+    AUTO_SESSION_PREFIX,
     Candidate,
     Exchange,
     build_trajectory,
@@ -25,8 +26,6 @@ from oel.online.sessions import (
 )
 from oel.trajectory import Message, Trajectory
 
-AUTO_SESSION_PREFIX = "auto-"
-"""Names of stitched sessions (`auto-<n>`); reserved, so a client cannot name a session so."""
 TRAJECTORY_ID_PREFIX = "online-"
 
 

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from oel.online.errors import ConflictError, NotFoundError
+from oel.errors import ConflictError, NotFoundError
 
 RoundStatus = Literal["started", "done", "failed"]
 

@@ -41,7 +41,7 @@ TABLES = (
         updated REAL NOT NULL,
         last_exchange INTEGER,
         UNIQUE (client, name))""",
-    # One row per chat request served. `tail_key` = key of messages + response (oel.online.sessions).
+    # One row per chat request served. `tail_key` = key of messages + response (oel.sessions).
     """CREATE TABLE exchanges (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         session INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,

@@ -37,17 +37,16 @@ from typing import Any, Literal
 from oel.errors import ConfigError, DataError
 from oel.io import PRIVATE_FILE_MODE, make_dirs
 from oel.online import intake, pg, rounds, schema
-from oel.online.intake import AUTO_SESSION_PREFIX, Added, Recorded
+from oel.online.intake import Added, Recorded
 from oel.online.rounds import Deleted, Round, bump
-from oel.online.sessions import ONLINE_ENV_ID, STITCHED_SOURCE, Exchange, parse_messages
+from oel.sessions import (AUTO_SESSION_PREFIX, MAX_NAME_CHARS, ONLINE_ENV_ID, STITCHED_SOURCE, Exchange,
+                          parse_messages)
 from oel.trajectory import Message, Trajectory, parse_trajectory, write_trajectories
 
 Retention = Literal["keep", "delete_after_consolidation"]
 RETENTION_POLICIES = ("keep", "delete_after_consolidation")
 MAX_FAILED_ROUNDS = 3
 """A trajectory in this many failed rounds is held out of the pool (see oel.online.rounds)."""
-MAX_NAME_CHARS = 256
-"""The longest client name, session id or idempotency key accepted."""
 IDLE_OUTCOME = "unknown: the session ended idle, without an outcome"
 DEFAULT_WORKER = "scheduler"
 COUNTERS = ("trajectories_stored", "trajectories_duplicate", "trajectories_rejected",

@@ -26,9 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
-from oel.online.intake import AUTO_SESSION_PREFIX
-from oel.online.sessions import parse_messages as check_prompt
-from oel.online.store import MAX_NAME_CHARS
+from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
+from oel.sessions import parse_messages as check_prompt
 from oel.serving.edge import EdgeMiddleware, ServingState, error_status
 from oel.serving.engine import Answer
 from oel.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE

@@ -36,6 +36,10 @@ ONLINE_ENV_ID = "online"
 """env_id of a trajectory stitched from a session that named no task."""
 STITCHED_SOURCE = "online"
 """The Trajectory.source of trajectories the gateway stitched from exchanges."""
+AUTO_SESSION_PREFIX = "auto-"
+"""Names of stitched sessions (`auto-<n>`); reserved, so a client cannot name a session so."""
+MAX_NAME_CHARS = 256
+"""The longest client name, session id or idempotency key accepted."""
 
 
 @dataclass(frozen=True)
