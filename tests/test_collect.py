@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from oel.envs import EnvConfig, make_env
-from oel.errors import ConfigError
 from oel.backends.base import Generation, SamplingParams
-from oel.collect.play import CollectConfig, collect, select_jobs, summary_path
-from oel.rollout import EpisodeJob, pending_jobs, play_episodes, trajectory_id
 from oel.backends.hf import HFBackend
 from oel.backends.tiny import tiny_chat_model
+from oel.collect.play import CollectConfig, collect, select_jobs, summary_path
+from oel.envs import EnvConfig, make_env
+from oel.errors import ConfigError
+from oel.rollout import EpisodeJob, pending_jobs, play_episodes, trajectory_id
 from oel.trajectory import Message, read_trajectories
 
 MOVES = ("[up]", "[down]", "[left]", "[right]")

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from oel.backends.base import SamplingParams
-from oel.collect.play import CollectConfig, collect
 from oel.backends.hf import HFBackend
 from oel.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
-from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.backends.tiny import tiny_chat_model
+from oel.collect.play import CollectConfig, collect
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 
 MAX_NEW = 6

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from oel.envs import EnvConfig
-from oel.models import ModelConfig
 from oel.backends.base import SamplingParams
-from oel.collect.play import CollectConfig, collect
 from oel.backends.hf import HFBackend
 from oel.backends.openai_endpoint import EndpointConfig, OpenAIBackend
+from oel.collect.play import CollectConfig, collect
+from oel.envs import EnvConfig
+from oel.models import ModelConfig
 from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from oel.backends.tiny import tiny_chat_model
 from oel.consolidate.scoring import (ResponseScorer, pack, response_logits, response_logits_with_shared_prefix,
                                  shared_prefix_length)
-from oel.backends.tiny import tiny_chat_model
 
 TOL = 1e-5
 BF16_TOL = 0.1

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from oel.backends.base import Generation, SamplingParams
 from oel.evaluate import IFEvalConfig, aggregate, evaluate_ifeval, score_response
 from oel.evaluate.ifeval import RESPONSES_FILE, PromptVerdict, select_prompts
 from oel.evaluate.ifeval_offline import IFEvalPrompt, load_prompts
-from oel.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
 
 

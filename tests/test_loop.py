@@ -22,14 +22,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from oel.backends.tiny import save_tiny_chat_model
 from oel.config import load_config
 from oel.errors import ConfigError
-from oel.loop import LoopConfig, run_loop
 from oel.layout import MARKER
+from oel.loop import LoopConfig, run_loop
 from oel.loop.reuse import ReuseSource, copy_stage
 from oel.loop.run import prepare_run_dir, stages_for_round
 from oel.report import write_report
-from oel.backends.tiny import save_tiny_chat_model
 
 POLL_S = 0.01
 KILL_TIMEOUT_S = 240

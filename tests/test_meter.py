@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from oel.backends.tiny import tiny_chat_model
 from oel.envs.seeds import round_seeds
 from oel.evaluate.meter import (
     CANONICAL_MOVES,
@@ -19,7 +20,6 @@ from oel.evaluate.meter import (
     probe_states,
     knowledge_variant,
 )
-from oel.backends.tiny import tiny_chat_model
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import torch
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.hf import HFBackend
 from oel.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
-from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.backends.tiny import tiny_chat_model
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message
 
 MAX_NEW = 8

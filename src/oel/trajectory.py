@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from oel.io import append_jsonl, iter_jsonl, read_jsonl
 from oel.errors import DataError
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_jsonl
 from oel.validation import describe
 
 SCHEMA_VERSION = 1
@@ -130,7 +130,6 @@ def write_trajectories(path: str | os.PathLike, trajs: Iterable[Trajectory], *, 
     """Write a whole file atomically (used by importers; collection appends instead).
 
     `private`: 0600 (and new folders 0700), for users' conversations (the online store's exports)."""
-    from oel.io import atomic_write_text
     import json
 
     lines = [json.dumps(t.model_dump(mode="json"), ensure_ascii=False) for t in trajs]

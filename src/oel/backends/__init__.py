@@ -7,8 +7,7 @@
     prefix_cache.py    the prefix KV store
     sampling.py        derive_seed (THE named random streams) and the per-row Gumbel-max sampler
     tiny.py            a tiny random chat model for tests and smoke runs
+
+Importing the package imports none of them, so `oel.backends.base` (what the HTTP protocol and
+the report need) stays free of torch.
 """
-
-from oel.backends.select import BackendConfig, make_backend
-
-__all__ = ["BackendConfig", "make_backend"]

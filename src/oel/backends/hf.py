@@ -38,8 +38,9 @@ from oel.backends.base import Generation, SamplingParams
 from oel.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
                                       common_prefix_length)
 from oel.backends.sampling import PerRowSampler, RowSampling, derive_seed
-from oel.trajectory import Message
+from oel.models import load_model
 from oel.models.kv_cache import cache_arg
+from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,6 @@ class HFBackend:
                           max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                           prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> "HFBackend":
         """Load a model preset or directory through `oel.models` and wrap it."""
-        from oel.models import load_model
-
         lm = load_model(model_cfg)
         return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size,
                    max_batch_tokens=max_batch_tokens, prefix_cache_bytes=prefix_cache_bytes)

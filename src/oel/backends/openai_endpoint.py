@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from oel.config import Config, cfg
-from oel.errors import OELError
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.sampling import derive_seed
+from oel.config import Config, cfg
+from oel.errors import OELError
 from oel.trajectory import Message
 
 log = logging.getLogger(__name__)

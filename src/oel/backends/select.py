@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel.backends.base import ChatBackend
+from oel.backends.hf import HFBackend
 from oel.backends.openai_endpoint import EndpointConfig, OpenAIBackend
 from oel.config import Config, cfg
 from oel.models import ModelConfig
@@ -28,9 +29,6 @@ def make_backend(kind: BackendKind, *, model: Any, endpoint: Any, **hf_options: 
     (`hf_options` go to `HFBackend.from_model_config`, e.g. max_batch_size)."""
     if kind == "openai":
         return OpenAIBackend(endpoint)
-    # Deferred: hf.py imports torch and transformers, which an endpoint-only process never needs.
-    from oel.backends.hf import HFBackend
-
     return HFBackend.from_model_config(model, **hf_options)
 
 

@@ -11,7 +11,12 @@ import argparse
 import logging
 from typing import Any
 
+from oel.collect.importers import import_logs
+from oel.collect.play import CollectConfig, collect, summary_path
 from oel.commands import add_config_command
+from oel.config import save_config
+from oel.io import check_writable_file, read_text_file
+from oel.models import check_model_name
 
 _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 
@@ -19,11 +24,6 @@ _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 def run_collect(config: Any, ns: argparse.Namespace) -> int:
     """Collect with a live progress bar: episodes done, pass rate so far, generation tokens/s."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from oel.config import save_config
-    from oel.collect.play import collect, summary_path
-    from oel.io import check_writable_file, read_text_file
-    from oel.models import check_model_name
 
     check_writable_file(config.out, "trajectory file")
     if config.knowledge_file:  # inputs before anything is written
@@ -57,8 +57,6 @@ def run_collect(config: Any, ns: argparse.Namespace) -> int:
 
 
 def run_import_logs(ns: argparse.Namespace) -> int:
-    from oel.collect.importers import import_logs
-
     report = import_logs(ns.input, ns.output, format=ns.format, env_id=ns.env_id, model_id=ns.model_id)
     print(f"imported {report.trajectories} trajectories ({report.calls} model calls, format {report.format}) "
           f"-> {ns.output}")
@@ -68,8 +66,6 @@ def run_import_logs(ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from oel.collect.play import CollectConfig
-
     add_config_command(
         subparsers, "collect", CollectConfig, run_collect,
         help="play episodes with a model or endpoint and append their trajectories to JSONL (resumable)",

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from oel import backends, prompts
+from oel import prompts
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.openai_endpoint import EndpointConfig
+from oel.backends.select import make_backend
 from oel.config import Config, cfg
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
@@ -81,10 +82,10 @@ def select_jobs(config: CollectConfig) -> list[EpisodeJob]:
     return [EpisodeJob(s, k) for s in seeds for k in range(config.samples_per_seed)]
 
 
-def make_backend(config: CollectConfig) -> ChatBackend:
+def collect_backend(config: CollectConfig) -> ChatBackend:
     """The backend `config` asks for (loads the model for backend=hf)."""
-    return backends.make_backend(config.backend, model=config.model, endpoint=config.endpoint,
-                                 max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens)
+    return make_backend(config.backend, model=config.model, endpoint=config.endpoint,
+                        max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens)
 
 
 def summary_path(out: str | Path) -> Path:
@@ -112,7 +113,7 @@ def collect(
         on_start(len(todo), len(jobs))
     if todo:
         fields = {"knowledge": read_text_file(config.knowledge_file, "knowledge file", allow_empty=True)} if config.knowledge_file else {}
-        backend = backend if backend is not None else make_backend(config)
+        backend = backend if backend is not None else collect_backend(config)
 
         def _append(traj: Trajectory, st: PlayStats) -> None:
             append_trajectory(config.out, traj)

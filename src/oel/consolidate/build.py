@@ -22,15 +22,13 @@ from oel.consolidate.data import STREAM_INIT
 from oel.consolidate.distributed import Topology
 from oel.consolidate.scoring import model_device
 from oel.errors import ConfigError
-from oel.models import ModelConfig
+from oel.models import ModelConfig, load_model
 
 log = logging.getLogger(__name__)
 
 
 def load_round_model(model_config: ModelConfig, topology: Topology) -> Any:
     """The round-start model (`oel.models.LoadedModel`), on this rank's device under a launcher."""
-    from oel.models import load_model
-
     if topology.device is not None:  # one device per rank: cuda:LOCAL_RANK (or cpu)
         model_config = updated(model_config, device=topology.device)
     return load_model(model_config)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from oel.backends.prefix_cache import common_prefix_length
+from oel.backends.sampling import PerRowSampler
 from oel.models.kv_cache import cache_arg
 
 Tensor = torch.Tensor
@@ -159,8 +161,6 @@ def generate_ids(model: Any, prompts: Sequence[Sequence[int]], samplers: Sequenc
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from oel.backends.sampling import PerRowSampler
-
     width = max(len(p) for p in prompts)
     ids_BT = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attn_BT = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -243,8 +243,6 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     The last prompt token must stay in the per-row tail: its hidden state predicts the first
     response token.
     """
-    from oel.backends.prefix_cache import common_prefix_length
-
     if not prompts:
         return 0
     return max(min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1), 0)

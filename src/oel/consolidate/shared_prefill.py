@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from oel.consolidate.scoring import causal_lm_parts, pack
 from oel.backends.sampling import PerRowSampler, RowSampling
+from oel.consolidate.scoring import causal_lm_parts, pack
 from oel.models.kv_cache import cache_arg
 
 Tensor = torch.Tensor

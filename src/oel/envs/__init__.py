@@ -64,6 +64,7 @@ class EnvConfig(Config):
 
 def make_env(config: EnvConfig) -> TextEnv:
     """A fresh environment for `config` (one instance plays one episode at a time)."""
+    # The game modules are imported here, not at the top: each imports EnvConfig from this package.
     if config.game == "guess_number":
         from oel.envs.guess_number import GuessTheNumberGame
 

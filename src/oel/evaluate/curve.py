@@ -28,7 +28,6 @@ from pathlib import Path
 
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.select import BackendConfig
-from oel.rollout import EpisodeJob
 from oel.config import Config, cfg, to_dict
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds
@@ -39,6 +38,7 @@ from oel.extract import load_experience_set, read_manifest, round_dir
 from oel.io import atomic_write_json, atomic_write_text
 from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
 from oel.provenance import plain, read_key, texts_digest
+from oel.rollout import EpisodeJob
 from oel.trajectory import Trajectory, read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)

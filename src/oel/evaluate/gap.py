@@ -29,8 +29,10 @@ from oel.envs.seeds import heldout_seeds, round_seeds
 from oel.errors import ConfigError
 from oel.evaluate.meter import (MeterResult, PromptVariant, knowledge_variant, measure, paired_gap, policy_variant,
                                probe_states, reference_emq)
+from oel.evaluate.meter_check import sample_check
+from oel.evaluate.visited import visited_states
 from oel.io import atomic_write_json, read_text_file
-from oel.models import ModelConfig
+from oel.models import ModelConfig, check_model_name, load_model
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +163,6 @@ def teacher_gap(student: Any, teacher: Any, states: Sequence[Any], knowledge: Se
 
 def run_gap(config: GapConfig) -> TeacherGap:
     """`oel meter`: load the models, build the probe states, measure, write `out`."""
-    from oel.models import check_model_name, load_model
-
-    from oel.evaluate.visited import visited_states
-
     reads = "knowledge" in prompts.get(config.teacher_template).fields
     paths = config.knowledge_paths()
     if reads and not paths:
@@ -185,8 +183,6 @@ def run_gap(config: GapConfig) -> TeacherGap:
     gap.meta.update({"student_model": student.model_id, "teacher_model": teacher.model_id,
                      **({"visited": config.visited} if config.visited else {"seeds": config.seeds, "round": config.round})})
     if config.sample_check:
-        from oel.evaluate.meter_check import sample_check
-
         check = sample_check(student.model, student.tokenizer, states, policy_variant(), gap.student,
                              samples_per_state=config.sample_check)
         gap.meta["sample_check"] = check.to_dict()

@@ -12,8 +12,8 @@ How a round's loop uses it:
 The consolidation trainer only needs `knowledge_texts`. See docs/experience.md.
 """
 
-from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
 from oel.extract.accumulate import accumulate_step, extract_round
+from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
 from oel.extract.store import (
     ExperienceFile,
     ExperienceItem,

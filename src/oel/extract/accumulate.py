@@ -35,7 +35,6 @@ from oel.extract.render import (
     build_extraction_prompt,
     render_raw_trajectory,
 )
-from oel.extract.templates import RecordStyle, extraction_template, round_style
 from oel.extract.store import (
     ITEM_SEPARATOR,
     ExperienceFile,
@@ -52,6 +51,7 @@ from oel.extract.store import (
     write_manifest,
     write_step,
 )
+from oel.extract.templates import RecordStyle, extraction_template, round_style
 from oel.extract.text import (
     TokenCounter,
     dedup_new,

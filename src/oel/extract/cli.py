@@ -13,14 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from oel.backends.select import from_config
 from oel.commands import EXPERIENCE_GROUP, add_config_command, command_group, progress_bar
 from oel.config import save_config
-from oel.io import check_writable_dir
-from oel.models import check_model_name
 from oel.errors import ConfigError, DataError
-from oel.extract.config import ExtractConfig
-from oel.backends.select import from_config
 from oel.extract.accumulate import extract_round
+from oel.extract.config import ExtractConfig
 from oel.extract.store import (
     ExperienceFile,
     completed_steps,
@@ -31,6 +29,8 @@ from oel.extract.store import (
     round_dir,
     step_path,
 )
+from oel.io import check_writable_dir
+from oel.models import check_model_name
 from oel.trajectory import read_trajectories
 
 _RUN_DIR = re.compile(r"^run_(\d+)$")

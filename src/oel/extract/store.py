@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from oel.errors import DataError
 from oel.extract.text import Format, normalize_item
-from oel.layout import store_round_dir
 from oel.io import atomic_write_json, atomic_write_text, read_text
+from oel.layout import store_round_dir
 from oel.validation import describe, error_text, first_error, location
 
 SCHEMA_VERSION = 1

@@ -8,6 +8,7 @@ from typing import Any
 
 from oel.commands import add_config_command
 from oel.loop.config import LoopConfig
+from oel.loop.run import run_loop
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ class LoopProgress:
 
 def _run(config: LoopConfig, ns: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from oel.loop.run import run_loop
 
     console = Console(stderr=True)
     progress = LoopProgress(console)

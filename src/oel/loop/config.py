@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from oel.collect.play import CollectConfig
 from oel.config import Config, cfg, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
@@ -19,7 +20,6 @@ from oel.errors import ConfigError
 from oel.evaluate.config import EvaluateConfig
 from oel.extract.config import ExtractConfig
 from oel.models import ModelConfig
-from oel.collect.play import CollectConfig
 
 # Stage-config fields the loop fills in itself; a user value there would be silently overwritten.
 LOOP_OWNED: dict[str, tuple[str, ...]] = {

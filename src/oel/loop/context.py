@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oel.backends.hf import HFBackend
 from oel.config import updated
 from oel.io import append_jsonl
 from oel.layout import RunLayout
@@ -92,8 +93,6 @@ class RoundContext:
         gc.collect()
 
     def backend(self, max_batch_size: int) -> Any:
-        from oel.backends.hf import HFBackend
-
         lm = self.model
         return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size)
 

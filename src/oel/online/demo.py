@@ -37,7 +37,7 @@ from oel.envs.seeds import TRAIN_BASE
 from oel.io import append_jsonl, iter_jsonl
 from oel.layout import METRICS_FILE, DemoLayout
 from oel.online.config import OnlineConfig
-from oel.online.gateway import GatewayConfig
+from oel.online.gateway import Gateway, GatewayConfig
 from oel.online.versions import Versions
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,6 @@ class SimulatedUsers:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the gateway, the scheduler and the users until `rounds` rounds ended (or time/episodes ran out)."""
-    from oel.online.gateway import Gateway
-
     paths = DemoLayout(Path(config.run_dir))
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, paths.run_dir / DEMO_CONFIG)

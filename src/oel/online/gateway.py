@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.backends.hf import HFBackend
 from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.online.store import RETENTION_POLICIES, Store
 from oel.serving.app import ServingState, build_app
+from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import Engine, LocalEngine, UpstreamEngine
 from oel.serving.metrics import ServerMetrics
 from oel.serving.server import ConnectionGuard, HTTPServer

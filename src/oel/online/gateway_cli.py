@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from oel.commands import add_config_command
+from oel.online.gateway import Gateway, GatewayConfig
 
 READY_LINE = "oel gateway: serving at"
 """The line printed once the port is bound (scripts that start the gateway wait for it)."""
@@ -24,8 +25,6 @@ READY_LINE = "oel gateway: serving at"
 
 def run_gateway(config: Any, ns: argparse.Namespace | None = None) -> int:
     """Open the store, load the model, serve until SIGINT or SIGTERM."""
-    from oel.online.gateway import Gateway
-
     gateway = Gateway(config).start()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     auth = f"{len(gateway.api_keys)} client keys, {len(gateway.admin_keys)} admin keys" if gateway.api_keys \
@@ -47,8 +46,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from oel.online.gateway import GatewayConfig
-
     add_config_command(
         subparsers, "gateway", GatewayConfig, run_gateway,
         help="an OpenAI-compatible gateway that records every exchange for online learning",

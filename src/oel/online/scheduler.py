@@ -35,20 +35,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from oel.backends.hf import HFBackend
 from oel.config import updated
 from oel.errors import ConfigError, DataError
-from oel.io import atomic_write_json, read_json
+from oel.evaluate import evaluate as run_evaluate
+from oel.io import atomic_write_json, iter_jsonl, read_json
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
 from oel.loop.config import LoopConfig
 from oel.loop.context import MetricsLog, RoundContext
-from oel.models import ModelConfig
+from oel.models import ModelConfig, load_model
 from oel.online.config import GATE_METRIC, OnlineConfig
 from oel.online.gate import compare, refuse_collapse
 from oel.online.pg import is_url
 from oel.online.rounds import Round
 from oel.online.store import Store
 from oel.online.versions import Version, Versions, version_name
+from oel.online.vllm_lora import swap_published
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +285,6 @@ class Scheduler:
         return refuse_collapse(verdict, candidate, self.config.gate.max_move_share)
 
     def _evaluate(self, ctx: OnlineRoundContext, model: ModelConfig, which: str, model_id: str) -> dict[str, Any]:
-        from oel.backends.hf import HFBackend
-        from oel.evaluate import evaluate as run_evaluate
-        from oel.models import load_model
-
         evaluate = self.config.round_evaluate()
         assert evaluate is not None
         out = ctx.layout.stage_dir(ctx.round, which)
@@ -312,8 +311,6 @@ class Scheduler:
         return out
 
     def _swap_vllm_lora(self, v: Version) -> dict[str, Any]:
-        from oel.online.vllm_lora import swap_published
-
         return swap_published(self.config.vllm_lora, self.versions, v)
 
     # ---- operator metrics and the service loop ----------------------------------------------
@@ -381,8 +378,6 @@ STOP_CHECK_S = 0.05
 
 def status(config: OnlineConfig) -> dict[str, Any]:
     """What an operator asks first: the store's numbers, the current version, the last round row."""
-    from oel.io import iter_jsonl
-
     if not is_url(config.store) and not Path(config.store).is_file():  # a status query must not create an empty store
         raise DataError(f"{config.store}: store not found (the gateway creates it; check `store`)")
     with Store.open(config.store, retention=config.retention) as store:

@@ -27,6 +27,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from oel.envs import GRID_GAMES
 from oel.errors import ConfigError
 from oel.trajectory import Message
 
@@ -207,8 +208,6 @@ def load(spec: str, *, key: str, role: Role) -> Template:
 def policy_template_for(game: str, configured: str = POLICY_TEMPLATE) -> str:
     """The policy prompt for `game`: `configured` for the grid games (and for any game when it is
     not the grid default); the game-neutral prompt for the small-answer games otherwise."""
-    from oel.envs import GRID_GAMES
-
     if game in GRID_GAMES or configured != POLICY_TEMPLATE:
         return configured
     return GAME_POLICY_TEMPLATE

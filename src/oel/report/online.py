@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oel.evaluate.meter import paired_gap
 from oel.evaluate.metrics import wilson_interval
 from oel.io import atomic_write_text, iter_jsonl, read_json
 from oel.layout import EVALUATION_FILE, METER_FILE, METRICS_FILE, DemoLayout
@@ -120,8 +121,6 @@ def gate_table(run: OnlineRun) -> str:
 def meter_gate_table(run: OnlineRun) -> str:
     """Each round's exact meter on held-out probe states: the start version, the candidate, and
     their paired difference (bootstrap over maps), which is what the gate's verdict rests on."""
-    from oel.evaluate.meter import paired_gap
-
     rows = ["| round | start version E[mq] | candidate E[mq] | candidate - start (95% CI over maps) | "
             "candidate state-blind E[mq] | P(invalid) start -> candidate | moves u/d/l/r start -> candidate |",
             "|---|---|---|---|---|---|---|"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from oel.evaluate.answer_meter import paired_answer_gap
+from oel.evaluate.meter import CANONICAL_MOVES, paired_gap
+from oel.evaluate.sharpen import sharpened
 from oel.io import iter_jsonl
 from oel.layout import RunLayout
 from oel.report.gather import RunData
@@ -16,9 +19,6 @@ probe states, has collapsed onto it (two FrozenLake students did, at .97 and .87
 
 def meter_rows(data: RunData) -> list[dict[str, Any]]:
     """Per round: M_r's exact E[mq] (and P(invalid)) at the held-out probe states, paired with M_0."""
-    from oel.evaluate.meter import paired_gap
-    from oel.evaluate.sharpen import sharpened
-
     if 0 not in data.meters:
         return []
     base = data.meters[0]
@@ -56,8 +56,6 @@ def meter_table(data: RunData) -> str:
 
 def answer_meter_table(data: RunData) -> str:
     """Per round: M_r's small-answer meter at the held-out probe states, paired with M_0 (CIs over episodes)."""
-    from oel.evaluate.answer_meter import paired_answer_gap
-
     if 0 not in data.answer_meters:
         return ""
     base = data.answer_meters[0]
@@ -83,9 +81,6 @@ def collapse_warnings(data: RunData) -> list[str]:
     boards always [down] alone scores 50% E[mq], so such a model's meter gain is a move bias that
     loses games (it walks off the bottom edge), and the report must say so next to the number.
     """
-    from oel.evaluate.meter import CANONICAL_MOVES
-    from oel.evaluate.sharpen import sharpened
-
     out = []
     for r, m in sorted(data.meters.items()):
         move, share = m.top_move()

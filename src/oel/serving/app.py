@@ -26,8 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
-from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
-from oel.sessions import parse_messages as check_prompt
 from oel.serving.edge import EdgeMiddleware, ServingState, error_status
 from oel.serving.engine import Answer
 from oel.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -47,6 +45,8 @@ from oel.serving.protocol import (
     error_body,
     show,
 )
+from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
+from oel.sessions import parse_messages as check_prompt
 
 __all__ = ["ServingState", "build_app"]
 

@@ -30,13 +30,13 @@ import logging
 import signal
 import time
 
-from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.backends.hf import HFBackend
 from oel.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.serving.app import ServingState, build_app
+from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import LocalEngine
 from oel.serving.metrics import ServerMetrics
 from oel.serving.server import ConnectionGuard, HTTPServer
