@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--preset", default=DEFAULT_PRESET, help="model preset or directory")
     ap.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="FrozenLake episodes per run")
     ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each side (medians)")
-    ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect batch_size)")
+    ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect "
+                                                                             "batch_size)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--skip-no-reuse", action="store_true", help="leave out the store-off side (the slowest)")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N",
@@ -250,7 +251,8 @@ def main() -> None:
     share = repeated_prefill_share(trajs, backend.encode)
     print(f"prefill: {share['prompt_tokens']} prompt tokens in ours' last run; the head shared by every episode is "
           f"{share['head_tokens']} tokens = {100 * share['shared_head_share']:.0f}% of them, the previous turn's "
-          f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could skip these")
+          f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could "
+          "skip these")
 
 
 def profile_ours(backend: Any, args: argparse.Namespace) -> None:

@@ -62,15 +62,24 @@ TRL_MAX_PROMPT_LENGTH = 8192
 TRL_TEACHER_TEMPLATE = "{privileged_context}{prompt}"
 KIB = 1024
 # Written for this benchmark in the style of extracted knowledge, used when no --knowledge is given.
-DEFAULT_KNOWLEDGE = """\
-- EXPERIENCE ITEM: The board's top-left cell is where P starts; moving [up] or [left] from there hits the edge and wastes a turn.
-- EXPERIENCE ITEM: A cell marked H ended the game when stepped on: treat H as a hole and route around it.
-- EXPERIENCE ITEM: G marks the goal; the game was won by reaching it, so plan a path of [down] and [right] moves toward it.
-- EXPERIENCE ITEM: Two invalid answers in a row end the game: always answer with exactly one move in square brackets.
-- EXPERIENCE ITEM: Before moving, check the cell you would enter; if it is H, choose the other direction that also approaches G.
-- EXPERIENCE ITEM: Moves that do not change the board (walls, edges) still count as turns; only five turns are allowed.
-- EXPERIENCE ITEM: On a 3x3 board the goal is four moves away; any path with two [down] and two [right] moves that avoids H works.
-- EXPERIENCE ITEM: Re-read the latest board after each move: P's position there is the truth, not where you expected it to be."""
+DEFAULT_KNOWLEDGE = "\n".join([
+    "- EXPERIENCE ITEM: The board's top-left cell is where P starts; moving [up] or [left] from there "
+    "hits the edge and wastes a turn.",
+    "- EXPERIENCE ITEM: A cell marked H ended the game when stepped on: treat H as a hole and route "
+    "around it.",
+    "- EXPERIENCE ITEM: G marks the goal; the game was won by reaching it, so plan a path of [down] and "
+    "[right] moves toward it.",
+    "- EXPERIENCE ITEM: Two invalid answers in a row end the game: always answer with exactly one move in"
+    " square brackets.",
+    "- EXPERIENCE ITEM: Before moving, check the cell you would enter; if it is H, choose the other "
+    "direction that also approaches G.",
+    "- EXPERIENCE ITEM: Moves that do not change the board (walls, edges) still count as turns; only five"
+    " turns are allowed.",
+    "- EXPERIENCE ITEM: On a 3x3 board the goal is four moves away; any path with two [down] and two "
+    "[right] moves that avoids H works.",
+    "- EXPERIENCE ITEM: Re-read the latest board after each move: P's position there is the truth, not "
+    "where you expected it to be.",
+])
 
 
 # -- the two children ----------------------------------------------------------------------
@@ -223,7 +232,8 @@ def _prompt_lengths(args: argparse.Namespace, tok: Any) -> dict[str, float]:
 
     def n(chat: Any) -> int:
         chat = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in chat]
-        return len(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        return len(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"])
 
     trl = [[{"role": "user", "content": TRL_TEACHER_TEMPLATE.format(prompt=r["prompt"][-1]["content"],
                                                                      privileged_context=r["privileged_context"])}]
@@ -284,7 +294,8 @@ def main() -> None:
         args.batch, args.steps, args.max_new_tokens = SMOKE_BATCH, SMOKE_STEPS, SMOKE_MAX_NEW_TOKENS
         args.skip_trl = args.skip_trl or not _trl_installed()
     if not Path(args.trajectories).is_file():
-        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or the quickstart) first, or pass --trajectories")
+        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or the quickstart) first, or pass "
+                 "--trajectories")
     if args.child:
         (child_ours if args.child == "ours" else child_trl)(args)
         return
@@ -338,7 +349,8 @@ def _report(args: argparse.Namespace, summaries: dict[str, dict[str, Any]]) -> N
         for name, s in summaries.items():
             if name != "trl":
                 print(f"{name}: step time {ratio(trl['step_s'], s['step_s']):.2f}x faster than TRL "
-                      f"(goal >= 2x); peak RSS {ratio(s['peak_rss_mib'], trl['peak_rss_mib']):.2f}x TRL's (goal <= 0.6x)")
+                      f"(goal >= 2x); peak RSS {ratio(s['peak_rss_mib'], trl['peak_rss_mib']):.2f}x TRL's (goal "
+                      "<= 0.6x)")
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "loads"} for k, v in summaries.items()}))
 
 

@@ -36,7 +36,8 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def step_gradients(args: argparse.Namespace, dtype: str, overrides: dict[str, Any], out_dir: str) -> list[tuple[float, float, Any]]:
+def step_gradients(args: argparse.Namespace, dtype: str, overrides: dict[str, Any],
+                   out_dir: str) -> list[tuple[float, float, Any]]:
     """(loss, response tokens, flat LoRA gradient) of steps 1..args.steps, the weights never updated."""
     import torch
 

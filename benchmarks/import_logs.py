@@ -36,7 +36,8 @@ def write_log(path: Path, lines: int, turns: int, fmt: str) -> None:
             conv, k = divmod(i, turns)
             messages = [SYSTEM]
             for j in range(k + 1):
-                messages.append({"role": "user", "content": f"task {conv}: step {j}, list the files of /srv/{conv}/{j}"})
+                messages.append({"role": "user", "content": f"task {conv}: step {j}, list the files of "
+                                                            f"/srv/{conv}/{j}"})
                 if j < k:
                     messages.append({"role": "assistant", "content": f"ls -la /srv/{conv}/{j}"})
             answer = f"ls -la /srv/{conv}/{k}"
@@ -89,7 +90,8 @@ def main() -> None:
             src.unlink()
             out.unlink()
         big = results[ns.lines]
-        print(f"peak RSS over the {baseline:,}-line run: {big['peak_rss_mib'] - results[baseline]['peak_rss_mib']:.0f} MiB")
+        print(f"peak RSS over the {baseline:,}-line run: "
+              f"{big['peak_rss_mib'] - results[baseline]['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

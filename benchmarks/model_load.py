@@ -47,8 +47,10 @@ def main() -> None:
         cached = sorted((load_once(args.name, cache) for _ in range(args.repeats)), key=lambda r: r["load_s"])
         med = cached[len(cached) // 2]
     print(f"{args.name}")
-    print(f"  first load : {first['load_s']:6.1f} s  (with imports {first['with_imports_s']:.1f} s), peak RSS {first['peak_rss_mib']:.0f} MiB")
-    print(f"  cached load: {med['load_s']:6.1f} s  (with imports {med['with_imports_s']:.1f} s), peak RSS {med['peak_rss_mib']:.0f} MiB"
+    print(f"  first load : {first['load_s']:6.1f} s  (with imports {first['with_imports_s']:.1f} s), peak RSS "
+          f"{first['peak_rss_mib']:.0f} MiB")
+    print(f"  cached load: {med['load_s']:6.1f} s  (with imports {med['with_imports_s']:.1f} s), peak RSS "
+          f"{med['peak_rss_mib']:.0f} MiB"
           f"  [median of {len(cached)}]")
     print(f"  speed-up   : {first['load_s'] / med['load_s']:.1f}x")
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, add_smoke_flag, machine_state, smoke_model, smoke_trajectories, state_note  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, machine_state, smoke_model, smoke_trajectories,  # noqa: E402
+                     state_note)
 from consolidate import (DEFAULT_BATCH, DEFAULT_KNOWLEDGE, DEFAULT_MAX_NEW_TOKENS,  # noqa: E402
                          DEFAULT_TRAJECTORIES, SMOKE_BATCH, SMOKE_MAX_NEW_TOKENS, _ours_config)
 
@@ -121,7 +122,8 @@ def main() -> None:
         phases.active = False
         phases.print(metrics["step_s"])
         print(f"response tokens {metrics['response_tokens']:.0f}, trainer's own split: generate "
-              f"{metrics['generate_s']:.2f} s, teacher {metrics['teacher_s']:.2f} s, student {metrics['student_s']:.2f} s "
+              f"{metrics['generate_s']:.2f} s, teacher {metrics['teacher_s']:.2f} s, student "
+              f"{metrics['student_s']:.2f} s "
               f"{state_note(machine_state())}")
         if args.ops:
             from torch.profiler import ProfilerActivity, profile

@@ -16,8 +16,8 @@ Timings alternate plain/shared after a warm-up, medians of `--repeats`; exactnes
 difference| of the logits and the KL between the two distributions (bf16 model, T=0.7).
 
 Which one is closer to the truth? The same rows are also scored by the same (bf16-rounded)
-weights computing in float32 (plain scoring): the "vs fp32" columns give each bf16 path's own error, max and mean over tokens of
-KL(fp32 || bf16 path). Comparing the two bf16 paths with each other only says how far apart
+weights computing in float32 (plain scoring): the "vs fp32" columns give each bf16 path's own error,
+max and mean over tokens of KL(fp32 || bf16 path). Comparing the two bf16 paths with each other only says how far apart
 they are, not which is wrong; against float32, the shared path is acceptable if its error is
 of the size plain bf16 scoring already makes. `--no-fp32` skips this (it loads a second,
 float32 copy of the model).
@@ -100,7 +100,8 @@ def compare(model: Any, prompts: list[list[int]], responses: list[list[int]], ke
                 fn()
                 times[name].append(time.perf_counter() - t0)
         # The noise floor of plain scoring itself: each row scored alone vs inside the batch.
-        alone = torch.cat([response_logits(model, pack([p], [r], pad_id=pad_id)) for p, r in zip(prompts, responses)]).float()
+        alone = torch.cat([response_logits(model, pack([p], [r], pad_id=pad_id))
+                           for p, r in zip(prompts, responses)]).float()
 
     def max_kl(x: torch.Tensor, y: torch.Tensor) -> float:
         return float(kl_to(y, x).max())
@@ -183,7 +184,8 @@ def main() -> None:
     fp32_rows, student_rows = [], []
     for batch in args.batches:
         for one_text in (True, False):
-            prompts, responses, keys, student_prompts = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts, one_text)
+            prompts, responses, keys, student_prompts = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts,
+                                                                   one_text)
             r = compare(lm.model, prompts, responses, keys, backend.pad_id, args.repeats, reference)
             groups = {k: [p for p, kk in zip(prompts, keys) if kk == k] for k in set(keys)}
             head = median([shared_prefix_length(g) for g in groups.values()])
@@ -199,7 +201,8 @@ def main() -> None:
                                                                   backend.pad_id)))
     if fp32_rows:
         print("\neach bf16 path against float32 plain scoring: KL(fp32 || bf16), max / mean over response tokens")
-        print(f"{'batch':>5s} {'K':>2s} {'plain max':>10s} {'plain mean':>10s} {'shared max':>10s} {'shared mean':>11s}")
+        print(f"{'batch':>5s} {'K':>2s} {'plain max':>10s} {'plain mean':>10s} {'shared max':>10s} "
+              f"{'shared mean':>11s}")
         for batch, k_used, r in fp32_rows:
             print(f"{batch:5d} {k_used:2d} {r['plain_fp32_max_kl']:10.1e} {r['plain_fp32_mean_kl']:10.1e} "
                   f"{r['shared_fp32_max_kl']:10.1e} {r['shared_fp32_mean_kl']:11.1e}")

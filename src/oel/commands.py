@@ -73,7 +73,8 @@ EXPERIENCE_GROUP = ("experience", "inspect the experience store; the in-context 
 
 def progress_bar() -> Any:
     """A rich progress bar with counts and times (imported here: the CLI owns progress bars)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn())

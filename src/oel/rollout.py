@@ -152,7 +152,8 @@ def play_episodes(
     fields = dict(prompt_fields or {})
     unused = set(fields) - tmpl.fields
     if unused:
-        raise ConfigError(f"prompt '{template}': has no field(s) {sorted(unused)} to fill (fields: {sorted(tmpl.fields)})")
+        raise ConfigError(f"prompt '{template}': has no field(s) {sorted(unused)} to fill (fields: "
+                          f"{sorted(tmpl.fields)})")
     stats = stats if stats is not None else PlayStats()
     queue = list(jobs)[::-1]  # pop() from the end keeps play order
     envs = [env_factory() for _ in range(min(batch_size, len(queue)))]

@@ -45,7 +45,8 @@ def check_prompt_roles(messages: list[Message]) -> None:
         want = "user" if i % 2 == 0 else "assistant"
         if m.role != want:
             pos = i + (len(messages) - len(body))
-            raise ValueError(f"prompt message {pos} has role '{m.role}', expected '{want}' (roles must alternate user/assistant)")
+            raise ValueError(f"prompt message {pos} has role '{m.role}', expected '{want}' (roles must "
+                             "alternate user/assistant)")
     if body[-1].role != "user":
         raise ValueError("prompt must end with a user message")
 
@@ -55,7 +56,8 @@ class Turn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     prompt: list[Message] = Field(description="the exact messages given to the model for this turn")
-    observation: str = Field(description="the environment's text at this turn (the part of the prompt that came from the env)")
+    observation: str = Field(description="the environment's text at this turn (the part of the prompt that came "
+                                         "from the env)")
     response: str = Field(description="the raw model response, thinking included")
     action: str | None = Field(default=None, description="the action sent to the environment; None if none was valid")
     feedback: str = Field(default="", description="the environment's textual reply to this turn")

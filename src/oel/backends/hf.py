@@ -244,7 +244,8 @@ class HFBackend:
             kept = min(gen.completion_tokens, steps - 1)
             positions = torch.cat([mask_BW[b].nonzero().squeeze(1), torch.arange(width, width + kept)])
             positions = positions.to(cache.layers[0].keys.device)
-            kv = [(layer.keys[b][:, positions].clone(), layer.values[b][:, positions].clone()) for layer in cache.layers]
+            kv = [(layer.keys[b][:, positions].clone(),
+                   layer.values[b][:, positions].clone()) for layer in cache.layers]
             self.prefix_store.add(e.ids + new_BT[b, :kept].tolist(), kv, supersedes=e.match.entry)
 
     def _prefill_shared_head(self, prompts: Sequence[Sequence[int]]) -> None:

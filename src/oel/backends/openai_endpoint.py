@@ -46,11 +46,15 @@ class EndpointError(OELError):
 class EndpointConfig(Config):
     """Where and how to reach an OpenAI-compatible chat endpoint."""
 
-    base_url: str = cfg("http://127.0.0.1:8000/v1", "endpoint root, ending in /v1 (vLLM, llama.cpp server, SGLang, TGI, oel serve)")
-    base_urls: list[str] = cfg(help="more roots serving the SAME model (a cluster); each request goes to the least busy of base_url + these", factory=list)
+    base_url: str = cfg("http://127.0.0.1:8000/v1", "endpoint root, ending in /v1 (vLLM, llama.cpp server, "
+                                                    "SGLang, TGI, oel serve)")
+    base_urls: list[str] = cfg(help="more roots serving the SAME model (a cluster); each request goes to the "
+                                    "least busy of base_url + these", factory=list)
     model: str = cfg("", "model name the endpoint serves (as listed by GET /v1/models); empty = the first one listed")
-    api_key_env: str = cfg("OPENAI_API_KEY", "environment variable holding the API key; unset is fine for local servers")
-    concurrency: int = cfg(32, "requests in flight at once over all servers; each server batches its share (match collect batch_size)")
+    api_key_env: str = cfg("OPENAI_API_KEY", "environment variable holding the API key; unset is fine for local "
+                                             "servers")
+    concurrency: int = cfg(32, "requests in flight at once over all servers; each server batches its share "
+                               "(match collect batch_size)")
     timeout_s: float = cfg(120.0, "seconds one request may take before it is retried")
     max_retries: int = cfg(3, "retries of a transient failure (connection, timeout, 429, 5xx) before giving up")
     backoff_s: float = cfg(1.0, "first retry delay in seconds; doubles on each retry")

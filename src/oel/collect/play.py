@@ -45,17 +45,19 @@ class CollectConfig(Config):
     backend: Literal["hf", "openai"] = cfg("hf", "'hf': load `model` in this process; 'openai': call `endpoint`")
     model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf")
     endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai")
-    max_batch_size: int = cfg(16, "backend=hf: most prompts in one forward pass (bounds memory); larger calls are split")
+    max_batch_size: int = cfg(16, "backend=hf: most prompts in one forward pass (bounds memory); larger calls "
+                                  "are split")
     max_batch_tokens: int = cfg(32_768, "backend=hf: most padded prompt tokens in one forward pass (bounds memory)")
-    seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's 'collect', 'extract' or 'train' block")
+    seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's "
+                                    "'collect', 'extract' or 'train' block")
     num_seeds: int = cfg(32, "how many maps (seeds) to play, taken from the start of the chosen set plus seed_offset")
     seed_offset: int = cfg(0, "skip this many seeds of the chosen set (take more maps from a block later)")
     samples_per_seed: int = cfg(1, "episodes per map; episodes = num_seeds * samples_per_seed")
     round: int = cfg(0, "OEL round; picks the round's seed block and is recorded in each trajectory")
     sampling: SamplingParams = cfg(factory=SamplingParams, help="how the policy samples its answers")
     batch_size: int = cfg(32, "episodes in flight together; each turn is one backend call over all of them")
-    prompt: str = cfg("policy_grid_v1", "prompt template for each turn (oel/prompts/<name>.txt), rendered with the "
-                                        "observation; the small-answer games replace this default by policy_game_v1")
+    prompt: str = cfg("policy_grid_v1", "prompt template of each turn (oel/prompts/<name>.txt); the "
+                                        "small-answer games use policy_game_v1")
     knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none")
     out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed on rerun")
 
@@ -112,7 +114,8 @@ def collect(
     if on_start is not None:
         on_start(len(todo), len(jobs))
     if todo:
-        fields = {"knowledge": read_text_file(config.knowledge_file, "knowledge file", allow_empty=True)} if config.knowledge_file else {}
+        fields = {"knowledge": read_text_file(config.knowledge_file, "knowledge file",
+                                              allow_empty=True)} if config.knowledge_file else {}
         backend = backend if backend is not None else collect_backend(config)
 
         def _append(traj: Trajectory, st: PlayStats) -> None:

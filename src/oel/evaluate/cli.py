@@ -70,7 +70,8 @@ def run_curve(config: CurveConfig, ns: argparse.Namespace) -> int:
 
         def on_point(p: CurvePoint) -> None:
             bar.advance(task)
-            bar.console.print(f"step {p.step}: {p.passed}/{p.episodes} ({p.pass_rate:.1%}, CI {p.ci_low:.1%}-{p.ci_high:.1%})")
+            bar.console.print(f"step {p.step}: {p.passed}/{p.episodes} ({p.pass_rate:.1%}, CI "
+                              f"{p.ci_low:.1%}-{p.ci_high:.1%})")
 
         points = evaluate_curve(config, backend, count_tokens=count, on_point=on_point)
     print(curve_table(points))

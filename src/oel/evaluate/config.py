@@ -36,9 +36,8 @@ class GamesConfig(Config):
     sampling: SamplingParams = cfg(help="how the policy samples (its `seed` field is replaced by each sampling seed)",
                                    factory=SamplingParams)
     batch_size: int = cfg(32, "episodes in flight together; each turn is one batched backend call")
-    knowledge_template: str = cfg("teacher_grid_v1", "the prompt of in-context play (the knowledge's placement); the loop "
-                                                     "sets it to consolidate.teacher_template, so the in-context number "
-                                                     "reads the knowledge as the teacher does")
+    knowledge_template: str = cfg("teacher_grid_v1", "the prompt of in-context play; the loop sets it to "
+                                                     "consolidate.teacher_template")
 
     def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_maps <= HELDOUT_COUNT:
@@ -54,12 +53,11 @@ class GamesConfig(Config):
 class MeterConfig(Config):
     """The exact policy meter in the evaluation stage (`oel.evaluate.meter`): a diagnostic, never a signal."""
 
-    enabled: bool = cfg(True, "score M_r's move probabilities exactly at the states of a shortest path of held-out maps "
-                              "(paired across rounds: the report's meter CIs against M_0)")
+    enabled: bool = cfg(True, "score M_r's move probabilities exactly at probe states of held-out maps (paired "
+                              "across rounds)")
     max_layouts: int = cfg(12, "distinct held-out maps probed (one shortest path each, ~4 states on FrozenLake 3x3)")
-    teacher_gap: bool = cfg(True, "loop only: before consolidating, measure the teacher (with the round's knowledge) "
-                                  "against the student and against the unrelated-lessons control, on probe states of "
-                                  "the round's TRAINING maps, and warn when the teacher is not better")
+    teacher_gap: bool = cfg(True, "loop only: before consolidating, measure the teacher against the student on "
+                                  "training maps")
     gap_layouts: int = cfg(8, "distinct training maps probed for the teacher gap")
 
     def model_post_init(self, context: Any, /) -> None:
@@ -95,8 +93,8 @@ class EvaluateConfig(Config):
     max_batch_size: int = cfg(16, "most prompts in one forward pass (bounds memory); larger calls are split")
     env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig)
     games: GamesConfig = cfg(help="held-out play", factory=GamesConfig)
-    knowledge_file: str = cfg("", "text file of knowledge: adds a second game evaluation with it in the "
-                                  "teacher prompt; '' = only the no-knowledge evaluation")
+    knowledge_file: str = cfg("", "knowledge text file: adds an evaluation with it in the teacher prompt; '' = "
+                                  "without only")
     ifeval: IFEvalConfig = cfg(help="IF-Eval settings", factory=IFEvalConfig)
     meter: MeterConfig = cfg(help="the exact policy meter on held-out probe states (grid games)", factory=MeterConfig)
     out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")

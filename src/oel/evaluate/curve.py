@@ -48,7 +48,8 @@ class CurveConfig(Config):
 
     store: str = cfg("runs/experience", "the experience store written by `oel extract`")
     round: int = cfg(0, "which round's knowledge")
-    steps: list[int] = cfg(help="accumulation steps to evaluate; empty = 0, step_stride, 2*step_stride, ..., N", factory=list)
+    steps: list[int] = cfg(help="accumulation steps to evaluate; empty = 0, step_stride, 2*step_stride, ..., N",
+                           factory=list)
     step_stride: int = cfg(4, "spacing of the default steps")
     env: EnvConfig = cfg(help="the environment (must match the one the trajectories came from)", factory=EnvConfig)
     num_maps: int = cfg(16, "held-out subset: the FIRST num_maps of the fixed held-out seeds (0..num_maps-1)")
@@ -111,7 +112,8 @@ def _point(step: int, trajs: list[Trajectory], knowledge_tokens: float, starts: 
     reasons = Counter(str(t.meta.get("end_reason")) for t in trajs)
     quality = move_quality([episode_move_marks(starts[t.seed], t) for t in trajs if t.seed in starts])
     return CurvePoint(step, len(trajs), passed, lo, hi, knowledge_tokens,
-                      sum(t.num_response_tokens for t in trajs) / turns if turns else 0.0, dict(sorted(reasons.items())),
+                      sum(t.num_response_tokens for t in trajs) / turns if turns else 0.0,
+                      dict(sorted(reasons.items())),
                       quality.optimal, quality.moves)
 
 

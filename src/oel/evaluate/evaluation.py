@@ -157,7 +157,8 @@ def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: Eval
     if cached is not None:
         return cached["summary"]
     probes = played_probes(config.env, heldout_seeds(config.meter.max_layouts), reference_policy(config.env))
-    result: AnswerMeterResult = measure_answers(model, tokenizer, probes, PromptVariant(policy, policy), setting=model_id)
+    result: AnswerMeterResult = measure_answers(model, tokenizer, probes, PromptVariant(policy, policy),
+                                                setting=model_id)
     saved = result.to_json()
     atomic_write_json(out / METER_FILE, {"key": key, **saved})
     return saved["summary"]

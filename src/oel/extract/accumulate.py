@@ -105,7 +105,8 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     else:
         answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
         candidates = parse_items(answer, config.format)
-    kept, duplicates = dedup_new(prev.texts, candidates, near=config.near_duplicate if config.kind == "extracted" else 0.0)
+    kept, duplicates = dedup_new(prev.texts, candidates,
+                                 near=config.near_duplicate if config.kind == "extracted" else 0.0)
     # The cap counts NEW items only: small models often copy the list back before adding one.
     cap = config.max_new_items if (config.kind == "extracted" and config.format == "structured") else 0
     kept, over_cap = (kept[:cap], kept[cap:]) if cap else (kept, [])
@@ -123,7 +124,8 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     record = StepRecord(
         trajectory_id=traj.id,
         raw_output=extraction.text if config.kind == "extracted" else "",
-        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished, budget_dropped=budget_dropped,
+        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished,
+        budget_dropped=budget_dropped,
         input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
         input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
         cut_chars=p.cut_chars if p else 0, sampling_seed=extraction.sampling_seed, seconds=round(seconds, 3),
@@ -217,7 +219,8 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
     for k in range(config.num_runs):
         state = last_step(config.out_dir, config.round, k)
         if state is None:
-            state = empty_step(config, k, extractor_model=model_id, prompt_record=prompt_record, counter_name=count.name)
+            state = empty_step(config, k, extractor_model=model_id, prompt_record=prompt_record,
+                               counter_name=count.name)
             write_step(config.out_dir, state)
         elif state.step > 0:
             log.info("round %d run %d: resuming after step %d", config.round, k, state.step)

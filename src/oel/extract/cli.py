@@ -53,7 +53,8 @@ def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
     total = config.num_runs * config.num_trajectories
     t0 = time.perf_counter()
     with progress_bar() as bar:
-        task = bar.add_task(f"extract round {config.round} ({config.kind})", total=total, completed=min(done_before, total))
+        task = bar.add_task(f"extract round {config.round} ({config.kind})", total=total,
+                            completed=min(done_before, total))
         result = extract_round(config, trajs, backend if config.kind == "extracted" else None,
                                tokenizer=getattr(backend, "tokenizer", None),
                                on_step=lambda run, step, s: bar.advance(task))
@@ -92,7 +93,8 @@ def _print_file(path: Path, f: ExperienceFile) -> None:
         print(f"  [step {it.step_added} from {it.source_trajectory_id}] {it.text}")
     if rec is not None:
         cut = f", input cut: {rec.dropped_turns} turns + {rec.cut_chars} chars" if rec.input_truncated else ""
-        print(f"  last step: read {rec.trajectory_id}, +{len(rec.new_items)} new, {len(rec.duplicates_dropped)} repeats "
+        print(f"  last step: read {rec.trajectory_id}, +{len(rec.new_items)} new, {len(rec.duplicates_dropped)} "
+              "repeats "
               f"dropped, {rec.budget_dropped} old items over budget, {rec.input_tokens}+{rec.output_tokens} tokens, "
               f"{rec.seconds:.1f} s{cut}")
 

@@ -68,7 +68,8 @@ class StepRecord(BaseModel):
     duplicates_dropped: list[str] = Field(default_factory=list)
     over_cap_dropped: list[str] = Field(default_factory=list, description="new items beyond max_new_items")
     unfinished_dropped: str = Field(default="", description="last line of an answer cut by the token limit, dropped")
-    budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one longer than the whole budget")
+    budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one "
+                                                             "longer than the whole budget")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     input_truncated: bool = False
@@ -106,11 +107,13 @@ class ExperienceFile(BaseModel):
                 raise ValueError(f"{where}: id appears twice")
             seen.add(it.id)
             if it.round != self.round or it.seed != self.seed:
-                raise ValueError(f"{where}: round/seed {it.round}/{it.seed} differ from the file's {self.round}/{self.seed}")
+                raise ValueError(f"{where}: round/seed {it.round}/{it.seed} differ from the file's "
+                                 f"{self.round}/{self.seed}")
             if it.step_added > self.step:
                 raise ValueError(f"{where}: step_added {it.step_added} is after the file's step {self.step}")
         if self.rendered != render_knowledge([it.text for it in self.items], self.kind):
-            raise ValueError("rendered: does not match the items (was the text edited by hand? edit items, then re-render)")
+            raise ValueError("rendered: does not match the items (was the text edited by hand? edit items, then "
+                             "re-render)")
         return self
 
     @property

@@ -45,9 +45,11 @@ class LoopProgress:
         elif kind == "done":
             if self.status is not None:
                 self.status.stop()
-            shown = {k: v for k, v in event["summary"].items() if isinstance(v, float) and ("pass" in k or "loss" in k or "ifeval" in k)}
+            shown = {k: v for k, v in event["summary"].items()
+                     if isinstance(v, float) and ("pass" in k or "loss" in k or "ifeval" in k)}
             nums = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:6])
-            self.console.print(f"round {r}: {stage} done in {event['summary']['seconds']:.0f}s" + (f" ({nums})" if nums else ""))
+            detail = f" ({nums})" if nums else ""
+            self.console.print(f"round {r}: {stage} done in {event['summary']['seconds']:.0f}s{detail}")
 
 
 def _run(config: LoopConfig, ns: argparse.Namespace) -> int:

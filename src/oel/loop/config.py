@@ -33,23 +33,26 @@ LOOP_OWNED: dict[str, tuple[str, ...]] = {
 class LoopConfig(Config):
     """Rounds of collect -> extract -> consolidate, with evaluation of every round's model."""
 
-    run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, config.yaml, report/")
+    run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, "
+                                   "config.yaml, report/")
     rounds: int = cfg(2, "OEL rounds; round r trains M_r into M_{r+1}; the last model is evaluated too")
-    model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)", factory=ModelConfig)
+    model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)",
+                             factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
-    extractor: Literal["policy", "config"] = cfg("policy", "policy: the current round's model extracts (the paper); config: extract.extractor says which model (knowledge-source ablation)")
-    knowledge_file: str = cfg("", "a text file whose text REPLACES every round's extracted knowledge (all K texts): the "
-                                  "controls -- unrelated lessons (configs/knowledge/unrelated.txt), hand-written ones; "
-                                  "empty = the extracted knowledge (the method)")
+    extractor: Literal["policy", "config"] = cfg("policy", "policy: the round's model extracts (the paper); "
+                                                           "config: extract.extractor does (ablation)")
+    knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
+                                  "the method")
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
     force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
     tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")
-    reuse_from: str = cfg("", "another run dir (relative to the cwd, like run_dir) whose completed stages are copied "
-                              "instead of recomputed when every config section they depend on is identical (ablations)")
+    reuse_from: str = cfg("", "another run dir whose completed stages are copied when their config sections are "
+                              "identical")
     collect: CollectConfig = cfg(help="collection of each round's trajectories (user side)", factory=CollectConfig)
     extract: ExtractConfig = cfg(help="accumulative extraction of each round's knowledge", factory=ExtractConfig)
     consolidate: ConsolidateConfig = cfg(help="on-policy context distillation of each round", factory=ConsolidateConfig)
-    evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model", factory=EvaluateConfig)
+    evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model",
+                                   factory=EvaluateConfig)
 
     def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:

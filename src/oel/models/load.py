@@ -35,12 +35,13 @@ class ModelConfig(Config):
 
     name: str = cfg(DEFAULT_PRESET, "offline preset name, path to a .gguf file, Hugging Face model dir, or hub id")
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = cfg(
-        "auto", "weights dtype; auto = bfloat16 where the hardware computes it natively (GPU, AVX-512 BF16/AMX "
-        "CPU: ~2x faster than float32), else float32 (an AVX2-only CPU emulates bf16, 3-5x slower)")
+        "auto", "weights dtype; auto = bfloat16 where the hardware computes it natively, else float32")
     device: str = cfg("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    cache_dir: str | None = cfg(None, "where dense copies of GGUF models are cached; null = $OEL_CACHE_DIR or the user cache dir")
+    cache_dir: str | None = cfg(None, "where dense copies of GGUF models are cached; null = $OEL_CACHE_DIR or "
+                                      "the user cache dir")
     use_cache: bool = cfg(True, "cache a dense safetensors copy of GGUF models (second load takes seconds)")
-    verify_cache: bool = cfg(False, "re-hash the cached weights on every load (they are always re-hashed when their size or mtime changed since written)")
+    verify_cache: bool = cfg(False, "re-hash the cached weights on every load (they are always re-hashed when "
+                                    "their size or mtime changed since written)")
     trust_remote_code: bool = cfg(False, "allow a hub model's own Python code to run (off unless you trust it)")
     revision: str | None = cfg(None, "hub revision (branch, tag or commit) for hub ids")
 

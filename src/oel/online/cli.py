@@ -78,7 +78,8 @@ def _demo(config: Any, ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("online", help="the online mode: the scheduler that learns from the store, and its versions",
+    p = subparsers.add_parser("online", help="the online mode: the scheduler that learns from the store, and "
+                                             "its versions",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="online_command", metavar="ACTION", required=True)
     add_config_command(sub, "run", OnlineConfig, _run,
@@ -86,7 +87,8 @@ def register(subparsers: Any) -> None:
                        description=("Run rounds when min_trajectories new trajectories are stored (or every_minutes); "
                                     "each publishes a version in versions.dir and moves current.json. kill -9 and the "
                                     "same command resumes the unfinished round."))
-    add_config_command(sub, "status", OnlineConfig, _status, help="the store's numbers, the current version, the last round")
+    add_config_command(sub, "status", OnlineConfig, _status, help="the store's numbers, the current version, "
+                                                                  "the last round")
     e = sub.add_parser("export", help="write the store's trajectories as trajectory JSONL")
     e.add_argument("store", help="the SQLite store")
     e.add_argument("out", help="the JSONL file to write (atomically)")
@@ -95,7 +97,8 @@ def register(subparsers: Any) -> None:
     v = sub.add_parser("versions", help="list the published versions (* = current)")
     v.add_argument("versions_dir")
     v.set_defaults(func=_versions)
-    r = sub.add_parser("rollback", help="point current.json at an earlier published version (recorded in history.jsonl)")
+    r = sub.add_parser("rollback", help="point current.json at an earlier published version (recorded in "
+                                        "history.jsonl)")
     r.add_argument("versions_dir")
     r.add_argument("version", type=int)
     r.set_defaults(func=_move_current)
@@ -104,7 +107,8 @@ def register(subparsers: Any) -> None:
     f.add_argument("version", type=int)
     f.set_defaults(func=_move_current)
     add_config_command(sub, "demo", DemoConfig, _demo,
-                       help="the online mode on this machine: gateway, scheduler and simulated users over loopback HTTP",
+                       help="the online mode on this machine: gateway, scheduler and simulated users over "
+                            "loopback HTTP",
                        description=("Start the gateway (serving the current version), the scheduler (a child process) "
                                     "and `users` simulated agents playing the game through the gateway; stop when "
                                     "`rounds` rounds ended; `oel report RUN_DIR` writes the online report."))

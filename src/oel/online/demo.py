@@ -61,8 +61,7 @@ class DemoConfig(Config):
     run_dir: str = cfg("runs/online-demo", "store.sqlite, versions/, scheduler/, users.jsonl, the report")
     users: int = cfg(4, "simulated agents playing at once through the gateway")
     max_episodes: int = cfg(64, "episodes the users play at most (all runs of the demo together)")
-    rounds: int = cfg(2, "stop once this many rounds have ended (published or refused by the gate), counting "
-                         "those of earlier runs of the demo in the same run_dir")
+    rounds: int = cfg(2, "stop once this many rounds have ended, counting those of earlier runs in the same run_dir")
     timeout_minutes: float = cfg(45.0, "stop after this long whatever happened")
     temperature: float = cfg(0.7, "the users' sampling temperature")
     top_p: float = cfg(0.8, "the users' nucleus mass")

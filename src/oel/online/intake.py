@@ -1,9 +1,10 @@
 """What arrives at the store: exchanges into sessions, ended sessions and posted trajectories into rows.
 
 Functions over a connection inside the Store's write transaction, on inputs the Store has
-validated; the SQL is the dialect SQLite and PostgreSQL share (oel.online.pg runs it there). Each stored trajectory gets the id `online-<n>` (n never reused: AUTOINCREMENT), so ids
-stay unique in every export even when two clients post the same id; a posted trajectory keeps
-its own id as `meta.online.posted_id`.
+validated; the SQL is the dialect SQLite and PostgreSQL share (oel.online.pg runs it there).
+Each stored trajectory gets the id `online-<n>` (n never reused: AUTOINCREMENT), so ids stay
+unique in every export even when two clients post the same id; a posted trajectory keeps its own
+id as `meta.online.posted_id`.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def hold_lock(path: Path) -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise ConfigError(f"run_dir: {path.parent} is in use by another running scheduler ({path.name} is locked)") from None
+        raise ConfigError(f"run_dir: {path.parent} is in use by another running scheduler "
+                          f"({path.name} is locked)") from None
     return f
 
 
@@ -207,7 +208,8 @@ class Scheduler:
         if rnd is None:
             return None
         self._last_round = self._clock()
-        log.info("round %d: %d trajectories%s", rnd.number, len(rnd.trajectory_ids), " (resumed)" if rnd.resumed else "")
+        log.info("round %d: %d trajectories%s", rnd.number, len(rnd.trajectory_ids),
+                 " (resumed)" if rnd.resumed else "")
         t0 = time.perf_counter()
         try:
             outcome = self._run(rnd)
@@ -296,12 +298,14 @@ class Scheduler:
 
     def _publish(self, ctx: OnlineRoundContext, verdict: dict[str, Any]) -> dict[str, Any]:
         if not verdict.get("passed"):
-            log.warning("round %d: the gate refused the candidate (%s); current stays", ctx.round, verdict.get("reason", ""))
+            log.warning("round %d: the gate refused the candidate (%s); current stays", ctx.round,
+                        verdict.get("reason", ""))
             return {"version": None}
         assert ctx.start is not None
         consolidated = read_marker(ctx.layout.stage_dir(ctx.round, "consolidate")) or {}
         metrics = {f"consolidate_{k}": v for k, v in consolidated.items()}
-        v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict, parent=ctx.start.version)
+        v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict,
+                                  parent=ctx.start.version)
         log.info("round %d: published %s", ctx.round, version_name(v.version))
         out: dict[str, Any] = {"version": v.version}
         if self.config.vllm_lora.url:

@@ -131,7 +131,8 @@ def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sql
 
 
 def _user_tables(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
+    return conn.execute("SELECT count(*) FROM sqlite_master "
+                        "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str | os.PathLike) -> None:

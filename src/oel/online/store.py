@@ -64,7 +64,8 @@ HELD_SQL = "SELECT count(*) FROM trajectories WHERE consumed_by_round IS NULL AN
 
 def _check_name(field: str, value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        raise DataError(f"{field}: expected a non-empty string of at most {MAX_NAME_CHARS} characters, got {value!r:.80}")
+        raise DataError(f"{field}: expected a non-empty string of at most {MAX_NAME_CHARS} characters, got "
+                        f"{value!r:.80}")
     return value
 
 
@@ -189,7 +190,8 @@ class Store:
         with self._counting_rejections("exchanges_rejected"):
             _check_name("client", client)
             if session_id is not None and (_check_name("session_id", session_id).startswith(AUTO_SESSION_PREFIX)):
-                raise DataError(f"session_id: names starting with '{AUTO_SESSION_PREFIX}' are reserved for stitched sessions")
+                raise DataError(f"session_id: names starting with '{AUTO_SESSION_PREFIX}' are reserved for "
+                                "stitched sessions")
             if not isinstance(response, str):
                 raise DataError(f"response: expected a string, got {type(response).__name__}")
             for field, n in (("prompt_tokens", prompt_tokens), ("response_tokens", response_tokens)):
@@ -320,7 +322,8 @@ class Store:
             for name, sql in GAUGES_SQL.items():
                 out[name] = conn.execute(sql).fetchone()[0]
             for status in ("started", "done", "failed"):
-                out[f"rounds_{status}"] = conn.execute("SELECT count(*) FROM rounds WHERE status = ?", (status,)).fetchone()[0]
+                out[f"rounds_{status}"] = conn.execute("SELECT count(*) FROM rounds WHERE status = ?",
+                                                       (status,)).fetchone()[0]
             return out
 
 

@@ -168,7 +168,8 @@ def _file_template(spec: str) -> Template:
     try:
         text = data.decode("utf-8-sig")  # a BOM some editors write is not part of the prompt
     except UnicodeDecodeError as e:
-        raise ConfigError(f"template file {spec}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+        raise ConfigError(f"template file {spec}: not UTF-8 text "
+                          f"(byte 0x{data[e.start]:02x} at offset {e.start})") from None
     text = text.rstrip("\n")
     if not text.strip():
         raise ConfigError(f"template file {spec}: is empty")

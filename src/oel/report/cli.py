@@ -11,7 +11,8 @@ from oel.report.write import write_report
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("report", help="plots and a markdown summary of an `oel loop` or `oel online demo` run (offline)",
+    p = subparsers.add_parser("report", help="plots and a markdown summary of an `oel loop` or `oel online "
+                                             "demo` run (offline)",
                               description="Write RUN_DIR/report/report.md and PNG plots from what the loop (or the "
                                           "online demo: rounds over wall time, versions, the gate) wrote.")
     p.add_argument("run_dir", help="the run directory of an `oel loop` run or of an `oel online demo` run")

@@ -159,7 +159,8 @@ def plot_curves(data: RunData, out: Path) -> Path | None:
     for r, points in sorted(data.curves.items()):
         xs = [p["step"] for p in points]
         ys = [100 * p["passed"] / p["episodes"] for p in points]
-        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)], [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
+        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)],
+               [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"round {r}")
     ax.set_xlabel("accumulation step i (knowledge e_i in context)")
     ax.set_ylabel("held-out pass rate (%)")

@@ -42,7 +42,8 @@ def meter_table(data: RunData) -> str:
         return ""
     sp = data.sampling
     out = ["| model | E[mq] (exact) | state-blind E[mq] | P(invalid) | P(losing) | moves u/d/l/r | "
-           f"E[mq] - M_0 (95% CI over maps) | as the games sample (T {sp.temperature:g}, top-p {sp.top_p:g}): E[mq], top move |",
+           f"E[mq] - M_0 (95% CI over maps) | as the games sample (T {sp.temperature:g}, top-p {sp.top_p:g}): "
+           "E[mq], top move |",
            "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         vs0 = (f"{100 * row['vs0']:+.1f} [{100 * row['vs0_lo']:+.1f}, {100 * row['vs0_hi']:+.1f}]"
@@ -124,7 +125,8 @@ def _fmt_mq(s: dict[str, Any] | None) -> str:
 
 
 def results_table(data: RunData) -> str:
-    rows = ["| round | pass rate (95% CI) | in context | move quality | tokens/turn | steps/episode | IF-Eval prompt strict | IF-Eval inst. loose |",
+    rows = ["| round | pass rate (95% CI) | in context | move quality | tokens/turn | steps/episode | IF-Eval "
+            "prompt strict | IF-Eval inst. loose |",
             "|---|---|---|---|---|---|---|---|"]
     for r in data.rounds:
         e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
@@ -135,14 +137,16 @@ def results_table(data: RunData) -> str:
 
 
 def compare_table(runs: list[RunData]) -> str:
-    rows = ["| run | round | pass rate (95% CI) | in context | move quality | tokens/turn | IF-Eval prompt strict | IF-Eval inst. loose |",
+    rows = ["| run | round | pass rate (95% CI) | in context | move quality | tokens/turn | IF-Eval prompt "
+            "strict | IF-Eval inst. loose |",
             "|---|---|---|---|---|---|---|---|"]
     for data in runs:
         for r in data.rounds:
             e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
             if e is None:
                 continue
-            rows.append(f"| {data.name} | {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt(e, 'game_move_quality', 100, '%')} | "
+            rows.append(f"| {data.name} | {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | "
+                        f"{_fmt(e, 'game_move_quality', 100, '%')} | "
                         f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'ifeval_prompt_strict', 100, '%')} | "
                         f"{_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
     return "\n".join(rows)

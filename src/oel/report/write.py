@@ -22,7 +22,8 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
     plots = [plot_pass_rate(data, out),
              plot_series(data, out, "game_tokens_per_turn", "response tokens per turn", "tokens_per_turn.png"),
              plot_series(data, out, "game_move_quality", "moves on a shortest path (%, 95% CI over maps)",
-                         "move_quality.png", 100, reference=("game_random_move_quality", "random play, same positions")),
+                         "move_quality.png", 100,
+                         reference=("game_random_move_quality", "random play, same positions")),
              plot_series(data, out, "ifeval_prompt_strict", "IF-Eval prompt-level strict (%)", "ifeval.png", 100),
              plot_meter(data, out),
              plot_teacher_gap(data, out),
@@ -55,7 +56,8 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
                "The same table for each run (its own rounds); runs that share a round-0 stage through "
                "`reuse_from` show identical round-0 numbers.", "", compare_table(runs), ""]
         compared = [plot_compare(runs, out, "game_pass_rate", "held-out pass rate (%)", "compare_pass_rate.png"),
-                    plot_compare(runs, out, "game_move_quality", "moves on a shortest path (%)", "compare_move_quality.png"),
+                    plot_compare(runs, out, "game_move_quality", "moves on a shortest path (%)",
+                                 "compare_move_quality.png"),
                     plot_compare(runs, out, "ifeval_instruction_loose", "IF-Eval instruction-level loose (%)",
                                  "compare_ifeval.png")]
         md += [f"![{p.stem}]({p.name})" for p in compared if p is not None]

@@ -155,7 +155,8 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
     arrived = time.monotonic()
-    answer = state.engine.submit(messages, params, body, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
+    answer = state.engine.submit(messages, params, body,
+                                 lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
     cid, created = completion_id(), int(time.time())
 
     def chunk(delta: Delta, finish: str | None = None, **extra: Any) -> bytes:

@@ -195,7 +195,8 @@ def _trajectory(fmt: LogFormat, n: int, conv: _Conversation, calls: list[Call], 
 
 
 def _openai_fields(path: str | os.PathLike, conv: _Conversation, traj: Trajectory) -> Trajectory:
-    """The openai format's per-record fields (id, env_id, seed, model_id, passed), as `oel import-logs` always read them."""
+    """The openai format's per-record fields (id, env_id, seed, model_id, passed), as `oel import-logs`
+    always read them."""
     offset, lineno, _ = conv.calls[0]
     with open(path, "rb") as f:
         f.seek(offset)
