@@ -156,8 +156,9 @@ def test_sampler_matches_the_distribution() -> None:
 
 
 def test_derive_seed_mixes_parts() -> None:
-    assert derive_seed(1, 0) == derive_seed(1, 0)
-    assert derive_seed(1, 0) != derive_seed(0, 1)
+    """Pinned values: every recorded seed of every run comes from here (numpy's SeedSequence is stable)."""
+    assert (derive_seed(1, 0), derive_seed(0, 1)) == (1_320_224_556, 1_747_420_514)
+    assert derive_seed(0, 0, 0, 0, 0) == 1_456_443_223 and derive_seed(7) == 2_038_301_562
     assert all(0 <= derive_seed(i, 2**40) < 2**31 for i in range(20))
 
 
