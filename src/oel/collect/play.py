@@ -41,25 +41,30 @@ SeedSet = Literal["heldout", "collect", "extract", "train"]
 class CollectConfig(Config):
     """`oel collect`: which environment, which model, which maps, where to write."""
 
-    env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)")
-    backend: Literal["hf", "openai"] = cfg("hf", "'hf': load `model` in this process; 'openai': call `endpoint`")
-    model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf")
-    endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai")
+    env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)", plumbing=True)
+    backend: Literal["hf", "openai"] = cfg("hf", "'hf': load `model` in this process; 'openai': call `endpoint`",
+                                           plumbing=True)
+    model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf", plumbing=True)
+    endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai",
+                                   plumbing=True)
     max_batch_size: int = cfg(16, "backend=hf: most prompts in one forward pass (bounds memory); larger calls "
                                   "are split")
     max_batch_tokens: int = cfg(32_768, "backend=hf: most padded prompt tokens in one forward pass (bounds memory)")
     seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's "
-                                    "'collect', 'extract' or 'train' block")
+                                    "'collect', 'extract' or 'train' block", plumbing=True)
     num_seeds: int = cfg(32, "how many maps (seeds) to play, taken from the start of the chosen set plus seed_offset")
-    seed_offset: int = cfg(0, "skip this many seeds of the chosen set (take more maps from a block later)")
+    seed_offset: int = cfg(0, "skip this many seeds of the chosen set (take more maps from a block later)",
+                           plumbing=True)
     samples_per_seed: int = cfg(1, "episodes per map; episodes = num_seeds * samples_per_seed")
-    round: int = cfg(0, "OEL round; picks the round's seed block and is recorded in each trajectory")
+    round: int = cfg(0, "OEL round; picks the round's seed block and is recorded in each trajectory", plumbing=True)
     sampling: SamplingParams = cfg(factory=SamplingParams, help="how the policy samples its answers")
     batch_size: int = cfg(32, "episodes in flight together; each turn is one backend call over all of them")
     prompt: str = cfg("policy_grid_v1", "prompt template of each turn (oel/prompts/<name>.txt); the "
                                         "small-answer games use policy_game_v1")
-    knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none")
-    out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed on rerun")
+    knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none",
+                              plumbing=True)
+    out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed "
+                                                      "on rerun", plumbing=True)
 
     def model_post_init(self, context: Any, /) -> None:
         for name in ("num_seeds", "samples_per_seed", "batch_size", "max_batch_size", "max_batch_tokens"):

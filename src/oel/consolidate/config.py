@@ -26,13 +26,14 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 class ConsolidateConfig(Config):
     """One round of consolidation: on-policy context distillation (or the off-policy baseline)."""
 
-    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix")
+    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix",
+                            plumbing=True)
     knowledge: list[str] = cfg(help="knowledge text files (plain text, one knowledge text each); one is drawn "
-                                    "at random per prefix", factory=list)
+                                    "at random per prefix", factory=list, plumbing=True)
     output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the "
-                              "consolidated model)")
+                              "consolidated model)", plumbing=True)
     model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher",
-                             factory=ModelConfig)
+                             factory=ModelConfig, plumbing=True)
 
     teacher_model: str = cfg("", "a different frozen teacher model (same vocabulary); empty = the round-start "
                                  "model (the paper)")
@@ -90,7 +91,7 @@ class ConsolidateConfig(Config):
     keep_last: int = cfg(2, "keep this many most recent checkpoints")
     on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: "
                                                                          "resume from its last checkpoint, "
-                                                                         "delete it, or stop")
+                                                                         "delete it, or stop", plumbing=True)
     num_threads: int = cfg(0, "torch CPU threads; 0 = torch's default")
     parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) "
                                                            "or fsdp (FSDP2 shards)")

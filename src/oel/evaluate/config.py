@@ -89,15 +89,16 @@ class IFEvalConfig(Config):
 class EvaluateConfig(Config):
     """`oel evaluate`: one model on the held-out maps (with and without knowledge) and IF-Eval."""
 
-    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig)
+    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig, plumbing=True)
     max_batch_size: int = cfg(16, "most prompts in one forward pass (bounds memory); larger calls are split")
-    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig)
+    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig, plumbing=True)
     games: GamesConfig = cfg(help="held-out play", factory=GamesConfig)
     knowledge_file: str = cfg("", "knowledge text file: adds an evaluation with it in the teacher prompt; '' = "
-                                  "without only")
+                                  "without only", plumbing=True)
     ifeval: IFEvalConfig = cfg(help="IF-Eval settings", factory=IFEvalConfig)
     meter: MeterConfig = cfg(help="the exact policy meter on held-out probe states (grid games)", factory=MeterConfig)
-    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
+    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go",
+                       plumbing=True)
     overwrite: bool = cfg(False, "discard results in out_dir made with different settings instead of refusing")
 
     def model_post_init(self, context: Any, /) -> None:

@@ -53,9 +53,10 @@ class ExtractConfig(Config):
     """Accumulative extraction of one round: K runs over N trajectories, knowledge capped at L tokens."""
 
     trajectories: str = cfg("", "JSONL of the round's trajectories (from `oel collect`); the first "
-                                "num_trajectories are read, in file order")
-    out_dir: str = cfg("runs/experience", "the experience store; this round goes to OUT/round_RRR/run_KK/step_III.json")
-    round: int = cfg(0, "OEL round number (recorded in every item; selects the store's round directory)")
+                                "num_trajectories are read, in file order", plumbing=True)
+    out_dir: str = cfg("runs/experience", "the experience store; this round goes to "
+                                          "OUT/round_RRR/run_KK/step_III.json", plumbing=True)
+    round: int = cfg(0, "OEL round number (recorded in every item; selects the store's round directory)", plumbing=True)
     num_runs: int = cfg(3, "K: independent accumulation runs with different sampling seeds -> K knowledge texts")
     num_trajectories: int = cfg(8, "N: trajectories read per run, one accumulation step each")
     use_step: int = cfg(-1, "N_use: the step whose knowledge is used downstream, for every run; -1 = N")
@@ -78,7 +79,7 @@ class ExtractConfig(Config):
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")
     seed: int = cfg(0, "base seed; run k's step-i sampling seed is extraction_seed(seed, round, k, i)")
     overwrite: bool = cfg(False, "false: resume an interrupted round (settings must match); true: delete this "
-                                 "round's store first")
+                                 "round's store first", plumbing=True)
     extractor: ExtractorConfig = cfg(help="the model that extracts", factory=ExtractorConfig)
     sampling: SamplingParams = cfg(help="extractor sampling; sampling.seed is ignored (see `seed`)",
                                    factory=_default_sampling)

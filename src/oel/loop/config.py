@@ -1,8 +1,9 @@
 """`LoopConfig`: one OEL run, composed of the stage configs.
 
 The loop owns the plumbing between stages -- which model each stage uses, where each
-reads and writes, which round's seeds -- so the stage-config fields that carry it are set
-by the loop and must stay at their defaults in a loop config (a clear error says so).
+reads and writes, which round's seeds -- so the stage-config fields that carry it (marked
+`plumbing=True` where they are declared) are set by the loop and must stay at their defaults in
+a loop config (a clear error says so).
 Everything else in a stage config is the user's to set, under the stage's name:
 
     oel loop configs/frozenlake-cpu.yaml consolidate.lr=1e-4 extract.num_runs=2
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel.collect.play import CollectConfig
-from oel.config import Config, cfg, updated
+from oel.config import Config, cfg, plumbing_fields, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
@@ -21,13 +22,8 @@ from oel.evaluate.config import EvaluateConfig
 from oel.extract.config import ExtractConfig
 from oel.models import ModelConfig
 
-# Stage-config fields the loop fills in itself; a user value there would be silently overwritten.
-LOOP_OWNED: dict[str, tuple[str, ...]] = {
-    "collect": ("env", "backend", "model", "endpoint", "seeds", "round", "out", "knowledge_file", "seed_offset"),
-    "extract": ("trajectories", "out_dir", "round", "overwrite"),
-    "consolidate": ("trajectories", "knowledge", "output_dir", "model", "on_existing"),
-    "evaluate": ("model", "env", "out_dir", "knowledge_file"),
-}
+STAGES = ("collect", "extract", "consolidate", "evaluate")
+"""The sections whose plumbing fields the loop fills in itself (a user value would be overwritten)."""
 
 
 class LoopConfig(Config):
@@ -57,9 +53,9 @@ class LoopConfig(Config):
     def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
-        for stage, names in LOOP_OWNED.items():
+        for stage in STAGES:
             default = type(getattr(self, stage))()
-            for name in names:
+            for name in plumbing_fields(type(default)):
                 if getattr(getattr(self, stage), name) != getattr(default, name):
                     raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
                                       f"(set the top-level model/env/run_dir instead)")
