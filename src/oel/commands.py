@@ -22,7 +22,7 @@ def config_help(cls: type) -> str:
     """An argparse epilog describing every field of config class `cls`."""
     rows = describe(cls)
     width = max(len(k) for k, *_ in rows)
-    lines = ["config keys (set in the YAML file or as key=value):"]
+    lines = ["config keys (set in the YAML file or as key=value; longer explanations in docs/configuration.md):"]
     for key, tp, default, help_ in rows:
         lines.append(f"  {key:<{width}}  {help_}")
         lines.append(f"  {'':<{width}}    type: {tp}; default: {default}")
