@@ -32,7 +32,7 @@ from oel.backends.base import ChatBackend, SamplingParams
 from oel.config import to_dict, updated
 from oel.envs import EnvConfig, make_env
 from oel.envs.blackjack import hand_start_value, uniform_hit_table
-from oel.envs.guess_number import random_pass_probability
+from oel.envs.guess_number import random_pass_probability as guess_pass_probability
 from oel.envs.seeds import heldout_seeds
 from oel.envs.solver import GridState, random_pass_probability
 from oel.errors import DataError
@@ -129,7 +129,7 @@ def answer_game_random_pass_rate(env_cfg: EnvConfig) -> float | None:
     """Random play's exact pass rate in a small-answer game (None for other games): GuessTheNumber,
     a number drawn among those not yet tried; Blackjack (one hand), [Hit] or [Stand] at even odds."""
     if env_cfg.game == "guess_number":
-        return random_pass_probability(env_cfg.guess_min, env_cfg.guess_max, env_cfg.max_turns)
+        return guess_pass_probability(env_cfg.guess_min, env_cfg.guess_max, env_cfg.max_turns)
     if env_cfg.game == "blackjack" and env_cfg.blackjack_hands == 1:
         return hand_start_value(uniform_hit_table(), env_cfg.max_turns)
     return None
