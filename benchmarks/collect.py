@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, median, ratio, state_note  # noqa: E402
+from _common import DEFAULT_PRESET, add_smoke_flag, machine_state, median, ratio, smoke_model, state_note  # noqa: E402
 
 TEMPERATURE = 0.7
 TOP_P = 0.8
@@ -49,6 +49,7 @@ DEFAULT_REPEATS = 3
 DEFAULT_IN_FLIGHT = 32
 """`oel collect`'s default batch_size (episodes in flight)."""
 SECONDS_PER_MINUTE = 60
+SMOKE_EPISODES = 2
 
 
 @dataclass
@@ -71,7 +72,7 @@ class RunResult:
 
 def run_ours(backend: Any, episodes: int, in_flight: int) -> tuple[RunResult, list[Any]]:
     """`collect` into a fresh temporary file (so nothing is skipped as already done)."""
-    from oel.collect.backends.base import SamplingParams
+    from oel.backends.base import SamplingParams
     from oel.collect.play import CollectConfig, collect
     from oel.trajectory import read_trajectories
 
@@ -129,7 +130,7 @@ def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult
 
 def repeated_prefill_share(trajs: list[Any], encode: Any) -> dict[str, float]:
     """Share of prompt tokens that repeat tokens computed before (head shared by all, previous turn)."""
-    from oel.collect.backends.prefix_cache import common_prefix_length
+    from oel.backends.prefix_cache import common_prefix_length
 
     total = shared_head = previous_turn = 0
     first_prompts = [encode(t.turns[0].prompt) for t in trajs]
@@ -157,7 +158,7 @@ def profile_first_turn(backend: Any, episodes: int, repeats: int) -> dict[str, f
 
     from oel import prompts
     from oel.envs import EnvConfig, make_env
-    from oel.collect.backends.base import SamplingParams
+    from oel.backends.base import SamplingParams
     from oel.collect.play import CollectConfig, select_jobs
     from oel.trajectory import Message
 
@@ -198,17 +199,21 @@ def main() -> None:
     ap.add_argument("--preset", default=DEFAULT_PRESET, help="model preset or directory")
     ap.add_argument("--episodes", type=int, default=DEFAULT_EPISODES, help="FrozenLake episodes per run")
     ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each side (medians)")
-    ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect batch_size)")
+    ap.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="ours: episodes in flight (collect "
+                                                                             "batch_size)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--skip-no-reuse", action="store_true", help="leave out the store-off side (the slowest)")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N",
                     help="instead of the comparison: run our side once under cProfile and print its N top functions")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.episodes, args.repeats, args.in_flight = smoke_model(), SMOKE_EPISODES, 1, SMOKE_EPISODES
 
     import torch
 
     from oel.models import ModelConfig, load_model
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,7 +251,8 @@ def main() -> None:
     share = repeated_prefill_share(trajs, backend.encode)
     print(f"prefill: {share['prompt_tokens']} prompt tokens in ours' last run; the head shared by every episode is "
           f"{share['head_tokens']} tokens = {100 * share['shared_head_share']:.0f}% of them, the previous turn's "
-          f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could skip these")
+          f"prompt (beyond that head) another {100 * share['previous_turn_share']:.0f}%: prefix KV reuse could "
+          "skip these")
 
 
 def profile_ours(backend: Any, args: argparse.Namespace) -> None:

@@ -41,11 +41,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, emit, machine_state, median, ratio, run_child  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, emit, machine_state, median, ratio, run_child,  # noqa: E402
+                     smoke_knowledge, smoke_model, smoke_trajectories)
 
 DEFAULT_TRAJECTORIES = "runs/quickstart/round_0/collect/train.jsonl"
 DEFAULT_BATCH = 4
@@ -53,38 +53,49 @@ DEFAULT_STEPS = 4
 DEFAULT_MAX_NEW_TOKENS = 48
 LR = 1e-4  # configs/quickstart.yaml
 WARMUP_STEPS = 1
+SMOKE_BATCH = 2
+SMOKE_STEPS = 2
+SMOKE_MAX_NEW_TOKENS = 4
 """Steps excluded from the step-time median (first-call costs: allocator, caches, lazy imports)."""
 TRL_MAX_PROMPT_LENGTH = 8192
 """Far above any prompt here: TRL's default 512 silently cuts the left of longer teacher prompts."""
 TRL_TEACHER_TEMPLATE = "{privileged_context}{prompt}"
 KIB = 1024
 # Written for this benchmark in the style of extracted knowledge, used when no --knowledge is given.
-DEFAULT_KNOWLEDGE = """\
-- EXPERIENCE ITEM: The board's top-left cell is where P starts; moving [up] or [left] from there hits the edge and wastes a turn.
-- EXPERIENCE ITEM: A cell marked H ended the game when stepped on: treat H as a hole and route around it.
-- EXPERIENCE ITEM: G marks the goal; the game was won by reaching it, so plan a path of [down] and [right] moves toward it.
-- EXPERIENCE ITEM: Two invalid answers in a row end the game: always answer with exactly one move in square brackets.
-- EXPERIENCE ITEM: Before moving, check the cell you would enter; if it is H, choose the other direction that also approaches G.
-- EXPERIENCE ITEM: Moves that do not change the board (walls, edges) still count as turns; only five turns are allowed.
-- EXPERIENCE ITEM: On a 3x3 board the goal is four moves away; any path with two [down] and two [right] moves that avoids H works.
-- EXPERIENCE ITEM: Re-read the latest board after each move: P's position there is the truth, not where you expected it to be."""
+DEFAULT_KNOWLEDGE = "\n".join([
+    "- EXPERIENCE ITEM: The board's top-left cell is where P starts; moving [up] or [left] from there "
+    "hits the edge and wastes a turn.",
+    "- EXPERIENCE ITEM: A cell marked H ended the game when stepped on: treat H as a hole and route "
+    "around it.",
+    "- EXPERIENCE ITEM: G marks the goal; the game was won by reaching it, so plan a path of [down] and "
+    "[right] moves toward it.",
+    "- EXPERIENCE ITEM: Two invalid answers in a row end the game: always answer with exactly one move in"
+    " square brackets.",
+    "- EXPERIENCE ITEM: Before moving, check the cell you would enter; if it is H, choose the other "
+    "direction that also approaches G.",
+    "- EXPERIENCE ITEM: Moves that do not change the board (walls, edges) still count as turns; only five"
+    " turns are allowed.",
+    "- EXPERIENCE ITEM: On a 3x3 board the goal is four moves away; any path with two [down] and two "
+    "[right] moves that avoids H works.",
+    "- EXPERIENCE ITEM: Re-read the latest board after each move: P's position there is the truth, not "
+    "where you expected it to be.",
+])
 
 
 # -- the two children ----------------------------------------------------------------------
 
 def _ours_config(args: argparse.Namespace, out_dir: str, knowledge_files: list[str]) -> Any:
+    """Our trainer's config for these arguments; `--set key=value` overrides are validated as `oel` validates them."""
+    from oel.config import from_dict, to_dict
+    from oel.config_sources import apply_overrides
     from oel.consolidate.config import ConsolidateConfig
     from oel.models import ModelConfig
 
-    overrides = dict(kv.split("=", 1) for kv in args.set if kv)
     cfg = ConsolidateConfig(trajectories=args.trajectories, knowledge=knowledge_files, output_dir=out_dir,
                             model=ModelConfig(name=args.preset), steps=args.steps, batch_size=args.batch,
                             micro_batch_size=args.batch, max_new_tokens=args.max_new_tokens, lr=LR,
                             save_every=0, on_existing="overwrite")
-    for key, value in overrides.items():
-        current = getattr(cfg, key)
-        setattr(cfg, key, value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value))
-    return cfg
+    return from_dict(ConsolidateConfig, apply_overrides(to_dict(cfg), [kv for kv in args.set if kv]))
 
 
 def child_ours(args: argparse.Namespace) -> None:
@@ -189,24 +200,23 @@ class _TRLTimer:
 
 def _draws(args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[tuple[int, int]]]]:
     """Prefixes, knowledge texts and, per step, the (prefix, knowledge) rows our trainer draws."""
-    from oel.consolidate.trainer import Consolidator, read_knowledge
+    from oel.consolidate.data import draw, read_knowledge
     from oel.trajectory import prefixes, read_trajectories
 
     cfg = _ours_config(args, "unused", args.knowledge)
     pre = prefixes(read_trajectories(args.trajectories))
     knowledge = read_knowledge(args.knowledge)
-    fake = SimpleNamespace(config=cfg, prefixes=pre, knowledge=knowledge)
-    return pre, knowledge, [Consolidator.draw(fake, s) for s in range(1, args.steps + 1)]
+    return pre, knowledge, [draw(cfg.seed, s, len(pre), len(knowledge), cfg.batch_size)
+                            for s in range(1, args.steps + 1)]
 
 
 def _trl_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from oel import prompts
-    from oel.consolidate.teacher import TEACHER_TEMPLATE
 
     pre, knowledge, steps = _draws(args)
     # Our teacher template minus its first (policy) paragraph and the observation = the experience paragraph.
     marker = "\x00OBS\x00"
-    teacher_text = prompts.get(TEACHER_TEMPLATE).render(knowledge="{knowledge}", observation=marker)
+    teacher_text = prompts.get(prompts.TEACHER_TEMPLATE).render(knowledge="{knowledge}", observation=marker)
     experience_block = teacher_text.split("\n\n", 1)[1].replace(marker, "")
     return [{"prompt": [{"role": m.role, "content": m.content} for m in pre[p].prompt],
              "privileged_context": experience_block.replace("{knowledge}", knowledge[k])}
@@ -222,7 +232,8 @@ def _prompt_lengths(args: argparse.Namespace, tok: Any) -> dict[str, float]:
 
     def n(chat: Any) -> int:
         chat = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in chat]
-        return len(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        return len(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"])
 
     trl = [[{"role": "user", "content": TRL_TEACHER_TEMPLATE.format(prompt=r["prompt"][-1]["content"],
                                                                      privileged_context=r["privileged_context"])}]
@@ -276,9 +287,15 @@ def main() -> None:
                     help="TRL without gradient checkpointing (its default, which we keep otherwise, is on)")
     ap.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.knowledge = smoke_model(), smoke_trajectories(), [smoke_knowledge()]
+        args.batch, args.steps, args.max_new_tokens = SMOKE_BATCH, SMOKE_STEPS, SMOKE_MAX_NEW_TOKENS
+        args.skip_trl = args.skip_trl or not _trl_installed()
     if not Path(args.trajectories).is_file():
-        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or the quickstart) first, or pass --trajectories")
+        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or the quickstart) first, or pass "
+                 "--trajectories")
     if args.child:
         (child_ours if args.child == "ours" else child_trl)(args)
         return
@@ -307,6 +324,13 @@ def main() -> None:
     _report(args, {name: _summary(r) for name, r in runs.items()})
 
 
+def _trl_installed() -> bool:
+    """TRL is an optional extra (`.[bench]`); the smoke run leaves its side out when it is absent."""
+    import importlib.util
+
+    return importlib.util.find_spec("trl") is not None
+
+
 def _report(args: argparse.Namespace, summaries: dict[str, dict[str, Any]]) -> None:
     first = next(iter(summaries.values()))
     pt = first["prompt_tokens"]
@@ -325,7 +349,8 @@ def _report(args: argparse.Namespace, summaries: dict[str, dict[str, Any]]) -> N
         for name, s in summaries.items():
             if name != "trl":
                 print(f"{name}: step time {ratio(trl['step_s'], s['step_s']):.2f}x faster than TRL "
-                      f"(goal >= 2x); peak RSS {ratio(s['peak_rss_mib'], trl['peak_rss_mib']):.2f}x TRL's (goal <= 0.6x)")
+                      f"(goal >= 2x); peak RSS {ratio(s['peak_rss_mib'], trl['peak_rss_mib']):.2f}x TRL's (goal "
+                      "<= 0.6x)")
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "loads"} for k, v in summaries.items()}))
 
 

@@ -22,11 +22,12 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from oel.models.loading import cpu_bf16_native, resolve_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_state, median  # noqa: E402
+from _common import add_smoke_flag, machine_state, median  # noqa: E402
 
 SHAPES = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
               num_hidden_layers=1, vocab_size=4096, max_position_embeddings=4096)
 """The 0.5B preset's layer shapes; one layer and a small vocabulary keep the bf16 side short."""
+SMOKE_TOKENS = 4
 
 
 def forward_seconds(dtype: torch.dtype, ids: torch.Tensor, repeats: int) -> float:
@@ -46,7 +47,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=64, help="prompt length of the timed forward pass")
     ap.add_argument("--repeats", type=int, default=3)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.tokens, args.repeats = SMOKE_TOKENS, 1
     ids = torch.randint(0, SHAPES["vocab_size"], (1, args.tokens))
     fp32 = forward_seconds(torch.float32, ids, args.repeats)
     bf16 = forward_seconds(torch.bfloat16, ids, args.repeats)

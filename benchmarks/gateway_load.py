@@ -3,7 +3,7 @@
     python benchmarks/gateway_load.py [--trajectories 2000] [--clients 32] [--kill-at 0.33,0.67] [--timeout 300]
                                       [--store sqlite|postgresql|both] [--gateways 2] [--pg-url URL]
 
-The gateway runs as a child process (`python -m oel.online.gateway_cli responder=none`) on a
+The gateway runs as a child process (`python -m oel gateway responder=none`) on a
 fresh SQLite store (WAL, synchronous=FULL: every acknowledgement waited for an fsync) on
 127.0.0.1. `--clients` threads POST `--trajectories` trajectories to /v1/trajectories in all,
 each with its own Idempotency-Key, on keep-alive connections. When each `--kill-at` fraction is
@@ -31,7 +31,9 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from oel.online.loadgen import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_smoke_flag  # noqa: E402
+from oel.online.loadgen import (  # noqa: E402
     GatewayProcess,
     LoadResult,
     free_port,
@@ -41,6 +43,8 @@ from oel.online.loadgen import (
 )
 
 KEY = "gateway-load-key-0123456789"
+SMOKE_TRAJECTORIES = 8
+SMOKE_CLIENTS = 2
 
 
 def run_one(kind: str, store: str, workdir: Path, args: argparse.Namespace) -> bool:
@@ -98,7 +102,10 @@ def main() -> int:
     ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="sqlite")
     ap.add_argument("--gateways", type=int, default=2, help="gateway processes on the PostgreSQL store")
     ap.add_argument("--pg-url", default="", help="an empty PostgreSQL database (default: a throwaway cluster)")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:  # one kill and restart of one gateway on SQLite, a handful of trajectories
+        args.trajectories, args.clients, args.kill_at, args.store = SMOKE_TRAJECTORIES, SMOKE_CLIENTS, "0.5", "sqlite"
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="oel-gateway-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = []

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, state_note  # noqa: E402
-from consolidate import DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TRAJECTORIES, LR  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, machine_state, smoke_knowledge, smoke_model,  # noqa: E402
+                     smoke_trajectories, state_note)
+from consolidate import DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TRAJECTORIES, LR, SMOKE_BATCH  # noqa: E402
 
 PLAIN = {"shared_student_prefill": False, "student_prefix_cache": False, "teacher_prefix_cache": False,
          "lora_compute_dtype": "float32"}
@@ -35,7 +36,8 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def step_gradients(args: argparse.Namespace, dtype: str, overrides: dict[str, Any], out_dir: str) -> list[tuple[float, float, Any]]:
+def step_gradients(args: argparse.Namespace, dtype: str, overrides: dict[str, Any],
+                   out_dir: str) -> list[tuple[float, float, Any]]:
     """(loss, response tokens, flat LoRA gradient) of steps 1..args.steps, the weights never updated."""
     import torch
 
@@ -61,10 +63,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default=DEFAULT_PRESET)
     ap.add_argument("--trajectories", default=DEFAULT_TRAJECTORIES)
-    ap.add_argument("--knowledge", nargs="+", required=True, help="knowledge text files (the round's)")
+    ap.add_argument("--knowledge", nargs="+", default=[], help="knowledge text files (the round's; required)")
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--steps", type=int, default=2)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.knowledge = smoke_model(), smoke_trajectories(), [smoke_knowledge()]
+        args.batch, args.steps = SMOKE_BATCH, 1
+    if not args.knowledge:
+        ap.error("--knowledge: give the round's knowledge text files")
 
     import torch
 

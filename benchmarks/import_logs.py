@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, run_child  # noqa: E402
+from _common import add_smoke_flag, emit, run_child  # noqa: E402
 
+BASELINE_LINES = 1_000
+"""The small import whose peak RSS is what the interpreter and the imports cost on their own."""
+SMOKE_LINES = 20
 SYSTEM = {"role": "system", "content": "You are a shell helper. Answer with one command."}
 
 
@@ -33,7 +36,8 @@ def write_log(path: Path, lines: int, turns: int, fmt: str) -> None:
             conv, k = divmod(i, turns)
             messages = [SYSTEM]
             for j in range(k + 1):
-                messages.append({"role": "user", "content": f"task {conv}: step {j}, list the files of /srv/{conv}/{j}"})
+                messages.append({"role": "user", "content": f"task {conv}: step {j}, list the files of "
+                                                            f"/srv/{conv}/{j}"})
                 if j < k:
                     messages.append({"role": "assistant", "content": f"ls -la /srv/{conv}/{j}"})
             answer = f"ls -la /srv/{conv}/{k}"
@@ -64,13 +68,17 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--format", choices=("litellm", "openai"), default="litellm")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    add_smoke_flag(ap)
     ns = ap.parse_args()
     if ns.child:
         child(*ns.child)
         return
+    baseline = SMOKE_LINES if ns.smoke else BASELINE_LINES
+    if ns.smoke:
+        ns.lines = 2 * SMOKE_LINES
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
-        for n in (1_000, ns.lines):
+        for n in (baseline, ns.lines):
             src, out = Path(tmp) / f"log-{n}.jsonl", Path(tmp) / f"traj-{n}.jsonl"
             write_log(src, n, ns.turns, ns.format)
             r = run_child(__file__, ["--child", str(src), str(out)])
@@ -82,7 +90,8 @@ def main() -> None:
             src.unlink()
             out.unlink()
         big = results[ns.lines]
-        print(f"peak RSS over the 1,000-line run: {big['peak_rss_mib'] - results[1_000]['peak_rss_mib']:.0f} MiB")
+        print(f"peak RSS over the {baseline:,}-line run: "
+              f"{big['peak_rss_mib'] - results[baseline]['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

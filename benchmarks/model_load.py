@@ -1,6 +1,6 @@
 """Model load time and peak memory: first load (assemble, verify, dequantise, cache) vs cached load.
 
-    python benchmarks/model_load.py [PRESET] [--keep-cache]
+    python benchmarks/model_load.py [PRESET] [--repeats 3]
 
 Each load runs in a fresh subprocess so that peak RSS and import costs are honest. The first
 load uses an empty temporary cache directory; the second reads what the first wrote.
@@ -13,6 +13,10 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_smoke_flag, smoke_model  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -34,14 +38,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", nargs="?", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--repeats", type=int, default=3, help="cached loads to take the median of")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.name, args.repeats = smoke_model(), 1
     with tempfile.TemporaryDirectory(prefix="oel-bench-cache-") as cache:
         first = load_once(args.name, cache)
         cached = sorted((load_once(args.name, cache) for _ in range(args.repeats)), key=lambda r: r["load_s"])
         med = cached[len(cached) // 2]
     print(f"{args.name}")
-    print(f"  first load : {first['load_s']:6.1f} s  (with imports {first['with_imports_s']:.1f} s), peak RSS {first['peak_rss_mib']:.0f} MiB")
-    print(f"  cached load: {med['load_s']:6.1f} s  (with imports {med['with_imports_s']:.1f} s), peak RSS {med['peak_rss_mib']:.0f} MiB"
+    print(f"  first load : {first['load_s']:6.1f} s  (with imports {first['with_imports_s']:.1f} s), peak RSS "
+          f"{first['peak_rss_mib']:.0f} MiB")
+    print(f"  cached load: {med['load_s']:6.1f} s  (with imports {med['with_imports_s']:.1f} s), peak RSS "
+          f"{med['peak_rss_mib']:.0f} MiB"
           f"  [median of {len(cached)}]")
     print(f"  speed-up   : {first['load_s'] / med['load_s']:.1f}x")
 

@@ -4,7 +4,7 @@
                                     [--dtype bfloat16] [--compare] [--invariance] [--time-limit-s 120]
                                     [--model smollm2-135m-instruct] [--max-queue 8 --max-connections 32]
 
-A ChatServer over the tiny random chat model (oel.collect.backends.tiny: two layers, no
+A ChatServer over the tiny random chat model (oel.backends.tiny: two layers, no
 download; or `--model`, any preset or HF directory) on 127.0.0.1, port 0, with one API key.
 `--warmup` requests (default: one per client) go first and are not counted. `--concurrency` client threads each keep
 one HTTP/1.1 connection (http.client, reconnecting after a `Connection: close`) and send
@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_state, state_note  # noqa: E402
+from _common import add_smoke_flag, machine_state, state_note  # noqa: E402
 
 API_KEY = "bench-" + "k" * 32
 PROMPT_LENGTHS = 7
@@ -45,6 +45,7 @@ INVARIANCE_ROWS = 8
 INVARIANCE_TOKENS = 32
 CLIENT_TIMEOUT_S = 60.0
 PERCENTILES = (50, 99)
+SMOKE_REQUESTS = 4
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -52,7 +53,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     import torch
 
     if not args.model:
-        from oel.collect.backends.tiny import tiny_chat_model
+        from oel.backends.tiny import tiny_chat_model
 
         return (*tiny_chat_model(seed=0, dtype=getattr(torch, args.dtype)), "tiny")
     from oel.models import ModelConfig, load_model
@@ -62,8 +63,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def build_server(lm: tuple[Any, Any, str], batch_invariant: bool, args: argparse.Namespace) -> Any:
-    from oel.collect.backends.hf import HFBackend
-    from oel.collect.server import ChatServer, ServeConfig
+    from oel.backends.hf import HFBackend
+    from oel.serving.chat_server import ChatServer, ServeConfig
 
     model, tok, model_id = lm
     backend = HFBackend(model, tok, model_id=model_id, max_batch_size=args.max_batch_size,
@@ -157,9 +158,9 @@ def measure_invariance(dtype_name: str) -> dict[str, Any]:
     """Seeded rows alone vs as one batch: differing texts and the largest next-token logit gap."""
     import torch
 
-    from oel.collect.backends.base import SamplingParams
-    from oel.collect.backends.hf import HFBackend, RowRequest
-    from oel.collect.backends.tiny import tiny_chat_model
+    from oel.backends.base import SamplingParams
+    from oel.backends.hf import HFBackend, RowRequest
+    from oel.backends.tiny import tiny_chat_model
     from oel.trajectory import Message
 
     model, tok = tiny_chat_model(seed=1, dtype=getattr(torch, dtype_name))
@@ -204,7 +205,11 @@ def main() -> None:
     ap.add_argument("--time-limit-s", type=float, default=120.0, help="stop sending after this long (per mode)")
     ap.add_argument("--compare", action="store_true", help="also run batch_invariant=true on the same requests")
     ap.add_argument("--invariance", action="store_true", help="measure alone-vs-batched answers at float32 and bf16")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:  # every part, a few requests each
+        args.requests, args.concurrency, args.max_tokens, args.warmup = SMOKE_REQUESTS, 2, 2, 1
+        args.compare = args.invariance = True
     lm = load(args)
     results = [run_load(args, lm, batch_invariant=False)]
     if args.compare:

@@ -19,12 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SMALL_PRESET, machine_state, state_note  # noqa: E402
+from _common import SMALL_PRESET, add_smoke_flag, machine_state, smoke_model, state_note  # noqa: E402
 
 KEY = "serve-stream-key-0123456789"
 PROMPTS = ["Explain in a few sentences why the sky is blue.", "Write a short poem about a frozen lake.",
            "List three ways to get out of a maze.", "What should you do when you reach a hole on the ice?",
            "Describe a sunrise to someone who has never seen one."]
+SMOKE_MAX_TOKENS = 4
 
 
 def main() -> int:
@@ -33,12 +34,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.requests, args.max_tokens = smoke_model(), 1, SMOKE_MAX_TOKENS
 
     import openai
 
-    from oel.collect.backends.hf import HFBackend
-    from oel.collect.server import ChatServer, ServeConfig
+    from oel.backends.hf import HFBackend
+    from oel.serving.chat_server import ChatServer, ServeConfig
     from oel.models import ModelConfig
 
     backend = HFBackend.from_model_config(ModelConfig(name=args.model, dtype=args.dtype, device="cpu"),

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, state_note  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, machine_state, smoke_model, smoke_trajectories,  # noqa: E402
+                     state_note)
 from consolidate import (DEFAULT_BATCH, DEFAULT_KNOWLEDGE, DEFAULT_MAX_NEW_TOKENS,  # noqa: E402
-                         DEFAULT_TRAJECTORIES, _ours_config)
+                         DEFAULT_TRAJECTORIES, SMOKE_BATCH, SMOKE_MAX_NEW_TOKENS, _ours_config)
 
+SMOKE_OPS = 3
 CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_PEAK_RSS = "5"
 """Writing this to clear_refs resets the process's peak-RSS counter (VmHWM), Linux >= 4.0."""
@@ -94,7 +96,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--set", nargs="*", default=[], help="ConsolidateConfig overrides, key=value")
     parser.add_argument("--ops", type=int, default=0, help="profile the student pass and print its N top operators")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.batch = smoke_model(), smoke_trajectories(), SMOKE_BATCH
+        args.max_new_tokens, args.ops = SMOKE_MAX_NEW_TOKENS, SMOKE_OPS
     args.steps = 2
 
     from oel.consolidate.trainer import Consolidator
@@ -116,7 +122,8 @@ def main() -> None:
         phases.active = False
         phases.print(metrics["step_s"])
         print(f"response tokens {metrics['response_tokens']:.0f}, trainer's own split: generate "
-              f"{metrics['generate_s']:.2f} s, teacher {metrics['teacher_s']:.2f} s, student {metrics['student_s']:.2f} s "
+              f"{metrics['generate_s']:.2f} s, teacher {metrics['teacher_s']:.2f} s, student "
+              f"{metrics['student_s']:.2f} s "
               f"{state_note(machine_state())}")
         if args.ops:
             from torch.profiler import ProfilerActivity, profile

@@ -16,8 +16,8 @@ Timings alternate plain/shared after a warm-up, medians of `--repeats`; exactnes
 difference| of the logits and the KL between the two distributions (bf16 model, T=0.7).
 
 Which one is closer to the truth? The same rows are also scored by the same (bf16-rounded)
-weights computing in float32 (plain scoring): the "vs fp32" columns give each bf16 path's own error, max and mean over tokens of
-KL(fp32 || bf16 path). Comparing the two bf16 paths with each other only says how far apart
+weights computing in float32 (plain scoring): the "vs fp32" columns give each bf16 path's own error,
+max and mean over tokens of KL(fp32 || bf16 path). Comparing the two bf16 paths with each other only says how far apart
 they are, not which is wrong; against float32, the shared path is acceptable if its error is
 of the size plain bf16 scoring already makes. `--no-fp32` skips this (it loads a second,
 float32 copy of the model).
@@ -34,11 +34,11 @@ import copy
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_PRESET, machine_state, median, ratio, state_note  # noqa: E402
+from _common import (DEFAULT_PRESET, add_smoke_flag, machine_state, median, ratio, smoke_model,  # noqa: E402
+                     smoke_trajectories, state_note)
 from consolidate import DEFAULT_KNOWLEDGE, DEFAULT_TRAJECTORIES  # noqa: E402
 
 DEFAULT_BATCHES = (4, 8)
@@ -51,15 +51,14 @@ def build_rows(args: argparse.Namespace, batch: int, tok: Any, encode: Any, k_te
     """Teacher prompts, responses (recorded, tokenised, + end of turn), knowledge indices and student
     prompts of one batch."""
     from oel.consolidate.config import ConsolidateConfig
+    from oel.consolidate.data import draw
     from oel.consolidate.teacher import teacher_messages
-    from oel.consolidate.trainer import Consolidator
     from oel.trajectory import prefixes, read_trajectories
 
     trajs = read_trajectories(args.trajectories)
     pre = prefixes(trajs)
     responses_by_key = {(t.id, i): turn.response for t in trajs for i, turn in enumerate(t.turns)}
-    fake = SimpleNamespace(config=ConsolidateConfig(batch_size=batch), prefixes=pre, knowledge=k_texts)
-    draws = Consolidator.draw(fake, 1)
+    draws = draw(ConsolidateConfig().seed, 1, len(pre), len(k_texts), batch)
     if one_text:
         draws = [(p, 0) for p, _ in draws]
     prompts = [encode(teacher_messages(pre[p], k_texts[k])) for p, k in draws]
@@ -101,7 +100,8 @@ def compare(model: Any, prompts: list[list[int]], responses: list[list[int]], ke
                 fn()
                 times[name].append(time.perf_counter() - t0)
         # The noise floor of plain scoring itself: each row scored alone vs inside the batch.
-        alone = torch.cat([response_logits(model, pack([p], [r], pad_id=pad_id)) for p, r in zip(prompts, responses)]).float()
+        alone = torch.cat([response_logits(model, pack([p], [r], pad_id=pad_id))
+                           for p, r in zip(prompts, responses)]).float()
 
     def max_kl(x: torch.Tensor, y: torch.Tensor) -> float:
         return float(kl_to(y, x).max())
@@ -152,14 +152,17 @@ def main() -> None:
                     "and a second one made of its lines in reverse order)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-fp32", action="store_true", help="skip the float32 reference")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.preset, args.trajectories, args.batches, args.repeats = smoke_model(), smoke_trajectories(), [2], 1
 
     import torch
 
     from oel.consolidate.scoring import shared_prefix_length
-    from oel.consolidate.trainer import read_knowledge
+    from oel.consolidate.data import read_knowledge
     from oel.models import ModelConfig, load_model
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,7 +184,8 @@ def main() -> None:
     fp32_rows, student_rows = [], []
     for batch in args.batches:
         for one_text in (True, False):
-            prompts, responses, keys, student_prompts = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts, one_text)
+            prompts, responses, keys, student_prompts = build_rows(args, batch, lm.tokenizer, backend.encode, k_texts,
+                                                                   one_text)
             r = compare(lm.model, prompts, responses, keys, backend.pad_id, args.repeats, reference)
             groups = {k: [p for p, kk in zip(prompts, keys) if kk == k] for k in set(keys)}
             head = median([shared_prefix_length(g) for g in groups.values()])
@@ -197,7 +201,8 @@ def main() -> None:
                                                                   backend.pad_id)))
     if fp32_rows:
         print("\neach bf16 path against float32 plain scoring: KL(fp32 || bf16), max / mean over response tokens")
-        print(f"{'batch':>5s} {'K':>2s} {'plain max':>10s} {'plain mean':>10s} {'shared max':>10s} {'shared mean':>11s}")
+        print(f"{'batch':>5s} {'K':>2s} {'plain max':>10s} {'plain mean':>10s} {'shared max':>10s} "
+              f"{'shared mean':>11s}")
         for batch, k_used, r in fp32_rows:
             print(f"{batch:5d} {k_used:2d} {r['plain_fp32_max_kl']:10.1e} {r['plain_fp32_mean_kl']:10.1e} "
                   f"{r['shared_fp32_max_kl']:10.1e} {r['shared_fp32_mean_kl']:11.1e}")

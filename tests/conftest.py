@@ -26,7 +26,7 @@ def grid_consolidation_inputs(tmp_path: Path) -> str:
     """A consolidation round's inputs in `tmp_path`: t.jsonl (one trajectory of policy-template turns),
     k0.txt and k1.txt (two knowledge texts); returns the directory of a tiny random chat model."""
     from oel import prompts
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
     from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
     turns = [Turn(prompt=[Message(role="user", content=prompts.get("policy_grid_v1").render(observation=o))],

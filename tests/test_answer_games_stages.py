@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from oel import prompts
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import tiny_chat_model
 from oel.collect.play import CollectConfig, collect
 from oel.consolidate.teacher import teacher_messages
 from oel.envs import EnvConfig

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import tiny_chat_model
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import round_seeds
 from oel.evaluate.answer_meter import (AnswerMeterResult, AnswerProbe, AnswerScore, measure_answers,

@@ -182,12 +182,12 @@ def read_only_dir(workdir: Path) -> Iterator[Path]:
 def test_output_in_a_read_only_place_fails_fast_before_any_model_loads(
         workdir: Path, read_only_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         command: str) -> None:
-    import oel.models
+    import oel.models.load
 
     def no_loading(*_a: object, **_k: object) -> None:
         raise AssertionError("a model was loaded before the output was checked")
 
-    monkeypatch.setattr(oel.models, "load_model", no_loading)
+    monkeypatch.setattr(oel.models.load, "resolve_device", no_loading)  # the first step of every load
     start = time.monotonic()
     assert_one_line_error(workdir, command.format(ro=read_only_dir).split(), capsys, names=str(read_only_dir))
     assert time.monotonic() - start < FAIL_FAST_S
@@ -195,9 +195,9 @@ def test_output_in_a_read_only_place_fails_fast_before_any_model_loads(
 
 def test_extract_with_too_few_trajectories_fails_before_the_extractor_loads(
         workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import oel.models
+    import oel.models.load
 
-    monkeypatch.setattr(oel.models, "load_model", lambda *a, **k: pytest.fail("extractor loaded"))
+    monkeypatch.setattr(oel.models.load, "resolve_device", lambda *a, **k: pytest.fail("extractor loaded"))
     assert_one_line_error(workdir, "extract trajectories=t.jsonl out_dir=o/x num_trajectories=5".split(), capsys,
                           names="need num_trajectories=5, found 1")
 
@@ -224,12 +224,12 @@ def test_the_console_script_prints_one_line_and_a_traceback_only_with_verbose(wo
 def test_unanticipated_os_errors_are_one_line_and_verbose_shows_the_traceback(
         workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """An OSError no reader turned into a DataError still reaches the user as one line."""
-    import oel.collect.importers
+    import oel.collect.cli
 
     def failing_import(*_a: object, **_k: object) -> None:
         raise OSError(5, "Input/output error", "chats.jsonl")
 
-    monkeypatch.setattr(oel.collect.importers, "import_logs", failing_import)
+    monkeypatch.setattr(oel.collect.cli, "import_logs", failing_import)  # the name `oel import-logs` calls
     code, lines = run_cli(["import-logs", "chats.jsonl", "out.jsonl"], capsys)
     assert (code, lines) == (2, ["oel: error: chats.jsonl: Input/output error"])
     with pytest.raises(OSError):

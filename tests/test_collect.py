@@ -15,21 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from oel.backends.base import Generation, SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import tiny_chat_model
+from oel.collect.play import CollectConfig, collect, select_jobs, summary_path
 from oel.envs import EnvConfig, make_env
 from oel.errors import ConfigError
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.play import (
-    CollectConfig,
-    EpisodeJob,
-    collect,
-    pending_jobs,
-    play_episodes,
-    select_jobs,
-    summary_path,
-    trajectory_id,
-)
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.rollout import EpisodeJob, pending_jobs, play_episodes, trajectory_id
 from oel.trajectory import Message, read_trajectories
 
 MOVES = ("[up]", "[down]", "[left]", "[right]")
@@ -147,7 +139,7 @@ def test_config_validation_names_the_field() -> None:
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
-    from oel.collect.backends.base import Generation
+    from oel.backends.base import Generation
     from oel.collect.play import CollectConfig, collect
 
     class Slow:
@@ -187,7 +179,7 @@ def test_kill_minus_nine_then_rerun_gives_each_episode_once(tmp_path: Path) -> N
 
 def test_oel_collect_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from oel.cli import main
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
 
     model_dir = save_tiny_chat_model(tmp_path / "tiny")
     out = tmp_path / "c" / "traj.jsonl"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oel.collect.backends.base import ChatBackend, SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.sampling import PerRowSampler, RowSampling, derive_seed
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import ChatBackend, SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.sampling import PerRowSampler, RowSampling, derive_seed
+from oel.backends.tiny import tiny_chat_model
 from oel.trajectory import Message
 
 MAX_NEW = 10
@@ -55,7 +55,7 @@ def test_micro_batches_respect_row_and_token_limits(tiny: tuple) -> None:
     model, tok = tiny
     b = HFBackend(model, tok, model_id="tiny", max_batch_size=3, max_batch_tokens=200)
     encoded = sorted((b.encode(c) for c in chats()), key=len, reverse=True)
-    from oel.collect.backends.hf import RowRequest, _Encoded
+    from oel.backends.hf import RowRequest, _Encoded
 
     items = [_Encoded(i, ids, RowRequest([], SamplingParams(), 0)) for i, ids in enumerate(encoded)]
     batches = b._micro_batches(items)
@@ -113,7 +113,7 @@ def test_stop_token_ends_and_is_counted(tiny: tuple) -> None:
     b = backend(tiny, 2)
     item_ids = b.encode(chats()[0])
     new = [tok.convert_tokens_to_ids("a")] * 2 + [tok.eos_token_id, tok.pad_token_id]
-    from oel.collect.backends.hf import RowRequest, _Encoded
+    from oel.backends.hf import RowRequest, _Encoded
 
     gen = b._finish(_Encoded(0, item_ids, RowRequest(chats()[0], SamplingParams(max_new_tokens=8), 0)), new)
     assert (gen.text, gen.completion_tokens, gen.finish_reason) == ("aa", 3, "stop")
@@ -156,8 +156,9 @@ def test_sampler_matches_the_distribution() -> None:
 
 
 def test_derive_seed_mixes_parts() -> None:
-    assert derive_seed(1, 0) == derive_seed(1, 0)
-    assert derive_seed(1, 0) != derive_seed(0, 1)
+    """Pinned values: every recorded seed of every run comes from here (numpy's SeedSequence is stable)."""
+    assert (derive_seed(1, 0), derive_seed(0, 1)) == (1_320_224_556, 1_747_420_514)
+    assert derive_seed(0, 0, 0, 0, 0) == 1_456_443_223 and derive_seed(7) == 2_038_301_562
     assert all(0 <= derive_seed(i, 2**40) < 2**31 for i in range(20))
 
 

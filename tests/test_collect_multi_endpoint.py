@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
+from oel.backends.tiny import tiny_chat_model
 from oel.collect.play import CollectConfig, collect
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
-from oel.collect.server import ChatServer, ServeConfig
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 
 MAX_NEW = 6

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.openai_endpoint import EndpointConfig, OpenAIBackend
+from oel.collect.play import CollectConfig, collect
 from oel.envs import EnvConfig
 from oel.models import ModelConfig
-from oel.collect.backends.base import SamplingParams
-from oel.collect.play import CollectConfig, collect
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.openai_endpoint import EndpointConfig, OpenAIBackend
-from oel.collect.server import ChatServer, ServeConfig
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]

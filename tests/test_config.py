@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import pytest
 import yaml
 
-from oel.cli import add_config_command, config_help, split_config_args
-from oel.config import cfg, describe, load_config, save_config, to_dict
+from oel.commands import add_config_command, config_help, split_config_args
+from oel.config import Config, cfg, describe, load_config, save_config, to_dict
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 
 
-@dataclass
-class Inner:
+class Inner(Config):
     lr: float = cfg(1e-6, "learning rate")
     steps: int = cfg(20, "optimizer steps")
     kind: Literal["lora", "full"] = cfg("lora", "what to train")
     targets: list[str] = cfg(factory=lambda: ["q_proj"], help="modules")
 
 
-@dataclass
-class Outer:
+class Outer(Config):
     name: str = cfg("run", "run name")
     seed: int | None = cfg(None, "seed or null")
     model: ModelConfig = cfg(factory=ModelConfig, help="model")

@@ -47,13 +47,13 @@ CASES = [
                          [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_decision_table(fields, distributed, fsdp, expected, skipped):
     config = ConsolidateConfig(**fields)
-    before = dataclasses.asdict(config)
+    before = config.model_dump()
     paths, reasons = decide_fast_paths(config, distributed=distributed, fsdp=fsdp)
     assert (paths.shared_prefill, paths.student_head_cache, paths.teacher_head_cache) == expected
     assert reasons == skipped
     assert list(reasons) == [name for name in ("shared_student_prefill", "student_prefix_cache",
                                                "teacher_prefix_cache") if name in skipped]  # the log's order
-    assert dataclasses.asdict(config) == before  # pure: the config is read, not changed
+    assert config.model_dump() == before  # pure: the config is read, not changed
     assert decide_fast_paths(config, distributed=distributed, fsdp=fsdp) == (paths, reasons)
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from oel import prompts
+from oel.backends.tiny import save_tiny_chat_model, tiny_chat_model
 from oel.consolidate.checkpoint import merged_state_dict, save_hf_model
 from oel.consolidate.scoring import full_logits_reference, pack, response_logits
 from oel.consolidate.teacher import KNOWLEDGE_BLOCK_SEPARATOR, Teacher, teacher_messages
-from oel.collect.backends.tiny import save_tiny_chat_model, tiny_chat_model
 from oel.trajectory import Message, Prefix
 
 TOL = 1e-5

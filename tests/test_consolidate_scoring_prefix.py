@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from oel.backends.tiny import tiny_chat_model
 from oel.consolidate.scoring import (ResponseScorer, pack, response_logits, response_logits_with_shared_prefix,
                                  shared_prefix_length)
-from oel.collect.backends.tiny import tiny_chat_model
 
 TOL = 1e-5
 BF16_TOL = 0.1
@@ -130,7 +130,7 @@ def test_trainer_step_same_with_prefix_cache(grid_consolidation_config, switch):
 def test_student_shared_head_logits_and_gradients_equal_plain_scoring():
     """The student's shared-head pass: same logits and same parameter gradients as the plain pass."""
     from oel.consolidate.scoring import ResponseScorer, response_logits_shared_head, shared_prefix_length
-    from oel.collect.backends.tiny import tiny_chat_model
+    from oel.backends.tiny import tiny_chat_model
 
     model, _ = tiny_chat_model(seed=1, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from oel.backends.sampling import RowSampling
+from oel.backends.tiny import tiny_chat_model
 from oel.consolidate.scoring import generate_ids, pack, response_logits
 from oel.consolidate.shared_prefill import open_prompts, opened_response_logits, sample_responses
-from oel.collect.backends.sampling import RowSampling
-from oel.collect.backends.tiny import tiny_chat_model
 
 TOL = 1e-5
 GRAD_TOL = 1e-4

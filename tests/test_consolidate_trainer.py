@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from oel import prompts
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import save_tiny_chat_model, tiny_chat_model
 from oel.consolidate import ConsolidateConfig, Consolidator, consolidate, trainer
 from oel.consolidate.checkpoint import list_checkpoints
 from oel.consolidate.scoring import pack, response_logits
 from oel.consolidate.teacher import teacher_messages
 from oel.errors import TrainingError
 from oel.models import ModelConfig
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import save_tiny_chat_model, tiny_chat_model
 from oel.trajectory import Message, Prefix, Trajectory, Turn, write_trajectories
 
 OBSERVATIONS = ["Turn 1\nP . .\n. H .\n. . G", "Turn 2\n. P .\n. H .\n. . G",

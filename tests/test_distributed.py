@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from oel import prompts
+from oel.backends.tiny import save_tiny_chat_model
 from oel.consolidate import ConsolidateConfig, Consolidator, consolidate
 from oel.models import ModelConfig
-from oel.collect.backends.tiny import save_tiny_chat_model
 from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]

@@ -6,6 +6,8 @@ so a bf16 default that suits an AVX-512 BF16 machine makes the quick start unusa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,11 +45,18 @@ def test_auto_on_a_gpu_asks_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loading.resolve_dtype("auto", "cuda:1") is torch.bfloat16
 
 
-def test_this_machine_agrees_with_its_cpuinfo() -> None:
-    """On Linux the live check reads /proc/cpuinfo; elsewhere it is False (float32 is the safe choice)."""
-    try:
-        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
-    except OSError:
-        assert loading.cpu_bf16_native() is False
-        return
-    assert loading.cpu_bf16_native() is loading.cpu_bf16_native(text)
+@pytest.mark.parametrize(("cpuinfo", "native"), [(SAPPHIRE_RAPIDS, True), (AVX2_EPYC, False), (None, False)])
+def test_the_live_check_reads_proc_cpuinfo(monkeypatch: pytest.MonkeyPatch, cpuinfo: str | None,
+                                           native: bool) -> None:
+    """Without text, the check reads /proc/cpuinfo; an unreadable file counts as not native (float32)."""
+    read = []
+
+    def fake_read_text(path: Path, *args: object, **kwargs: object) -> str:
+        read.append(str(path))
+        if cpuinfo is None:
+            raise OSError(2, "No such file or directory", str(path))
+        return cpuinfo
+
+    monkeypatch.setattr(Path, "read_text", fake_read_text)
+    assert loading.cpu_bf16_native() is native
+    assert read == ["/proc/cpuinfo"]

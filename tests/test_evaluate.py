@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from oel.backends.base import Generation, SamplingParams
 from oel.cli import build_parser
 from oel.envs import EnvConfig
 from oel.envs.solver import LakeState
@@ -18,7 +19,6 @@ from oel.errors import ConfigError
 from oel.evaluate import (EvaluateConfig, GamesConfig, IFEvalConfig, episode_move_marks, evaluate,
                             evaluate_games, evaluation_table, move_quality, summarise, wilson_ci)
 from oel.layout import GAME_TRAJECTORIES as TRAJECTORIES_FILE
-from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message, Trajectory, Turn, read_trajectories
 
 # P H .      holes at (0,1) and (1,1); the only winning path is down, down, right, right.

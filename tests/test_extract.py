@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from oel import prompts
+from oel.backends.base import Generation, SamplingParams
 from oel.errors import ConfigError, DataError
 from oel.extract import (
     ExtractConfig,
@@ -24,7 +25,6 @@ from oel.extract import (
 from oel.extract.render import build_extraction_prompt
 from oel.extract.store import read_manifest
 from oel.extract.text import approx_token_count, parse_items, token_counter
-from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message, Trajectory, Turn
 
 TAG = re.compile(r"Outcome: (T\d+)")

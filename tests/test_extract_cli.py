@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import pytest
 
+from oel.backends.base import Generation, SamplingParams
 from oel.cli import main
 from oel.envs import EnvConfig
-from oel.extract import ExtractConfig, extract_round
 from oel.evaluate.curve import CurveConfig, default_steps, evaluate_curve, wilson_interval
-from oel.collect.backends.base import Generation, SamplingParams
+from oel.extract import ExtractConfig, extract_round
 from oel.trajectory import Message
 
 from test_extract import ScriptedExtractor, lesson_per_game, make_traj

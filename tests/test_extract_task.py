@@ -111,7 +111,7 @@ def test_the_raw_baseline_of_a_task_has_no_game_words():
 
 
 def test_shell_log_import_extract_consolidate_end_to_end(tmp_path, monkeypatch, one_thread):
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
 
     tiny = save_tiny_chat_model(tmp_path / "model", seed=3)
     model = [f"model.name={tiny}", "model.dtype=float32", "model.device=cpu"]

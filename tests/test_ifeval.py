@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from oel.backends.base import Generation, SamplingParams
 from oel.evaluate import IFEvalConfig, aggregate, evaluate_ifeval, score_response
 from oel.evaluate.ifeval import RESPONSES_FILE, PromptVerdict, select_prompts
 from oel.evaluate.ifeval_offline import IFEvalPrompt, load_prompts
-from oel.collect.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
 
 
@@ -142,7 +142,7 @@ def test_evaluate_ifeval_resumes_and_is_idempotent(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_smollm2_end_to_end(tmp_path: Path) -> None:
     from oel.models import ModelConfig
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     backend = HFBackend.from_model_config(ModelConfig(name="smollm2-135m-instruct", device="cpu"))
     cfg = IFEvalConfig(num_prompts=3, max_new_tokens=24, batch_size=3)

@@ -22,14 +22,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from oel.backends.tiny import save_tiny_chat_model
 from oel.config import load_config
 from oel.errors import ConfigError
-from oel.loop import LoopConfig, run_loop
 from oel.layout import MARKER
+from oel.loop import LoopConfig, run_loop
 from oel.loop.reuse import ReuseSource, copy_stage
 from oel.loop.run import prepare_run_dir, stages_for_round
 from oel.report import write_report
-from oel.collect.backends.tiny import save_tiny_chat_model
 
 POLL_S = 0.01
 KILL_TIMEOUT_S = 240
@@ -164,10 +164,10 @@ def test_full_loop_then_report(tiny_model, tmp_path):
         assert (report.parent / png).stat().st_size > 1000
     # an in-context curve on round 0's store is picked up; another run is compared side by side
     from oel.evaluate.curve import CurveConfig, evaluate_curve
-    from oel.collect.backends.hf import HFBackend
+    from oel.backends.hf import HFBackend
 
     from oel.models import ModelConfig
-    from oel.collect.backends.base import SamplingParams
+    from oel.backends.base import SamplingParams
 
     evaluate_curve(CurveConfig(store=str(run / "round_0" / "extract" / "store"), round=0, steps=[0, 1], num_maps=2,
                                sampling=SamplingParams(temperature=0.0, max_new_tokens=4)),

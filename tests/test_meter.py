@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from oel.backends.tiny import tiny_chat_model
 from oel.envs.seeds import round_seeds
 from oel.evaluate.meter import (
     CANONICAL_MOVES,
@@ -19,7 +20,6 @@ from oel.evaluate.meter import (
     probe_states,
     knowledge_variant,
 )
-from oel.collect.backends.tiny import tiny_chat_model
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_oel_meter_command(tmp_path, capsys):
     import json
 
     from oel.cli import main
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
 
     model_dir = save_tiny_chat_model(tmp_path / "tiny", seed=1)
     lessons = tmp_path / "lessons.txt"

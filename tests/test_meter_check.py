@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.tiny import tiny_chat_model
 from oel.envs.seeds import round_seeds
 from oel.evaluate.meter import CANONICAL_MOVES, answer_token_ids, measure, policy_variant, probe_states
 from oel.evaluate.meter_check import sample_check, summary_line
@@ -79,7 +79,7 @@ def test_oel_meter_sample_check_option(tmp_path, capsys):
     import json
 
     from oel.cli import main
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
 
     model_dir = save_tiny_chat_model(tmp_path / "tiny", seed=1)
     lessons = tmp_path / "lessons.txt"

@@ -86,7 +86,7 @@ def test_a_tampered_observation_or_another_game_is_a_one_line_error(tmp_path: Pa
 
 def test_oel_meter_on_collected_games_with_k_lessons_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from oel.cli import main
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
 
     model_dir = save_tiny_chat_model(tmp_path / "tiny", seed=1)
     games = tmp_path / "train.jsonl"

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from oel import prompts
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import save_tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import save_tiny_chat_model
 from oel.config import load_config
 from oel.envs import EnvConfig, make_env
 from oel.online.demo import DemoConfig, run_demo

@@ -20,10 +20,11 @@ import openai
 import pytest
 import torch
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import tiny_chat_model
 from oel.config import load_config
+from oel.errors import ConfigError
 from oel.online import Store
 from oel.online.gateway import Gateway, GatewayConfig
 from oel.trajectory import Message
@@ -311,7 +312,7 @@ def test_cli_registers_the_gateway_command(monkeypatch: pytest.MonkeyPatch) -> N
     assert ns.args == ["port=0", "responder=none"]
     config = load_config(GatewayConfig, None, ["port=9", "rate_limit_per_s=2.5", "model.dtype=float32"])
     assert (config.port, config.rate_limit_per_s, config.model.dtype) == (9, 2.5, "float32")
-    with pytest.raises(Exception, match="upstream_url"):
+    with pytest.raises(ConfigError, match="upstream_url: required when responder=upstream"):
         load_config(GatewayConfig, None, ["responder=upstream"])
 
 

@@ -1,6 +1,6 @@
 """A bounded loopback load test: 400 trajectories, 16 clients, the gateway SIGKILLed and restarted mid-way.
 
-The gateway is a child process (`python -m oel.online.gateway_cli`) on a real store file;
+The gateway is a child process (`python -m oel gateway`) on a real store file;
 clients retry with their idempotency keys until acknowledged. Afterwards every acknowledged
 trajectory is in the store exactly once. benchmarks/gateway_load.py runs the acceptance size.
 """

@@ -14,9 +14,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import save_tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import save_tiny_chat_model
 from oel.io import atomic_write_json
 from oel.models import ModelConfig
 from oel.online.gateway import CURRENT_FILE, Gateway, GatewayConfig

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from oel import prompts
-from oel.collect.backends.tiny import save_tiny_chat_model
+from oel.backends.tiny import save_tiny_chat_model
 from oel.config import load_config
 from oel.errors import ConfigError
 from oel.online.config import OnlineConfig

@@ -1,4 +1,4 @@
-"""Stitching exchanges into conversations and conversations into trajectories (oel.online.sessions).
+"""Stitching exchanges into conversations and conversations into trajectories (oel.sessions).
 
 Checked against brute force: a reference that compares message lists literally (no keys, no
 index) on every small random case, and simulated agents (continue, retry, rewind, rewrite,
@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from oel.online.sessions import (
+from oel.sessions import (
     Exchange,
     build_trajectory,
     conversation_key,

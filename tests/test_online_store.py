@@ -17,7 +17,7 @@ import pytest
 from oel.errors import ConfigError, DataError
 from oel.online import Added, ConflictError, NotFoundError, Store
 from oel.online.schema import STORE_SCHEMA_VERSION, connect
-from oel.online.sessions import Exchange, stitch
+from oel.sessions import Exchange, stitch
 from oel.trajectory import Message, Trajectory, Turn
 
 CLAIM_THREADS = 8
@@ -120,7 +120,7 @@ def test_posted_ids_are_renamed_and_kept_in_meta(store: Store) -> None:
 
 @pytest.mark.parametrize("mutate, field", [
     (lambda d: d.pop("turns"), "turns"),
-    (lambda d: d["turns"][0]["prompt"][0].update(role="robot"), "turns.0.prompt.0.role"),
+    (lambda d: d["turns"][0]["prompt"][0].update(role="robot"), r"turns\[0\]\.prompt\[0\]\.role"),
     (lambda d: d.update(seed="seven"), "seed"),
     (lambda d: d.update(meta={"online": 1}), "meta.online"),
 ])

@@ -159,7 +159,7 @@ def test_a_lora_round_saves_its_adapter_in_peft_format(tmp_path: Path, one_threa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oel.collect.backends.tiny import save_tiny_chat_model
+    from oel.backends.tiny import save_tiny_chat_model
     from oel.consolidate.checkpoint import LORA_ADAPTER_DIR, save_hf_model
 
     base_dir = save_tiny_chat_model(tmp_path / "base", seed=1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.prefix_cache import PrefixKVStore
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.prefix_cache import PrefixKVStore
+from oel.backends.tiny import tiny_chat_model
 from oel.trajectory import Message
 
 RULES = "You are on a frozen lake. Reach the goal G and avoid holes. Answer with one move in brackets."

@@ -14,8 +14,7 @@ ROUNDS_CHECKED = 50
 
 def test_heldout_is_fixed() -> None:
     assert heldout_seeds() == list(range(HELDOUT_COUNT))
-    assert heldout_seeds() == heldout_seeds()
-    assert heldout_seeds(16) == heldout_seeds()[:16]
+    assert heldout_seeds(16) == list(range(16))
 
 
 def test_no_overlap_across_rounds_and_purposes() -> None:
@@ -37,15 +36,21 @@ def test_no_overlap_across_rounds_and_purposes() -> None:
     assert all(seed_role(s) == "heldout" for s in held)
 
 
-def test_round_seeds_are_stable_and_offsettable() -> None:
-    assert round_seeds(2, "collect", 5) == round_seeds(2, "collect", 5)
-    assert round_seeds(2, "collect", 5, offset=3)[:2] == round_seeds(2, "collect", 5)[3:]
+def test_round_seeds_are_pinned_and_offsettable() -> None:
+    """The blocks are fixed numbers: a change here changes every run's maps."""
+    assert round_seeds(2, "collect", 5) == [1_200_000, 1_200_001, 1_200_002, 1_200_003, 1_200_004]
+    assert round_seeds(0, "extract", 3) == [1_010_000, 1_010_001, 1_010_002]
+    assert round_seeds(1, "train", 2) == [1_120_000, 1_120_001]
+    assert round_seeds(2, "collect", 5, offset=3)[:2] == [1_200_003, 1_200_004]
 
 
-@pytest.mark.parametrize("kwargs", [dict(round=0, purpose="eval", n=1), dict(round=-1, purpose="collect", n=1),
-                                    dict(round=0, purpose="collect", n=MAX_SEEDS_PER_BLOCK + 1)])
-def test_bad_requests_fail(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(round=0, purpose="eval", n=1), "purpose must be one of"),
+    (dict(round=-1, purpose="collect", n=1), "round must be in"),
+    (dict(round=0, purpose="collect", n=MAX_SEEDS_PER_BLOCK + 1), "offset \\+ n must stay within"),
+])
+def test_bad_requests_fail(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^round_seeds: {message}"):
         round_seeds(**kwargs)
 
 

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from oel.collect.backends.base import ChatBackend, SamplingParams
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
-from oel.collect.server import ChatServer, ServeConfig
-from oel.collect.backends.tiny import tiny_chat_model
+from oel.backends.base import ChatBackend, SamplingParams
+from oel.backends.hf import HFBackend
+from oel.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
+from oel.backends.tiny import tiny_chat_model
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message
 
 MAX_NEW = 8

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import torch
 
-from oel.collect.auth import ApiKeys, is_loopback, require_keys_off_loopback
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import tiny_chat_model
-from oel.collect.server import ChatServer, ServeConfig
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import tiny_chat_model
 from oel.errors import ConfigError
+from oel.serving.auth import ApiKeys, is_loopback, require_keys_off_loopback
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.serving.protocol import RequestError, parse_chat_request
 from oel.serving.server import EVICT_GRACE_S
 

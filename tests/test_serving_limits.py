@@ -22,10 +22,10 @@ import openai
 import pytest
 import torch
 
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.tiny import TINY_MAX_POSITIONS, tiny_chat_model
-from oel.collect.server import ChatServer, ServeConfig
+from oel.backends.hf import HFBackend
+from oel.backends.tiny import TINY_MAX_POSITIONS, tiny_chat_model
 from oel.online.gateway import Gateway, GatewayConfig
+from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.serving.server import EVICT_GRACE_S, LINGER_S
 
 pytestmark = pytest.mark.usefixtures("one_thread")

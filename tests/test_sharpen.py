@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.sampling import PerRowSampler, RowSampling
+from oel.backends.base import SamplingParams
+from oel.backends.sampling import PerRowSampler, RowSampling
 from oel.evaluate.meter import MeterResult, StateScore
 from oel.evaluate.sharpen import sampled_summary, sharpen, sharpened
 

@@ -78,7 +78,7 @@ def test_wrong_role_order(tmp_path: Path) -> None:
     rec["turns"][0]["prompt"] = [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]
     path = write_lines(tmp_path / "t.jsonl", [json.dumps(rec)])
     msg = one_line_error(path)
-    assert msg.startswith(f"{path}:1: turns.0:") and "prompt message 0 has role 'assistant'" in msg
+    assert msg.startswith(f"{path}:1: turns[0]:") and "prompt message 0 has role 'assistant'" in msg
 
 
 def test_prompt_ending_with_assistant(tmp_path: Path) -> None:

@@ -1,13 +1,10 @@
-"""The `oel` command: one thin subcommand per stage of the loop.
+"""The `oel` command, the entry point at the top: nothing in the package imports it.
 
-Every config-driven subcommand takes an optional YAML file and dotted overrides:
-
-    oel consolidate configs/frozenlake.yaml lr=5e-6 steps=20
-
-Its `--help` lists every config key with type, default and meaning. Library code logs
-through `logging`; progress bars belong to the CLI. An :class:`OELError` is printed as
-one line (exit code 2), never as a traceback; so is an operating-system error a reader did
-not anticipate (`-v` shows its traceback).
+Each package registers its own subcommands (its `cli.py`, built with `oel.commands`); this
+module lists those modules, parses the command line and turns errors into one line.
+Library code logs through `logging`; progress bars belong to the CLI. An :class:`OELError`
+is printed as one line (exit code 2), never as a traceback; so is an operating-system error
+a reader did not anticipate (`-v` shows its traceback).
 """
 
 from __future__ import annotations
@@ -16,71 +13,25 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from oel import __version__
-from oel.config import describe, load_config
 from oel.errors import OELError
 
-# Each module defines `register(subparsers)`; a stage's CLI arrives with its stage.
+# Each module defines `register(subparsers)`, next to the code its commands run; the order is
+# the order of `oel --help`.
 STAGE_MODULES: list[str] = [
     "oel.models.cli",
     "oel.envs.cli",
     "oel.collect.cli",
+    "oel.serving.cli",
     "oel.extract.cli",
     "oel.consolidate.cli",
     "oel.evaluate.cli",
     "oel.loop.cli",
-    "oel.report",
+    "oel.report.cli",
     "oel.online.cli",
     "oel.online.gateway_cli",
 ]
-
-
-def config_help(cls: type) -> str:
-    """An argparse epilog describing every field of config class `cls`."""
-    rows = describe(cls)
-    width = max(len(k) for k, *_ in rows)
-    lines = ["config keys (set in the YAML file or as key=value):"]
-    for key, tp, default, help_ in rows:
-        lines.append(f"  {key:<{width}}  {help_}")
-        lines.append(f"  {'':<{width}}    type: {tp}; default: {default}")
-    return "\n".join(lines)
-
-
-def add_config_command(
-    subparsers: Any,
-    name: str,
-    config_cls: type,
-    run: Callable[[Any, argparse.Namespace], int | None],
-    help: str,
-    description: str | None = None,
-) -> argparse.ArgumentParser:
-    """Add subcommand `name` that builds `config_cls` from [CONFIG.yaml] [key=value ...]."""
-    p = subparsers.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        epilog=config_help(config_cls),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
-                   help="an optional YAML config file, then dotted overrides")
-
-    def _run(ns: argparse.Namespace) -> int | None:
-        path, overrides = split_config_args(ns.args)
-        return run(load_config(config_cls, path, overrides), ns)
-
-    p.set_defaults(func=_run)
-    return p
-
-
-def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """The first argument is a config file unless it looks like `key=value`."""
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, list(args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,137 +1,104 @@
-"""Typed configuration: dataclasses, YAML files and dotted `key=value` overrides.
+"""Typed configuration: pydantic models, YAML files and dotted `key=value` overrides.
 
-Every stage has one config dataclass whose fields carry their documentation
+Every stage has one config class (a :class:`Config`) whose fields carry their documentation
 (`cfg(default, "help")`). `load_config(Cls, yaml_path, ["a.b=1"])` builds a validated,
-frozen-by-convention instance; any unknown key or wrongly typed value raises
-:class:`ConfigError` naming the full dotted key. `to_dict` gives the resolved config,
-which every run writes into its run directory.
+frozen-by-convention instance; pydantic checks every value strictly (an integer is a number,
+`true` is not an integer), and its first problem becomes one :class:`ConfigError` naming the
+full dotted key. `to_dict` gives the resolved config, which every run writes into its run
+directory; `describe` lists every key for `--help`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import types
-from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails, PydanticUndefined
 
-from oel.errors import ConfigError, DataError
-from oel.io import read_text
+from oel.config_sources import load_config_data
+from oel.errors import ConfigError
+from oel.io import atomic_write_text
+from oel.validation import error_text
 
-C = TypeVar("C")
-
-_MISSING = dataclasses.MISSING
-
-
-def cfg(default: Any = _MISSING, help: str = "", *, factory: Any = _MISSING) -> Any:
-    """A documented dataclass field. `factory` for mutable defaults (lists, nested configs)."""
-    if factory is not _MISSING:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+C = TypeVar("C", bound="Config")
 
 
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin in (list, tuple):
-        args = get_args(tp)
-        return f"list[{_type_name(args[0])}]" if args else "list"
-    if origin is dict:
-        return "mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
+class Config(BaseModel):
+    """Base of every config class: documented fields, unknown keys refused.
+
+    Validation in `__init__` is pydantic's lax mode (code may pass a tuple for a list); files
+    and overrides go through :func:`from_dict`, which is strict. Checks across fields go in
+    `model_post_init`: a ValueError there is reported under the config's dotted key, a
+    ConfigError as it is (it names its key itself).
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    def __init__(self, **data: Any) -> None:
+        """Build in code; a bad value is one line naming the field (a ConfigValueError)."""
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigValueError(_message(type(self), data, _chosen(e), whole="")) from None
+
+    # Validation of nested configs must not go through this __init__ (it would be lax inside a
+    # strict `from_dict`): marked as pydantic marks its own RootModel.__init__.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against type `tp`; return it converted (int->float, list->tuple)."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key + ".")
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
-    if origin in (Union, types.UnionType):
-        errors = []
-        for arg in get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        (elem,) = get_args(tp)[:1] or (Any,)
-        items = [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+class ConfigValueError(ConfigError, ValueError):
+    """A config built in code with a bad value: a ConfigError (one line for the CLI) and, like the
+    check of a dataclass's `__post_init__`, a ValueError."""
 
 
-def _build(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for k in data:
-        if k not in fields:
-            close = difflib.get_close_matches(str(k), list(fields), n=3)
-            hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
-            raise ConfigError(f"{prefix}{k}: unknown config key{hint}")
-    kwargs = {name: _coerce(data[name], hints[name], prefix + name) for name in fields if name in data}
+PLUMBING = "plumbing"
+"""The mark of a stage-config field that is run plumbing (see `cfg`)."""
+
+
+def cfg(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None, plumbing: bool = False) -> Any:
+    """A documented config field. `factory` for mutable defaults (lists, nested configs).
+
+    `plumbing`: where the stage reads and writes, which model and which maps: what a command's
+    user sets, but what the loop sets for each round (a loop config must leave it alone)."""
+    extra = {PLUMBING: True} if plumbing else None
+    if factory is not None:
+        return Field(default_factory=factory, description=help, json_schema_extra=extra)
+    return Field(default=default, description=help, json_schema_extra=extra)
+
+
+def plumbing_fields(cls: type[Config]) -> tuple[str, ...]:
+    """The fields of `cls` marked `plumbing=True`, in declaration order."""
+    return tuple(name for name, field in cls.model_fields.items()
+                 if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(PLUMBING))
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build and validate a config from plain data (YAML/JSON); ConfigError names the dotted key."""
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+        return cls.model_validate(data, strict=True)
+    except ValidationError as e:
+        raise ConfigError(_message(cls, data, _chosen(e), whole=cls.__name__)) from None
 
 
-def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
-    """Build and validate a config dataclass from plain data (YAML/JSON)."""
-    return _build(cls, data, prefix)
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
+    """YAML file (optional, with its `base:` chain) + dotted overrides -> validated config of type `cls`."""
+    return from_dict(cls, load_config_data(path, overrides))
+
+
+def updated(config: C, **changes: Any) -> C:
+    """A copy of `config` with some fields changed, validated again (its checks run again too)."""
+    return type(config)(**{**{name: getattr(config, name) for name in type(config).model_fields}, **changes})
 
 
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain data (tuples become lists) for YAML/JSON."""
     def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, BaseModel):
+            return {name: plain(getattr(v, name)) for name in type(v).model_fields}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -140,115 +107,107 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=VALUE` -> (['a','b','c'], value parsed as YAML: 5e-6 -> float, true -> bool)."""
-    if "=" not in text:
-        raise ConfigError(f"{text}: an override must look like key.path=value")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"{text}: empty key in override")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    # YAML 1.1 reads '5e-6' as a string; a user writing a number means a number.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            pass
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(path[: i + 1])}: is a value, cannot set {'.'.join(path)}")
-            node = child
-        node[path[-1]] = value
-    return data
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = read_text(path, "config file")
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return data
-
-
-BASE_KEY = "base"
-"""A config file may start from another: `base: ../frozenlake-cpu.yaml` (path relative to the file)."""
-
-
-def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_yaml_with_base(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML config with its `base:` chain merged underneath (the file's own keys win)."""
-    path = Path(path).resolve()
-    if path in _seen:
-        raise ConfigError(f"{path}: `{BASE_KEY}` chain loops back to this file")
-    data = load_yaml(path)
-    base = data.pop(BASE_KEY, None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: {BASE_KEY}: expected a path to another YAML config, got {base!r}")
-    return deep_merge(load_yaml_with_base(path.parent / base, (*_seen, path)), data)
-
-
-def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
-    """YAML file (optional, with its `base:` chain) + dotted overrides -> validated config of type `cls`."""
-    data = load_yaml_with_base(path) if path else {}
-    data = apply_overrides(data, list(overrides or []))
-    return from_dict(cls, data)
-
-
 def save_config(config: Any, path: str | os.PathLike) -> None:
     """Write the fully resolved config (atomically) as YAML."""
-    from oel.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe(cls: type[Config], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, help) for every field, recursively: the CLI's --help."""
     rows = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        key = prefix + f.name
-        if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key + "."))
+    for name, field in cls.model_fields.items():
+        key = prefix + name
+        if _is_config(field.annotation):
+            rows.extend(describe(field.annotation, key + "."))
             continue
-        if f.default is not _MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not _MISSING:  # type: ignore[misc]
-            default = repr(f.default_factory())  # type: ignore[misc]
+        if field.default is not PydanticUndefined:
+            default = repr(field.default)
+        elif field.default_factory is not None:
+            default = repr(field.default_factory())  # type: ignore[call-arg]
         else:
             default = "(required)"
-        rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
+        rows.append((key, type_name(field.annotation), default, field.description or ""))
     return rows
+
+
+def type_name(tp: Any) -> str:
+    """A config type as the user writes its values: `'lora' | 'full'`, `int | null`, `list[str]`."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        return f"list[{type_name(args[0])}]" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Config)
+
+
+def _chosen(e: ValidationError) -> ErrorDetails:
+    """The error to report: an unknown key first (the outermost), as a typo explains what follows."""
+    errors = e.errors(include_url=False)
+    unknown = [err for err in errors if err["type"] == "extra_forbidden"]
+    return min(unknown, key=lambda err: len(err["loc"])) if unknown else errors[0]
+
+
+def _walk(cls: type[Config], data: Any, loc: tuple[int | str, ...]) -> tuple[str, Any, Any, int]:
+    """(dotted key, declared type, value, parts used) of the deepest config field `loc` names.
+
+    A part that is no field (an unknown key, a union's branch tag) ends the walk, so a union's
+    error is reported against the whole union, as the user wrote it.
+    """
+    key, tp, value = "", cls, data
+    for used, part in enumerate(loc):
+        if _is_config(tp) and isinstance(part, str) and part in tp.model_fields:
+            tp = tp.model_fields[part].annotation
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+            key = f"{key}.{part}" if key else part
+        elif get_origin(tp) in (list, tuple) and isinstance(part, int):
+            tp = (get_args(tp) or (Any,))[0]
+            value = value[part] if isinstance(value, (list, tuple)) and part < len(value) else None
+            key += f"[{part}]"
+        else:
+            return key, tp, value, used
+    return key, tp, value, len(loc)
+
+
+def _message(cls: type[Config], data: Any, err: ErrorDetails, whole: str) -> str:
+    """One line: the full dotted key, then what was expected and what came (`whole`: what to call
+    the config itself when a check of all its fields fails)."""
+    key, tp, value, used = _walk(cls, data, err["loc"])
+    if err["type"] == "extra_forbidden":
+        name = str(err["loc"][used])
+        close = difflib.get_close_matches(name, list(tp.model_fields), n=3)
+        parent = f"{key}." if key else ""
+        hint = f" (did you mean {', '.join(parent + c for c in close)}?)" if close else ""
+        return f"{parent}{name}: unknown config key{hint}"
+    if err["type"] == "value_error":  # a check in model_post_init
+        where = key or whole
+        return f"{where}: {error_text(err)}" if where else error_text(err)
+    return f"{key}: {_expected(tp)}, got {value!r}" if _expected(tp) else f"{key}: {error_text(err)}"
+
+
+_SCALARS = {bool: "expected true or false", int: "expected an integer", float: "expected a number",
+            str: "expected a string", type(None): "expected null"}
+
+
+def _expected(tp: Any) -> str:
+    """'expected ...' for a value that does not fit type `tp` ('' when there is nothing better to say)."""
+    origin = get_origin(tp)
+    if _is_config(tp):
+        return f"expected a mapping of {tp.__name__} fields"
+    if origin is Literal:
+        return f"expected one of {type_name(tp)}"
+    if origin in (Union, types.UnionType, list, tuple):
+        return f"expected {type_name(tp)}"
+    if origin is dict or tp is dict:
+        return "expected a mapping"
+    return _SCALARS.get(tp, "")

@@ -18,6 +18,17 @@ class DataError(OELError):
     """A data file (trajectories, experience, metrics) is malformed; the message is `file:line: why`."""
 
 
+class ConflictError(DataError):
+    """The request contradicts what is stored: an idempotency key reused with another body, an ended session.
+
+    A DataError (one line, naming what is wrong), so code that only knows DataError still catches
+    it; the serving stack answers it with HTTP 409."""
+
+
+class NotFoundError(DataError):
+    """The request names a session or a round the store does not have (HTTP 404)."""
+
+
 class ModelLoadError(OELError):
     """A model could not be loaded (missing extra, hash mismatch, bad path)."""
 

@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from oel.io import append_jsonl, iter_jsonl, read_jsonl
 from oel.errors import DataError
+from oel.io import append_jsonl, atomic_write_text, iter_jsonl, read_jsonl
+from oel.validation import describe
 
 SCHEMA_VERSION = 1
 
@@ -44,7 +45,8 @@ def check_prompt_roles(messages: list[Message]) -> None:
         want = "user" if i % 2 == 0 else "assistant"
         if m.role != want:
             pos = i + (len(messages) - len(body))
-            raise ValueError(f"prompt message {pos} has role '{m.role}', expected '{want}' (roles must alternate user/assistant)")
+            raise ValueError(f"prompt message {pos} has role '{m.role}', expected '{want}' (roles must "
+                             "alternate user/assistant)")
     if body[-1].role != "user":
         raise ValueError("prompt must end with a user message")
 
@@ -54,7 +56,8 @@ class Turn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     prompt: list[Message] = Field(description="the exact messages given to the model for this turn")
-    observation: str = Field(description="the environment's text at this turn (the part of the prompt that came from the env)")
+    observation: str = Field(description="the environment's text at this turn (the part of the prompt that came "
+                                         "from the env)")
     response: str = Field(description="the raw model response, thinking included")
     action: str | None = Field(default=None, description="the action sent to the environment; None if none was valid")
     feedback: str = Field(default="", description="the environment's textual reply to this turn")
@@ -99,11 +102,7 @@ class Trajectory(BaseModel):
         return out
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
+_MESSAGES = TypeAdapter(list[Message])
 
 
 def parse_trajectory(obj: dict[str, Any]) -> Trajectory:
@@ -111,7 +110,7 @@ def parse_trajectory(obj: dict[str, Any]) -> Trajectory:
     try:
         return Trajectory.model_validate(obj)
     except ValidationError as e:
-        raise ValueError(_first_error(e)) from None
+        raise ValueError(describe(e)) from None
 
 
 def read_trajectories(path: str | os.PathLike, *, allow_empty: bool = False) -> list[Trajectory]:
@@ -133,7 +132,6 @@ def write_trajectories(path: str | os.PathLike, trajs: Iterable[Trajectory], *, 
     """Write a whole file atomically (used by importers; collection appends instead).
 
     `private`: 0600 (and new folders 0700), for users' conversations (the online store's exports)."""
-    from oel.io import atomic_write_text
     import json
 
     lines = [json.dumps(t.model_dump(mode="json"), ensure_ascii=False) for t in trajs]
@@ -197,9 +195,9 @@ def _one_openai_record(obj: dict[str, Any], lineno: int, *, env_id: str, model_i
     if "messages" not in obj or not isinstance(obj["messages"], list):
         raise ValueError("missing field 'messages' (a list of {role, content})")
     try:
-        msgs = [Message.model_validate(m) for m in obj["messages"]]
+        msgs = _MESSAGES.validate_python(obj["messages"])
     except ValidationError as e:
-        raise ValueError(f"messages: {_first_error(e)}") from None
+        raise ValueError(f"messages{describe(e)}") from None
     turns: list[Turn] = []
     for k, m in enumerate(msgs):
         if m.role != "assistant":
@@ -210,7 +208,7 @@ def _one_openai_record(obj: dict[str, Any], lineno: int, *, env_id: str, model_i
             turns.append(Turn(prompt=prompt, observation=prompt[-1].content if prompt else "",
                               response=m.content, feedback=nxt.content if nxt else ""))
         except ValidationError as e:
-            raise ValueError(f"messages[{k}]: {_first_error(e)}") from None
+            raise ValueError(f"messages[{k}]: {describe(e)}") from None
     if not turns:
         raise ValueError("no assistant message: nothing the model said")
     last_user_after = msgs[-1].content if msgs[-1].role == "user" else None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 from oel.evaluate.meter import CANONICAL_MOVES, MeterResult
 from oel.evaluate.sharpen import sharpen
 from oel.io import read_json

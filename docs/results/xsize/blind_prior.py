@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 from oel.envs import EnvConfig
 from oel.envs.seeds import heldout_seeds, round_seeds
 from oel.envs.solver import MOVES, GridState, blind_pass_probability

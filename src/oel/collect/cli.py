@@ -1,8 +1,7 @@
-"""`oel collect`, `oel serve`, `oel import-logs`: the user side of the loop from the shell.
+"""`oel collect`, `oel import-logs`: the user side of the loop from the shell.
 
     oel collect model.name=qwen2.5-coder-0.5b-instruct seeds=heldout num_seeds=32 out=runs/c/traj.jsonl
     oel collect backend=openai endpoint.base_url=http://127.0.0.1:8000/v1 out=runs/c/traj.jsonl
-    oel serve model.name=qwen2.5-coder-0.5b-instruct port=8000
     oel import-logs chats.jsonl trajectories.jsonl --env-id FrozenLake-v0-raw
 """
 
@@ -12,7 +11,12 @@ import argparse
 import logging
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.collect.importers import import_logs
+from oel.collect.play import CollectConfig, collect, summary_path
+from oel.commands import add_config_command
+from oel.config import save_config
+from oel.io import check_writable_file, read_text_file
+from oel.models import check_model_name
 
 _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 
@@ -20,11 +24,6 @@ _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 def run_collect(config: Any, ns: argparse.Namespace) -> int:
     """Collect with a live progress bar: episodes done, pass rate so far, generation tokens/s."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from oel.config import save_config
-    from oel.collect.play import collect, summary_path
-    from oel.io import check_writable_file, read_text_file
-    from oel.models import check_model_name
 
     check_writable_file(config.out, "trajectory file")
     if config.knowledge_file:  # inputs before anything is written
@@ -57,19 +56,7 @@ def run_collect(config: Any, ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_serve(config: Any, ns: argparse.Namespace) -> int:
-    from oel.collect.server import serve
-
-    try:
-        serve(config)
-    except KeyboardInterrupt:
-        print("oel serve: stopped")
-    return 0
-
-
 def run_import_logs(ns: argparse.Namespace) -> int:
-    from oel.collect.importers import import_logs
-
     report = import_logs(ns.input, ns.output, format=ns.format, env_id=ns.env_id, model_id=ns.model_id)
     print(f"imported {report.trajectories} trajectories ({report.calls} model calls, format {report.format}) "
           f"-> {ns.output}")
@@ -79,25 +66,11 @@ def run_import_logs(ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from oel.collect.play import CollectConfig
-    from oel.collect.server import ServeConfig
-
     add_config_command(
         subparsers, "collect", CollectConfig, run_collect,
         help="play episodes with a model or endpoint and append their trajectories to JSONL (resumable)",
         description="Play episodes (all in flight advance together, one batched model call per turn), "
                     "append each trajectory to `out` as it finishes, and skip episodes already there on rerun.",
-    )
-    add_config_command(
-        subparsers, "serve", ServeConfig, run_serve,
-        help="serve a model over an OpenAI-compatible /v1/chat/completions endpoint",
-        description="An OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions, streaming token by "
-                    "token too, GET /metrics, GET /healthz) over the in-process HF backend: the gateway's HTTP "
-                    "layer without a store; concurrent requests are generated in batches. Clients send "
-                    "`Authorization: Bearer <key>` with a key from api_keys, api_keys_file or $OEL_API_KEYS "
-                    "(`key` or `client:key` entries); without any key only a loopback host is served. "
-                    "Bodies, max_tokens, prompt tokens, the queue, open connections and the time to send a "
-                    "request are bounded (HTTP 413/400/503/408).",
     )
     p = subparsers.add_parser(
         "import-logs", help="convert deployment logs (LiteLLM, Langfuse, OpenTelemetry GenAI, OpenAI chat) "

@@ -1,83 +1,72 @@
 """User-side collection: a model plays many episodes at once and we keep every trajectory.
 
-All unfinished episodes advance together: each turn, the prompts of every episode in
-flight go to the backend in ONE batched call (prefill dominates the cost of a turn, so
-batching is where the speed is), and a finished episode's slot is refilled at once from
-the queue of episodes still to play. Each turn's prompt is a named template rendered with
-the environment's observation; everything the model saw and said is recorded exactly.
+The play itself is `oel.rollout.play_episodes` (batched, per-episode seeds); this module
+chooses the maps, writes the trajectories and resumes.
 
 Crash safety: each trajectory is appended to the JSONL file as soon as its episode ends
 (one fsynced line), and a rerun first cuts any torn final line, then skips every
 (env, round, seed, sample) already on file. A `kill -9` followed by a rerun therefore
 yields every episode exactly once.
 
-Sampling seeds are per episode and per turn (`derive_seed(base, round, seed, sample,
-turn)`) when the backend accepts per-prompt seeds, so an episode's random stream does not
-depend on which others it was batched with, nor on whether the run was resumed; its text
-does not either in float32, while bf16 batched kernels can change it (docs/collection.md,
-"Batching and identical answers").
-
 Library use (the round orchestrator):
 
     stats = collect(CollectConfig(round=r, out=".../trajectories.jsonl", ...), backend=backend)
-    trajs = play_episodes(backend, lambda: make_env(env_cfg), jobs, params,
-                          template="teacher_grid_v1", prompt_fields={"knowledge": text})
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import cfg
+from oel.backends.base import ChatBackend, SamplingParams
+from oel.backends.openai_endpoint import EndpointConfig
+from oel.backends.select import make_backend
+from oel.config import Config, cfg
 from oel.envs import EnvConfig, make_env
-from oel.envs.base import TextEnv
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
 from oel.errors import ConfigError
-from oel.io import atomic_write_json, read_text_file, repair_jsonl_tail
+from oel.io import atomic_write_json, read_text_file
 from oel.models import ModelConfig
-from oel.collect import backends
-from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
-from oel.collect.backends.openai_endpoint import EndpointConfig
-from oel.collect.backends.sampling import derive_seed
-from oel.trajectory import Message, Trajectory, Turn, append_trajectory, read_trajectories
+from oel.rollout import EpisodeJob, PlayStats, pending_jobs, play_episodes
+from oel.trajectory import Trajectory, append_trajectory
 
 log = logging.getLogger(__name__)
-
-MAX_TURNS_GUARD = 1000
-"""An environment that has not ended an episode after this many turns is broken; stop."""
 
 SeedSet = Literal["heldout", "collect", "extract", "train"]
 
 
-@dataclass
-class CollectConfig:
+class CollectConfig(Config):
     """`oel collect`: which environment, which model, which maps, where to write."""
 
-    env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)")
-    backend: Literal["hf", "openai"] = cfg("hf", "'hf': load `model` in this process; 'openai': call `endpoint`")
-    model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf")
-    endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai")
-    max_batch_size: int = cfg(16, "backend=hf: most prompts in one forward pass (bounds memory); larger calls are split")
+    env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)", plumbing=True)
+    backend: Literal["hf", "openai"] = cfg("hf", "'hf': load `model` in this process; 'openai': call `endpoint`",
+                                           plumbing=True)
+    model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf", plumbing=True)
+    endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai",
+                                   plumbing=True)
+    max_batch_size: int = cfg(16, "backend=hf: most prompts in one forward pass (bounds memory); larger calls "
+                                  "are split")
     max_batch_tokens: int = cfg(32_768, "backend=hf: most padded prompt tokens in one forward pass (bounds memory)")
-    seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's 'collect', 'extract' or 'train' block")
+    seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's "
+                                    "'collect', 'extract' or 'train' block", plumbing=True)
     num_seeds: int = cfg(32, "how many maps (seeds) to play, taken from the start of the chosen set plus seed_offset")
-    seed_offset: int = cfg(0, "skip this many seeds of the chosen set (take more maps from a block later)")
+    seed_offset: int = cfg(0, "skip this many seeds of the chosen set (take more maps from a block later)",
+                           plumbing=True)
     samples_per_seed: int = cfg(1, "episodes per map; episodes = num_seeds * samples_per_seed")
-    round: int = cfg(0, "OEL round; picks the round's seed block and is recorded in each trajectory")
+    round: int = cfg(0, "OEL round; picks the round's seed block and is recorded in each trajectory", plumbing=True)
     sampling: SamplingParams = cfg(factory=SamplingParams, help="how the policy samples its answers")
     batch_size: int = cfg(32, "episodes in flight together; each turn is one backend call over all of them")
-    prompt: str = cfg("policy_grid_v1", "prompt template for each turn (oel/prompts/<name>.txt), rendered with the "
-                                        "observation; the small-answer games replace this default by policy_game_v1")
-    knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none")
-    out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed on rerun")
+    prompt: str = cfg("policy_grid_v1", "prompt template of each turn (oel/prompts/<name>.txt); the "
+                                        "small-answer games use policy_game_v1")
+    knowledge_file: str = cfg("", "text file filling a template's {knowledge} field (in-context play); empty = none",
+                              plumbing=True)
+    out: str = cfg("runs/collect/trajectories.jsonl", "trajectory JSONL; appended as episodes finish, resumed "
+                                                      "on rerun", plumbing=True)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("num_seeds", "samples_per_seed", "batch_size", "max_batch_size", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -91,70 +80,6 @@ class CollectConfig:
         self.prompt = prompts.policy_template_for(self.env.game, self.prompt)
 
 
-@dataclass(frozen=True)
-class EpisodeJob:
-    """One episode to play: a map seed and the index of this repeat on that map."""
-
-    seed: int
-    sample: int = 0
-
-
-@dataclass
-class CollectStats:
-    """Running totals of a collection; `to_dict` is the summary written beside the output."""
-
-    episodes: int = 0
-    passed: int = 0
-    turns: int = 0
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    generate_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    skipped: int = 0
-    """Episodes already on file when the run started (resume)."""
-
-    @property
-    def pass_rate(self) -> float:
-        return self.passed / self.episodes if self.episodes else 0.0
-
-    @property
-    def tokens_per_turn(self) -> float:
-        return self.response_tokens / self.turns if self.turns else 0.0
-
-    @property
-    def generation_tokens_per_s(self) -> float:
-        return self.response_tokens / self.generate_seconds if self.generate_seconds else 0.0
-
-    @property
-    def prompt_tokens_per_s(self) -> float:
-        """Prefill throughput: with ~3-token answers, this is where the time goes."""
-        return self.prompt_tokens / self.generate_seconds if self.generate_seconds else 0.0
-
-    @property
-    def episodes_per_min(self) -> float:
-        return 60 * self.episodes / self.wall_seconds if self.wall_seconds else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "pass_rate": self.pass_rate, "tokens_per_turn": self.tokens_per_turn,
-                "generation_tokens_per_s": self.generation_tokens_per_s,
-                "prompt_tokens_per_s": self.prompt_tokens_per_s, "episodes_per_min": self.episodes_per_min}
-
-
-@dataclass
-class _Episode:
-    """An episode in flight: its job, its environment, what has happened so far."""
-
-    job: EpisodeJob
-    env: TextEnv
-    observation: str
-    turns: list[Turn] = field(default_factory=list)
-
-
-def trajectory_id(env_id: str, round: int, job: EpisodeJob) -> str:
-    """The record's id: unique per (env, round, seed, sample), so a resumed file never repeats one."""
-    return f"{env_id}-r{round}-s{job.seed}-k{job.sample}"
-
-
 def select_jobs(config: CollectConfig) -> list[EpisodeJob]:
     """The episodes this config asks for, in play order (map by map, repeats together)."""
     if config.seeds == "heldout":
@@ -164,115 +89,10 @@ def select_jobs(config: CollectConfig) -> list[EpisodeJob]:
     return [EpisodeJob(s, k) for s in seeds for k in range(config.samples_per_seed)]
 
 
-def pending_jobs(out: str | Path, jobs: Sequence[EpisodeJob], env_id: str, round: int) -> list[EpisodeJob]:
-    """Repair a torn tail of `out`, then drop the jobs whose trajectory is already on file."""
-    path = Path(out)
-    if repair_jsonl_tail(path):
-        log.warning("%s: cut a torn final line left by an interrupted run", path)
-    if not path.exists() or path.stat().st_size == 0:
-        return list(jobs)
-    done = {t.id for t in read_trajectories(path, allow_empty=True)}
-    return [j for j in jobs if trajectory_id(env_id, round, j) not in done]
-
-
-def _generate(backend: ChatBackend, prompts_: list[list[Message]], params: SamplingParams,
-              seeds: list[int]) -> list[Generation]:
-    """One batched call; per-prompt seeds when the backend takes them, else one call seed."""
-    chat_with_seeds = getattr(backend, "chat_with_seeds", None)
-    if chat_with_seeds is not None:
-        gens = chat_with_seeds(prompts_, params, seeds)
-    else:
-        call_params = SamplingParams(**{**asdict(params), "seed": derive_seed(*seeds)})
-        gens = backend.chat(prompts_, call_params)
-    if len(gens) != len(prompts_):
-        raise RuntimeError(f"backend {backend.model_id}: returned {len(gens)} completions for {len(prompts_)} prompts")
-    return gens
-
-
-def play_episodes(
-    backend: ChatBackend,
-    env_factory: Callable[[], TextEnv],
-    jobs: Sequence[EpisodeJob],
-    params: SamplingParams,
-    *,
-    template: str = "policy_grid_v1",
-    prompt_fields: Mapping[str, str] | None = None,
-    round: int = 0,
-    batch_size: int = 32,
-    on_finish: Callable[[Trajectory, CollectStats], None] | None = None,
-    stats: CollectStats | None = None,
-) -> list[Trajectory]:
-    """Play `jobs` with up to `batch_size` in flight; return trajectories in finishing order.
-
-    `on_finish(traj, stats)` runs as each episode ends (collection appends it to disk there).
-    `prompt_fields` fills template fields other than {observation}, e.g. {knowledge}.
-    """
-    tmpl = prompts.get(template)
-    tmpl_record = tmpl.record()
-    fields = dict(prompt_fields or {})
-    unused = set(fields) - tmpl.fields
-    if unused:
-        raise ConfigError(f"prompt '{template}': has no field(s) {sorted(unused)} to fill (fields: {sorted(tmpl.fields)})")
-    stats = stats if stats is not None else CollectStats()
-    queue = list(jobs)[::-1]  # pop() from the end keeps play order
-    envs = [env_factory() for _ in range(min(batch_size, len(queue)))]
-    active: list[_Episode] = []
-    finished: list[Trajectory] = []
-    t_start = time.perf_counter()
-    while queue or active:
-        while queue and envs:
-            env, job = envs.pop(), queue.pop()
-            active.append(_Episode(job, env, env.reset(job.seed)))
-        prompts_ = [prompts.turn_messages(template, ep.observation, **fields) for ep in active]
-        seeds = [derive_seed(params.seed, round, ep.job.seed, ep.job.sample, len(ep.turns)) for ep in active]
-        t0 = time.perf_counter()
-        gens = _generate(backend, prompts_, params, seeds)
-        stats.generate_seconds += time.perf_counter() - t0
-        still: list[_Episode] = []
-        for ep, prompt, gen in zip(active, prompts_, gens):
-            traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl_record, params, stats)
-            if traj is None:
-                still.append(ep)
-                continue
-            envs.append(ep.env)
-            finished.append(traj)
-            stats.wall_seconds = time.perf_counter() - t_start
-            if on_finish is not None:
-                on_finish(traj, stats)
-        active = still
-    return finished
-
-
-def _advance(ep: _Episode, prompt: list[Message], gen: Generation, model_id: str, round: int,
-             template_record: dict[str, str], params: SamplingParams, stats: CollectStats) -> Trajectory | None:
-    """Apply one response to its episode; return the trajectory if that ended the episode."""
-    result = ep.env.step(gen.text)
-    ep.turns.append(Turn(prompt=prompt, observation=ep.observation, response=gen.text, action=result.action,
-                         feedback=result.feedback, prompt_tokens=gen.prompt_tokens,
-                         response_tokens=gen.completion_tokens))
-    stats.turns += 1
-    stats.prompt_tokens += gen.prompt_tokens
-    stats.response_tokens += gen.completion_tokens
-    if not result.done:
-        if len(ep.turns) >= MAX_TURNS_GUARD:
-            raise RuntimeError(f"{ep.env.env_id} seed {ep.job.seed}: no end after {MAX_TURNS_GUARD} turns")
-        ep.observation = result.observation
-        return None
-    stats.episodes += 1
-    stats.passed += int(result.passed)
-    return Trajectory(
-        id=trajectory_id(ep.env.env_id, round, ep.job), env_id=ep.env.env_id, seed=ep.job.seed,
-        sample=ep.job.sample, model_id=model_id, round=round, turns=ep.turns, outcome=result.outcome,
-        passed=result.passed, reward=result.reward,
-        meta={"prompt": template_record, "sampling": asdict(params),
-              "end_reason": getattr(ep.env, "end_reason", None)},
-    )
-
-
-def make_backend(config: CollectConfig) -> ChatBackend:
+def collect_backend(config: CollectConfig) -> ChatBackend:
     """The backend `config` asks for (loads the model for backend=hf)."""
-    return backends.make_backend(config.backend, model=config.model, endpoint=config.endpoint,
-                                 max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens)
+    return make_backend(config.backend, model=config.model, endpoint=config.endpoint,
+                        max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens)
 
 
 def summary_path(out: str | Path) -> Path:
@@ -285,8 +105,8 @@ def collect(
     backend: ChatBackend | None = None,
     *,
     on_start: Callable[[int, int], None] | None = None,
-    on_finish: Callable[[Trajectory, CollectStats], None] | None = None,
-) -> CollectStats:
+    on_finish: Callable[[Trajectory, PlayStats], None] | None = None,
+) -> PlayStats:
     """Play the config's episodes not yet in `config.out`, appending each as it finishes.
 
     `on_start(pending, total)` and `on_finish(traj, stats)` let a caller show progress.
@@ -295,14 +115,15 @@ def collect(
     jobs = select_jobs(config)
     env_id = make_env(config.env).env_id
     todo = pending_jobs(config.out, jobs, env_id, config.round)
-    stats = CollectStats(skipped=len(jobs) - len(todo))
+    stats = PlayStats(skipped=len(jobs) - len(todo))
     if on_start is not None:
         on_start(len(todo), len(jobs))
     if todo:
-        fields = {"knowledge": read_text_file(config.knowledge_file, "knowledge file", allow_empty=True)} if config.knowledge_file else {}
-        backend = backend if backend is not None else make_backend(config)
+        fields = {"knowledge": read_text_file(config.knowledge_file, "knowledge file",
+                                              allow_empty=True)} if config.knowledge_file else {}
+        backend = backend if backend is not None else collect_backend(config)
 
-        def _append(traj: Trajectory, st: CollectStats) -> None:
+        def _append(traj: Trajectory, st: PlayStats) -> None:
             append_trajectory(config.out, traj)
             if on_finish is not None:
                 on_finish(traj, st)

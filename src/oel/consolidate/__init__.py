@@ -8,7 +8,7 @@ checks), `checkpoint` (HF-directory checkpoints, resume), `trainer` (composes th
 the loop), `cli` (`oel consolidate`).
 """
 
-from oel.consolidate.config import ConsolidateConfig, paper_gpu_preset
+from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.trainer import ConsolidateResult, Consolidator, consolidate
 
-__all__ = ["ConsolidateConfig", "ConsolidateResult", "Consolidator", "consolidate", "paper_gpu_preset"]
+__all__ = ["ConsolidateConfig", "ConsolidateResult", "Consolidator", "consolidate"]

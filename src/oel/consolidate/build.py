@@ -8,7 +8,6 @@ reproducibility: peft draws the LoRA adapter's initial weights from torch's glob
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
@@ -16,23 +15,22 @@ from typing import Any
 
 import torch
 
-from oel.collect.backends.sampling import derive_seed
+from oel.backends.sampling import derive_seed
+from oel.config import updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.data import STREAM_INIT
 from oel.consolidate.distributed import Topology
 from oel.consolidate.scoring import model_device
 from oel.errors import ConfigError
-from oel.models import ModelConfig
+from oel.models import ModelConfig, load_model
 
 log = logging.getLogger(__name__)
 
 
 def load_round_model(model_config: ModelConfig, topology: Topology) -> Any:
     """The round-start model (`oel.models.LoadedModel`), on this rank's device under a launcher."""
-    from oel.models import load_model
-
     if topology.device is not None:  # one device per rank: cuda:LOCAL_RANK (or cpu)
-        model_config = dataclasses.replace(model_config, device=topology.device)
+        model_config = updated(model_config, device=topology.device)
     return load_model(model_config)
 
 

@@ -132,7 +132,8 @@ def _write_hf(directory: Path, model: Any, tokenizer: Any) -> None:
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
-                    config: dict[str, Any], keep_last: int, optimizer_state: tuple[str, dict[str, Any]] | None = None) -> Path:
+                    config: dict[str, Any], keep_last: int,
+                    optimizer_state: tuple[str, dict[str, Any]] | None = None) -> Path:
     """Write `root/step-NNNNNN` atomically, then prune to the `keep_last` newest.
 
     `optimizer_state`: (file name, state) to write instead of `optimizer.state_dict()`
@@ -198,7 +199,8 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> int:
         params = dict(model.named_parameters())
         missing = [n for n in adapter if n not in params]
         if missing:
-            raise TrainingError(f"{path / ADAPTER_FILE}: adapter weight {missing[0]} not in the model (different LoRA config?)")
+            raise TrainingError(f"{path / ADAPTER_FILE}: adapter weight {missing[0]} not in the model "
+                                "(different LoRA config?)")
         with torch.no_grad():
             for name, value in adapter.items():
                 params[name].copy_(value)

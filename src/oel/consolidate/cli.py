@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from oel.commands import add_config_command
 from oel.consolidate.config import ConsolidateConfig
+from oel.consolidate.distributed import is_main_process
+from oel.consolidate.trainer import Consolidator
 
 DESCRIPTION = (
     "Consolidate a round's knowledge into the weights: the student answers the round's prefixes "
@@ -38,9 +41,6 @@ def _progress_columns() -> list[Any]:
 
 def run(config: ConsolidateConfig, ns: argparse.Namespace) -> int:
     from rich.progress import Progress
-
-    from oel.consolidate.distributed import is_main_process
-    from oel.consolidate.trainer import Consolidator
 
     trainer = Consolidator(config)
     try:
@@ -64,8 +64,6 @@ def run(config: ConsolidateConfig, ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from oel.cli import add_config_command
-
     add_config_command(subparsers, "consolidate", ConsolidateConfig, run,
                        help="train the round's knowledge into the weights (on-policy context distillation)",
                        description=DESCRIPTION)

@@ -1,21 +1,18 @@
 """`ConsolidateConfig`: everything one round's consolidation needs, every field documented.
 
 Defaults are sized for a 2-core CPU and the 0.5B preset (LoRA, batch 4, short
-responses). The paper's GPU recipe (full fine-tuning, batch 64, 1024-token responses,
-LR 5e-6 for 1.7B / 1e-6 for 4B-8B, 20 or 100 steps) is `paper_gpu_preset()`:
-
-    cfg = paper_gpu_preset(trajectories="r0/trajectories.jsonl", knowledge=["r0/k0.txt", ...],
-                           output_dir="r0/consolidate", model=ModelConfig(name="..."))
+responses). Recipes are config files, not code: the paper's GPU recipe (full fine-tuning,
+batch 64, 1024-token responses, LR 5e-6 for 1.7B / 1e-6 for 4B-8B, 20 or 100 steps) is
+configs/gpu/qwen3-1.7b-frozenlake.yaml (and configs/gpu/consolidate-8gpu-*.yaml for one round
+on 8 GPUs).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 
@@ -24,34 +21,40 @@ TeacherDtype = Literal["model", "bfloat16", "float32"]
 LossName = Literal["topk_reverse_kl", "reverse_kl", "sampled_reverse_kl", "forward_kl", "sft"]
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PAPER_LR_SMALL = 5e-6  # Qwen3-1.7B in the paper
-PAPER_LR_LARGE = 1e-6  # Qwen3-4B / 8B
-PAPER_BATCH = 64
-PAPER_MAX_NEW_TOKENS = 1024
-PAPER_STEPS = 20
 
 
-@dataclass
-class ConsolidateConfig:
+class ConsolidateConfig(Config):
     """One round of consolidation: on-policy context distillation (or the off-policy baseline)."""
 
-    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix")
-    knowledge: list[str] = cfg(help="knowledge text files (plain text, one knowledge text each); one is drawn at random per prefix", factory=list)
-    output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the consolidated model)")
-    model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher", factory=ModelConfig)
+    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix",
+                            plumbing=True)
+    knowledge: list[str] = cfg(help="knowledge text files (plain text, one knowledge text each); one is drawn "
+                                    "at random per prefix", factory=list, plumbing=True)
+    output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the "
+                              "consolidated model)", plumbing=True)
+    model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher",
+                             factory=ModelConfig, plumbing=True)
 
-    teacher_model: str = cfg("", "a different FROZEN model as the teacher (a preset, .gguf or HF directory, loaded on model's device in teacher_dtype), reading the knowledge and scoring the student's samples; it must share the student's vocabulary (checked). Empty = the round-start model itself (the paper). Costs that model's weights in memory (1.5B preset in bf16: ~3.1 GiB) and its forward passes")
-    teacher_dtype: TeacherDtype = cfg("model", "teacher_model's weights dtype: model = model.dtype; bfloat16 with model.dtype=float32 keeps the student's passes (and so its gradients) in float32 while the frozen teacher, which only scores, costs half the memory and time. Needs teacher_model (the round-start teacher IS the student's base weights)")
-    teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for collected grid-game prefixes: teacher_grid_v1 (knowledge before the observation), teacher_grid_after_v1 (after it), teacher_grid_system_v1 (in a system message), or a path to your own .txt template with {knowledge} (and {observation}, else it is a system message); other prefixes (imported logs, other tasks) get task_teacher_template")
-    task_teacher_template: str = cfg(prompts.TASK_TEACHER_TEMPLATE, "the teacher's knowledge block for every prefix that is not a grid game (imported logs, other tasks), put in front of its first user message: the built-in knowledge_block_v1 or a path to your own .txt template with {knowledge}")
-    sampler: Sampler = cfg("on_policy", "on_policy: the student (no knowledge) writes the responses; off_policy: the teacher (with knowledge) does (baseline)")
-    loss: LossName = cfg("topk_reverse_kl", "token loss; topk_reverse_kl is the paper's; forward_kl or sft for the off-policy baseline")
-    top_k: int = cfg(256, "top_k_reverse_kl: the student's k most likely tokens (of the full-vocab softmax, no renormalisation)")
+    teacher_model: str = cfg("", "a different frozen teacher model (same vocabulary); empty = the round-start "
+                                 "model (the paper)")
+    teacher_dtype: TeacherDtype = cfg("model", "teacher_model's weights dtype: model = model.dtype; needs "
+                                               "teacher_model")
+    teacher_template: str = cfg("teacher_grid_v1", "the teacher's prompt for grid-game prefixes: a "
+                                                   "teacher_grid_* name or a .txt template")
+    task_teacher_template: str = cfg(prompts.TASK_TEACHER_TEMPLATE, "the teacher's knowledge block for every "
+                                                                    "other prefix (imported logs, other tasks)")
+    sampler: Sampler = cfg("on_policy", "on_policy: the student (no knowledge) writes the responses; "
+                                        "off_policy: the teacher (with knowledge) does (baseline)")
+    loss: LossName = cfg("topk_reverse_kl", "token loss; topk_reverse_kl is the paper's; forward_kl or sft for "
+                                            "the off-policy baseline")
+    top_k: int = cfg(256, "top_k_reverse_kl: the student's k most likely tokens (of the full-vocab softmax, no "
+                          "renormalisation)")
     loss_temperature: float = cfg(0.7, "temperature applied to both student and teacher logits inside the loss")
 
     steps: int = cfg(10, "optimizer steps this round (paper: 20 or 100)")
     batch_size: int = cfg(4, "prefixes per optimizer step (paper: 64)")
-    micro_batch_size: int = cfg(4, "prefixes per forward/backward pass; gradients accumulate over batch_size/micro_batch_size passes")
+    micro_batch_size: int = cfg(4, "prefixes per forward/backward pass; gradients accumulate over "
+                                   "batch_size/micro_batch_size passes")
     lr: float = cfg(5e-5, "constant learning rate (LoRA on CPU; paper, full fine-tune: 5e-6 for 1.7B, 1e-6 for 4B/8B)")
     weight_decay: float = cfg(0.01, "AdamW weight decay")
     adam_beta1: float = cfg(0.9, "AdamW beta1")
@@ -63,29 +66,38 @@ class ConsolidateConfig:
     sample_top_k: int = cfg(0, "sample among the k most likely tokens; 0 = whole vocabulary")
     max_new_tokens: int = cfg(64, "most tokens per sampled response (paper: 1024)")
 
-    finetune: Literal["lora", "full"] = cfg("lora", "lora: train an adapter, teacher = adapter off; full: all weights, teacher = frozen copy")
+    finetune: Literal["lora", "full"] = cfg("lora", "lora: train an adapter, teacher = adapter off; full: all "
+                                                    "weights, teacher = frozen copy")
     lora_r: int = cfg(16, "LoRA rank")
     lora_alpha: int = cfg(32, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = cfg(0.0, "LoRA dropout")
-    lora_target_modules: list[str] = cfg(help="module names that get LoRA adapters", factory=lambda: list(DEFAULT_LORA_TARGETS))
-    lora_compute_dtype: Literal["model", "float32"] = cfg("model", "dtype of the LoRA adapter's matmuls in the student's passes: model = the weights' dtype (bf16 on CPU, via autocast; what TRL and the HF Trainer do with bf16=True), float32 = peft's default, which keeps a float32 copy of every adapted module's input for backward (~35% more activation memory). The adapter's weights, gradients and AdamW state are float32 either way")
+    lora_target_modules: list[str] = cfg(help="module names that get LoRA adapters",
+                                         factory=lambda: list(DEFAULT_LORA_TARGETS))
+    lora_compute_dtype: Literal["model", "float32"] = cfg("model", "dtype of the adapter's matmuls in the "
+                                                                   "student's passes: model (autocast) or float32")
     gradient_checkpointing: bool = cfg(False, "recompute activations in backward (less memory, ~30% slower)")
     # The three switches below change how the same numbers are computed, not what is learned
     # (equal up to float rounding: docs/performance.md measures each against float32). Each one
     # is used where it can run and skipped, with a log line, where it cannot.
-    student_prefix_cache: bool = cfg(True, "run the opening all student prompts of a micro-batch share (template, instructions, rules) once, its KV repeated over the rows, gradients included; skipped with gradient_checkpointing and under FSDP")
-    shared_student_prefill: bool = cfg(True, "on-policy: run the student's prompts once, with gradients, and both sample the responses and score them from that pass's KV cache (one prompt prefill per step instead of two); skipped with sampler=off_policy, lora_dropout > 0, gradient_checkpointing, or more than one process")
-    teacher_prefix_cache: bool = cfg(True, "score the teacher with each knowledge text's shared prompt head (template, instructions, knowledge) run once per micro-batch, its KV repeated over the rows, instead of once per row; skipped under FSDP")
+    student_prefix_cache: bool = cfg(True, "run the opening all student prompts of a micro-batch share once "
+                                           "(same numbers, faster)")
+    shared_student_prefill: bool = cfg(True, "on-policy: one student prompt pass both samples and scores (same "
+                                             "numbers, faster)")
+    teacher_prefix_cache: bool = cfg(True, "run each knowledge text's shared teacher prompt head once per "
+                                           "micro-batch (same numbers)")
 
     seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
     save_every: int = cfg(5, "write a resumable checkpoint every this many steps (0: only the final model)")
     keep_last: int = cfg(2, "keep this many most recent checkpoints")
-    on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: resume from its last checkpoint, delete it, or stop")
+    on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: "
+                                                                         "resume from its last checkpoint, "
+                                                                         "delete it, or stop", plumbing=True)
     num_threads: int = cfg(0, "torch CPU threads; 0 = torch's default")
-    parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) or fsdp (FSDP2 shards); batch_size must divide by the number of processes; ignored without a launcher")
-    fsdp_mixed_precision: bool = cfg(False, "parallel=fsdp: compute in bfloat16 on float32 master weights (load with model.dtype=float32); gradients reduced in float32")
+    parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) "
+                                                           "or fsdp (FSDP2 shards)")
+    fsdp_mixed_precision: bool = cfg(False, "parallel=fsdp: compute in bfloat16 on float32 master weights")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         positive = ("steps", "batch_size", "micro_batch_size", "top_k", "max_new_tokens", "lora_r", "lora_alpha")
         for name in positive:
             if getattr(self, name) < 1:
@@ -102,17 +114,20 @@ class ConsolidateConfig:
         _check_template("teacher_template", self.teacher_template, prompts.TEACHER_ROLE)
         _check_template("task_teacher_template", self.task_teacher_template, prompts.TASK_TEACHER_ROLE)
         if self.teacher_dtype != "model" and not self.teacher_model:
-            raise ValueError(f"teacher_dtype: {self.teacher_dtype} needs teacher_model (the round-start teacher shares the student's weights and dtype)")
+            raise ValueError(f"teacher_dtype: {self.teacher_dtype} needs teacher_model (the round-start teacher "
+                             "shares the student's weights and dtype)")
         if self.teacher_model and self.parallel == "fsdp":
-            raise ValueError("teacher_model: not supported with parallel=fsdp (the other teacher would not be sharded); use ddp")
+            raise ValueError("teacher_model: not supported with parallel=fsdp (the other teacher would not be "
+                             "sharded); use ddp")
         if self.save_every < 0 or self.keep_last < 1:
-            raise ValueError(f"save_every/keep_last: need save_every >= 0 and keep_last >= 1, got {self.save_every}/{self.keep_last}")
+            raise ValueError("save_every/keep_last: need save_every >= 0 and keep_last >= 1, got "
+                             f"{self.save_every}/{self.keep_last}")
 
     def teacher_model_config(self, student: ModelConfig) -> ModelConfig:
         """How to load `teacher_model`: the student's settings (device, ...) with the teacher's name and
         `teacher_dtype`; one place, so the loop's teacher-gap meter measures the teacher consolidation uses."""
         dtype = student.dtype if self.teacher_dtype == "model" else self.teacher_dtype
-        return dataclasses.replace(student, name=self.teacher_model, dtype=dtype)
+        return updated(student, name=self.teacher_model, dtype=dtype)
 
     def check_inputs(self, *, need_knowledge_files: bool = True) -> None:
         """The fields a run cannot start without (left optional so presets can be built first)."""
@@ -130,15 +145,3 @@ def _check_template(key: str, spec: str, role: prompts.Role) -> None:
         prompts.load(spec, key=key, role=role)
     except ConfigError as e:
         raise ValueError(str(e)) from None
-
-
-def paper_gpu_preset(**overrides: Any) -> ConsolidateConfig:
-    """The paper's recipe (Qwen3-1.7B, GPUs): full fine-tune, batch 64, 1024 new tokens, LR 5e-6, 20 steps.
-
-    Use lr=1e-6 for 4B/8B models and steps=100 for the longer schedule.
-    """
-    base = ConsolidateConfig(
-        finetune="full", batch_size=PAPER_BATCH, micro_batch_size=8, lr=PAPER_LR_SMALL,
-        max_new_tokens=PAPER_MAX_NEW_TOKENS, steps=PAPER_STEPS, save_every=PAPER_STEPS,
-    )
-    return dataclasses.replace(base, **overrides)

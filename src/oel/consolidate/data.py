@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
-from oel.collect.backends.sampling import RowSampling, derive_seed
+from oel.backends.hf import HFBackend
+from oel.backends.sampling import RowSampling, derive_seed
 from oel.consolidate import distributed
 from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.samplers import Sample
 from oel.consolidate.teacher import teacher_messages
-from oel.prompts import TASK_TEACHER_TEMPLATE, TEACHER_TEMPLATE
 from oel.errors import DataError
 from oel.io import read_text_file
+from oel.prompts import TASK_TEACHER_TEMPLATE, TEACHER_TEMPLATE
 from oel.trajectory import Message, Prefix
 
 # Named random streams: derive_seed(config.seed, STREAM, step, ...) never collide across uses.
@@ -134,7 +135,5 @@ class ConsolidationData:
 
 def make_encoder(student: Any, tokenizer: Any, model_id: str) -> Any:
     """The collection stage's own chat encoding (an `HFBackend`): its `encode`, `pad_id`, `stop_ids`."""
-    from oel.collect.backends.hf import HFBackend
-
     # No prefix store: the weights change every step, so stored KV would be stale.
     return HFBackend(student, tokenizer, model_id=model_id, prefix_cache_bytes=0)

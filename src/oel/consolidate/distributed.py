@@ -88,7 +88,8 @@ def setup(parallel: Parallel) -> Topology:
             log.info("parallel=%s but WORLD_SIZE is unset or 1: running as a single process", parallel)
         return Topology()
     if parallel == "none":
-        raise ConfigError(f"parallel: 'none' under a launcher with WORLD_SIZE={world}; set parallel=ddp or parallel=fsdp")
+        raise ConfigError(f"parallel: 'none' under a launcher with WORLD_SIZE={world}; set parallel=ddp or "
+                          "parallel=fsdp")
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from oel.backends.prefix_cache import common_prefix_length
+from oel.backends.sampling import PerRowSampler
 from oel.models.kv_cache import cache_arg
 
 Tensor = torch.Tensor
@@ -151,15 +153,13 @@ def generate_ids(model: Any, prompts: Sequence[Sequence[int]], samplers: Sequenc
                  stop_ids: frozenset[int], max_new_tokens: int, synced: bool = False) -> list[list[int]]:
     """Sample one continuation per prompt (left-padded batch); each cut after its first stop token.
 
-    `samplers` are `oel.collect.backends.sampling.RowSampling`s, one per row: each row draws from its
+    `samplers` are `oel.backends.sampling.RowSampling`s, one per row: each row draws from its
     own seeded stream, so a response's randomness depends on its seed only, not on its
     batch-mates; with float32 logits (computed here) a resumed run, or a run split over ranks,
     samples what the uninterrupted single-process one did, up to the rare token a batched
     kernel's rounding flips (docs/collection.md, "Batching and identical answers").
     """
     from transformers import GenerationConfig, LogitsProcessorList
-
-    from oel.collect.backends.sampling import PerRowSampler
 
     width = max(len(p) for p in prompts)
     ids_BT = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -243,8 +243,6 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     The last prompt token must stay in the per-row tail: its hidden state predicts the first
     response token.
     """
-    from oel.collect.backends.prefix_cache import common_prefix_length
-
     if not prompts:
         return 0
     return max(min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1), 0)

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
+from oel.backends.sampling import PerRowSampler, RowSampling
 from oel.consolidate.scoring import causal_lm_parts, pack
-from oel.collect.backends.sampling import PerRowSampler, RowSampling
 from oel.models.kv_cache import cache_arg
 
 Tensor = torch.Tensor
@@ -89,7 +89,8 @@ def open_prompts(model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int, h
     width = max(lengths)
     padded = pack(prompts, [[] for _ in prompts], pad_id=pad_id)  # right-padded
     ids_BP, mask_BP = padded.input_ids_BT, padded.attention_mask_BT
-    if head_tokens and not (0 < head_tokens < min(lengths) and bool((ids_BP[:, :head_tokens] == ids_BP[:1, :head_tokens]).all())):
+    shared_head = bool((ids_BP[:, :head_tokens] == ids_BP[:1, :head_tokens]).all())
+    if head_tokens and not (0 < head_tokens < min(lengths) and shared_head):
         raise ValueError(f"head_tokens: {head_tokens} is not a shared opening of every prompt that leaves each "
                          "row at least one own token")
     ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
@@ -169,7 +170,8 @@ def opened_response_logits(model: Any, opened: OpenedPrompts, responses: Sequenc
     ids_BR, mask_BR = padded.input_ids_BT.to(device), padded.attention_mask_BT.to(device)
     positions_BR = torch.tensor(opened.lengths, device=device)[:, None] + torch.arange(width, device=device)
     out = backbone(input_ids=ids_BR, attention_mask=torch.cat([opened.prompt_mask_BP, mask_BR], dim=1),
-                   position_ids=positions_BR, **cache_arg(opened.cache(attached=True, config=getattr(model, "config", None))),
+                   position_ids=positions_BR,
+                   **cache_arg(opened.cache(attached=True, config=getattr(model, "config", None))),
                    use_cache=True)
     hidden_rows = [torch.cat([opened.first_hidden_BH[b:b + 1], out.last_hidden_state[b, :len(r)]])
                    for b, r in enumerate(inputs)]

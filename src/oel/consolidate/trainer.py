@@ -261,7 +261,8 @@ class Consolidator:
             self.step = step
             last = metrics
             if self.topology.is_main:
-                append_jsonl(self.out / METRICS_FILE, {"step": step, **{f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}})
+                append_jsonl(self.out / METRICS_FILE,
+                             {"step": step, **{f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}})
                 log.info("step %d/%d loss %.4f mass %.3f %.1fs", step, c.steps, metrics["loss"],
                          metrics["student_topk_mass"], metrics["step_s"])
             if on_step is not None:

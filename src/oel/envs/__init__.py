@@ -7,16 +7,15 @@
 
 `EnvConfig`'s defaults are the paper's settings (SPEC §2). Besides the paper's grid games,
 `game` selects TextArena single-player games whose answer each turn comes from a small set
-(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0) and `blackjack` (Blackjack-v0). TextArena is imported only when
-an environment is made, so config handling stays cheap.
+(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0) and `blackjack` (Blackjack-v0).
+TextArena is imported only when an environment is made, so config handling stays cheap.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
@@ -28,26 +27,24 @@ ANSWER_GAMES: tuple[str, ...] = ("guess_number", "blackjack")
 GAMES: tuple[str, ...] = GRID_GAMES + ANSWER_GAMES
 
 
-@dataclass
-class EnvConfig:
+class EnvConfig(Config):
     """Which game to play and how; every default is the paper's setting."""
 
-    game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
-                         "'guess_number' (GuessTheNumber-v0) or 'blackjack' (Blackjack-v0)")
+    game: GameName = cfg("frozenlake", "which game: 'frozenlake', 'sokoban', 'guess_number' or 'blackjack'")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
-    strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
+    strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare "
+                                     "direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
     frozenlake_size: int = cfg(3, "FrozenLake board side (start top-left, goal bottom-right)")
     frozenlake_holes: int = cfg(2, "number of holes on the FrozenLake board (maps are always solvable)")
     sokoban_size: int = cfg(6, "Sokoban room side (square room, walls included)")
     sokoban_boxes: int = cfg(1, "number of boxes (and targets) in the Sokoban room")
-    hide_rules: bool = cfg(False, "small-answer games: show a generic description instead of TextArena's rules "
-                                  "text (the grid games always hide theirs, as in the paper)")
+    hide_rules: bool = cfg(False, "small-answer games: a generic description instead of TextArena's rules text")
     guess_min: int = cfg(1, "guess_number: smallest possible secret number")
     guess_max: int = cfg(20, "guess_number: largest possible secret number")
     blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.game not in GAMES:
             raise ConfigError(f"game: expected one of {', '.join(repr(g) for g in GAMES)}, got {self.game!r}")
         for name in ("max_turns", "frozenlake_size", "sokoban_boxes", "blackjack_hands"):
@@ -57,7 +54,8 @@ class EnvConfig:
             raise ConfigError(f"invalid_moves_tolerated: must be >= 0, got {self.invalid_moves_tolerated}")
         free_cells = self.frozenlake_size**2 - 2
         if not 0 <= self.frozenlake_holes < free_cells:
-            raise ConfigError(f"frozenlake_holes: must be in 0..{free_cells - 1} for size {self.frozenlake_size}, got {self.frozenlake_holes}")
+            raise ConfigError(f"frozenlake_holes: must be in 0..{free_cells - 1} for size "
+                              f"{self.frozenlake_size}, got {self.frozenlake_holes}")
         if self.guess_min < 0 or self.guess_max <= self.guess_min:
             raise ConfigError(f"guess_max: must exceed guess_min (>= 0), got {self.guess_min}..{self.guess_max}")
         if self.sokoban_size < 4:
@@ -66,6 +64,7 @@ class EnvConfig:
 
 def make_env(config: EnvConfig) -> TextEnv:
     """A fresh environment for `config` (one instance plays one episode at a time)."""
+    # The game modules are imported here, not at the top: each imports EnvConfig from this package.
     if config.game == "guess_number":
         from oel.envs.guess_number import GuessTheNumberGame
 

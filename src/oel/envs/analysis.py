@@ -49,7 +49,8 @@ class CeilingReport:
             f"  solvable within {self.max_turns} turns : {self.solvable}/{self.maps} ({self.solvable / self.maps:.1%});"
             f" unsolvable: {self.maps - self.solvable}",
             f"  shortest solution lengths   : {', '.join(f'{k}: {v}' for k, v in self.shortest_lengths.items())}",
-            f"  BFS-optimal policy pass rate: {self.optimal_passed}/{self.maps} ({self.optimal_passed / self.maps:.1%}),"
+            f"  BFS-optimal policy pass rate: {self.optimal_passed}/{self.maps} "
+            f"({self.optimal_passed / self.maps:.1%}),"
             " played through the environment",
             f"  random policy pass rate     : {self.random_pass_rate_exact:.2%} (exact expectation over maps)",
         ]
@@ -86,7 +87,8 @@ def ceiling_report(config: EnvConfig, seeds: list[int], *, random_episodes_per_m
     for seed in seeds:
         for _ in range(random_episodes_per_map):
             random_passed += play_episode(env, policy, seed).passed
-    ordered = dict(sorted(lengths.items(), key=lambda kv: (kv[0] == "unsolvable", int(kv[0]) if kv[0].isdigit() else 0)))
+    ordered = dict(sorted(lengths.items(),
+                          key=lambda kv: (kv[0] == "unsolvable", int(kv[0]) if kv[0].isdigit() else 0)))
     return CeilingReport(
         game=config.game, env_id=env.env_id, max_turns=config.max_turns, maps=len(seeds), solvable=solvable,
         optimal_passed=optimal_passed, random_pass_rate_exact=random_total / len(seeds),

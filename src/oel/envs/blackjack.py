@@ -23,7 +23,14 @@ from typing import Any
 
 import textarena as ta
 
-from oel.envs.answer_game import VALUE_TOLERANCE, REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
+from oel.envs.answer_game import (
+    REASON_INVALID,
+    REASON_LOST,
+    REASON_TURN_LIMIT,
+    REASON_WON,
+    VALUE_TOLERANCE,
+    TextArenaAnswerGame,
+)
 
 HIT, STAND = "[Hit]", "[Stand]"
 ANSWERS: tuple[str, ...] = (HIT, STAND)
@@ -203,7 +210,8 @@ class BlackjackGame(TextArenaAnswerGame):
         if self.end_reason == REASON_INVALID:
             return f"Failure: invalid answers ended the game after {turns} ({tally})."
         if self.end_reason == REASON_TURN_LIMIT:
-            return f"Failure: the turn limit ({self.config.max_turns} turns) ended the game before the hand was finished ({tally})."
+            return (f"Failure: the turn limit ({self.config.max_turns} turns) ended the game before the hand was "
+                    f"finished ({tally}).")
         verdict = "Success" if passed else "Failure"
         hands = "; ".join(self._hand_reasons())
         return f"{verdict}: {tally} of {self.config.blackjack_hands} hand(s) in {turns} ({hands})."
@@ -219,7 +227,8 @@ class BlackjackGame(TextArenaAnswerGame):
                 why = f"the dealer went over 21 ({dealer}) while you stood on {player}"
             else:
                 why = f"you stood on {player} against the dealer's {dealer}"
-            out.append(f"hand {hand} {'lost' if result in ('lose', 'bust') else 'won' if result == 'win' else 'drawn'}: {why}")
+            out.append(f"hand {hand} "
+                       f"{'lost' if result in ('lose', 'bust') else 'won' if result == 'win' else 'drawn'}: {why}")
         return out
 
 __all__ = ["BlackjackGame", "ANSWERS", "HIT", "STAND", "action_values", "optimal_action", "policy_value",

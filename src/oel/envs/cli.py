@@ -43,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--game", choices=(*GAMES, "both"), default="both", help="which game to report (default: both)")
     p.add_argument("--maps", type=int, default=HELDOUT_COUNT,
                    help=f"how many held-out maps, from the first (default: {HELDOUT_COUNT})")
-    p.add_argument("--max-turns", type=int, default=EnvConfig.max_turns,
-                   help=f"model turns per episode (default: the paper's {EnvConfig.max_turns})")
+    paper_turns = EnvConfig().max_turns
+    p.add_argument("--max-turns", type=int, default=paper_turns,
+                   help=f"model turns per episode (default: the paper's {paper_turns})")
     p.add_argument("--random-episodes", type=int, default=0,
                    help="also PLAY this many random-policy episodes per map (default 0: exact expectation only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random policy's own RNG (sampled episodes)")

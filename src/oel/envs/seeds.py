@@ -60,7 +60,8 @@ def round_seeds(round: int, purpose: str, n: int, *, offset: int = 0) -> list[in
     if not 0 <= round < MAX_ROUNDS:
         raise ValueError(f"round_seeds: round must be in 0..{MAX_ROUNDS - 1}, got {round}")
     if n < 0 or offset < 0 or offset + n > MAX_SEEDS_PER_BLOCK:
-        raise ValueError(f"round_seeds: offset + n must stay within 0..{MAX_SEEDS_PER_BLOCK}, got offset={offset} n={n}")
+        raise ValueError(f"round_seeds: offset + n must stay within 0..{MAX_SEEDS_PER_BLOCK}, got "
+                         f"offset={offset} n={n}")
     start = TRAIN_BASE + round * ROUND_STRIDE + PURPOSE_INDEX[purpose] * PURPOSE_STRIDE + offset
     return list(range(start, start + n))
 

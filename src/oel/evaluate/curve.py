@@ -16,6 +16,7 @@ between them) are one measurement with the same seeds: played once, reused.
 
 from __future__ import annotations
 
+from typing import Any
 import csv
 import io
 import json
@@ -25,40 +26,40 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from oel.collect.backends.base import ChatBackend, SamplingParams
-from oel.collect.play import EpisodeJob
-from oel.config import cfg, to_dict
+from oel.backends.base import ChatBackend, SamplingParams
+from oel.backends.select import BackendConfig
+from oel.config import Config, cfg, to_dict
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds
 from oel.errors import ConfigError
 from oel.evaluate.games import play_maps, start_states
 from oel.evaluate.metrics import episode_move_marks, move_quality, wilson_interval
-from oel.extract.config import ExtractorConfig
-from oel.extract.store import load_experience_set, read_manifest, round_dir
+from oel.extract import load_experience_set, read_manifest, round_dir
 from oel.io import atomic_write_json, atomic_write_text
 from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
 from oel.provenance import plain, read_key, texts_digest
+from oel.rollout import EpisodeJob
 from oel.trajectory import Trajectory, read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class CurveConfig:
+class CurveConfig(Config):
     """`oel experience curve`: which store, which steps, which held-out maps, which policy."""
 
     store: str = cfg("runs/experience", "the experience store written by `oel extract`")
     round: int = cfg(0, "which round's knowledge")
-    steps: list[int] = cfg(help="accumulation steps to evaluate; empty = 0, step_stride, 2*step_stride, ..., N", factory=list)
+    steps: list[int] = cfg(help="accumulation steps to evaluate; empty = 0, step_stride, 2*step_stride, ..., N",
+                           factory=list)
     step_stride: int = cfg(4, "spacing of the default steps")
     env: EnvConfig = cfg(help="the environment (must match the one the trajectories came from)", factory=EnvConfig)
     num_maps: int = cfg(16, "held-out subset: the FIRST num_maps of the fixed held-out seeds (0..num_maps-1)")
     samples_per_map: int = cfg(1, "episodes per held-out map and step")
-    policy: ExtractorConfig = cfg(help="the model that plays (same fields as the extractor's config)", factory=ExtractorConfig)
+    policy: BackendConfig = cfg(help="the model that plays", factory=BackendConfig)
     sampling: SamplingParams = cfg(help="how the policy samples (the same seeds at every step)", factory=SamplingParams)
     batch_size: int = cfg(32, "episodes in flight together")
     out_dir: str = cfg("", "where the table and plot go; '' = STORE/round_RRR/curve")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 1 <= self.num_maps <= HELDOUT_COUNT:
             raise ConfigError(f"num_maps: must be in 1..{HELDOUT_COUNT}, got {self.num_maps}")
         for name in ("samples_per_map", "step_stride", "batch_size"):
@@ -111,7 +112,8 @@ def _point(step: int, trajs: list[Trajectory], knowledge_tokens: float, starts: 
     reasons = Counter(str(t.meta.get("end_reason")) for t in trajs)
     quality = move_quality([episode_move_marks(starts[t.seed], t) for t in trajs if t.seed in starts])
     return CurvePoint(step, len(trajs), passed, lo, hi, knowledge_tokens,
-                      sum(t.num_response_tokens for t in trajs) / turns if turns else 0.0, dict(sorted(reasons.items())),
+                      sum(t.num_response_tokens for t in trajs) / turns if turns else 0.0,
+                      dict(sorted(reasons.items())),
                       quality.optimal, quality.moves)
 
 

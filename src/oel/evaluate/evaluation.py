@@ -18,16 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oel import prompts
+from oel.backends.base import ChatBackend
 from oel.config import to_dict
+from oel.envs import is_grid_game, make_env
+from oel.envs.seeds import heldout_seeds
+from oel.evaluate.answer_meter import AnswerMeterResult, measure_answers
+from oel.evaluate.answer_probes import played_probes, reference_policy
 from oel.evaluate.config import EvaluateConfig
 from oel.evaluate.games import GameEval, Knowledge, evaluate_games, knowledge_texts
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
+from oel.evaluate.meter import MeterResult, PromptVariant, measure, policy_variant, probe_states
+from oel.evaluate.sharpen import sampled_summary
 from oel.io import atomic_write_json, read_text_file
-from oel import prompts
-from oel.envs import is_grid_game, make_env
 from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
 from oel.provenance import load_result
-from oel.collect.backends.base import ChatBackend
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +123,6 @@ def evaluate(backend: ChatBackend, config: EvaluateConfig, *, knowledge: Knowled
 def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> dict[str, Any] | None:
     """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
     that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
-    from oel.envs.seeds import heldout_seeds
-    from oel.evaluate.meter import MeterResult, measure, policy_variant, probe_states
-    from oel.evaluate.sharpen import sampled_summary
-
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
     if model is not None and tokenizer is not None and not is_grid_game(config.env):
         return heldout_answer_meter(model, tokenizer, backend.model_id, config, out)
@@ -149,11 +150,6 @@ def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: Eval
     """The small-answer meter (`oel.evaluate.answer_meter`) at held-out probe states: the states of
     the first `meter.max_layouts` held-out episodes as the game's reference policy plays them
     (the same states in every round, so rounds compare pairwise). Saved per probe in `METER_FILE`."""
-    from oel.envs.seeds import heldout_seeds
-    from oel.evaluate.answer_meter import AnswerMeterResult, measure_answers
-    from oel.evaluate.answer_probes import played_probes, reference_policy
-    from oel.evaluate.meter import PromptVariant
-
     policy = prompts.policy_template_for(config.env.game)
     key = {"model": model_id, "env": to_dict(config.env), "max_layouts": config.meter.max_layouts,
            "template": prompts.get(policy).record(), "meter": "answers"}
@@ -161,7 +157,8 @@ def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: Eval
     if cached is not None:
         return cached["summary"]
     probes = played_probes(config.env, heldout_seeds(config.meter.max_layouts), reference_policy(config.env))
-    result: AnswerMeterResult = measure_answers(model, tokenizer, probes, PromptVariant(policy, policy), setting=model_id)
+    result: AnswerMeterResult = measure_answers(model, tokenizer, probes, PromptVariant(policy, policy),
+                                                setting=model_id)
     saved = result.to_json()
     atomic_write_json(out / METER_FILE, {"key": key, **saved})
     return saved["summary"]

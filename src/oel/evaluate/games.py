@@ -1,7 +1,7 @@
 """Held-out game evaluation: pass rate (with CI), tokens per turn, steps, endings and move quality.
 
 The policy plays the first `num_maps` fixed held-out maps once per sampling seed, through
-the same batched collection code as the user side (`oel.collect.play.play_episodes`), so
+the same batched collection code as the user side (`oel.rollout.play_episodes`), so
 what is measured is exactly what the loop collects. Without knowledge the prompt is the plain
 policy prompt (`policy_grid_v1`); with knowledge it is the teacher prompt (`teacher_grid_v1`)
 with the text inserted. With K knowledge texts (the K accumulation runs of a round), held-out
@@ -23,21 +23,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from oel import prompts
-from oel.collect.backends.base import ChatBackend, SamplingParams
-from oel.collect.play import (
-    CollectStats,
-    EpisodeJob,
-    pending_jobs,
-    play_episodes,
-    trajectory_id,
-)
-from oel.config import to_dict
+from oel.backends.base import ChatBackend, SamplingParams
+from oel.config import to_dict, updated
 from oel.envs import EnvConfig, make_env
+from oel.envs.blackjack import hand_start_value, uniform_hit_table
+from oel.envs.guess_number import random_pass_probability as guess_pass_probability
 from oel.envs.seeds import heldout_seeds
 from oel.envs.solver import GridState, random_pass_probability
 from oel.errors import DataError
@@ -45,8 +40,8 @@ from oel.evaluate.config import GamesConfig
 from oel.evaluate.metrics import (
     GameSummary,
     SeedPassRate,
-    random_move_shares,
     episode_move_marks,
+    random_move_shares,
     summarise,
     summary_dict,
 )
@@ -54,6 +49,7 @@ from oel.io import atomic_write_json
 from oel.layout import GAME_TRAJECTORIES
 from oel.prompts import KNOWLEDGE_TEMPLATE, NO_KNOWLEDGE_TEMPLATE
 from oel.provenance import claim_dir, load_result, texts_digest
+from oel.rollout import EpisodeJob, PlayStats, pending_jobs, play_episodes, trajectory_id
 from oel.trajectory import Trajectory, append_trajectory, read_trajectories
 
 log = logging.getLogger(__name__)
@@ -133,12 +129,8 @@ def answer_game_random_pass_rate(env_cfg: EnvConfig) -> float | None:
     """Random play's exact pass rate in a small-answer game (None for other games): GuessTheNumber,
     a number drawn among those not yet tried; Blackjack (one hand), [Hit] or [Stand] at even odds."""
     if env_cfg.game == "guess_number":
-        from oel.envs.guess_number import random_pass_probability
-
-        return random_pass_probability(env_cfg.guess_min, env_cfg.guess_max, env_cfg.max_turns)
+        return guess_pass_probability(env_cfg.guess_min, env_cfg.guess_max, env_cfg.max_turns)
     if env_cfg.game == "blackjack" and env_cfg.blackjack_hands == 1:
-        from oel.envs.blackjack import hand_start_value, uniform_hit_table
-
         return hand_start_value(uniform_hit_table(), env_cfg.max_turns)
     return None
 
@@ -157,8 +149,8 @@ def start_states(env_cfg: EnvConfig, seeds: Sequence[int]) -> dict[int, GridStat
 
 def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Sequence[EpisodeJob]],
               texts: Sequence[str | None], params: SamplingParams, *, round: int, batch_size: int,
-              on_finish: Callable[[Trajectory, CollectStats], None] | None = None,
-              stats: CollectStats | None = None, knowledge_template: str = KNOWLEDGE_TEMPLATE) -> list[Trajectory]:
+              on_finish: Callable[[Trajectory, PlayStats], None] | None = None,
+              stats: PlayStats | None = None, knowledge_template: str = KNOWLEDGE_TEMPLATE) -> list[Trajectory]:
     """Play the episodes of each map, map j with knowledge texts[j mod K] (None: the policy prompt)
     through `knowledge_template`.
 
@@ -180,13 +172,13 @@ def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Se
 
 
 def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, texts: list[str], path: Path,
-                  on_episode: Callable[[Trajectory], None] | None) -> tuple[CollectStats, int]:
+                  on_episode: Callable[[Trajectory], None] | None) -> tuple[PlayStats, int]:
     """Play every (map, seed) episode not yet in `path`; returns this call's stats and how many were on file."""
     maps = heldout_seeds(cfg.num_maps)
     env_id = make_env(env_cfg).env_id
-    stats, skipped = CollectStats(), 0
+    stats, skipped = PlayStats(), 0
 
-    def _append(traj: Trajectory, _stats: CollectStats) -> None:
+    def _append(traj: Trajectory, _stats: PlayStats) -> None:
         append_trajectory(path, traj)
         if on_episode is not None:
             on_episode(traj)
@@ -196,7 +188,7 @@ def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, te
         todo = set(pending_jobs(path, jobs, env_id, EVAL_ROUND))
         skipped += len(jobs) - len(todo)
         play_maps(backend, env_cfg, [[job] if job in todo else [] for job in jobs], list(texts) or [None],
-                  replace(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
+                  updated(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
                   on_finish=_append, stats=stats, knowledge_template=cfg.knowledge_template)
     return stats, skipped
 

@@ -16,7 +16,6 @@ chooses what is trained on.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,14 +23,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.envs import EnvConfig
 from oel.envs.seeds import heldout_seeds, round_seeds
 from oel.errors import ConfigError
 from oel.evaluate.meter import (MeterResult, PromptVariant, knowledge_variant, measure, paired_gap, policy_variant,
                                probe_states, reference_emq)
+from oel.evaluate.meter_check import sample_check
+from oel.evaluate.visited import visited_states
 from oel.io import atomic_write_json, read_text_file
-from oel.models import ModelConfig
+from oel.models import ModelConfig, check_model_name, load_model
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +40,32 @@ NO_GAP = 0.0
 """A lower CI bound at or below this: the teacher is not shown to be better (a warning says so)."""
 
 
-@dataclass
-class GapConfig:
+class GapConfig(Config):
     """`oel meter`: student vs teacher (vs the unrelated-lessons control) on exact probe states."""
 
     model: ModelConfig = cfg(help="the student (policy prompt, no knowledge)", factory=ModelConfig)
     env: EnvConfig = cfg(help="the game", factory=EnvConfig)
-    seeds: Literal["train", "collect", "heldout"] = cfg("train", "where the probe maps come from: 'train' (round `round`'s spare training block) or 'collect' (its training maps, what the loop probes): never held-out; 'heldout' = the held-out maps (evaluation only)")
+    seeds: Literal["train", "collect", "heldout"] = cfg("train", "where the probe maps come from: a round's "
+                                                                 "'train' or 'collect' block, or 'heldout' "
+                                                                 "(evaluation)")
     round: int = cfg(0, "seeds=train: whose round's training seed block")
     num_seeds: int = cfg(64, "seeds scanned for distinct layouts (FrozenLake 3x3/2 holes has 19 in all)")
     max_layouts: int = cfg(12, "probe at most this many distinct maps (one shortest path each)")
     teacher_model: str = cfg("", "the teacher's model (preset, GGUF or HF dir); '' = the student's own")
-    teacher_template: str = cfg(prompts.TEACHER_TEMPLATE, "the teacher's prompt (knowledge before/after the observation or in a system message)")
-    knowledge_file: str = cfg("", "the lessons the teacher reads (required unless teacher_template has no {knowledge} "
-                                  "field: then the meter compares two models, e.g. M_r against M_0, with the control off)")
-    knowledge: list[str] = cfg(help="instead of knowledge_file, K lessons files (a round's knowledge_<k>.txt): map j is "
-                                    "read with file j mod K, as the loop's teacher gap does", factory=list)
-    visited: str = cfg("", "a trajectory JSONL (e.g. a round's collect/train.jsonl): probe every state its games visited, "
-                           "replayed through the real game, instead of one shortest path per map (seeds, round and "
-                           "num_seeds are then unused; max_layouts still caps the maps)")
+    teacher_template: str = cfg(prompts.TEACHER_TEMPLATE, "the teacher's prompt (knowledge before/after the "
+                                                          "observation or in a system message)")
+    knowledge_file: str = cfg("", "the lessons the teacher reads (a text file); see docs/configuration.md for "
+                                  "when it may be empty")
+    knowledge: list[str] = cfg(help="instead of knowledge_file, K lessons files: map j is read with file j mod "
+                                    "K (as the loop does)", factory=list)
+    visited: str = cfg("", "a trajectory JSONL: probe every state its games visited instead of one shortest "
+                           "path per map")
     control: bool = cfg(True, "also measure the same teacher reading unrelated lessons (the control)")
-    sample_check: int = cfg(0, "also SAMPLE this many answers per probe state from the student (T=1, no top-k/top-p) and "
-                               "compare sampled move quality with the meter's E[mq] and its CI (oel.evaluate.meter_check); 0 = off")
+    sample_check: int = cfg(0, "also sample this many answers per probe state and compare with the meter's "
+                               "E[mq]; 0 = off")
     out: str = cfg("", "write the result JSON here; '' = only print it")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("num_seeds", "max_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -99,7 +101,8 @@ class TeacherGap:
         ts = gaps["teacher_minus_student"]
         if ts["ci95"][0] <= NO_GAP:
             return (f"WARNING: the teacher is not shown to play better than the student (E[mq] gap "
-                    f"{100 * ts['diff']:+.1f} points, 95% CI {100 * ts['ci95'][0]:+.1f} to {100 * ts['ci95'][1]:+.1f}): "
+                    f"{100 * ts['diff']:+.1f} points, 95% CI {100 * ts['ci95'][0]:+.1f} to "
+                    f"{100 * ts['ci95'][1]:+.1f}): "
                     f"consolidation has nothing better to distil and may drift the student toward the teacher's biases")
         tc = gaps.get("teacher_minus_control")
         blind = self.teacher.state_blind_emq()
@@ -110,7 +113,8 @@ class TeacherGap:
         if tc is not None and tc["ci95"][0] <= NO_GAP:
             return (f"the teacher plays better than the student ({100 * ts['diff']:+.1f} points), but not better than "
                     f"itself reading unrelated lessons ({100 * tc['diff']:+.1f}, CI {100 * tc['ci95'][0]:+.1f} to "
-                    f"{100 * tc['ci95'][1]:+.1f}): a gain would come from the teacher model or the prompt, not the lessons")
+                    f"{100 * tc['ci95'][1]:+.1f}): a gain would come from the teacher model or the prompt, not "
+                    "the lessons")
         return f"the teacher plays better than the student ({100 * ts['diff']:+.1f} points)" + (
             f" and than the unrelated-lessons control ({100 * tc['diff']:+.1f})" if tc is not None else "")
 
@@ -163,10 +167,6 @@ def teacher_gap(student: Any, teacher: Any, states: Sequence[Any], knowledge: Se
 
 def run_gap(config: GapConfig) -> TeacherGap:
     """`oel meter`: load the models, build the probe states, measure, write `out`."""
-    from oel.models import check_model_name, load_model
-
-    from oel.evaluate.visited import visited_states
-
     reads = "knowledge" in prompts.get(config.teacher_template).fields
     paths = config.knowledge_paths()
     if reads and not paths:
@@ -180,15 +180,14 @@ def run_gap(config: GapConfig) -> TeacherGap:
         check_model_name(config.teacher_model, "teacher_model")
     student = load_model(config.model)
     teacher = student if not config.teacher_model else load_model(
-        dataclasses.replace(config.model, name=config.teacher_model))
+        updated(config.model, name=config.teacher_model))
     if not config.visited:
         states = probe_states(probe_seeds(config), config.env, max_layouts=config.max_layouts)
     gap = teacher_gap(student, teacher, states, knowledge, template=config.teacher_template, control=config.control)
     gap.meta.update({"student_model": student.model_id, "teacher_model": teacher.model_id,
-                     **({"visited": config.visited} if config.visited else {"seeds": config.seeds, "round": config.round})})
+                     **({"visited": config.visited} if config.visited else {"seeds": config.seeds,
+                                                                            "round": config.round})})
     if config.sample_check:
-        from oel.evaluate.meter_check import sample_check
-
         check = sample_check(student.model, student.tokenizer, states, policy_variant(), gap.student,
                              samples_per_state=config.sample_check)
         gap.meta["sample_check"] = check.to_dict()
@@ -206,7 +205,8 @@ def gap_table(gap: TeacherGap) -> str:
             continue
         m = r.summary()
         moves = " ".join(f"{v:.2f}" for v in m["moves"].values())
-        rows.append(f"| {r.setting} | {m['emq']:.3f} | {m['state_blind_emq']:.3f} | {m['p_invalid']:.3f} | {m['p_losing']:.3f} | "
+        rows.append(f"| {r.setting} | {m['emq']:.3f} | {m['state_blind_emq']:.3f} | {m['p_invalid']:.3f} | "
+                    f"{m['p_losing']:.3f} | "
                     f"{m['coverage']:.2f} | {moves} |")
     rows += ["", "| gap (E[mq], points) | diff | 95% CI (bootstrap over maps) |", "|---|---|---|"]
     for name, g in gap.gaps().items():

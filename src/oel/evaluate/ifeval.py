@@ -29,14 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from oel.backends.base import ChatBackend, SamplingParams
 from oel.config import to_dict
 from oel.envs.actions import answer_text
 from oel.evaluate.config import IFEvalConfig
 from oel.evaluate.ifeval_offline import IFEvalPrompt, checkers, load_prompts, package_version
 from oel.evaluate.metrics import wilson_ci
-from oel.provenance import claim_dir, load_result
 from oel.io import append_jsonl, atomic_write_json, atomic_write_text, iter_jsonl, repair_jsonl_tail
-from oel.collect.backends.base import ChatBackend, SamplingParams
+from oel.provenance import claim_dir, load_result
 from oel.trajectory import Message
 
 log = logging.getLogger(__name__)

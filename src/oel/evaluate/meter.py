@@ -73,7 +73,8 @@ def layout_key(state: GridState) -> str:
     """A text key for the map (everything except the player's position)."""
     if isinstance(state, LakeState):
         return f"lake{state.size}:holes={sorted(state.holes)}:goal={state.goal}"
-    return f"box:walls={sorted(state.walls)}:targets={sorted(state.targets)}:boxes={sorted(state.boxes)}:start={state.player}"
+    return (f"box:walls={sorted(state.walls)}:targets={sorted(state.targets)}:boxes={sorted(state.boxes)}"
+            f":start={state.player}")
 
 
 def move_labels(state: GridState) -> tuple[tuple[bool, ...], tuple[bool, ...], tuple[bool, ...]]:
@@ -146,7 +147,8 @@ def policy_variant(template: str = prompts.POLICY_TEMPLATE) -> PromptVariant:
     return PromptVariant(template, template)
 
 
-def knowledge_variant(knowledge: str, template: str = prompts.TEACHER_TEMPLATE, name: str | None = None) -> PromptVariant:
+def knowledge_variant(knowledge: str, template: str = prompts.TEACHER_TEMPLATE,
+                      name: str | None = None) -> PromptVariant:
     """A teacher's prompt: `template` (one of `prompts.TEACHER_TEMPLATES`) filled with `knowledge`."""
     return PromptVariant(name or template, template, knowledge)
 

@@ -97,7 +97,8 @@ class SampleCheck:
                            for g in groups for s, e in g))
         needed = math.ceil(samples * (se / ONE_POINT) ** 2) if se > 0 else 0
         return {**base, "counted_moves": sum(s.counted for s in self.states), "states_counted": len(kept),
-                "sampled_mq": sampled, "meter_emq": meter_mq, "meter_ci95": [lo, hi], "within_meter_ci": lo <= sampled <= hi,
+                "sampled_mq": sampled, "meter_emq": meter_mq, "meter_ci95": [lo, hi],
+                "within_meter_ci": lo <= sampled <= hi,
                 "sampling_se": se, "z": (sampled - meter_mq) / se if se > 0 else 0.0,
                 "samples_for_one_point_se": needed, "seconds_for_one_point_se": needed * self.seconds / max(1, samples)}
 
@@ -168,7 +169,8 @@ def summary_line(s: dict[str, Any]) -> str:
     agree = "inside" if s["within_meter_ci"] else "OUTSIDE"
     return (f"sampling check ({s['setting']}): {s['counted_moves']} sampled moves ({s['samples']} answers, "
             f"{s['samples_per_state']} per state, T=1) give move quality {100 * s['sampled_mq']:.1f}% vs the meter's "
-            f"{100 * s['meter_emq']:.1f}% (95% CI over maps {100 * s['meter_ci95'][0]:.1f} to {100 * s['meter_ci95'][1]:.1f}): "
+            f"{100 * s['meter_emq']:.1f}% (95% CI over maps {100 * s['meter_ci95'][0]:.1f} to "
+            f"{100 * s['meter_ci95'][1]:.1f}): "
             f"{agree} the meter's CI; sampling noise SE {100 * s['sampling_se']:.1f} points (z {s['z']:+.2f}); "
             f"sampling took {s['seconds']:.0f} s against the meter's {s['meter_seconds']:.0f} s, and a 1-point SE "
             f"would need ~{s['samples_for_one_point_se']} answers (~{s['seconds_for_one_point_se']:.0f} s)")

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 from oel.evaluate.meter import MeterResult, StateScore
 
 SHARPENED_KEYS = ("emq", "p_invalid", "p_losing")
@@ -33,7 +33,8 @@ def sharpen(p: Sequence[float], temperature: float, top_p: float = 1.0, top_k: i
     smallest prefix (by size) whose mass reaches top_p, renormalised. T = 0 is greedy (the first
     of the largest)."""
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise ValueError(f"sharpen: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, {top_p}, {top_k}")
+        raise ValueError(f"sharpen: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {temperature}, "
+                         f"{top_p}, {top_k}")
     if temperature == 0:
         best = max(range(len(p)), key=lambda i: (p[i], -i))
         return [1.0 if i == best else 0.0 for i in range(len(p))]

@@ -12,8 +12,8 @@ How a round's loop uses it:
 The consolidation trainer only needs `knowledge_texts`. See docs/experience.md.
 """
 
+from oel.extract.accumulate import accumulate_step, extract_round
 from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
-from oel.extract.accumulate import accumulate_step, extract_round, make_extractor
 from oel.extract.store import (
     ExperienceFile,
     ExperienceItem,
@@ -23,13 +23,15 @@ from oel.extract.store import (
     knowledge_texts,
     load_experience_set,
     read_experience,
+    read_manifest,
+    round_dir,
     step_path,
 )
 from oel.extract.text import STRUCTURED_MARKER, strip_thinking
 
 __all__ = [
-    "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step", "extract_round", "make_extractor",
+    "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step", "extract_round",
     "ExperienceFile", "ExperienceItem", "ExperienceSet", "diff_experience", "format_diff",
-    "knowledge_texts", "load_experience_set", "read_experience", "step_path",
+    "knowledge_texts", "load_experience_set", "read_experience", "read_manifest", "round_dir", "step_path",
     "STRUCTURED_MARKER", "strip_thinking",
 ]

@@ -23,20 +23,18 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from oel import prompts
-from oel.collect.backends import make_backend
-from oel.collect.backends.base import ChatBackend, Generation, SamplingParams
-from oel.config import to_dict
+from oel.backends.base import ChatBackend, Generation, SamplingParams
+from oel.config import to_dict, updated
 from oel.errors import ConfigError, DataError
-from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
+from oel.extract.config import ExtractConfig, extraction_seed
 from oel.extract.render import (
     ExtractionPrompt,
     build_extraction_prompt,
     render_raw_trajectory,
 )
-from oel.extract.templates import RecordStyle, extraction_template, round_style
 from oel.extract.store import (
     ITEM_SEPARATOR,
     ExperienceFile,
@@ -53,6 +51,7 @@ from oel.extract.store import (
     write_manifest,
     write_step,
 )
+from oel.extract.templates import RecordStyle, extraction_template, round_style
 from oel.extract.text import (
     TokenCounter,
     dedup_new,
@@ -106,7 +105,8 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     else:
         answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
         candidates = parse_items(answer, config.format)
-    kept, duplicates = dedup_new(prev.texts, candidates, near=config.near_duplicate if config.kind == "extracted" else 0.0)
+    kept, duplicates = dedup_new(prev.texts, candidates,
+                                 near=config.near_duplicate if config.kind == "extracted" else 0.0)
     # The cap counts NEW items only: small models often copy the list back before adding one.
     cap = config.max_new_items if (config.kind == "extracted" and config.format == "structured") else 0
     kept, over_cap = (kept[:cap], kept[cap:]) if cap else (kept, [])
@@ -124,7 +124,8 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     record = StepRecord(
         trajectory_id=traj.id,
         raw_output=extraction.text if config.kind == "extracted" else "",
-        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished, budget_dropped=budget_dropped,
+        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished,
+        budget_dropped=budget_dropped,
         input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
         input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
         cut_chars=p.cut_chars if p else 0, sampling_seed=extraction.sampling_seed, seconds=round(seconds, 3),
@@ -155,7 +156,7 @@ def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dic
         **({"record": config.record} if config.record != "full" else {}),
         "strip_trajectory_thinking": config.strip_trajectory_thinking, "seed": config.seed,
         "extractor_model": extractor_model, "prompt": prompt_record, "token_counter": counter,
-        "sampling": to_dict(replace(config.sampling, seed=0)),
+        "sampling": to_dict(updated(config.sampling, seed=0)),
     }
 
 
@@ -188,13 +189,7 @@ def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: lis
     chat_with_seeds = getattr(backend, "chat_with_seeds", None)
     if chat_with_seeds is not None:
         return list(chat_with_seeds(chats, params, seeds))
-    return [backend.chat([c], replace(params, seed=s))[0] for c, s in zip(chats, seeds)]
-
-
-def make_extractor(config: ExtractorConfig) -> ChatBackend:
-    """The extractor backend `config` asks for (loads the model for backend=hf)."""
-    return make_backend(config.backend, model=config.model, endpoint=config.endpoint,
-                        max_batch_size=config.max_batch_size)
+    return [backend.chat([c], updated(params, seed=s))[0] for c, s in zip(chats, seeds)]
 
 
 def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,
@@ -224,7 +219,8 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
     for k in range(config.num_runs):
         state = last_step(config.out_dir, config.round, k)
         if state is None:
-            state = empty_step(config, k, extractor_model=model_id, prompt_record=prompt_record, counter_name=count.name)
+            state = empty_step(config, k, extractor_model=model_id, prompt_record=prompt_record,
+                               counter_name=count.name)
             write_step(config.out_dir, state)
         elif state.step > 0:
             log.info("round %d run %d: resuming after step %d", config.round, k, state.step)

@@ -1,9 +1,8 @@
-"""`oel extract` and `oel experience show|diff|curve`: the extraction stage's commands.
+"""`oel extract` and `oel experience show|diff`: the extraction stage's commands.
 
     oel extract trajectories=runs/r0/trajectories.jsonl out_dir=runs/r0/experience num_runs=3 num_trajectories=8
     oel experience show runs/r0/experience --step 8
     oel experience diff runs/r0/experience/round_000/run_00@4 runs/r0/experience/round_000/run_00@8
-    oel experience curve store=runs/r0/experience num_maps=16 steps=[0,4,8]
 """
 
 from __future__ import annotations
@@ -14,14 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.backends.select import from_config
+from oel.commands import EXPERIENCE_GROUP, add_config_command, command_group, progress_bar
 from oel.config import save_config
-from oel.io import check_writable_dir
-from oel.models import check_model_name
 from oel.errors import ConfigError, DataError
+from oel.extract.accumulate import extract_round
 from oel.extract.config import ExtractConfig
-from oel.evaluate.curve import CurveConfig, CurvePoint, curve_table, evaluate_curve
-from oel.extract.accumulate import extract_round, make_extractor
 from oel.extract.store import (
     ExperienceFile,
     completed_steps,
@@ -32,16 +29,11 @@ from oel.extract.store import (
     round_dir,
     step_path,
 )
+from oel.io import check_writable_dir
+from oel.models import check_model_name
 from oel.trajectory import read_trajectories
 
 _RUN_DIR = re.compile(r"^run_(\d+)$")
-
-
-def _progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn())
 
 
 def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
@@ -55,13 +47,14 @@ def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
     if config.extractor.backend == "hf":
         check_model_name(config.extractor.model.name, "extractor.model.name")
     # The raw baseline generates nothing, but counts its budget with the same tokenizer.
-    backend = make_extractor(config.extractor)
+    backend = from_config(config.extractor)
     done_before = sum(max(0, (completed_steps(config.out_dir, config.round, k) or [0])[-1])
                       for k in range(config.num_runs)) if not config.overwrite else 0
     total = config.num_runs * config.num_trajectories
     t0 = time.perf_counter()
-    with _progress() as bar:
-        task = bar.add_task(f"extract round {config.round} ({config.kind})", total=total, completed=min(done_before, total))
+    with progress_bar() as bar:
+        task = bar.add_task(f"extract round {config.round} ({config.kind})", total=total,
+                            completed=min(done_before, total))
         result = extract_round(config, trajs, backend if config.kind == "extracted" else None,
                                tokenizer=getattr(backend, "tokenizer", None),
                                on_step=lambda run, step, s: bar.advance(task))
@@ -100,7 +93,8 @@ def _print_file(path: Path, f: ExperienceFile) -> None:
         print(f"  [step {it.step_added} from {it.source_trajectory_id}] {it.text}")
     if rec is not None:
         cut = f", input cut: {rec.dropped_turns} turns + {rec.cut_chars} chars" if rec.input_truncated else ""
-        print(f"  last step: read {rec.trajectory_id}, +{len(rec.new_items)} new, {len(rec.duplicates_dropped)} repeats "
+        print(f"  last step: read {rec.trajectory_id}, +{len(rec.new_items)} new, {len(rec.duplicates_dropped)} "
+              "repeats "
               f"dropped, {rec.budget_dropped} old items over budget, {rec.input_tokens}+{rec.output_tokens} tokens, "
               f"{rec.seconds:.1f} s{cut}")
 
@@ -130,33 +124,10 @@ def cmd_diff(ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_curve(config: CurveConfig, ns: argparse.Namespace) -> int:
-    # The store and where the curve goes, before the policy model loads.
-    check_writable_dir(config.resolved_out_dir(), "curve out_dir")
-    read_manifest(config.store, config.round)
-    if config.policy.backend == "hf":
-        check_model_name(config.policy.model.name, "policy.model.name")
-    backend = make_extractor(config.policy)
-    tok = getattr(backend, "tokenizer", None)
-    count = (lambda t: len(tok.encode(t, add_special_tokens=False))) if tok is not None else None
-    with _progress() as bar:
-        task = bar.add_task("in-context curve", total=len(config.steps) or None)
-
-        def on_point(p: CurvePoint) -> None:
-            bar.advance(task)
-            bar.console.print(f"step {p.step}: {p.passed}/{p.episodes} ({p.pass_rate:.1%}, CI {p.ci_low:.1%}-{p.ci_high:.1%})")
-
-        points = evaluate_curve(config, backend, count_tokens=count, on_point=on_point)
-    print(curve_table(points))
-    print(f"written: {config.resolved_out_dir()}/curve.(md|csv|json|png)")
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_command(subparsers, "extract", ExtractConfig, run_extract,
                        help="accumulate experiential knowledge from a round's trajectories (K runs, resumable)")
-    exp = subparsers.add_parser("experience", help="inspect the experience store; the in-context curve")
-    sub = exp.add_subparsers(dest="experience_command", metavar="ACTION", required=True)
+    sub = command_group(subparsers, *EXPERIENCE_GROUP)
     show = sub.add_parser("show", help="print the knowledge of every run at a step (or one step file)")
     show.add_argument("path", help="the store directory, a run_KK directory, or a step_III.json file")
     show.add_argument("--round", type=int, default=0, help="round, when PATH is the store (default 0)")
@@ -166,5 +137,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     diff.add_argument("a", help="step_III.json, or RUN_DIR[@STEP] (default: its last step)")
     diff.add_argument("b", help="the same, for the later side")
     diff.set_defaults(func=cmd_diff)
-    add_config_command(sub, "curve", CurveConfig, run_curve,
-                       help="held-out pass rate with e_i in context for chosen steps i: table (md/csv) and plot")

@@ -6,20 +6,18 @@ code and passes its already-loaded policy backend to :func:`oel.extract.extract_
 
 from __future__ import annotations
 
+from typing import Any
 import hashlib
-from dataclasses import dataclass
-from typing import Literal
 
 from oel import prompts
-from oel.config import cfg
+from oel.backends.base import SamplingParams
+from oel.backends.select import BackendConfig
+from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.extract.render import RecordFormat
 from oel.extract.store import Kind
 from oel.extract.templates import GRID_STYLE, is_auto
 from oel.extract.text import Format
-from oel.models import ModelConfig
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.openai_endpoint import EndpointConfig
 
 DEFAULT_EXTRACT_MAX_NEW_TOKENS = 256
 """Two one-sentence lessons need ~80 tokens; 256 leaves room for a short preamble the
@@ -43,57 +41,63 @@ def _default_sampling() -> SamplingParams:
     return SamplingParams(max_new_tokens=DEFAULT_EXTRACT_MAX_NEW_TOKENS)
 
 
-@dataclass
-class ExtractorConfig:
+class ExtractorConfig(BackendConfig):
     """Which model writes the knowledge: by default the policy preset, in-process.
 
     For the knowledge-source ablation (baseline b) point it at another model -- another
     preset, or any OpenAI-compatible endpoint; its id is recorded in every item.
     """
 
-    backend: Literal["hf", "openai"] = cfg("hf", "hf: load `model` in this process; openai: call `endpoint`")
-    model: ModelConfig = cfg(help="the extractor model when backend=hf", factory=ModelConfig)
-    endpoint: EndpointConfig = cfg(help="the OpenAI-compatible endpoint when backend=openai", factory=EndpointConfig)
-    max_batch_size: int = cfg(8, "backend=hf: most prompts in one forward pass (the K runs of a step are batched)")
 
-
-@dataclass
-class ExtractConfig:
+class ExtractConfig(Config):
     """Accumulative extraction of one round: K runs over N trajectories, knowledge capped at L tokens."""
 
-    trajectories: str = cfg("", "JSONL of the round's trajectories (from `oel collect`); the first num_trajectories are read, in file order")
-    out_dir: str = cfg("runs/experience", "the experience store; this round goes to OUT/round_RRR/run_KK/step_III.json")
-    round: int = cfg(0, "OEL round number (recorded in every item; selects the store's round directory)")
+    trajectories: str = cfg("", "JSONL of the round's trajectories (from `oel collect`); the first "
+                                "num_trajectories are read, in file order", plumbing=True)
+    out_dir: str = cfg("runs/experience", "the experience store; this round goes to "
+                                          "OUT/round_RRR/run_KK/step_III.json", plumbing=True)
+    round: int = cfg(0, "OEL round number (recorded in every item; selects the store's round directory)", plumbing=True)
     num_runs: int = cfg(3, "K: independent accumulation runs with different sampling seeds -> K knowledge texts")
     num_trajectories: int = cfg(8, "N: trajectories read per run, one accumulation step each")
     use_step: int = cfg(-1, "N_use: the step whose knowledge is used downstream, for every run; -1 = N")
-    budget_tokens: int = cfg(1024, "L: most tokens of accumulated knowledge; over it, the newest whole items that fit are kept")
-    max_input_tokens: int = cfg(4096, "most tokens of the extractor prompt (chat-template wrapper excluded); over it, the trajectory is cut from the left")
-    format: Format = cfg("structured", "structured: keep only '- EXPERIENCE ITEM:' lines; unstructured: keep every line")
-    max_new_items: int = cfg(2, "structured: keep at most this many NEW (non-repeated) items per step (the prompt asks for 1-2); 0 = no cap")
-    near_duplicate: float = cfg(0.0, "also drop a new item whose word set overlaps an earlier item's by at least this Jaccard "
-                                     "similarity and names the same bracketed moves (0.7: a word or two changed in a ten-word lesson); 0 = exact repeats only")
-    prompt: str = cfg("", "extractor prompt template: '' or auto = chosen from the trajectories (extract_<format>_v1 for oel's grid games, extract_task_<format>_v1 for any other task); a built-in name; or a path to your own .txt template with {knowledge} and {trajectory}")
-    kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the budget with the newest raw games")
-    record: RecordFormat = cfg("full", "how each game is shown to the extractor: full = the game's text as played; compact = the same text with ASCII-table boards redrawn as rows of cells ('P . H'), blank lines dropped; tally = the first board, then per answer how often it was given and the game's replies to it")
+    budget_tokens: int = cfg(1024, "L: most tokens of accumulated knowledge; over it, the newest whole items "
+                                   "that fit are kept")
+    max_input_tokens: int = cfg(4096, "most tokens of the extractor prompt (chat-template wrapper excluded); "
+                                      "over it, the trajectory is cut from the left")
+    format: Format = cfg("structured", "structured: keep only '- EXPERIENCE ITEM:' lines; unstructured: keep "
+                                       "every line")
+    max_new_items: int = cfg(2, "structured: keep at most this many NEW (non-repeated) items per step (the "
+                                "prompt asks for 1-2); 0 = no cap")
+    near_duplicate: float = cfg(0.0, "also drop a new item this similar (Jaccard of words, same moves) to an "
+                                     "earlier one; 0 = exact only")
+    prompt: str = cfg("", "extractor prompt: '' or auto = chosen from the trajectories; a built-in name; or a "
+                          ".txt template")
+    kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the "
+                                  "budget with the newest raw games")
+    record: RecordFormat = cfg("full", "how each game is shown to the extractor: full, compact (boards as rows "
+                                       "of cells) or tally")
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")
     seed: int = cfg(0, "base seed; run k's step-i sampling seed is extraction_seed(seed, round, k, i)")
-    overwrite: bool = cfg(False, "false: resume an interrupted round (settings must match); true: delete this round's store first")
+    overwrite: bool = cfg(False, "false: resume an interrupted round (settings must match); true: delete this "
+                                 "round's store first", plumbing=True)
     extractor: ExtractorConfig = cfg(help="the model that extracts", factory=ExtractorConfig)
-    sampling: SamplingParams = cfg(help="extractor sampling; sampling.seed is ignored (see `seed`)", factory=_default_sampling)
+    sampling: SamplingParams = cfg(help="extractor sampling; sampling.seed is ignored (see `seed`)",
+                                   factory=_default_sampling)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("num_runs", "num_trajectories", "budget_tokens", "max_input_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not -1 <= self.use_step <= self.num_trajectories:
-            raise ConfigError(f"use_step: must be -1 or in 0..num_trajectories={self.num_trajectories}, got {self.use_step}")
+            raise ConfigError(f"use_step: must be -1 or in 0..num_trajectories={self.num_trajectories}, got "
+                              f"{self.use_step}")
         if self.max_new_items < 0:
             raise ConfigError(f"max_new_items: must be >= 0, got {self.max_new_items}")
         if not 0 <= self.near_duplicate <= 1:
             raise ConfigError(f"near_duplicate: must be in [0, 1], got {self.near_duplicate}")
         if self.max_input_tokens <= self.budget_tokens:
-            raise ConfigError(f"max_input_tokens: must exceed budget_tokens={self.budget_tokens} (the prompt holds the whole knowledge), got {self.max_input_tokens}")
+            raise ConfigError(f"max_input_tokens: must exceed budget_tokens={self.budget_tokens} (the prompt "
+                              f"holds the whole knowledge), got {self.max_input_tokens}")
         if not is_auto(self.prompt):
             prompts.load(self.prompt, key="prompt", role=prompts.EXTRACTION_ROLE)
 

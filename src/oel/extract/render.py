@@ -159,7 +159,8 @@ def turn_blocks(traj: Trajectory, *, strip_response_thinking: bool, style: Recor
     for i, turn in enumerate(traj.turns, start=1):
         response = shown_response(turn, strip_response_thinking)
         lines = [f"Turn {i}"]
-        shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp, turn.observation)
+        shown = turn.observation.strip() if i == 1 else shown_observation(prev_obs, prev_fb, prev_resp,
+                                                                          turn.observation)
         if shown:
             lines.append(f"{style.observation_label}: {shape(shown)}")
         lines.append(f"Agent: {response.strip()}")

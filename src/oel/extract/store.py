@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from oel.errors import DataError
 from oel.extract.text import Format, normalize_item
-from oel.layout import store_round_dir
 from oel.io import atomic_write_json, atomic_write_text, read_text
+from oel.layout import store_round_dir
+from oel.validation import describe, error_text, first_error, location
 
 SCHEMA_VERSION = 1
 Kind = Literal["extracted", "raw_trajectories"]
@@ -67,7 +68,8 @@ class StepRecord(BaseModel):
     duplicates_dropped: list[str] = Field(default_factory=list)
     over_cap_dropped: list[str] = Field(default_factory=list, description="new items beyond max_new_items")
     unfinished_dropped: str = Field(default="", description="last line of an answer cut by the token limit, dropped")
-    budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one longer than the whole budget")
+    budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one "
+                                                             "longer than the whole budget")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     input_truncated: bool = False
@@ -105,11 +107,13 @@ class ExperienceFile(BaseModel):
                 raise ValueError(f"{where}: id appears twice")
             seen.add(it.id)
             if it.round != self.round or it.seed != self.seed:
-                raise ValueError(f"{where}: round/seed {it.round}/{it.seed} differ from the file's {self.round}/{self.seed}")
+                raise ValueError(f"{where}: round/seed {it.round}/{it.seed} differ from the file's "
+                                 f"{self.round}/{self.seed}")
             if it.step_added > self.step:
                 raise ValueError(f"{where}: step_added {it.step_added} is after the file's step {self.step}")
         if self.rendered != render_knowledge([it.text for it in self.items], self.kind):
-            raise ValueError("rendered: does not match the items (was the text edited by hand? edit items, then re-render)")
+            raise ValueError("rendered: does not match the items (was the text edited by hand? edit items, then "
+                             "re-render)")
         return self
 
     @property
@@ -133,19 +137,18 @@ class RoundManifest(BaseModel):
 
 def _validation_message(e: ValidationError, data: Any) -> str:
     """One line: the item (index and id, when the error is inside one) and what is wrong."""
-    err = e.errors()[0]
+    err = first_error(e)
     loc = list(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = error_text(err)
     if len(loc) >= 2 and loc[0] == "items" and isinstance(loc[1], int):
         idx = loc[1]
         try:
             item_id = data["items"][idx].get("id", "?")
         except (KeyError, IndexError, TypeError, AttributeError):
             item_id = "?"
-        field = ".".join(str(p) for p in loc[2:])
+        field = location(loc[2:])
         return f"item {idx} (id '{item_id}'){': ' + field if field else ''}: {msg}"
-    where = ".".join(str(p) for p in loc)
-    return f"{where}: {msg}" if where else msg
+    return describe(e)
 
 
 def _read_json(path: Path) -> Any:

@@ -6,8 +6,9 @@ import argparse
 import logging
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.commands import add_config_command
 from oel.loop.config import LoopConfig
+from oel.loop.run import run_loop
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,15 @@ class LoopProgress:
         elif kind == "done":
             if self.status is not None:
                 self.status.stop()
-            shown = {k: v for k, v in event["summary"].items() if isinstance(v, float) and ("pass" in k or "loss" in k or "ifeval" in k)}
+            shown = {k: v for k, v in event["summary"].items()
+                     if isinstance(v, float) and ("pass" in k or "loss" in k or "ifeval" in k)}
             nums = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:6])
-            self.console.print(f"round {r}: {stage} done in {event['summary']['seconds']:.0f}s" + (f" ({nums})" if nums else ""))
+            detail = f" ({nums})" if nums else ""
+            self.console.print(f"round {r}: {stage} done in {event['summary']['seconds']:.0f}s{detail}")
 
 
 def _run(config: LoopConfig, ns: argparse.Namespace) -> int:
     from rich.console import Console
-
-    from oel.loop.run import run_loop
 
     console = Console(stderr=True)
     progress = LoopProgress(console)

@@ -1,8 +1,9 @@
 """`LoopConfig`: one OEL run, composed of the stage configs.
 
 The loop owns the plumbing between stages -- which model each stage uses, where each
-reads and writes, which round's seeds -- so the stage-config fields that carry it are set
-by the loop and must stay at their defaults in a loop config (a clear error says so).
+reads and writes, which round's seeds -- so the stage-config fields that carry it (marked
+`plumbing=True` where they are declared) are set by the loop and must stay at their defaults in
+a loop config (a clear error says so).
 Everything else in a stage config is the user's to set, under the stage's name:
 
     oel loop configs/frozenlake-cpu.yaml consolidate.lr=1e-4 extract.num_runs=2
@@ -10,56 +11,51 @@ Everything else in a stage config is the user's to set, under the stage's name:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from oel.config import cfg
+from oel.collect.play import CollectConfig
+from oel.config import Config, cfg, plumbing_fields, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
 from oel.evaluate.config import EvaluateConfig
 from oel.extract.config import ExtractConfig
 from oel.models import ModelConfig
-from oel.collect.play import CollectConfig
 
-# Stage-config fields the loop fills in itself; a user value there would be silently overwritten.
-LOOP_OWNED: dict[str, tuple[str, ...]] = {
-    "collect": ("env", "backend", "model", "endpoint", "seeds", "round", "out", "knowledge_file", "seed_offset"),
-    "extract": ("trajectories", "out_dir", "round", "overwrite"),
-    "consolidate": ("trajectories", "knowledge", "output_dir", "model", "on_existing"),
-    "evaluate": ("model", "env", "out_dir", "knowledge_file"),
-}
+STAGES = ("collect", "extract", "consolidate", "evaluate")
+"""The sections whose plumbing fields the loop fills in itself (a user value would be overwritten)."""
 
 
-@dataclass
-class LoopConfig:
+class LoopConfig(Config):
     """Rounds of collect -> extract -> consolidate, with evaluation of every round's model."""
 
-    run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, config.yaml, report/")
+    run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, "
+                                   "config.yaml, report/")
     rounds: int = cfg(2, "OEL rounds; round r trains M_r into M_{r+1}; the last model is evaluated too")
-    model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)", factory=ModelConfig)
+    model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)",
+                             factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
-    extractor: Literal["policy", "config"] = cfg("policy", "policy: the current round's model extracts (the paper); config: extract.extractor says which model (knowledge-source ablation)")
-    knowledge_file: str = cfg("", "a text file whose text REPLACES every round's extracted knowledge (all K texts): the "
-                                  "controls -- unrelated lessons (configs/knowledge/unrelated.txt), hand-written ones; "
-                                  "empty = the extracted knowledge (the method)")
+    extractor: Literal["policy", "config"] = cfg("policy", "policy: the round's model extracts (the paper); "
+                                                           "config: extract.extractor does (ablation)")
+    knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
+                                  "the method")
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
     force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
     tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")
-    reuse_from: str = cfg("", "another run dir (relative to the cwd, like run_dir) whose completed stages are copied "
-                              "instead of recomputed when every config section they depend on is identical (ablations)")
+    reuse_from: str = cfg("", "another run dir whose completed stages are copied when their config sections are "
+                              "identical")
     collect: CollectConfig = cfg(help="collection of each round's trajectories (user side)", factory=CollectConfig)
     extract: ExtractConfig = cfg(help="accumulative extraction of each round's knowledge", factory=ExtractConfig)
     consolidate: ConsolidateConfig = cfg(help="on-policy context distillation of each round", factory=ConsolidateConfig)
-    evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model", factory=EvaluateConfig)
+    evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model",
+                                   factory=EvaluateConfig)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
-        for stage, names in LOOP_OWNED.items():
+        for stage in STAGES:
             default = type(getattr(self, stage))()
-            for name in names:
+            for name in plumbing_fields(type(default)):
                 if getattr(getattr(self, stage), name) != getattr(default, name):
                     raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
                                       f"(set the top-level model/env/run_dir instead)")
@@ -70,4 +66,4 @@ class LoopConfig:
 
 def with_fields(config: Any, **changes: Any) -> Any:
     """A copy of a stage config with loop-owned fields filled in (re-validated)."""
-    return dataclasses.replace(config, **changes)
+    return updated(config, **changes)

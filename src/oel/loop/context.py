@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oel.backends.hf import HFBackend
+from oel.config import updated
 from oel.io import append_jsonl
 from oel.layout import RunLayout
 from oel.loop.config import LoopConfig
@@ -77,7 +78,7 @@ class RoundContext:
         """M_r: the initial model in round 0, else the previous round's consolidated model."""
         if self.round == 0:
             return self.config.model
-        return dataclasses.replace(self.config.model, name=str(self.layout.model_after(self.round - 1)))
+        return updated(self.config.model, name=str(self.layout.model_after(self.round - 1)))
 
     @property
     def model(self) -> LoadedModel:
@@ -92,8 +93,6 @@ class RoundContext:
         gc.collect()
 
     def backend(self, max_batch_size: int) -> Any:
-        from oel.collect.backends.hf import HFBackend
-
         lm = self.model
         return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size)
 

@@ -15,12 +15,22 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from oel.backends.select import from_config
+from oel.collect.play import collect as run_collect
 from oel.config import to_dict
+from oel.consolidate.trainer import consolidate as run_consolidate
+from oel.envs import make_env
+from oel.envs.seeds import round_seeds
 from oel.errors import DataError
-from oel.io import atomic_write_text, read_text_file
+from oel.evaluate import evaluate as run_evaluate
+from oel.evaluate.gap import teacher_gap
+from oel.evaluate.meter import probe_states
+from oel.extract import extract_round
+from oel.io import atomic_write_json, atomic_write_text, read_text_file
 from oel.loop.config import with_fields
 from oel.loop.context import RoundContext
-from oel.provenance import texts_digest
+from oel.models import load_model
+from oel.provenance import load_result, texts_digest
 from oel.trajectory import read_trajectories
 
 log = logging.getLogger(__name__)
@@ -43,8 +53,6 @@ class RoundKnowledge:
 
 def collect(ctx: RoundContext) -> dict[str, Any]:
     """M_r plays this round's extraction maps, then its training maps (disjoint seed blocks)."""
-    from oel.collect.play import collect as run_collect
-
     c, layout = ctx.config, ctx.layout
     ctx.dir("collect")
     backend = ctx.backend(c.collect.max_batch_size)
@@ -63,9 +71,6 @@ def collect(ctx: RoundContext) -> dict[str, Any]:
 def extract(ctx: RoundContext) -> dict[str, Any]:
     """K accumulations over the extraction trajectories; the K texts at N_use go to files
     (or, with `knowledge_file`, that file's text as every one of the K: a control)."""
-    from oel.extract import extract_round
-    from oel.extract.accumulate import make_extractor
-
     c, layout = ctx.config, ctx.layout
     ctx.dir("extract")
     if c.knowledge_file:
@@ -82,7 +87,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
     elif c.extractor == "policy":
         backend = ctx.backend(cfg.extractor.max_batch_size)
     else:
-        backend = make_extractor(cfg.extractor)
+        backend = from_config(cfg.extractor)
     experience = extract_round(cfg, trajs, backend, tokenizer=ctx.model.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):
@@ -94,8 +99,6 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
 
 def consolidate(ctx: RoundContext) -> dict[str, Any]:
     """On-policy context distillation of this round's knowledge into M_r -> M_{r+1}."""
-    from oel.consolidate.trainer import consolidate as run_consolidate
-
     c, layout = ctx.config, ctx.layout
     out = ctx.dir("consolidate")
     knowledge = RoundKnowledge.load(ctx)
@@ -119,8 +122,6 @@ def consolidate(ctx: RoundContext) -> dict[str, Any]:
 def evaluate(ctx: RoundContext) -> dict[str, Any]:
     """M_r on the held-out maps without knowledge and, once the round has knowledge, with it
     in context (map j uses knowledge text j mod K); IF-Eval of M_r if enabled."""
-    from oel.evaluate import evaluate as run_evaluate
-
     c = ctx.config
     out = ctx.dir("evaluate")
     texts = list(RoundKnowledge.load(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
@@ -141,14 +142,6 @@ def round_teacher_gap(ctx: RoundContext, texts: list[str]) -> dict[str, Any]:
     """Teacher (consolidation's teacher model and template, reading this round's knowledge) vs the
     student M_r vs the same teacher reading unrelated lessons, on probe states of the round's own
     training maps (never held-out). Logged with a plain verdict; nothing downstream reads it."""
-    from oel.envs import make_env
-    from oel.envs.seeds import round_seeds
-    from oel.evaluate.gap import teacher_gap
-    from oel.evaluate.meter import probe_states
-    from oel.io import atomic_write_json
-    from oel.models import load_model
-    from oel.provenance import load_result
-
     c = ctx.config
     if not hasattr(make_env(c.env), "solver_state"):
         return {}

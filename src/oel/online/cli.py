@@ -16,14 +16,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.commands import add_config_command
 from oel.errors import DataError
 from oel.online.config import OnlineConfig
+from oel.online.demo import DemoConfig, run_demo
+from oel.online.pg import is_url
+from oel.online.scheduler import Scheduler, status
+from oel.online.store import Store
+from oel.online.versions import Versions, version_name
 
 
 def _run(config: OnlineConfig, ns: argparse.Namespace) -> int:
-    from oel.online.scheduler import Scheduler
-
     scheduler = Scheduler(config)
     try:
         done = scheduler.run_forever()
@@ -34,16 +37,11 @@ def _run(config: OnlineConfig, ns: argparse.Namespace) -> int:
 
 
 def _status(config: OnlineConfig, ns: argparse.Namespace) -> int:
-    from oel.online.scheduler import status
-
     print(json.dumps(status(config), indent=2))
     return 0
 
 
 def _export(ns: argparse.Namespace) -> int:
-    from oel.online.pg import is_url
-    from oel.online.store import Store
-
     if not is_url(ns.store) and not Path(ns.store).is_file():  # exporting must not create an empty store
         raise DataError(f"{ns.store}: store not found")
     with Store.open(ns.store) as store:
@@ -53,8 +51,6 @@ def _export(ns: argparse.Namespace) -> int:
 
 
 def _versions(ns: argparse.Namespace) -> int:
-    from oel.online.versions import Versions, version_name
-
     versions = Versions(ns.versions_dir)
     if not versions.current_file.is_file():
         raise DataError(f"{ns.versions_dir}: not a versions directory (no {versions.current_file.name})")
@@ -68,8 +64,6 @@ def _versions(ns: argparse.Namespace) -> int:
 
 
 def _move_current(ns: argparse.Namespace) -> int:
-    from oel.online.versions import Versions, version_name
-
     versions = Versions(ns.versions_dir)
     target = versions.rollback(ns.version) if ns.online_command == "rollback" else versions.restore(ns.version)
     print(f"current is now {version_name(target.version)}: {target.model_dir}")
@@ -77,8 +71,6 @@ def _move_current(ns: argparse.Namespace) -> int:
 
 
 def _demo(config: Any, ns: argparse.Namespace) -> int:
-    from oel.online.demo import run_demo
-
     summary = run_demo(config)
     print(json.dumps(summary, indent=2))
     print(f"report: oel report {config.run_dir}")
@@ -86,9 +78,8 @@ def _demo(config: Any, ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from oel.online.demo import DemoConfig
-
-    p = subparsers.add_parser("online", help="the online mode: the scheduler that learns from the store, and its versions",
+    p = subparsers.add_parser("online", help="the online mode: the scheduler that learns from the store, and "
+                                             "its versions",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="online_command", metavar="ACTION", required=True)
     add_config_command(sub, "run", OnlineConfig, _run,
@@ -96,7 +87,8 @@ def register(subparsers: Any) -> None:
                        description=("Run rounds when min_trajectories new trajectories are stored (or every_minutes); "
                                     "each publishes a version in versions.dir and moves current.json. kill -9 and the "
                                     "same command resumes the unfinished round."))
-    add_config_command(sub, "status", OnlineConfig, _status, help="the store's numbers, the current version, the last round")
+    add_config_command(sub, "status", OnlineConfig, _status, help="the store's numbers, the current version, "
+                                                                  "the last round")
     e = sub.add_parser("export", help="write the store's trajectories as trajectory JSONL")
     e.add_argument("store", help="the SQLite store")
     e.add_argument("out", help="the JSONL file to write (atomically)")
@@ -105,7 +97,8 @@ def register(subparsers: Any) -> None:
     v = sub.add_parser("versions", help="list the published versions (* = current)")
     v.add_argument("versions_dir")
     v.set_defaults(func=_versions)
-    r = sub.add_parser("rollback", help="point current.json at an earlier published version (recorded in history.jsonl)")
+    r = sub.add_parser("rollback", help="point current.json at an earlier published version (recorded in "
+                                        "history.jsonl)")
     r.add_argument("versions_dir")
     r.add_argument("version", type=int)
     r.set_defaults(func=_move_current)
@@ -114,7 +107,8 @@ def register(subparsers: Any) -> None:
     f.add_argument("version", type=int)
     f.set_defaults(func=_move_current)
     add_config_command(sub, "demo", DemoConfig, _demo,
-                       help="the online mode on this machine: gateway, scheduler and simulated users over loopback HTTP",
+                       help="the online mode on this machine: gateway, scheduler and simulated users over "
+                            "loopback HTTP",
                        description=("Start the gateway (serving the current version), the scheduler (a child process) "
                                     "and `users` simulated agents playing the game through the gateway; stop when "
                                     "`rounds` rounds ended; `oel report RUN_DIR` writes the online report."))

@@ -11,11 +11,9 @@ from every trajectory it claimed).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from oel.config import cfg
+from oel.config import Config, cfg, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
@@ -33,48 +31,44 @@ GATE_PART: dict[str, str] = {"games": "games", "move_quality": "games", "meter":
 """The evaluate part each gate check runs."""
 
 
-@dataclass
-class GateConfig:
+class GateConfig(Config):
     """The promotion gate: publish a new version only when it is not worse than the current one."""
 
-    check: GateCheck = cfg("off", "off: publish every round that trains; games: held-out pass rate; move_quality: held-out moves on a "
-                                  "shortest path (sees damage a pass rate of 0 on both sides hides); meter: the exact "
-                                  "policy meter (grid games); ifeval: IF-Eval prompt-level strict accuracy")
+    check: GateCheck = cfg("off", "what a new version must not be worse at to be published (off: publish every "
+                                  "round that trains)")
     tolerance: float = cfg(0.0, "publish when new >= current - tolerance (a negative tolerance demands an improvement)")
-    max_move_share: float = cfg(0.0, "also refuse a candidate that puts at least this share of its move probability on one "
-                                     "answer at the meter's probe states (a collapse: its E[mq] can rise while it loses "
-                                     "every game needing another move), whole or as the games sample it (T, top-p: "
-                                     "a .85 answer becomes 1.0 at T 0.7, top-p 0.8), e.g. 0.9; runs the meter; 0 = off")
+    max_move_share: float = cfg(0.0, "also refuse a candidate putting this share of its move probability on one "
+                                     "answer (a collapse); 0 = off")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if not 0.0 <= self.max_move_share <= 1.0:
             raise ConfigError(f"gate.max_move_share: must be in [0, 1] (0 = off), got {self.max_move_share}")
 
 
-@dataclass
-class VersionsConfig:
+class VersionsConfig(Config):
     """Where published versions go and how many are kept."""
 
-    dir: str = cfg("runs/online/versions", "versions directory: v<NNNN>/ (model/, version.json), current.json, history.jsonl")
+    dir: str = cfg("runs/online/versions", "versions directory: v<NNNN>/ (model/, version.json), current.json, "
+                                           "history.jsonl")
     keep_last: int = cfg(0, "keep the newest N published versions (plus version 0 and the current one); 0 = keep all")
 
 
-@dataclass
-class VllmLoraConfig:
+class VllmLoraConfig(Config):
     """Hot swap for a vLLM that serves the base model with LoRA (oel.online.vllm_lora)."""
 
-    url: str = cfg("", "vLLM's base URL (http://host:8000); each published version is loaded there as the LoRA "
-                       "adapter <prefix>-v<N> and the previous one unloaded; needs consolidate.finetune=lora; '' = off")
+    url: str = cfg("", "vLLM's base URL: each published version is loaded there as a LoRA adapter "
+                       "(finetune=lora); '' = off")
     prefix: str = cfg("oel", "adapter names: <prefix>-v<version>")
     api_key_env: str = cfg("VLLM_API_KEY", "the environment variable holding vLLM's API key (unset: no key sent)")
 
 
-@dataclass
-class OnlineConfig:
+class OnlineConfig(Config):
     """A long-running scheduler: rounds of extract -> consolidate (-> gate) over the store's trajectories."""
 
-    store: str = cfg("runs/online/store.sqlite", "the store the gateway writes: a SQLite file or a postgresql:// URL (oel.online.store)")
-    run_dir: str = cfg("runs/online/scheduler", "round_<r>/ (trajectories.jsonl, extract/, consolidate/, evaluate*/), metrics.jsonl")
+    store: str = cfg("runs/online/store.sqlite", "the store the gateway writes: a SQLite file or a "
+                                                 "postgresql:// URL (oel.online.store)")
+    run_dir: str = cfg("runs/online/scheduler", "round_<r>/ (trajectories.jsonl, extract/, consolidate/, "
+                                                "evaluate*/), metrics.jsonl")
     model: ModelConfig = cfg(help="the base model: version 0, the first round's starting point", factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment held-out evaluation and the gate play (when enabled)", factory=EnvConfig)
     min_trajectories: int = cfg(16, "N: run a round as soon as this many new complete trajectories are stored")
@@ -83,8 +77,10 @@ class OnlineConfig:
                                     "trajectory waits; 0 = off")
     poll_s: float = cfg(10.0, "seconds between checks of the store while waiting")
     max_rounds: int = cfg(0, "stop after this many rounds (published or not); 0 = run until SIGTERM")
-    worker: str = cfg("scheduler", "the name this scheduler claims rounds under (a restart resumes its unfinished round)")
-    extractor: Literal["policy", "config"] = cfg("policy", "policy: the current version extracts; config: extract.extractor says which model")
+    worker: str = cfg("scheduler", "the name this scheduler claims rounds under (a restart resumes its "
+                                   "unfinished round)")
+    extractor: Literal["policy", "config"] = cfg("policy", "policy: the current version extracts; config: "
+                                                           "extract.extractor says which model")
     retention: Retention = cfg("keep", f"trajectories after their round: {' | '.join(RETENTION_POLICIES)}")
     versions: VersionsConfig = cfg(help="published versions", factory=VersionsConfig)
     gate: GateConfig = cfg(help="the promotion gate: the check runs the matching evaluate part on both versions",
@@ -93,18 +89,17 @@ class OnlineConfig:
     consolidate: ConsolidateConfig = cfg(help="consolidation into the current version; teacher = that version "
                                               "reading the lessons unless consolidate.teacher_model is set",
                                          factory=ConsolidateConfig)
-    publish_hook: str = cfg("", "a command run after each publication (e.g. restart vLLM on the new weights); "
-                                "{model_dir} and {version} are filled in; no shell; at least once per version: "
-                                "a resumed round runs it again; a failing hook is logged, the version stays published")
+    publish_hook: str = cfg("", "a command run after each publication ({model_dir}, {version} filled in; no "
+                                "shell); '' = none")
     vllm_lora: VllmLoraConfig = cfg(help="hot swap of a vLLM LoRA deployment on each publication",
                                     factory=VllmLoraConfig)
     hook_timeout_s: float = cfg(600.0, "a publish hook still running after this long is killed (and logged as failed)")
-    evaluate_each_round: bool = cfg(False, "evaluate every new version with all the enabled evaluate parts (off: "
-                                           "only the gate's part runs, and only when the gate is on)")
+    evaluate_each_round: bool = cfg(False, "evaluate each new version with every enabled part (off: only the "
+                                           "gate's part, when the gate is on)")
     evaluate: EvaluateConfig = cfg(help="how new versions are evaluated (held-out games on `env`, IF-Eval, the meter)",
                                    factory=EvaluateConfig)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         for name in ("min_trajectories",):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -139,7 +134,7 @@ class OnlineConfig:
             parts.add("meter")
         if not parts:
             return None
-        return dataclasses.replace(self.evaluate, **{p: dataclasses.replace(getattr(self.evaluate, p), enabled=p in parts)
+        return updated(self.evaluate, **{p: updated(getattr(self.evaluate, p), enabled=p in parts)
                                                      for p in ("games", "ifeval", "meter")})
 
     def loop_config(self) -> LoopConfig:

@@ -18,7 +18,6 @@ themselves, so an interrupted demo picks up where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import secrets
@@ -28,18 +27,17 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from oel import prompts
-from oel.config import cfg, save_config
+from oel.config import Config, cfg, save_config, updated
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import TRAIN_BASE
 from oel.io import append_jsonl, iter_jsonl
 from oel.layout import METRICS_FILE, DemoLayout
 from oel.online.config import OnlineConfig
-from oel.online.gateway import GatewayConfig
+from oel.online.gateway import Gateway, GatewayConfig
 from oel.online.versions import Versions
 
 log = logging.getLogger(__name__)
@@ -57,15 +55,13 @@ SWAP_WAIT_S = 120.0
 """How long the gateway may take to load and switch to a newly published version."""
 
 
-@dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """What the demo runs: the simulated users, how long, and the scheduler's settings."""
 
     run_dir: str = cfg("runs/online-demo", "store.sqlite, versions/, scheduler/, users.jsonl, the report")
     users: int = cfg(4, "simulated agents playing at once through the gateway")
     max_episodes: int = cfg(64, "episodes the users play at most (all runs of the demo together)")
-    rounds: int = cfg(2, "stop once this many rounds have ended (published or refused by the gate), counting "
-                         "those of earlier runs of the demo in the same run_dir")
+    rounds: int = cfg(2, "stop once this many rounds have ended, counting those of earlier runs in the same run_dir")
     timeout_minutes: float = cfg(45.0, "stop after this long whatever happened")
     temperature: float = cfg(0.7, "the users' sampling temperature")
     top_p: float = cfg(0.8, "the users' nucleus mass")
@@ -79,9 +75,9 @@ class DemoConfig:
 def scheduler_config(config: DemoConfig, rounds_ended: int = 0) -> OnlineConfig:
     """The scheduler's config with every path inside the demo's run dir, and the rounds still to run."""
     paths = DemoLayout(Path(config.run_dir))
-    return dataclasses.replace(config.online, store=str(paths.store), run_dir=str(paths.scheduler), env=config.env,
+    return updated(config.online, store=str(paths.store), run_dir=str(paths.scheduler), env=config.env,
                                max_rounds=max(config.rounds - rounds_ended, 0),
-                               versions=dataclasses.replace(config.online.versions, dir=str(paths.versions)))
+                               versions=updated(config.online.versions, dir=str(paths.versions)))
 
 
 def rounds_ended(paths: DemoLayout) -> int:
@@ -157,8 +153,6 @@ class SimulatedUsers:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the gateway, the scheduler and the users until `rounds` rounds ended (or time/episodes ran out)."""
-    from oel.online.gateway import Gateway
-
     paths = DemoLayout(Path(config.run_dir))
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, paths.run_dir / DEMO_CONFIG)

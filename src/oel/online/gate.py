@@ -36,7 +36,8 @@ def refuse_collapse(verdict: dict[str, Any], candidate: dict[str, Any], max_shar
         return {**verdict, "passed": False, "reason": "meter_top_move_share missing from the evaluation"}
     if share >= max_share:
         return {**verdict, "passed": False,
-                "reason": f"collapsed: {100 * share:.0f}% of its move probability on one answer (>= {100 * max_share:.0f}%)"}
+                "reason": f"collapsed: {100 * share:.0f}% of its move probability on one answer (>= "
+                          f"{100 * max_share:.0f}%)"}
     if sampled is not None and sampled >= max_share:  # it will PLAY one answer (oel.evaluate.sharpen)
         return {**verdict, "passed": False,
                 "reason": f"collapsed as the games sample: {100 * share:.0f}% of its move probability on one answer "

@@ -25,17 +25,16 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
-from oel.collect.backends.hf import HFBackend
-from oel.config import cfg
+from oel.backends.hf import HFBackend
+from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.online.store import RETENTION_POLICIES, Store
 from oel.serving.app import ServingState, build_app
+from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import Engine, LocalEngine, UpstreamEngine
 from oel.serving.metrics import ServerMetrics
 from oel.serving.server import ConnectionGuard, HTTPServer
@@ -48,11 +47,11 @@ DEFAULT_UPSTREAM_KEY_ENV = "OEL_UPSTREAM_API_KEY"
 RESPONDERS = ("local", "upstream", "none")
 
 
-@dataclass(repr=False)
-class GatewayConfig:
+class GatewayConfig(Config):
     """`oel gateway`: the store, who answers, who may call, and the limits."""
 
-    store: str = cfg("online/store.sqlite", "the store: a SQLite file (created if new) or a postgresql:// URL (docs/online.md)")
+    store: str = cfg("online/store.sqlite", "the store: a SQLite file (created if new) or a postgresql:// URL "
+                                            "(docs/online.md)")
     retention: str = cfg("keep", "keep | delete_after_consolidation (the store's retention policy)")
     responder: Literal["local", "upstream", "none"] = cfg("local", "local: serve `model` in this process; upstream: "
                                                           "forward to upstream_url; none: trajectories only")
@@ -60,8 +59,8 @@ class GatewayConfig:
     versions_dir: str = cfg("", "directory whose current.json names the model to serve; watched and hot-swapped; "
                             "empty = serve `model` only")
     watch_interval_s: float = cfg(2.0, "how often current.json is polled")
-    session_idle_s: float = cfg(0.0, "end a session (its outcome: unknown, ended idle) after this many seconds without an exchange, for agents "
-                                     "that never POST /v1/sessions/{id}/end; checked every idle_check_s; 0 = never")
+    session_idle_s: float = cfg(0.0, "end a session after this many seconds without an exchange (checked every "
+                                     "idle_check_s); 0 = never")
     idle_check_s: float = cfg(30.0, "how often idle sessions are looked for (session_idle_s > 0)")
     upstream_url: str = cfg("", "base URL of the upstream OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     upstream_api_key_env: str = cfg(DEFAULT_UPSTREAM_KEY_ENV, "environment variable holding the upstream's key")
@@ -80,17 +79,15 @@ class GatewayConfig:
     batch_window_s: float = cfg(0.02, "how long the first request waits for others to batch with it")
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(4 << 20, "largest request body accepted, in bytes (413 beyond)")
-    max_queue: int = cfg(128, "chat requests waiting for generation (local), or in flight upstream (upstream, "
-                         "one thread each); more get 503 + Retry-After")
-    max_prompt_tokens: int = cfg(0, "most prompt tokens a chat request may send (400 beyond, before any compute); "
-                                 "0 = the model's context minus the request's max_tokens")
-    max_connections: int = cfg(256, "connections open at once; over it, the oldest connection without a complete "
-                               "request is closed, and when every one is busy the new one gets 503 + Retry-After")
-    client_timeout_s: float = cfg(30.0, "deadline for a request's headers (from connection or previous answer) and, "
-                                  "separately, for its body (408); idle keep-alive connections close after it")
+    max_queue: int = cfg(128, "chat requests waiting for generation (or in flight upstream); more get 503 + "
+                              "Retry-After")
+    max_prompt_tokens: int = cfg(0, "most prompt tokens a request may send; 0 = the model's context minus max_tokens")
+    max_connections: int = cfg(256, "connections open at once; over it the oldest idle one is closed, or HTTP 503")
+    client_timeout_s: float = cfg(30.0, "deadline for a request's headers and, separately, its body (408); idle "
+                                        "keep-alives close")
     request_timeout_s: float = cfg(600.0, "a chat request unanswered after this long gets 504 (also the upstream's)")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.retention not in RETENTION_POLICIES:
             raise ValueError(f"retention: expected one of {', '.join(RETENTION_POLICIES)}, got {self.retention!r}")
         if self.responder not in RESPONDERS:
@@ -177,7 +174,8 @@ class Gateway:
         require_keys_off_loopback(config.host, self.api_keys, env_var=config.api_keys_env)
         self.rate_limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
         self._own_store = store is None
-        self.store = store if store is not None else Store.open(config.store, retention=config.retention)  # type: ignore[arg-type]
+        self.store = store if store is not None else Store.open(config.store,
+                                                                retention=config.retention)  # type: ignore[arg-type]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watched: tuple[int, str] | None = None

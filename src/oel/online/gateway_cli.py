@@ -3,7 +3,7 @@
     oel gateway store=online/store.sqlite model.name=qwen2.5-coder-0.5b-instruct port=8100
     oel gateway store=online/store.sqlite responder=upstream upstream_url=http://127.0.0.1:8000/v1
     oel gateway store=online/store.sqlite versions_dir=online/versions      # hot-swaps on publish
-    python -m oel.online.gateway_cli store=s.sqlite responder=none port=8100  # the same, without the oel CLI
+    python -m oel gateway store=s.sqlite responder=none port=8100            # the same, without the console script
 
 Clients send `Authorization: Bearer <key>` with a `client:key` from api_keys, api_keys_file or
 $OEL_API_KEYS; /metrics takes an admin key (admin_api_keys, admin_api_keys_file, $OEL_ADMIN_KEYS).
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import time
 from typing import Any
 
-from oel.cli import add_config_command
+from oel.commands import add_config_command
+from oel.online.gateway import Gateway, GatewayConfig
 
 READY_LINE = "oel gateway: serving at"
 """The line printed once the port is bound (scripts that start the gateway wait for it)."""
@@ -25,8 +25,6 @@ READY_LINE = "oel gateway: serving at"
 
 def run_gateway(config: Any, ns: argparse.Namespace | None = None) -> int:
     """Open the store, load the model, serve until SIGINT or SIGTERM."""
-    from oel.online.gateway import Gateway
-
     gateway = Gateway(config).start()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     auth = f"{len(gateway.api_keys)} client keys, {len(gateway.admin_keys)} admin keys" if gateway.api_keys \
@@ -48,8 +46,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from oel.online.gateway import GatewayConfig
-
     add_config_command(
         subparsers, "gateway", GatewayConfig, run_gateway,
         help="an OpenAI-compatible gateway that records every exchange for online learning",
@@ -59,18 +55,3 @@ def register(subparsers: Any) -> None:
                     "and whole trajectories (POST /v1/trajectories with Idempotency-Key); /metrics for operators; "
                     "hot-swap the served weights when versions_dir/current.json changes.",
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m oel.online.gateway_cli [CONFIG.yaml] [key=value ...]`: the command without the oel CLI."""
-    from oel.cli import main as oel_main
-
-    return oel_main(["gateway", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    import oel.cli
-
-    if "oel.online.gateway_cli" not in oel.cli.STAGE_MODULES:  # until the lead lists it in oel.cli
-        oel.cli.STAGE_MODULES.append("oel.online.gateway_cli")
-    sys.exit(main())

@@ -1,9 +1,10 @@
 """What arrives at the store: exchanges into sessions, ended sessions and posted trajectories into rows.
 
 Functions over a connection inside the Store's write transaction, on inputs the Store has
-validated; the SQL is the dialect SQLite and PostgreSQL share (oel.online.pg runs it there). Each stored trajectory gets the id `online-<n>` (n never reused: AUTOINCREMENT), so ids
-stay unique in every export even when two clients post the same id; a posted trajectory keeps
-its own id as `meta.online.posted_id`.
+validated; the SQL is the dialect SQLite and PostgreSQL share (oel.online.pg runs it there).
+Each stored trajectory gets the id `online-<n>` (n never reused: AUTOINCREMENT), so ids stay
+unique in every export even when two clients post the same id; a posted trajectory keeps its own
+id as `meta.online.posted_id`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from oel.online.errors import ConflictError, NotFoundError
+from oel.errors import ConflictError, NotFoundError
 from oel.online.rounds import bump
-from oel.online.sessions import (
+from oel.sessions import (
+    AUTO_SESSION_PREFIX,
     Candidate,
     Exchange,
     build_trajectory,
@@ -25,8 +27,6 @@ from oel.online.sessions import (
 )
 from oel.trajectory import Message, Trajectory
 
-AUTO_SESSION_PREFIX = "auto-"
-"""Names of stitched sessions (`auto-<n>`); reserved, so a client cannot name a session so."""
 TRAJECTORY_ID_PREFIX = "online-"
 
 

@@ -8,7 +8,7 @@ mid-request (the row committed, the answer lost) is retried into a duplicate ans
 the first id, never into a second row. `verify` then checks the store: every acknowledged
 trajectory stored exactly once, nothing stored that was not acknowledged.
 
-`GatewayProcess` runs `python -m oel.online.gateway_cli` as a child (kill -9 and restart on
+`GatewayProcess` runs `python -m oel gateway` as a child (kill -9 and restart on
 the same port and store file).
 """
 
@@ -187,12 +187,12 @@ def verify(store_path: str | os.PathLike, result: LoadResult) -> dict[str, Any]:
 
 
 class GatewayProcess:
-    """`python -m oel.online.gateway_cli` as a child process, on a fixed port and store file."""
+    """`python -m oel gateway` as a child process, on a fixed port and store file."""
 
     def __init__(self, store: str | os.PathLike, port: int, api_key: str, *, extra: tuple[str, ...] = (),
                  log_path: str | os.PathLike | None = None) -> None:
         self.port = port
-        self.args = [sys.executable, "-m", "oel.online.gateway_cli", f"store={store}", f"port={port}",
+        self.args = [sys.executable, "-m", "oel", "gateway", f"store={store}", f"port={port}",
                      "responder=none", *extra]
         self.env = {**os.environ, "OEL_API_KEYS": f"load:{api_key}", "OEL_ADMIN_KEYS": ""}
         self.log_path = Path(log_path) if log_path else None

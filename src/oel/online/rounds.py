@@ -7,7 +7,8 @@ nothing.
 - **Claim**: a worker first gets back its own round that was claimed and neither finished nor
   failed (a crash mid-round), with the same trajectories in the same order; only when it has none
   does it claim the oldest unconsumed trajectories as a new round. The claim is one write
-  transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writers' row lock, oel.online.pg): two claimers never share a trajectory, and a round is never run on two batches.
+  transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the writers' row lock, oel.online.pg): two
+  claimers never share a trajectory, and a round is never run on two batches.
 - **Fail**: the round's trajectories return to the pool for a later round, since most failures
   (an exception, a non-finite loss) say nothing about the data; a trajectory that was in
   `max_failed_rounds` failed rounds stays out of the pool (`held`), so one poisonous trajectory
@@ -22,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from oel.online.errors import ConflictError, NotFoundError
+from oel.errors import ConflictError, NotFoundError
 
 RoundStatus = Literal["started", "done", "failed"]
 
@@ -119,7 +120,8 @@ def fail(conn: Any, number: int, now: float) -> Round:
 
 
 def delete_done(conn: Any, *, before_round: int | None = None, only_round: int | None = None) -> Deleted:
-    """Delete the trajectories of done rounds (numbered below `before_round`, or `only_round`), their sessions and exchanges."""
+    """Delete the trajectories of done rounds (numbered below `before_round`, or `only_round`), their
+    sessions and exchanges."""
     if only_round is not None:
         where, arg = "r.number = ?", only_round
     else:

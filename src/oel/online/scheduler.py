@@ -23,7 +23,6 @@ judged); current stays, and the candidate stays in the round's consolidate/model
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import shlex
@@ -36,19 +35,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from oel.backends.hf import HFBackend
+from oel.config import updated
 from oel.errors import ConfigError, DataError
-from oel.io import atomic_write_json, read_json
+from oel.evaluate import evaluate as run_evaluate
+from oel.io import atomic_write_json, iter_jsonl, read_json
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
 from oel.loop.config import LoopConfig
 from oel.loop.context import MetricsLog, RoundContext
-from oel.models import ModelConfig
+from oel.models import ModelConfig, load_model
 from oel.online.config import GATE_METRIC, OnlineConfig
 from oel.online.gate import compare, refuse_collapse
 from oel.online.pg import is_url
 from oel.online.rounds import Round
 from oel.online.store import Store
 from oel.online.versions import Version, Versions, version_name
+from oel.online.vllm_lora import swap_published
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class OnlineRoundContext(RoundContext):
     @property
     def model_config(self) -> ModelConfig:
         assert self.start is not None
-        return dataclasses.replace(self.config.model, name=self.start.model_dir)
+        return updated(self.config.model, name=self.start.model_dir)
 
     @property
     def model_id(self) -> str:
@@ -134,7 +137,8 @@ def hold_lock(path: Path) -> IO[str]:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise ConfigError(f"run_dir: {path.parent} is in use by another running scheduler ({path.name} is locked)") from None
+        raise ConfigError(f"run_dir: {path.parent} is in use by another running scheduler "
+                          f"({path.name} is locked)") from None
     return f
 
 
@@ -204,7 +208,8 @@ class Scheduler:
         if rnd is None:
             return None
         self._last_round = self._clock()
-        log.info("round %d: %d trajectories%s", rnd.number, len(rnd.trajectory_ids), " (resumed)" if rnd.resumed else "")
+        log.info("round %d: %d trajectories%s", rnd.number, len(rnd.trajectory_ids),
+                 " (resumed)" if rnd.resumed else "")
         t0 = time.perf_counter()
         try:
             outcome = self._run(rnd)
@@ -238,7 +243,7 @@ class Scheduler:
     def _round_config(self, n: int) -> LoopConfig:
         """Extraction reads every trajectory of the round: num_trajectories is the round's count."""
         c = self.loop_config
-        return dataclasses.replace(c, extract=dataclasses.replace(c.extract, num_trajectories=n))
+        return updated(c, extract=updated(c.extract, num_trajectories=n))
 
     def _round_state(self, rnd: Round) -> dict[str, Any]:
         """Written once, before any stage: a resumed round starts from the same version whatever current is now."""
@@ -272,7 +277,7 @@ class Scheduler:
     def _gate(self, ctx: OnlineRoundContext) -> dict[str, Any]:
         """The verdict: the candidate against the start version on the configured check."""
         check, evaluate = self.config.gate.check, self.config.round_evaluate()
-        candidate = self._evaluate(ctx, dataclasses.replace(self.config.model, name=str(ctx.layout.model_after(ctx.round))),
+        candidate = self._evaluate(ctx, updated(self.config.model, name=str(ctx.layout.model_after(ctx.round))),
                                    EVALUATE_CANDIDATE, f"{self.config.model.name}@round{ctx.round}") if evaluate else {}
         if check == "off":
             verdict = {"check": "off", "passed": True, **{f"candidate_{k}": v for k, v in candidate.items()}}
@@ -282,14 +287,10 @@ class Scheduler:
         return refuse_collapse(verdict, candidate, self.config.gate.max_move_share)
 
     def _evaluate(self, ctx: OnlineRoundContext, model: ModelConfig, which: str, model_id: str) -> dict[str, Any]:
-        from oel.collect.backends.hf import HFBackend
-        from oel.evaluate import evaluate as run_evaluate
-        from oel.models import load_model
-
         evaluate = self.config.round_evaluate()
         assert evaluate is not None
         out = ctx.layout.stage_dir(ctx.round, which)
-        cfg = dataclasses.replace(evaluate, model=model, env=self.config.env, out_dir=str(out))
+        cfg = updated(evaluate, model=model, env=self.config.env, out_dir=str(out))
         lm = load_model(model)
         backend = HFBackend(lm.model, lm.tokenizer, model_id=model_id, max_batch_size=evaluate.max_batch_size)
         summary = run_evaluate(backend, cfg).summary()
@@ -297,12 +298,14 @@ class Scheduler:
 
     def _publish(self, ctx: OnlineRoundContext, verdict: dict[str, Any]) -> dict[str, Any]:
         if not verdict.get("passed"):
-            log.warning("round %d: the gate refused the candidate (%s); current stays", ctx.round, verdict.get("reason", ""))
+            log.warning("round %d: the gate refused the candidate (%s); current stays", ctx.round,
+                        verdict.get("reason", ""))
             return {"version": None}
         assert ctx.start is not None
         consolidated = read_marker(ctx.layout.stage_dir(ctx.round, "consolidate")) or {}
         metrics = {f"consolidate_{k}": v for k, v in consolidated.items()}
-        v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict, parent=ctx.start.version)
+        v = self.versions.publish(ctx.layout.model_after(ctx.round), ctx.round, metrics, verdict,
+                                  parent=ctx.start.version)
         log.info("round %d: published %s", ctx.round, version_name(v.version))
         out: dict[str, Any] = {"version": v.version}
         if self.config.vllm_lora.url:
@@ -312,8 +315,6 @@ class Scheduler:
         return out
 
     def _swap_vllm_lora(self, v: Version) -> dict[str, Any]:
-        from oel.online.vllm_lora import swap_published
-
         return swap_published(self.config.vllm_lora, self.versions, v)
 
     # ---- operator metrics and the service loop ----------------------------------------------
@@ -381,8 +382,6 @@ STOP_CHECK_S = 0.05
 
 def status(config: OnlineConfig) -> dict[str, Any]:
     """What an operator asks first: the store's numbers, the current version, the last round row."""
-    from oel.io import iter_jsonl
-
     if not is_url(config.store) and not Path(config.store).is_file():  # a status query must not create an empty store
         raise DataError(f"{config.store}: store not found (the gateway creates it; check `store`)")
     with Store.open(config.store, retention=config.retention) as store:

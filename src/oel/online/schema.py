@@ -41,7 +41,7 @@ TABLES = (
         updated REAL NOT NULL,
         last_exchange INTEGER,
         UNIQUE (client, name))""",
-    # One row per chat request served. `tail_key` = key of messages + response (oel.online.sessions).
+    # One row per chat request served. `tail_key` = key of messages + response (oel.sessions).
     """CREATE TABLE exchanges (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         session INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
@@ -131,7 +131,8 @@ def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sql
 
 
 def _user_tables(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
+    return conn.execute("SELECT count(*) FROM sqlite_master "
+                        "WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str | os.PathLike) -> None:

@@ -37,17 +37,16 @@ from typing import Any, Literal
 from oel.errors import ConfigError, DataError
 from oel.io import PRIVATE_FILE_MODE, make_dirs
 from oel.online import intake, pg, rounds, schema
-from oel.online.intake import AUTO_SESSION_PREFIX, Added, Recorded
+from oel.online.intake import Added, Recorded
 from oel.online.rounds import Deleted, Round, bump
-from oel.online.sessions import ONLINE_ENV_ID, STITCHED_SOURCE, Exchange, parse_messages
+from oel.sessions import (AUTO_SESSION_PREFIX, MAX_NAME_CHARS, ONLINE_ENV_ID, STITCHED_SOURCE, Exchange,
+                          parse_messages)
 from oel.trajectory import Message, Trajectory, parse_trajectory, write_trajectories
 
 Retention = Literal["keep", "delete_after_consolidation"]
 RETENTION_POLICIES = ("keep", "delete_after_consolidation")
 MAX_FAILED_ROUNDS = 3
 """A trajectory in this many failed rounds is held out of the pool (see oel.online.rounds)."""
-MAX_NAME_CHARS = 256
-"""The longest client name, session id or idempotency key accepted."""
 IDLE_OUTCOME = "unknown: the session ended idle, without an outcome"
 DEFAULT_WORKER = "scheduler"
 COUNTERS = ("trajectories_stored", "trajectories_duplicate", "trajectories_rejected",
@@ -65,7 +64,8 @@ HELD_SQL = "SELECT count(*) FROM trajectories WHERE consumed_by_round IS NULL AN
 
 def _check_name(field: str, value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        raise DataError(f"{field}: expected a non-empty string of at most {MAX_NAME_CHARS} characters, got {value!r:.80}")
+        raise DataError(f"{field}: expected a non-empty string of at most {MAX_NAME_CHARS} characters, got "
+                        f"{value!r:.80}")
     return value
 
 
@@ -190,7 +190,8 @@ class Store:
         with self._counting_rejections("exchanges_rejected"):
             _check_name("client", client)
             if session_id is not None and (_check_name("session_id", session_id).startswith(AUTO_SESSION_PREFIX)):
-                raise DataError(f"session_id: names starting with '{AUTO_SESSION_PREFIX}' are reserved for stitched sessions")
+                raise DataError(f"session_id: names starting with '{AUTO_SESSION_PREFIX}' are reserved for "
+                                "stitched sessions")
             if not isinstance(response, str):
                 raise DataError(f"response: expected a string, got {type(response).__name__}")
             for field, n in (("prompt_tokens", prompt_tokens), ("response_tokens", response_tokens)):
@@ -321,7 +322,8 @@ class Store:
             for name, sql in GAUGES_SQL.items():
                 out[name] = conn.execute(sql).fetchone()[0]
             for status in ("started", "done", "failed"):
-                out[f"rounds_{status}"] = conn.execute("SELECT count(*) FROM rounds WHERE status = ?", (status,)).fetchone()[0]
+                out[f"rounds_{status}"] = conn.execute("SELECT count(*) FROM rounds WHERE status = ?",
+                                                       (status,)).fetchone()[0]
             return out
 
 

@@ -122,7 +122,8 @@ class Versions:
     def get(self, version: int) -> Version:
         """A complete version; an incomplete or deleted one is a one-line error."""
         if not self._is_complete(version):
-            raise DataError(f"{self.version_dir(version)}: version {version} does not exist (never completed, or deleted by retention)")
+            raise DataError(f"{self.version_dir(version)}: version {version} does not exist (never completed, "
+                            "or deleted by retention)")
         return Version.from_dict(read_json(self.version_dir(version) / VERSION_FILE, "version file"))
 
     def list(self) -> list[Version]:
@@ -135,7 +136,8 @@ class Versions:
     def current(self) -> Version:
         """The version current.json names; before any (no base initialised) a one-line error."""
         if not self.current_file.is_file():
-            raise DataError(f"{self.current_file}: no current version yet (the scheduler writes version 0 when it starts)")
+            raise DataError(f"{self.current_file}: no current version yet (the scheduler writes version 0 when "
+                            "it starts)")
         return self.get(int(read_json(self.current_file, "current pointer")["version"]))
 
     def history(self) -> list[dict[str, Any]]:

@@ -129,7 +129,8 @@ def swap(base_url: str, *, version: int, adapter_dir: Path, previous: int | None
     except OSError as e:
         raise DataError(f"vllm_lora.url {base_url}: cannot reach vLLM ({e})") from None
     if status != 200:
-        raise DataError(f"vllm_lora.url {base_url}: /v1/load_lora_adapter answered {status}: {' '.join(text.split())[:200]}")
+        raise DataError(f"vllm_lora.url {base_url}: /v1/load_lora_adapter answered {status}: "
+                        f"{' '.join(text.split())[:200]}")
     out: dict[str, Any] = {"vllm_lora_loaded": name}
     if previous is not None and previous > 0:
         old = adapter_name(prefix, previous)
@@ -139,7 +140,8 @@ def swap(base_url: str, *, version: int, adapter_dir: Path, previous: int | None
             status, text = -1, str(e)
         out["vllm_lora_unloaded"] = old if status == 200 else None
         if status != 200:
-            log.warning("vLLM kept adapter %s loaded (unload answered %s: %s)", old, status, " ".join(text.split())[:200])
+            log.warning("vLLM kept adapter %s loaded (unload answered %s: %s)", old, status,
+                        " ".join(text.split())[:200])
     return out
 
 

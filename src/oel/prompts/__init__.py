@@ -27,6 +27,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from oel.envs import GRID_GAMES
 from oel.errors import ConfigError
 from oel.trajectory import Message
 
@@ -167,7 +168,8 @@ def _file_template(spec: str) -> Template:
     try:
         text = data.decode("utf-8-sig")  # a BOM some editors write is not part of the prompt
     except UnicodeDecodeError as e:
-        raise ConfigError(f"template file {spec}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+        raise ConfigError(f"template file {spec}: not UTF-8 text "
+                          f"(byte 0x{data[e.start]:02x} at offset {e.start})") from None
     text = text.rstrip("\n")
     if not text.strip():
         raise ConfigError(f"template file {spec}: is empty")
@@ -207,8 +209,6 @@ def load(spec: str, *, key: str, role: Role) -> Template:
 def policy_template_for(game: str, configured: str = POLICY_TEMPLATE) -> str:
     """The policy prompt for `game`: `configured` for the grid games (and for any game when it is
     not the grid default); the game-neutral prompt for the small-answer games otherwise."""
-    from oel.envs import GRID_GAMES
-
     if game in GRID_GAMES or configured != POLICY_TEMPLATE:
         return configured
     return GAME_POLICY_TEMPLATE

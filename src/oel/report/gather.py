@@ -10,9 +10,11 @@ from typing import Any
 
 import yaml
 
-from oel.collect.backends.base import SamplingParams
+from oel.backends.base import SamplingParams
 from oel.errors import DataError
+from oel.evaluate.answer_meter import AnswerMeterResult
 from oel.evaluate.evaluation import GAMES, IN_CONTEXT, summary_part
+from oel.evaluate.meter import MeterResult
 from oel.io import iter_jsonl, read_json, read_text
 from oel.layout import RunLayout
 
@@ -107,9 +109,6 @@ def meter_result(saved: dict[str, Any], name: str) -> Any:
     """A `MeterResult` back from its saved per-state scores (an `AnswerMeterResult` for the
     small-answer games, whose meter file holds `per_probe`)."""
     if "per_probe" in saved:
-        from oel.evaluate.answer_meter import AnswerMeterResult
-
         return AnswerMeterResult.from_saved(saved, name)
-    from oel.evaluate.meter import MeterResult
 
     return MeterResult.from_saved(saved, name)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from oel.evaluate.meter import paired_gap
 from oel.evaluate.metrics import wilson_interval
 from oel.io import atomic_write_text, iter_jsonl, read_json
 from oel.layout import EVALUATION_FILE, METER_FILE, METRICS_FILE, DemoLayout
@@ -65,7 +66,8 @@ def _pct(x: float | None) -> str:
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
-    low, high = (m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")) if key != "pass_rate" else (m.get("ci_low"), m.get("ci_high"))
+    low, high = (m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")) if key != "pass_rate" else (m.get("ci_low"),
+                                                                                              m.get("ci_high"))
     return f"{_pct(m.get(key))} [{_pct(low)}, {_pct(high)}]"
 
 
@@ -80,19 +82,22 @@ def episodes_table(run: OnlineRun) -> str:
         passed = sum(e["passed"] for e in eps)
         low, high = wilson_interval(passed, len(eps))
         mixed = sum(len(set(e["versions"])) > 1 for e in eps)
-        rows.append(f"| {version_name(v)} | {len(eps)} | {passed} ({_pct(passed / len(eps))} [{_pct(low)}, {_pct(high)}]) "
+        rows.append(f"| {version_name(v)} | {len(eps)} | {passed} ({_pct(passed / len(eps))} [{_pct(low)}, "
+                    f"{_pct(high)}]) "
                     f"| {sum(e['turns'] for e in eps) / len(eps):.2f} | {mixed} |")
     return "\n".join(rows)
 
 
 def rounds_table(run: OnlineRun, t0: float) -> str:
-    rows = ["| round | ended (min) | trajectories | extract s | consolidate s | gate s | status | published | gate verdict |",
+    rows = ["| round | ended (min) | trajectories | extract s | consolidate s | gate s | status | published | "
+            "gate verdict |",
             "|---|---|---|---|---|---|---|---|---|"]
     for row in run.rounds:
         verdict = row.get("verdict") or {}
         published = version_name(row["version"]) if row.get("version") is not None else "none"
         rows.append(f"| {row['round']} | {(row['time'] - t0) / 60:.1f} | {row['trajectories']} | "
-                    f"{row.get('seconds_extract', '-')} | {row.get('seconds_consolidate', '-')} | {row.get('seconds_gate', '-')} | "
+                    f"{row.get('seconds_extract', '-')} | {row.get('seconds_consolidate', '-')} | "
+                    f"{row.get('seconds_gate', '-')} | "
                     f"{row['status']} | {published} | {_verdict(verdict, row)} |")
     return "\n".join(rows)
 
@@ -120,8 +125,6 @@ def gate_table(run: OnlineRun) -> str:
 def meter_gate_table(run: OnlineRun) -> str:
     """Each round's exact meter on held-out probe states: the start version, the candidate, and
     their paired difference (bootstrap over maps), which is what the gate's verdict rests on."""
-    from oel.evaluate.meter import paired_gap
-
     rows = ["| round | start version E[mq] | candidate E[mq] | candidate - start (95% CI over maps) | "
             "candidate state-blind E[mq] | P(invalid) start -> candidate | moves u/d/l/r start -> candidate |",
             "|---|---|---|---|---|---|---|"]
@@ -130,10 +133,12 @@ def meter_gate_table(run: OnlineRun) -> str:
         if start is None or cand is None:
             continue
         g = paired_gap(cand, start)
-        moves = " -> ".join("/".join(f"{p:.2f}".lstrip("0") for p in m.move_distribution().values()) for m in (start, cand))
+        moves = " -> ".join("/".join(f"{p:.2f}".lstrip("0") for p in m.move_distribution().values())
+                            for m in (start, cand))
         rows.append(f"| {r} | {_pct(start.mean('emq'))} | {_pct(cand.mean('emq'))} | "
                     f"{PERCENT * g.diff:+.1f} [{PERCENT * g.lo:+.1f}, {PERCENT * g.hi:+.1f}] | "
-                    f"{_pct(cand.state_blind_emq())} | {_pct(start.mean('p_invalid'))} -> {_pct(cand.mean('p_invalid'))} | "
+                    f"{_pct(cand.state_blind_emq())} | {_pct(start.mean('p_invalid'))} -> "
+                    f"{_pct(cand.mean('p_invalid'))} | "
                     f"{moves} |")
     return "\n".join(rows)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from oel.evaluate.meter import reference_emq
 from oel.report.gather import RunData
 from oel.report.tables import meter_rows
 
@@ -100,8 +101,6 @@ def plot_meter(data: RunData, out: Path) -> Path | None:
            [100 * (row["vs0_hi"] - row["vs0"]) if "vs0" in row else 0.0 for row in rows]]
     ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label="M_r (error bars: paired 95% CI vs M_0)")
     ax.plot(xs, [100 * row["state_blind"] for row in rows], linestyle=":", marker=".", label="state-blind (bias only)")
-    from oel.evaluate.meter import reference_emq  # lazy: torch is not needed to register `oel report`
-
     refs = reference_emq(data.meters[0].states)  # meter_rows is empty without M_0's meter
     ax.axhline(100 * refs["uniform"], color="grey", linestyle="--", linewidth=1, label="uniform random")
     ax.set_xlabel("round (model M_r)")
@@ -160,7 +159,8 @@ def plot_curves(data: RunData, out: Path) -> Path | None:
     for r, points in sorted(data.curves.items()):
         xs = [p["step"] for p in points]
         ys = [100 * p["passed"] / p["episodes"] for p in points]
-        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)], [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
+        err = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)],
+               [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, label=f"round {r}")
     ax.set_xlabel("accumulation step i (knowledge e_i in context)")
     ax.set_ylabel("held-out pass rate (%)")

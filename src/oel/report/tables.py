@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from oel.evaluate.answer_meter import paired_answer_gap
+from oel.evaluate.meter import CANONICAL_MOVES, paired_gap
+from oel.evaluate.sharpen import sharpened
 from oel.io import iter_jsonl
 from oel.layout import RunLayout
 from oel.report.gather import RunData
@@ -16,9 +19,6 @@ probe states, has collapsed onto it (two FrozenLake students did, at .97 and .87
 
 def meter_rows(data: RunData) -> list[dict[str, Any]]:
     """Per round: M_r's exact E[mq] (and P(invalid)) at the held-out probe states, paired with M_0."""
-    from oel.evaluate.meter import paired_gap
-    from oel.evaluate.sharpen import sharpened
-
     if 0 not in data.meters:
         return []
     base = data.meters[0]
@@ -42,7 +42,8 @@ def meter_table(data: RunData) -> str:
         return ""
     sp = data.sampling
     out = ["| model | E[mq] (exact) | state-blind E[mq] | P(invalid) | P(losing) | moves u/d/l/r | "
-           f"E[mq] - M_0 (95% CI over maps) | as the games sample (T {sp.temperature:g}, top-p {sp.top_p:g}): E[mq], top move |",
+           f"E[mq] - M_0 (95% CI over maps) | as the games sample (T {sp.temperature:g}, top-p {sp.top_p:g}): "
+           "E[mq], top move |",
            "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         vs0 = (f"{100 * row['vs0']:+.1f} [{100 * row['vs0_lo']:+.1f}, {100 * row['vs0_hi']:+.1f}]"
@@ -56,8 +57,6 @@ def meter_table(data: RunData) -> str:
 
 def answer_meter_table(data: RunData) -> str:
     """Per round: M_r's small-answer meter at the held-out probe states, paired with M_0 (CIs over episodes)."""
-    from oel.evaluate.answer_meter import paired_answer_gap
-
     if 0 not in data.answer_meters:
         return ""
     base = data.answer_meters[0]
@@ -83,9 +82,6 @@ def collapse_warnings(data: RunData) -> list[str]:
     boards always [down] alone scores 50% E[mq], so such a model's meter gain is a move bias that
     loses games (it walks off the bottom edge), and the report must say so next to the number.
     """
-    from oel.evaluate.meter import CANONICAL_MOVES
-    from oel.evaluate.sharpen import sharpened
-
     out = []
     for r, m in sorted(data.meters.items()):
         move, share = m.top_move()
@@ -129,7 +125,8 @@ def _fmt_mq(s: dict[str, Any] | None) -> str:
 
 
 def results_table(data: RunData) -> str:
-    rows = ["| round | pass rate (95% CI) | in context | move quality | tokens/turn | steps/episode | IF-Eval prompt strict | IF-Eval inst. loose |",
+    rows = ["| round | pass rate (95% CI) | in context | move quality | tokens/turn | steps/episode | IF-Eval "
+            "prompt strict | IF-Eval inst. loose |",
             "|---|---|---|---|---|---|---|---|"]
     for r in data.rounds:
         e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
@@ -140,14 +137,16 @@ def results_table(data: RunData) -> str:
 
 
 def compare_table(runs: list[RunData]) -> str:
-    rows = ["| run | round | pass rate (95% CI) | in context | move quality | tokens/turn | IF-Eval prompt strict | IF-Eval inst. loose |",
+    rows = ["| run | round | pass rate (95% CI) | in context | move quality | tokens/turn | IF-Eval prompt "
+            "strict | IF-Eval inst. loose |",
             "|---|---|---|---|---|---|---|---|"]
     for data in runs:
         for r in data.rounds:
             e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
             if e is None:
                 continue
-            rows.append(f"| {data.name} | {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt(e, 'game_move_quality', 100, '%')} | "
+            rows.append(f"| {data.name} | {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | "
+                        f"{_fmt(e, 'game_move_quality', 100, '%')} | "
                         f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'ifeval_prompt_strict', 100, '%')} | "
                         f"{_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
     return "\n".join(rows)

@@ -6,4 +6,9 @@
     app.py        the Starlette routes and the edge middleware (routing, keys, rate, body limits, errors)
     server.py     uvicorn (h11) in a thread, with request deadlines and connection limits
     metrics.py    /metrics through prometheus_client
+    edge.py       the one ASGI middleware every route shares (headers, keys, rate, body, errors)
+    auth.py       bearer-token API keys (digests only), shared by `oel serve` and `oel gateway`
+    batcher.py    the bounded request queue and batching worker of LocalEngine
+    chat_server.py ChatServer / `oel serve`: the stack over an in-process model, without a store
+    cli.py        `oel serve`
 """

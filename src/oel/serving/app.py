@@ -26,9 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
-from oel.online.intake import AUTO_SESSION_PREFIX
-from oel.online.sessions import parse_messages as check_prompt
-from oel.online.store import MAX_NAME_CHARS
 from oel.serving.edge import EdgeMiddleware, ServingState, error_status
 from oel.serving.engine import Answer
 from oel.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -48,6 +45,8 @@ from oel.serving.protocol import (
     error_body,
     show,
 )
+from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
+from oel.sessions import parse_messages as check_prompt
 
 __all__ = ["ServingState", "build_app"]
 
@@ -156,7 +155,8 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
     arrived = time.monotonic()
-    answer = state.engine.submit(messages, params, body, lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
+    answer = state.engine.submit(messages, params, body,
+                                 lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
     cid, created = completion_id(), int(time.time())
 
     def chunk(delta: Delta, finish: str | None = None, **extra: Any) -> bytes:

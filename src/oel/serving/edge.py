@@ -25,10 +25,8 @@ from urllib.parse import unquote
 
 from starlette.responses import JSONResponse
 
-from oel.collect.auth import ApiKeys
-from oel.errors import DataError
-from oel.online.errors import ConflictError, NotFoundError
-from oel.online.store import Store
+from oel.errors import ConflictError, DataError, NotFoundError
+from oel.serving.auth import ApiKeys
 from oel.serving.engine import Engine
 from oel.serving.metrics import ServerMetrics
 from oel.serving.protocol import RETRY_AFTER_S, RequestError, error_body, json_object
@@ -47,6 +45,17 @@ class RateLimit(Protocol):
     def wait_s(self, client: str) -> float: ...
 
 
+class ExchangeStore(Protocol):
+    """What the routes ask of the gateway's store (oel.online.store.Store is the one there is)."""
+
+    def record_exchange(self, client: str, messages: Any, response: str, **details: Any) -> Any: ...
+
+    def end_session(self, client: str, session_id: str, outcome: str, passed: bool | None = None,
+                    **details: Any) -> Any: ...
+
+    def add_trajectory(self, client: str, trajectory: Any, **details: Any) -> Any: ...
+
+
 @dataclass
 class ServingState:
     """Everything the routes need: who may call, who answers, where exchanges go, the limits."""
@@ -56,7 +65,7 @@ class ServingState:
     api_keys: ApiKeys
     admin_keys: ApiKeys  # /metrics; `oel serve` passes its client keys
     engine: Engine | None
-    store: Store | None
+    store: ExchangeStore | None
     metrics: ServerMetrics
     max_body_bytes: int
     max_tokens_limit: int

@@ -5,7 +5,7 @@ The HTTP layer (oel.serving.app) only talks to an engine: `check` a request befo
 `queue_depth` for /metrics. `oel serve` and `oel gateway responder=local` use `LocalEngine`; the
 gateway's `responder=upstream` uses `UpstreamEngine`.
 
-`LocalEngine` batches with oel.collect.batcher.Batcher (one worker thread, a bounded queue; a
+`LocalEngine` batches with oel.serving.batcher.Batcher (one worker thread, a bounded queue; a
 failing batch is rerun row by row so that a bad request fails alone). Its batch function takes the
 (backend, version) pair once per batch, which is what makes a hot swap safe: `swap` only replaces
 the pair; the batch in progress finishes on the old weights, later batches run on the new ones.
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.backends.hf import HFBackend, RowRequest
-from oel.collect.batcher import Batcher
+from oel.backends.base import Generation, SamplingParams
+from oel.backends.hf import HFBackend, RowRequest
+from oel.serving.batcher import Batcher
 from oel.serving.protocol import RETRY_AFTER_S, RequestError, bad
 from oel.trajectory import Message
 

@@ -52,7 +52,8 @@ class ServerMetrics:
     """One server's counters and gauges, in a registry of its own."""
 
     def __init__(self, prefix: str, *, queue_depth: Callable[[], float], open_connections: Callable[[], float],
-                 model_version: Callable[[], float], store_stats: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 model_version: Callable[[], float],
+                 store_stats: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(prefix + "requests", "HTTP requests answered, by endpoint and status",

@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from oel.collect.backends.base import Generation, SamplingParams
+from oel.backends.base import Generation, SamplingParams
 from oel.trajectory import Message
+from oel.validation import error_text, location
 
 RETRY_AFTER_S = 1
 """What an overloaded server tells clients to wait before retrying (the Retry-After header)."""
@@ -258,7 +259,7 @@ def _as_request_error(e: ValidationError) -> RequestError:
     # Of a union's branches (content: str | list of parts), the one that got deepest says most.
     err = max((x for x in errors if _loc_path(x["loc"]).startswith(first)), key=lambda x: len(x["loc"]))
     path = _loc_path(err["loc"])
-    message = str(err["msg"]).removeprefix("Value error, ")
+    message = error_text(err)
     if "\0" in message:  # a model validator naming a field of its own: "field\0message"
         field, message = message.split("\0", 1)
         path = f"{path}.{field}" if path else field
@@ -269,14 +270,13 @@ def _as_request_error(e: ValidationError) -> RequestError:
     return bad(path or "body", message + suffix)
 
 
+UNION_TAGS = ("str", "list[TextPart]")
+"""The branch tags pydantic puts in an error's location for `content: str | list[TextPart]`: not fields."""
+
+
 def _loc_path(loc: tuple[int | str, ...]) -> str:
-    """('messages', 0, 'role') -> 'messages[0].role'; union branch tags are not fields."""
-    path = ""
-    for part in loc:
-        if part in ("str", "list[TextPart]"):
-            continue
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
+    """('messages', 0, 'role') -> 'messages[0].role'."""
+    return location(loc, skip=UNION_TAGS)
 
 
 # ---- the answers ----------------------------------------------------------------------------

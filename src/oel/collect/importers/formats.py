@@ -212,7 +212,8 @@ def _parts_message(raw: Mapping[str, Any]) -> Message:
             texts.append(render_tool_call(p.get("name"), p.get("arguments", {})))
         elif kind == "tool_call_response":
             response = p.get("response")
-            texts.append(render_tool_result(p.get("id"), response if isinstance(response, str) else json.dumps(response)))
+            texts.append(render_tool_result(p.get("id"),
+                                            response if isinstance(response, str) else json.dumps(response)))
     role, text = raw.get("role"), "\n".join(texts)
     if role == "tool":  # its parts are tool_call_response, already rendered as a tool result
         return Message(role="user", content=text)
@@ -236,7 +237,8 @@ def _otel_messages(attrs: Mapping[str, object]) -> tuple[list[Message], Message 
     while f"gen_ai.prompt.{i}.role" in attrs:
         prompt.append(openai_message({"role": attrs[f"gen_ai.prompt.{i}.role"],
                                       "content": attrs.get(f"gen_ai.prompt.{i}.content"),
-                                      "tool_call_id": attrs.get(f"gen_ai.prompt.{i}.tool_call_id")}, f"gen_ai.prompt.{i}"))
+                                      "tool_call_id": attrs.get(f"gen_ai.prompt.{i}.tool_call_id")},
+                                      f"gen_ai.prompt.{i}"))
         i += 1
     if "gen_ai.completion.0.content" not in attrs and "gen_ai.completion.0.tool_calls.0.name" not in attrs:
         return prompt, None

@@ -3,7 +3,7 @@
 Pass 1 reads the file line by line, turns each record into calls (`formats`), and assigns every
 call to a conversation: by the session / conversation id the log gives, else by the gateway's
 stitching rule (a request that starts with an earlier request plus its response continues it,
-`oel.online.sessions`). It keeps only where each call is (byte offset, record index) and one key
+`oel.sessions`). It keeps only where each call is (byte offset, record index) and one key
 per stitched call, never the calls themselves. Pass 2 re-reads each conversation's records by
 offset, orders its calls by start time, and builds the trajectory the gateway would have built
 (the session's path, each turn's feedback the next user message), appending it to the output.
@@ -28,7 +28,7 @@ from oel.collect.importers.base import Call, RecordError, Skip, iter_lines, pars
 from oel.collect.importers.formats import FORMATS, LogFormat, detect
 from oel.errors import DataError
 from oel.io import PRIVATE_FILE_MODE, check_writable_file, make_dirs
-from oel.online.sessions import Candidate, Exchange, choose_conversation, prefix_keys, session_turns, tail_key
+from oel.sessions import Candidate, Exchange, choose_conversation, prefix_keys, session_turns, tail_key
 from oel.trajectory import Trajectory
 
 NO_OUTCOME = "unknown: the log records no outcome for this conversation"
@@ -195,7 +195,8 @@ def _trajectory(fmt: LogFormat, n: int, conv: _Conversation, calls: list[Call], 
 
 
 def _openai_fields(path: str | os.PathLike, conv: _Conversation, traj: Trajectory) -> Trajectory:
-    """The openai format's per-record fields (id, env_id, seed, model_id, passed), as `oel import-logs` always read them."""
+    """The openai format's per-record fields (id, env_id, seed, model_id, passed), as `oel import-logs`
+    always read them."""
     offset, lineno, _ = conv.calls[0]
     with open(path, "rb") as f:
         f.seek(offset)

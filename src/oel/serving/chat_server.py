@@ -17,7 +17,7 @@ with bf16 weights (the loader's default) it is 0.6-0.7 of a logit and changes sa
 depends on the request alone, at the cost of batching (benchmarks/serve_load.py measures it).
 
 Limits (docs/collection.md, "Serving a checkpoint"): bearer-token API keys on every endpoint
-but /healthz (:mod:`oel.collect.auth`; no key is allowed only on a loopback address), strict
+but /healthz (:mod:`oel.serving.auth`; no key is allowed only on a loopback address), strict
 request validation (oel.serving.protocol), and bounds on everything a client can grow: body
 size, max_tokens, prompt tokens (the model's context), queue length, open connections, and the
 time a client may take to send its request (`client_timeout_s`, oel.serving.server).
@@ -25,18 +25,18 @@ time a client may take to send its request (`client_timeout_s`, oel.serving.serv
 
 from __future__ import annotations
 
+from typing import Any
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
-from oel.collect.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
-from oel.collect.backends.hf import HFBackend
-from oel.collect.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
-from oel.config import cfg
+from oel.backends.hf import HFBackend
+from oel.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
+from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.serving.app import ServingState, build_app
+from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import LocalEngine
 from oel.serving.metrics import ServerMetrics
 from oel.serving.server import ConnectionGuard, HTTPServer
@@ -46,35 +46,32 @@ __all__ = ["ChatServer", "ServeConfig", "serve"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(repr=False)
-class ServeConfig:
+class ServeConfig(Config):
     """`oel serve`: which model to serve, who may use it, and the server's limits."""
 
     model: ModelConfig = cfg(factory=ModelConfig, help="the model to serve (preset, .gguf, or HF directory)")
     host: str = cfg("127.0.0.1", "address to bind; any non-loopback address needs an API key")
     port: int = cfg(8000, "TCP port; 0 picks a free one (printed at start)")
     served_name: str = cfg("", "model name clients use in requests; empty = the model's id")
-    api_keys: list[str] | str = cfg(factory=list, help="accepted bearer keys, each `key` or `client:key`; prefer "
-                              "api_keys_file or the environment (a command line shows in `ps` and shell history)")
+    api_keys: list[str] | str = cfg(factory=list, help="accepted bearer keys, `key` or `client:key`; prefer "
+                                                       "api_keys_file or the environment")
     api_keys_file: str = cfg("", "file of accepted keys, one `key` or `client:key` a line, # comments; empty = none")
     api_keys_env: str = cfg(DEFAULT_KEYS_ENV, "environment variable of comma-separated accepted keys; empty = not read")
     max_batch_size: int = cfg(16, "most requests generated together in one batch")
     max_batch_tokens: int = cfg(32_768, "most padded prompt tokens in one forward pass (a batch is split beyond it)")
     batch_window_s: float = cfg(0.02, "how long the first request waits for others to batch with it")
-    batch_invariant: bool = cfg(False, "generate each request alone, prefix store off: its answer then does not depend "
-                                "on other requests at any dtype (bf16 batching changes text); costs the batching")
+    batch_invariant: bool = cfg(False, "generate each request alone, prefix store off: answers independent of "
+                                       "other requests")
     max_tokens_limit: int = cfg(1024, "largest max_tokens a request may ask for")
     max_body_bytes: int = cfg(1 << 20, "largest request body accepted, in bytes")
     max_queue: int = cfg(128, "requests waiting for generation at once; more get HTTP 503 + Retry-After")
-    max_prompt_tokens: int = cfg(0, "most prompt tokens a request may send (400 beyond, before any compute); "
-                                 "0 = the model's context minus the request's max_tokens")
-    max_connections: int = cfg(256, "connections open at once; over it, the oldest connection without a complete "
-                               "request is closed, and when every one is busy the new one gets HTTP 503")
-    client_timeout_s: float = cfg(30.0, "deadline for a request's headers (from connection or previous answer) and, "
-                                  "separately, for its body (408); idle keep-alive connections close after it")
+    max_prompt_tokens: int = cfg(0, "most prompt tokens a request may send; 0 = the model's context minus max_tokens")
+    max_connections: int = cfg(256, "connections open at once; over it the oldest idle one is closed, or HTTP 503")
+    client_timeout_s: float = cfg(30.0, "deadline for a request's headers and, separately, its body (408); idle "
+                                        "keep-alives close")
     request_timeout_s: float = cfg(600.0, "a request still unanswered after this long gets HTTP 504")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         # `api_keys=KEY` is one key. (Typed `list | str` so that the config loader's type error,
         # which quotes the value, never quotes a key given without brackets.)
         if isinstance(self.api_keys, str):

@@ -10,13 +10,13 @@ within memory. Only the last position's logits are computed
 (`generate` asks the model for `logits_to_keep=1`), never the full-vocabulary logits of
 a long prompt.
 
-Sampling is per-row seeded (see :mod:`oel.collect.backends.sampling`): the random draws of
+Sampling is per-row seeded (see :mod:`oel.backends.sampling`): the random draws of
 completion i of a `chat` call depend on `params.seed` and i alone, whatever else shares its
 batch. Its logits do not: a padded batch rounds differently from a row alone. At float32 that
 is below 1e-4 of a logit and left every tested text unchanged; at bf16 it is 0.6-0.7 and
 changes sampled text (measured in docs/collection.md, "Batching and identical answers").
 
-With a prefix store (:mod:`oel.collect.backends.prefix_cache`, on by default), the KV of every
+With a prefix store (:mod:`oel.backends.prefix_cache`, on by default), the KV of every
 processed row is kept, and a prompt that extends an earlier one (the next turn of an
 episode) or shares the opening of a call's other prompts (the system text and rules) only
 runs its new tokens. A batch then has the layout `[pad | reused KV | pad | new tokens]` per
@@ -34,12 +34,13 @@ from typing import Any
 
 import torch
 
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
+from oel.backends.base import Generation, SamplingParams
+from oel.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
                                       common_prefix_length)
-from oel.collect.backends.sampling import PerRowSampler, RowSampling, derive_seed
-from oel.trajectory import Message
+from oel.backends.sampling import PerRowSampler, RowSampling, derive_seed
+from oel.models import load_model
 from oel.models.kv_cache import cache_arg
+from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,6 @@ class HFBackend:
                           max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                           prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> "HFBackend":
         """Load a model preset or directory through `oel.models` and wrap it."""
-        from oel.models import load_model
-
         lm = load_model(model_cfg)
         return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size,
                    max_batch_tokens=max_batch_tokens, prefix_cache_bytes=prefix_cache_bytes)
@@ -245,7 +244,8 @@ class HFBackend:
             kept = min(gen.completion_tokens, steps - 1)
             positions = torch.cat([mask_BW[b].nonzero().squeeze(1), torch.arange(width, width + kept)])
             positions = positions.to(cache.layers[0].keys.device)
-            kv = [(layer.keys[b][:, positions].clone(), layer.values[b][:, positions].clone()) for layer in cache.layers]
+            kv = [(layer.keys[b][:, positions].clone(),
+                   layer.values[b][:, positions].clone()) for layer in cache.layers]
             self.prefix_store.add(e.ids + new_BT[b, :kept].tolist(), kv, supersedes=e.match.entry)
 
     def _prefill_shared_head(self, prompts: Sequence[Sequence[int]]) -> None:

@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from oel.config import cfg
+from oel.backends.base import Generation, SamplingParams
+from oel.backends.sampling import derive_seed
+from oel.config import Config, cfg
 from oel.errors import OELError
-from oel.collect.backends.base import Generation, SamplingParams
-from oel.collect.backends.sampling import derive_seed
 from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,25 @@ class EndpointError(OELError):
     """The chat endpoint failed for good (after retries) or rejected the request."""
 
 
-@dataclass
-class EndpointConfig:
+class EndpointConfig(Config):
     """Where and how to reach an OpenAI-compatible chat endpoint."""
 
-    base_url: str = cfg("http://127.0.0.1:8000/v1", "endpoint root, ending in /v1 (vLLM, llama.cpp server, SGLang, TGI, oel serve)")
-    base_urls: list[str] = cfg(help="more roots serving the SAME model (a cluster); each request goes to the least busy of base_url + these", factory=list)
+    base_url: str = cfg("http://127.0.0.1:8000/v1", "endpoint root, ending in /v1 (vLLM, llama.cpp server, "
+                                                    "SGLang, TGI, oel serve)")
+    base_urls: list[str] = cfg(help="more roots serving the SAME model (a cluster); each request goes to the "
+                                    "least busy of base_url + these", factory=list)
     model: str = cfg("", "model name the endpoint serves (as listed by GET /v1/models); empty = the first one listed")
-    api_key_env: str = cfg("OPENAI_API_KEY", "environment variable holding the API key; unset is fine for local servers")
-    concurrency: int = cfg(32, "requests in flight at once over all servers; each server batches its share (match collect batch_size)")
+    api_key_env: str = cfg("OPENAI_API_KEY", "environment variable holding the API key; unset is fine for local "
+                                             "servers")
+    concurrency: int = cfg(32, "requests in flight at once over all servers; each server batches its share "
+                               "(match collect batch_size)")
     timeout_s: float = cfg(120.0, "seconds one request may take before it is retried")
     max_retries: int = cfg(3, "retries of a transient failure (connection, timeout, 429, 5xx) before giving up")
     backoff_s: float = cfg(1.0, "first retry delay in seconds; doubles on each retry")
     send_top_k: bool = cfg(True, "send top_k (a vLLM/llama.cpp/SGLang extension); turn off for strict OpenAI servers")
     send_thinking: bool = cfg(True, "send chat_template_kwargs.enable_thinking (vLLM/SGLang/llama.cpp extension)")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency: must be >= 1, got {self.concurrency}")
         if self.timeout_s <= 0:

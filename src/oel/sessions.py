@@ -30,11 +30,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from oel.trajectory import Message, Trajectory, Turn, check_prompt_roles
+from oel.validation import error_text, first_error, location
 
 ONLINE_ENV_ID = "online"
 """env_id of a trajectory stitched from a session that named no task."""
 STITCHED_SOURCE = "online"
 """The Trajectory.source of trajectories the gateway stitched from exchanges."""
+AUTO_SESSION_PREFIX = "auto-"
+"""Names of stitched sessions (`auto-<n>`); reserved, so a client cannot name a session so."""
+MAX_NAME_CHARS = 256
+"""The longest client name, session id or idempotency key accepted."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,8 @@ def parse_messages(raw: Iterable[Message | Mapping[str, Any]]) -> tuple[Message,
         try:
             out.append(m if isinstance(m, Message) else Message.model_validate(m))
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"messages[{i}]{'.' + where if where else ''}: {err['msg']}") from None
+            where = location(first_error(e)["loc"])
+            raise ValueError(f"messages[{i}]{'.' + where if where else ''}: {error_text(first_error(e))}") from None
     try:
         check_prompt_roles(out)
     except ValueError as e:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from oel.config import cfg
+from oel.config import Config, cfg
 from oel.trajectory import Message
 
 
-@dataclass
-class SamplingParams:
+class SamplingParams(Config):
     """How to sample one completion. Defaults follow SPEC §4's measured play setting."""
 
     temperature: float = cfg(0.7, "sampling temperature; 0 means greedy")
@@ -27,7 +26,7 @@ class SamplingParams:
     seed: int = cfg(0, "base sampling seed; completion i of a batch is reproducible from it")
     enable_thinking: bool = cfg(False, "ask models whose chat template supports it to think first")
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

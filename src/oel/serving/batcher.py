@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
-from oel.collect.backends.hf import RowRequest
+from oel.backends.hf import RowRequest
 from oel.serving.protocol import RETRY_AFTER_S, RequestError
 
 log = logging.getLogger(__name__)
