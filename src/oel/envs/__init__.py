@@ -7,12 +7,14 @@
 
 `EnvConfig`'s defaults are the paper's settings (SPEC §2). Besides the paper's grid games,
 `game` selects TextArena single-player games whose answer each turn comes from a small set
-(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0) and `blackjack` (Blackjack-v0). TextArena is imported only when
-an environment is made, so config handling stays cheap.
+(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0), `blackjack` (Blackjack-v0) and `hangman`
+(Hangman-v0). TextArena is imported only when an environment is made, so config handling
+stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,10 +22,16 @@ from oel.config import cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
-GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack"]
+GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman"]
 GRID_GAMES: tuple[str, ...] = ("frozenlake", "sokoban")
 """The paper's games: a board, four moves, the BFS solver."""
-ANSWER_GAMES: tuple[str, ...] = ("guess_number", "blackjack")
+ANSWER_GAME_CLASSES: dict[str, str] = {
+    "guess_number": "oel.envs.guess_number:GuessTheNumberGame",
+    "blackjack": "oel.envs.blackjack:BlackjackGame",
+    "hangman": "oel.envs.hangman:HangmanGame",
+}
+"""Each small-answer game's class (`module:Class`), imported only when the game is made."""
+ANSWER_GAMES: tuple[str, ...] = tuple(ANSWER_GAME_CLASSES)
 """Games whose answer comes from a small set (`oel.envs.answer_game`)."""
 GAMES: tuple[str, ...] = GRID_GAMES + ANSWER_GAMES
 
@@ -33,7 +41,7 @@ class EnvConfig:
     """Which game to play and how; every default is the paper's setting."""
 
     game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
-                         "'guess_number' (GuessTheNumber-v0) or 'blackjack' (Blackjack-v0)")
+                         "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0) or 'hangman' (Hangman-v0)")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
     strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
@@ -64,16 +72,16 @@ class EnvConfig:
             raise ConfigError(f"sokoban_size: must be at least 4 (walls take the border), got {self.sokoban_size}")
 
 
+def answer_game_class(game: str) -> type:
+    """The `TextArenaAnswerGame` subclass that plays `game` (one of ANSWER_GAMES)."""
+    module, name = ANSWER_GAME_CLASSES[game].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def make_env(config: EnvConfig) -> TextEnv:
     """A fresh environment for `config` (one instance plays one episode at a time)."""
-    if config.game == "guess_number":
-        from oel.envs.guess_number import GuessTheNumberGame
-
-        return GuessTheNumberGame(config)
-    if config.game == "blackjack":
-        from oel.envs.blackjack import BlackjackGame
-
-        return BlackjackGame(config)
+    if config.game in ANSWER_GAME_CLASSES:
+        return answer_game_class(config.game)(config)
     from oel.envs.textarena_games import FrozenLakeGame, SokobanGame
 
     if config.game == "frozenlake":
@@ -86,5 +94,5 @@ def is_grid_game(config: EnvConfig) -> bool:
     return config.game in GRID_GAMES
 
 
-__all__ = ["EnvConfig", "GameName", "GAMES", "GRID_GAMES", "ANSWER_GAMES", "StepResult", "TextEnv", "make_env",
-           "is_grid_game"]
+__all__ = ["EnvConfig", "GameName", "GAMES", "GRID_GAMES", "ANSWER_GAMES", "answer_game_class", "StepResult", "TextEnv",
+           "make_env", "is_grid_game"]

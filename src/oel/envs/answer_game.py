@@ -114,6 +114,18 @@ class TextArenaAnswerGame:
         """The game's own score for an episode our turn cap stopped."""
         return float(self.textarena_env._get_percentage_completion())
 
+    def reference_answer(self, rng: random.Random) -> str:
+        """The reference player's answer at the current state (`oel.evaluate.answer_probes`: the
+        states the meter probes before any model has played); uniform over `answers()` unless a game
+        has a better-informed player (measurement only)."""
+        return rng.choice(self.answers())
+
+    @classmethod
+    def random_pass_rate(cls, config: EnvConfig) -> float | None:
+        """Random play's pass rate in this setting (exact where cheap, else a seeded simulation of
+        the real game; each game says which), or None where the game has none."""
+        return None
+
     # ---- the TextEnv protocol -------------------------------------------------------------
 
     def parse(self, response: str) -> str | None:
