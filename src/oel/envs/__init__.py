@@ -7,8 +7,8 @@
 
 `EnvConfig`'s defaults are the paper's settings (SPEC §2). Besides the paper's grid games,
 `game` selects TextArena single-player games whose answer each turn comes from a small set
-(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0), `blackjack` (Blackjack-v0) and `hangman`
-(Hangman-v0). TextArena is imported only when an environment is made, so config handling
+(`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0), `blackjack` (Blackjack-v0), `hangman`
+(Hangman-v0) and `hanoi` (TowerOfHanoi-v0). TextArena is imported only when an environment is made, so config handling
 stays cheap.
 """
 
@@ -22,13 +22,14 @@ from oel.config import cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
-GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman"]
+GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman", "hanoi"]
 GRID_GAMES: tuple[str, ...] = ("frozenlake", "sokoban")
 """The paper's games: a board, four moves, the BFS solver."""
 ANSWER_GAME_CLASSES: dict[str, str] = {
     "guess_number": "oel.envs.guess_number:GuessTheNumberGame",
     "blackjack": "oel.envs.blackjack:BlackjackGame",
     "hangman": "oel.envs.hangman:HangmanGame",
+    "hanoi": "oel.envs.hanoi:TowerOfHanoiGame",
 }
 """Each small-answer game's class (`module:Class`), imported only when the game is made."""
 ANSWER_GAMES: tuple[str, ...] = tuple(ANSWER_GAME_CLASSES)
@@ -41,7 +42,8 @@ class EnvConfig:
     """Which game to play and how; every default is the paper's setting."""
 
     game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
-                         "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0) or 'hangman' (Hangman-v0)")
+                         "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0), 'hangman' (Hangman-v0) or "
+                         "'hanoi' (TowerOfHanoi-v0)")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
     strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
@@ -54,11 +56,12 @@ class EnvConfig:
     guess_min: int = cfg(1, "guess_number: smallest possible secret number")
     guess_max: int = cfg(20, "guess_number: largest possible secret number")
     blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
+    hanoi_disks: int = cfg(3, "hanoi: disks to move from tower A to C (solving needs 2**disks - 1 turns: set max_turns)")
 
     def __post_init__(self) -> None:
         if self.game not in GAMES:
             raise ConfigError(f"game: expected one of {', '.join(repr(g) for g in GAMES)}, got {self.game!r}")
-        for name in ("max_turns", "frozenlake_size", "sokoban_boxes", "blackjack_hands"):
+        for name in ("max_turns", "frozenlake_size", "sokoban_boxes", "blackjack_hands", "hanoi_disks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.invalid_moves_tolerated < 0:
