@@ -22,7 +22,7 @@ from oel.config import cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
-GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman", "hanoi"]
+GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman", "hanoi", "bandit"]
 GRID_GAMES: tuple[str, ...] = ("frozenlake", "sokoban")
 """The paper's games: a board, four moves, the BFS solver."""
 ANSWER_GAME_CLASSES: dict[str, str] = {
@@ -30,6 +30,7 @@ ANSWER_GAME_CLASSES: dict[str, str] = {
     "blackjack": "oel.envs.blackjack:BlackjackGame",
     "hangman": "oel.envs.hangman:HangmanGame",
     "hanoi": "oel.envs.hanoi:TowerOfHanoiGame",
+    "bandit": "oel.envs.bandit:BanditGame",
 }
 """Each small-answer game's class (`module:Class`), imported only when the game is made."""
 ANSWER_GAMES: tuple[str, ...] = tuple(ANSWER_GAME_CLASSES)
@@ -42,8 +43,8 @@ class EnvConfig:
     """Which game to play and how; every default is the paper's setting."""
 
     game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
-                         "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0), 'hangman' (Hangman-v0) or "
-                         "'hanoi' (TowerOfHanoi-v0)")
+                         "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0), 'hangman' (Hangman-v0), "
+                         "'hanoi' (TowerOfHanoi-v0) or 'bandit' (Bandit-v0)")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
     strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
