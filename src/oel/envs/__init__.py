@@ -22,7 +22,8 @@ from oel.config import cfg
 from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
-GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman", "hanoi", "bandit"]
+GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman", "hanoi", "bandit",
+                   "g2048"]
 GRID_GAMES: tuple[str, ...] = ("frozenlake", "sokoban")
 """The paper's games: a board, four moves, the BFS solver."""
 ANSWER_GAME_CLASSES: dict[str, str] = {
@@ -31,6 +32,7 @@ ANSWER_GAME_CLASSES: dict[str, str] = {
     "hangman": "oel.envs.hangman:HangmanGame",
     "hanoi": "oel.envs.hanoi:TowerOfHanoiGame",
     "bandit": "oel.envs.bandit:BanditGame",
+    "g2048": "oel.envs.game2048:Game2048Game",
 }
 """Each small-answer game's class (`module:Class`), imported only when the game is made."""
 ANSWER_GAMES: tuple[str, ...] = tuple(ANSWER_GAME_CLASSES)
@@ -44,7 +46,7 @@ class EnvConfig:
 
     game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
                          "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0), 'hangman' (Hangman-v0), "
-                         "'hanoi' (TowerOfHanoi-v0) or 'bandit' (Bandit-v0)")
+                         "'hanoi' (TowerOfHanoi-v0), 'bandit' (Bandit-v0) or 'g2048' (2048-v0-3x3)")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
     strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
@@ -58,6 +60,7 @@ class EnvConfig:
     guess_max: int = cfg(20, "guess_number: largest possible secret number")
     blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
     hanoi_disks: int = cfg(3, "hanoi: disks to move from tower A to C (solving needs 2**disks - 1 turns: set max_turns)")
+    g2048_target: int = cfg(2048, "g2048: the tile that wins (a power of 2; TextArena's 2048-v0-3x3 wants 2048)")
 
     def __post_init__(self) -> None:
         if self.game not in GAMES:
@@ -74,6 +77,8 @@ class EnvConfig:
             raise ConfigError(f"guess_max: must exceed guess_min (>= 0), got {self.guess_min}..{self.guess_max}")
         if self.sokoban_size < 4:
             raise ConfigError(f"sokoban_size: must be at least 4 (walls take the border), got {self.sokoban_size}")
+        if self.g2048_target < 4 or self.g2048_target & (self.g2048_target - 1):
+            raise ConfigError(f"g2048_target: must be a power of 2, at least 4, got {self.g2048_target}")
 
 
 def answer_game_class(game: str) -> type:
