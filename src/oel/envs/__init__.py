@@ -8,13 +8,15 @@
 `EnvConfig`'s defaults are the paper's settings (SPEC §2). Besides the paper's grid games,
 `game` selects TextArena single-player games whose answer each turn comes from a small set
 (`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0), `blackjack` (Blackjack-v0), `hangman`
-(Hangman-v0) and `hanoi` (TowerOfHanoi-v0). TextArena is imported only when an environment is made, so config handling
+(Hangman-v0), `hanoi` (TowerOfHanoi-v0), `bandit` (Bandit-v0), `g2048` (2048-v0-3x3) and `minesweeper`
+(Minesweeper-v0-small). TextArena is imported only when an environment is made, so config handling
 stays cheap.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +25,9 @@ from oel.envs.base import StepResult, TextEnv
 from oel.errors import ConfigError
 
 GameName = Literal["frozenlake", "sokoban", "guess_number", "blackjack", "hangman", "hanoi", "bandit",
-                   "g2048"]
+                   "g2048", "minesweeper"]
+MINESWEEPER_LAYOUT_LIMIT = 250_000
+"""Most mine layouts the Minesweeper oracle enumerates at one state (5x5 with 5 mines: at most 20,349)."""
 GRID_GAMES: tuple[str, ...] = ("frozenlake", "sokoban")
 """The paper's games: a board, four moves, the BFS solver."""
 ANSWER_GAME_CLASSES: dict[str, str] = {
@@ -33,6 +37,7 @@ ANSWER_GAME_CLASSES: dict[str, str] = {
     "hanoi": "oel.envs.hanoi:TowerOfHanoiGame",
     "bandit": "oel.envs.bandit:BanditGame",
     "g2048": "oel.envs.game2048:Game2048Game",
+    "minesweeper": "oel.envs.minesweeper:MinesweeperGame",
 }
 """Each small-answer game's class (`module:Class`), imported only when the game is made."""
 ANSWER_GAMES: tuple[str, ...] = tuple(ANSWER_GAME_CLASSES)
@@ -46,7 +51,8 @@ class EnvConfig:
 
     game: GameName = cfg("frozenlake", "which game: 'frozenlake' (FrozenLake-v0-raw), 'sokoban' (Sokoban-v0), "
                          "'guess_number' (GuessTheNumber-v0), 'blackjack' (Blackjack-v0), 'hangman' (Hangman-v0), "
-                         "'hanoi' (TowerOfHanoi-v0), 'bandit' (Bandit-v0) or 'g2048' (2048-v0-3x3)")
+                         "'hanoi' (TowerOfHanoi-v0), 'bandit' (Bandit-v0), 'g2048' (2048-v0-3x3) or "
+                         "'minesweeper' (Minesweeper-v0-small)")
     max_turns: int = cfg(5, "model turns per episode, invalid ones included; the episode ends after this many")
     strict_actions: bool = cfg(True, "only bracketed moves count ([up], [w], ...); false also accepts a bare direction word")
     invalid_moves_tolerated: int = cfg(1, "consecutive invalid moves forgiven with a warning; one more ends the game")
@@ -61,6 +67,8 @@ class EnvConfig:
     blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
     hanoi_disks: int = cfg(3, "hanoi: disks to move from tower A to C (solving needs 2**disks - 1 turns: set max_turns)")
     g2048_target: int = cfg(2048, "g2048: the tile that wins (a power of 2; TextArena's 2048-v0-3x3 wants 2048)")
+    minesweeper_size: int = cfg(5, "minesweeper: board side (TextArena's Minesweeper-v0-small: 5)")
+    minesweeper_mines: int = cfg(5, "minesweeper: number of mines (placed after the first reveal, outside its 3x3)")
 
     def __post_init__(self) -> None:
         if self.game not in GAMES:
@@ -79,6 +87,16 @@ class EnvConfig:
             raise ConfigError(f"sokoban_size: must be at least 4 (walls take the border), got {self.sokoban_size}")
         if self.g2048_target < 4 or self.g2048_target & (self.g2048_target - 1):
             raise ConfigError(f"g2048_target: must be a power of 2, at least 4, got {self.g2048_target}")
+        if self.minesweeper_size < 4:
+            raise ConfigError(f"minesweeper_size: must be at least 4 (mines go outside a 3x3), got {self.minesweeper_size}")
+        room = self.minesweeper_size**2 - 9
+        if not 1 <= self.minesweeper_mines <= room:
+            raise ConfigError(f"minesweeper_mines: must be in 1..{room} (the cells outside the first reveal's 3x3) "
+                              f"for size {self.minesweeper_size}, got {self.minesweeper_mines}")
+        if math.comb(self.minesweeper_size**2 - 4, self.minesweeper_mines) > MINESWEEPER_LAYOUT_LIMIT:
+            raise ConfigError(f"minesweeper_mines: the oracle enumerates every mine layout, at most "
+                              f"{MINESWEEPER_LAYOUT_LIMIT}; {self.minesweeper_mines} mines on {self.minesweeper_size}x"
+                              f"{self.minesweeper_size} can need {math.comb(self.minesweeper_size**2 - 4, self.minesweeper_mines)}")
 
 
 def answer_game_class(game: str) -> type:

@@ -39,7 +39,7 @@ GRID_ENV_IDS = frozenset({"FrozenLake-v0-raw", "Sokoban-v0-raw", "FrozenLake-v0"
 by a test) and the same games as TextArena itself names them (an imported log of one)."""
 
 ANSWER_ENV_IDS = frozenset({"GuessTheNumber-v0-raw", "Blackjack-v0-raw", "Hangman-v0-raw", "TowerOfHanoi-v0-raw",
-                            "Bandit-v0-raw", "2048-v0-3x3-raw"})
+                            "Bandit-v0-raw", "2048-v0-3x3-raw", "Minesweeper-v0-small-raw"})
 """The small-answer games oel plays (`oel.envs.answer_game`): game words, but no maps or moves."""
 
 COLLECTED_SOURCE = "collect"
