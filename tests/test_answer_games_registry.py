@@ -34,3 +34,27 @@ def test_each_new_game_gives_probes_and_a_random_reference(game):
         assert any(p.good) and not any(g and i for g, i in zip(p.good, p.invalid))
     rate = answer_game_random_pass_rate(config)
     assert rate is None or 0.0 <= rate <= 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from oel.collect.backends.tiny import tiny_chat_model
+
+    return tiny_chat_model(seed=5, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("game", NEW_GAMES)
+def test_the_exact_meter_scores_each_new_games_answer_set(game, tiny):
+    """What the screen's gate (a) runs, on a tiny random model: every answer of the set scored at
+    real probe states, the distribution renormalised over the set."""
+    from oel.evaluate.answer_meter import measure_answers
+    from oel.evaluate.meter import PromptVariant
+
+    config = EnvConfig(game=game, max_turns=3)
+    probes = played_probes(config, round_seeds(0, "train", 1), reference_policy(config))[:2]
+    result = measure_answers(*tiny, probes, PromptVariant("policy_game_v1", "policy_game_v1"))
+    summary = result.summary()
+    assert summary["probes"] == len(probes) and 0.0 <= summary["ok"] <= 1.0 and summary["dependence_nats"] >= 0.0
+    assert all(s.p.sum() == pytest.approx(1.0) and len(s.logp) == len(s.probe.answers) for s in result.scores)
