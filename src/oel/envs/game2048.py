@@ -35,7 +35,7 @@ from typing import Any
 import textarena as ta
 
 from oel.envs import EnvConfig
-from oel.envs.answer_game import VALUE_TOLERANCE, REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
+from oel.envs.answer_game import VALUE_TOLERANCE, REASON_INVALID, REASON_LOST, REASON_WON, TextArenaAnswerGame
 from oel.envs.seeds import heldout_seeds
 
 SIZE = 3
