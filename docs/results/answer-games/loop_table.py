@@ -13,9 +13,21 @@ from __future__ import annotations
 import sys
 
 from oel.evaluate.answer_meter import paired_answer_gap
+from oel.evaluate.metrics import wilson_interval
 from oel.report.gather import gather
 
 HIT = "[Hit]"
+
+
+def win_difference(a: dict, b: dict) -> str:
+    """a's held-out win rate minus b's with Newcombe's 95% interval (hybrid score: from the two
+    Wilson intervals; the games are different models' on the same seeds, treated as independent)."""
+    (sa, na), (sb, nb) = (a["game_passed"], a["game_episodes"]), (b["game_passed"], b["game_episodes"])
+    pa, pb = sa / na, sb / nb
+    (la, ua), (lb, ub) = wilson_interval(sa, na), wilson_interval(sb, nb)
+    low = pa - pb - ((pa - la) ** 2 + (ub - pb) ** 2) ** 0.5
+    high = pa - pb + ((ua - pa) ** 2 + (pb - lb) ** 2) ** 0.5
+    return f"{100 * (pa - pb):+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
 def ci(g: dict) -> str:
@@ -40,3 +52,9 @@ for data in (main, control):
         vsc = ci(paired_answer_gap(m, other, "value")) if other is not None else "-"
         print(f"| {data.name} | M_{r} | {wins} | {ev['game_tokens_per_turn']:.2f} | {100 * m.mean('value'):.1f}% | "
               f"{vs0} | {ok0} | {m.average_distribution().get(HIT, 0.0):.2f} | {m.dependence():.3f} | {vsc} |")
+
+last = max(main.evaluate)
+print()
+print(f"Held-out wins, M_{last} - M_0: main {win_difference(main.evaluate[last], main.evaluate[0])}; "
+      f"control {win_difference(control.evaluate[last], main.evaluate[0])}; "
+      f"main - control {win_difference(main.evaluate[last], control.evaluate[last])} (points, Newcombe 95% CI)")
