@@ -2,7 +2,12 @@
 and do lessons move it? Exact meter on training-side seeds only (round 0's 'train' block).
 
     python docs/results/answer-games/screen.py MODEL=qwen2.5-coder-0.5b-instruct GAME=guess_number \
-        EPISODES=24 [FORMAT=immediate|think] [SAMPLES=4] [KNOWLEDGE=name:path,...] [OUT=file.json]
+        EPISODES=24 [TURNS=5] [FORMAT=immediate|think] [SAMPLES=4] [KNOWLEDGE=name:path,...] [OUT=file.json] \
+        [any EnvConfig field, e.g. hanoi_disks=3 g2048_target=32]
+
+GAME is any small-answer game (`oel.envs.ANSWER_GAMES`); the probe states are one episode per seed
+played by the game's reference player (`oel.evaluate.answer_probes.reference_policy`), at most TURNS
+states each.
 
 FORMAT=think asks for a short thought before the answer (policy_game_think_v1 / teacher_game_think_v1),
 samples SAMPLES thoughts per state at the games' sampling settings and scores every answer exactly
@@ -17,10 +22,13 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from oel.collect.backends.base import SamplingParams
-from oel.collect.backends.hf import HFBackend
+import yaml
+
+from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import round_seeds
 from oel.evaluate.answer_meter import measure_answers, measure_answers_thinking, paired_answer_gap
@@ -36,7 +44,9 @@ think = args.get("FORMAT", "immediate") == "think"
 policy_t = args.get("POLICY_TEMPLATE", "policy_game_think_v1" if think else "policy_game_v1")
 teacher_t = args.get("TEACHER_TEMPLATE", "teacher_game_think_v1" if think else "teacher_game_v1")
 samples = int(args.get("SAMPLES", "4"))
-config = EnvConfig(game=game, max_turns=int(args.get("TURNS", "5")))
+env_fields = {f.name for f in fields(EnvConfig)} - {"game", "max_turns"}
+config = EnvConfig(game=game, max_turns=int(args.get("TURNS", "5")),
+                   **{k: yaml.safe_load(v) for k, v in args.items() if k in env_fields})
 probes = played_probes(config, round_seeds(0, "train", episodes), reference_policy(config))
 loaded = load_model(ModelConfig(name=model_name))
 backend = HFBackend(loaded.model, loaded.tokenizer, model_id=loaded.model_id)
@@ -80,6 +90,7 @@ for item in filter(None, args.get("KNOWLEDGE", "").split(",")):
     print(json.dumps(s), flush=True)
 if "OUT" in args:
     Path(args["OUT"]).write_text(json.dumps({"model": model_name, "game": game, "episodes": episodes,
+                                             "env": {f.name: getattr(config, f.name) for f in fields(EnvConfig)},
                                              "policy_template": policy_t, "teacher_template": teacher_t,
                                              "format": "think" if think else "immediate",
                                              "results": results, "thought_examples": examples}, indent=1))

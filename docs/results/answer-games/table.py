@@ -4,7 +4,8 @@
 
 Columns: E[ok] as scored and for the state-blind policy (the answer reads the state where the
 first is higher; CI over episodes), the state-answer information, E[value], P(invalid), and for a
-lessons setting its paired gap over the same model's policy prompt on E[ok] and E[value].
+lessons setting its paired gap over the same model's policy prompt on E[ok] and E[value]. E[value] is
+a chance in % except for TowerOfHanoi, where it is minus the turns still needed (its gap column is x100).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import sys
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+VALUE_IN_TURNS = {"hanoi"}
+"""Games whose `value` is not a chance but minus the turns still needed (printed as is, not in %)."""
+
+
+def value_text(game: str, x: float) -> str:
+    return f"{x:.2f} turns" if game in VALUE_IN_TURNS else pct(x)
 
 
 def ci(g: dict) -> str:
@@ -32,5 +41,5 @@ for path in sys.argv[1:]:
         gap = s.get("gap_vs_policy", {})
         top = ", ".join(f"{a} {q:.2f}" for a, q in s["top_answers"].items())
         print(f"| {data['game']} | {model} | {data.get('format', 'immediate')} | {placed if gap else '-'} | {name} | {s['probes']} | {pct(s['ok'])} | "
-              f"{pct(s['ok_state_blind'])} | {ci(s['blind_gap_ok'])} | {s['dependence_nats']:.3f} | {pct(s['value'])} | "
+              f"{pct(s['ok_state_blind'])} | {ci(s['blind_gap_ok'])} | {s['dependence_nats']:.3f} | {value_text(data['game'], s['value'])} | "
               f"{pct(s['invalid'])} | {ci(gap['ok']) if gap else '-'} | {ci(gap['value']) if gap else '-'} | {top} |")

@@ -110,9 +110,26 @@ class TextArenaAnswerGame:
         """Whether a finished episode counts as solved (the game's own success)."""
         raise NotImplementedError
 
+    def final_reward(self, textarena_reward: float) -> float:
+        """The game's own score for a finished episode: TextArena's reward, unless a game must
+        correct it (Bandit-v0's is broken; `oel.envs.bandit` says how)."""
+        return textarena_reward
+
     def capped_reward(self) -> float:
         """The game's own score for an episode our turn cap stopped."""
         return float(self.textarena_env._get_percentage_completion())
+
+    def reference_answer(self, rng: random.Random) -> str:
+        """The reference player's answer at the current state (`oel.evaluate.answer_probes`: the
+        states the meter probes before any model has played); uniform over `answers()` unless a game
+        has a better-informed player (measurement only)."""
+        return rng.choice(self.answers())
+
+    @classmethod
+    def random_pass_rate(cls, config: EnvConfig) -> float | None:
+        """Random play's pass rate in this setting (exact where cheap, else a seeded simulation of
+        the real game; each game says which), or None where the game has none."""
+        return None
 
     # ---- the TextEnv protocol -------------------------------------------------------------
 
@@ -156,7 +173,7 @@ class TextArenaAnswerGame:
         feedback = "\n".join(self._render(m) for m in messages if m[2] != TEXTARENA_PLAYER_ACTION)
         state = self.textarena_env.state
         if done:
-            reward = float(state.rewards[0])
+            reward = self.final_reward(float(state.rewards[0]))
             self.end_reason = self.classify(state.game_info[0].get("reason") or "", reward)
         elif self.turns >= self.config.max_turns:
             reward = self.capped_reward()

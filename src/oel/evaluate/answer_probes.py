@@ -92,7 +92,16 @@ def uniform_answer(game: TextArenaAnswerGame, rng: random.Random) -> str:
     return rng.choice(game.answers())
 
 
+def game_reference(game: TextArenaAnswerGame, rng: random.Random) -> str:
+    """Any game: its own reference player (`TextArenaAnswerGame.reference_answer`; uniform answers
+    unless the game has a better-informed one, e.g. Hangman's letters some possible word contains)."""
+    return game.reference_answer(rng)
+
+
 def reference_policy(config: EnvConfig) -> Policy:
     """The policy whose states the held-out meter probes: a consistent guesser for GuessTheNumber
-    (states with informative hints), uniform answers for any other game."""
-    return consistent_guesser if config.game == "guess_number" else uniform_answer
+    (states with informative hints), uniform answers for Blackjack, each other game's own
+    reference player."""
+    if config.game == "guess_number":
+        return consistent_guesser
+    return uniform_answer if config.game == "blackjack" else game_reference

@@ -9,7 +9,7 @@ trajectories themselves:
 - a trajectory is a grid game when its env_id is one of the TextArena games oel knows
   (`GRID_ENV_IDS`), or when `oel collect` played it (`source: collect`: collection only plays
   those games, through the grid policy prompt);
-- the small-answer games (`ANSWER_ENV_IDS`: GuessTheNumber, Blackjack) get GAME_STYLE: game
+- the small-answer games (`ANSWER_ENV_IDS`: GuessTheNumber, Blackjack, Hangman, ...) get GAME_STYLE: game
   words, without maps, symbols or moves (`extract_game_<format>_v1`);
 - a round is a grid round only when every trajectory is one; a round that mixes both is shown
   with the task-neutral words (true of a game too, while game words are false of a task).
@@ -38,7 +38,8 @@ GRID_ENV_IDS = frozenset({"FrozenLake-v0-raw", "Sokoban-v0-raw", "FrozenLake-v0"
 """The TextArena grid games: the env ids oel's games record (`oel.envs.textarena_games`, checked
 by a test) and the same games as TextArena itself names them (an imported log of one)."""
 
-ANSWER_ENV_IDS = frozenset({"GuessTheNumber-v0-raw", "Blackjack-v0-raw"})
+ANSWER_ENV_IDS = frozenset({"GuessTheNumber-v0-raw", "Blackjack-v0-raw", "Hangman-v0-raw", "TowerOfHanoi-v0-raw",
+                            "Bandit-v0-raw", "2048-v0-3x3-raw", "Minesweeper-v0-small-raw"})
 """The small-answer games oel plays (`oel.envs.answer_game`): game words, but no maps or moves."""
 
 COLLECTED_SOURCE = "collect"
