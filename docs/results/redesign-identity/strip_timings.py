@@ -4,8 +4,9 @@
     diff before.json after.json        # nothing printed: the same results
 
 It keeps `results.json` (every stage's summary), each round's `evaluate/evaluation.json` and
-the knowledge texts, and drops what measures time or memory rather than results: keys
-ending in `seconds`, `_s`, `_per_s`, `_per_min`, `_mib`, and `seconds_per_state`.
+`evaluate/meter.json`, and the knowledge texts; it drops what measures time or memory rather than
+results (keys ending in `seconds`, `_s`, `_per_s`, `_per_min`, `_mib`, `_per_state`) and writes the run
+directory's own path as RUN_DIR, so two runs in different directories compare.
 """
 
 from __future__ import annotations
@@ -15,26 +16,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TIMING_SUFFIXES = ("seconds", "_s", "_per_s", "_per_min", "_mib", "seconds_per_state")
+TIMING_SUFFIXES = ("seconds", "_s", "_per_s", "_per_min", "_mib", "_per_state")
 
 
 def is_timing(key: str) -> bool:
     return key.endswith(TIMING_SUFFIXES)
 
 
-def strip(value: Any) -> Any:
-    """`value` with every timing key removed, recursively."""
+def strip(value: Any, run_dir: str) -> Any:
+    """`value` with every timing key removed and the run dir's path replaced, recursively."""
     if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if not is_timing(str(k))}
+        return {k: strip(v, run_dir) for k, v in value.items() if not is_timing(str(k))}
     if isinstance(value, list):
-        return [strip(v) for v in value]
+        return [strip(v, run_dir) for v in value]
+    if isinstance(value, str):
+        return value.replace(run_dir, "RUN_DIR")
     return value
 
 
 def results(run_dir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"results.json": strip(json.loads((run_dir / "results.json").read_text()))}
-    for path in sorted(run_dir.glob("round_*/evaluate/evaluation.json")):
-        out[str(path.relative_to(run_dir))] = strip(json.loads(path.read_text()))
+    where = str(run_dir)
+    out: dict[str, Any] = {"results.json": strip(json.loads((run_dir / "results.json").read_text()), where)}
+    for name in ("evaluation.json", "meter.json"):
+        for path in sorted(run_dir.glob(f"round_*/evaluate/{name}")):
+            out[str(path.relative_to(run_dir))] = strip(json.loads(path.read_text()), where)
     for path in sorted(run_dir.glob("round_*/extract/knowledge_*.txt")):
         out[str(path.relative_to(run_dir))] = path.read_text()
     return out
