@@ -36,6 +36,7 @@ import textarena as ta
 from oel.envs import EnvConfig
 from oel.envs.actions import NO_ACTION_TEXT, answer_text
 from oel.envs.base import StepResult
+from oel.envs.seeds import heldout_seeds
 from oel.envs.textarena_games import TEXTARENA_PLAYER_ACTION, TEXTARENA_PROMPT, isolated_global_random
 from oel.errors import EnvironmentTextError
 
@@ -99,16 +100,23 @@ class TextArenaAnswerGame:
         raise NotImplementedError
 
     def classify(self, reason: str, reward: float) -> str:
-        """One of the REASON_* codes for TextArena's end-of-game reason."""
-        raise NotImplementedError
+        """One of the REASON_* codes for TextArena's end-of-game reason: the wording most TextArena
+        single-player games share; a game whose texts differ overrides it."""
+        if reason.startswith("Congratulations"):
+            return REASON_WON
+        if reason.startswith("Invalid Move"):
+            return REASON_INVALID
+        if reason.startswith("The turn limit"):
+            return REASON_TURN_LIMIT
+        return REASON_LOST
 
     def outcome_text(self, passed: bool, reward: float) -> str:
         """Success or failure and why, for the extractor."""
         raise NotImplementedError
 
     def passed(self, reward: float) -> bool:
-        """Whether a finished episode counts as solved (the game's own success)."""
-        raise NotImplementedError
+        """Whether a finished episode counts as solved (the game's own success): by default, won."""
+        return self.end_reason == REASON_WON
 
     def final_reward(self, textarena_reward: float) -> float:
         """The game's own score for a finished episode: TextArena's reward, unless a game must
@@ -130,6 +138,21 @@ class TextArenaAnswerGame:
         """Random play's pass rate in this setting (exact where cheap, else a seeded simulation of
         the real game; each game says which), or None where the game has none."""
         return None
+
+    @classmethod
+    def simulated_pass_rate(cls, config: EnvConfig, episodes_per_seed: int, uniform: bool = False) -> float:
+        """Random play's pass rate by a seeded simulation of the real game (for games with no exact
+        value): the reference player's answers, or uniform ones over `answers()` when `uniform`,
+        `episodes_per_seed` episodes on each held-out seed."""
+        env, rng, wins, n = cls(config), random.Random(0), 0, 0
+        for seed in heldout_seeds():
+            for _ in range(episodes_per_seed):
+                env.reset(seed)
+                result = None
+                while not env.done:
+                    result = env.step(rng.choice(env.answers()) if uniform else env.reference_answer(rng))
+                wins, n = wins + bool(result and result.passed), n + 1
+        return wins / n
 
     # ---- the TextEnv protocol -------------------------------------------------------------
 

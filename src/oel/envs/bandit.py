@@ -114,9 +114,6 @@ class BanditGame(TextArenaAnswerGame):
             return REASON_INVALID
         return REASON_WON if reward == 1.0 else REASON_LOST
 
-    def passed(self, reward: float) -> bool:
-        return self.end_reason == REASON_WON
-
     def press_summary(self) -> str:
         """What the presses showed: per button, the times pressed and the share that paid."""
         paid: dict[str, list[int]] = {b: [] for b in BUTTONS}

@@ -35,8 +35,7 @@ from typing import Any
 import textarena as ta
 
 from oel.envs import EnvConfig
-from oel.envs.answer_game import VALUE_TOLERANCE, REASON_INVALID, REASON_LOST, REASON_WON, TextArenaAnswerGame
-from oel.envs.seeds import heldout_seeds
+from oel.envs.answer_game import VALUE_TOLERANCE, REASON_INVALID, REASON_LOST, TextArenaAnswerGame
 
 SIZE = 3
 DIRECTIONS: tuple[str, ...] = ("Up", "Down", "Left", "Right")
@@ -206,16 +205,6 @@ class Game2048Game(TextArenaAnswerGame):
         board = self.board()
         return rng.choice([a for a in ANSWERS if slide(board, a.strip("[]"))[0] != board] or list(ANSWERS))
 
-    def classify(self, reason: str, reward: float) -> str:
-        if reason.startswith("Congratulations"):
-            return REASON_WON
-        if reason.startswith("Invalid Move"):
-            return REASON_INVALID
-        return REASON_LOST
-
-    def passed(self, reward: float) -> bool:
-        return self.end_reason == REASON_WON
-
     def outcome_text(self, passed: bool, reward: float) -> str:
         turns, target = self._turns_text(), self.config.g2048_target
         top = max(max(r) for r in self.board())
@@ -236,15 +225,7 @@ class Game2048Game(TextArenaAnswerGame):
         answers, RANDOM_EPISODES_PER_SEED episodes on each held-out seed."""
         if 2 * MAX_TILE_PER_TURN + MAX_TILE_PER_TURN * config.max_turns < config.g2048_target:
             return 0.0
-        env, rng, wins, n = cls(config), random.Random(0), 0, 0
-        for seed in heldout_seeds():
-            for _ in range(RANDOM_EPISODES_PER_SEED):
-                env.reset(seed)
-                result = None
-                while not env.done:
-                    result = env.step(rng.choice(ANSWERS))
-                wins, n = wins + bool(result and result.passed), n + 1
-        return wins / n
+        return cls.simulated_pass_rate(config, RANDOM_EPISODES_PER_SEED, uniform=True)
 
 
 __all__ = ["Game2048Game", "ANSWERS", "DIRECTIONS", "Board", "merge_line", "slide", "spawn_outcomes", "completion",

@@ -22,7 +22,7 @@ from typing import Any
 
 import textarena as ta
 
-from oel.envs.answer_game import REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
+from oel.envs.answer_game import REASON_INVALID, TextArenaAnswerGame
 
 _NUMBER = re.compile(r"\s*(\d{1,4})\s*")
 HINT_HIGHER = "higher"
@@ -102,18 +102,6 @@ class GuessTheNumberGame(TextArenaAnswerGame):
     def target(self) -> int:
         """The secret number (measurement only: e.g. checking that probe states are replayed exactly)."""
         return int(self.textarena_env.state.game_state["game_number"])
-
-    def classify(self, reason: str, reward: float) -> str:
-        if reason.startswith("Congratulations"):
-            return REASON_WON
-        if reason.startswith("Invalid Move"):
-            return REASON_INVALID
-        if reason.startswith("The turn limit"):
-            return REASON_TURN_LIMIT
-        return REASON_LOST
-
-    def passed(self, reward: float) -> bool:
-        return self.end_reason == REASON_WON
 
     def outcome_text(self, passed: bool, reward: float) -> str:
         turns = self._turns_text()

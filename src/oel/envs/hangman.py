@@ -38,7 +38,7 @@ from typing import Any
 import textarena as ta
 
 from oel.envs import EnvConfig
-from oel.envs.answer_game import REASON_INVALID, REASON_LOST, REASON_WON, TextArenaAnswerGame
+from oel.envs.answer_game import REASON_INVALID, REASON_LOST, TextArenaAnswerGame
 
 WORD_LIST_FILE = "hangman_en_basic.txt"
 WORD_LIST_SHA256 = "b00de5c6438714a6abaa906ec85f063f63c0606f713cbe8728b21c42664e5fce"
@@ -180,16 +180,6 @@ class HangmanGame(TextArenaAnswerGame):
     def target(self) -> str:
         """The hidden word (measurement only)."""
         return str(self.textarena_env.state.game_state["target_word"])
-
-    def classify(self, reason: str, reward: float) -> str:
-        if reason.startswith("Congratulations"):
-            return REASON_WON
-        if reason.startswith("Invalid Move"):
-            return REASON_INVALID
-        return REASON_LOST
-
-    def passed(self, reward: float) -> bool:
-        return self.end_reason == REASON_WON
 
     def outcome_text(self, passed: bool, reward: float) -> str:
         turns, word = self._turns_text(), self.target().upper()

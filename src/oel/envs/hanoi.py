@@ -29,7 +29,7 @@ from typing import Any
 import textarena as ta
 
 from oel.envs import EnvConfig
-from oel.envs.answer_game import REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
+from oel.envs.answer_game import REASON_INVALID, TextArenaAnswerGame
 
 TOWERS = ("A", "B", "C")
 MOVES: tuple[tuple[str, str], ...] = tuple(permutations(TOWERS, 2))
@@ -152,18 +152,6 @@ class TowerOfHanoiGame(TextArenaAnswerGame):
         """A legal move, uniform among them (a random walk over the positions)."""
         _, _, illegal = self.answer_labels(ANSWERS)
         return rng.choice([a for a, bad in zip(ANSWERS, illegal) if not bad])
-
-    def classify(self, reason: str, reward: float) -> str:
-        if reason.startswith("Congratulations"):
-            return REASON_WON
-        if reason.startswith("Invalid Move"):
-            return REASON_INVALID
-        if reason.startswith("The turn limit"):
-            return REASON_TURN_LIMIT
-        return REASON_LOST
-
-    def passed(self, reward: float) -> bool:
-        return self.end_reason == REASON_WON
 
     def outcome_text(self, passed: bool, reward: float) -> str:
         turns, disks = self._turns_text(), self.config.hanoi_disks

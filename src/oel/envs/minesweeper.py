@@ -36,7 +36,6 @@ import textarena as ta
 
 from oel.envs import MINESWEEPER_LAYOUT_LIMIT, EnvConfig
 from oel.envs.answer_game import REASON_INVALID, REASON_LOST, REASON_TURN_LIMIT, REASON_WON, TextArenaAnswerGame
-from oel.envs.seeds import heldout_seeds
 from oel.errors import ConfigError
 
 _CELL = re.compile(r"\s*(\d+)\s*[, ]\s*(\d+)\s*")
@@ -176,9 +175,6 @@ class MinesweeperGame(TextArenaAnswerGame):
             return REASON_INVALID
         return REASON_TURN_LIMIT if reason.startswith("The turn limit") else REASON_LOST
 
-    def passed(self, reward: float) -> bool:
-        return self.end_reason == REASON_WON
-
     def outcome_text(self, passed: bool, reward: float) -> str:
         turns = self._turns_text()
         if passed:
@@ -199,14 +195,6 @@ class MinesweeperGame(TextArenaAnswerGame):
     def random_pass_rate(cls, config: EnvConfig) -> float:
         """A seeded simulation of the real game: a cell drawn uniformly among the unrevealed ones,
         RANDOM_EPISODES_PER_SEED episodes on each held-out seed."""
-        env, rng, wins, n = cls(config), random.Random(0), 0, 0
-        for seed in heldout_seeds():
-            for _ in range(RANDOM_EPISODES_PER_SEED):
-                env.reset(seed)
-                result = None
-                while not env.done:
-                    result = env.step(env.reference_answer(rng))
-                wins, n = wins + bool(result and result.passed), n + 1
-        return wins / n
+        return cls.simulated_pass_rate(config, RANDOM_EPISODES_PER_SEED)
 
 __all__ = ["MinesweeperGame", "MinesweeperView", "neighbours", "safe_zone", "MINE_REASON"]
