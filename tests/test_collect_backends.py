@@ -7,7 +7,7 @@ import torch
 
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.hf import HFBackend
-from oel.backends.sampling import PerRowSampler, RowSampling, derive_seed
+from oel.backends.sampling import PerRowSampler, RowSampling, check_row_seeds, derive_seed, row_seeds
 from oel.backends.tiny import tiny_chat_model
 from oel.trajectory import Message
 
@@ -168,3 +168,14 @@ def test_rejects_tokenizer_without_chat_template(tiny: tuple) -> None:
     bare.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         HFBackend(model, bare, model_id="bare")
+
+
+def test_row_seeds_are_pinned_and_checked() -> None:
+    """Completion i of a chat call gets derive_seed(seed, i): pinned values, so a change to the
+    derivation (which would change every collected game) cannot pass unnoticed."""
+    from oel.backends.sampling import check_row_seeds, row_seeds
+
+    assert row_seeds(7, 3) == [2038301562, 1367355955, 52536287]
+    check_row_seeds([[], []], [1, 2])
+    with pytest.raises(ValueError, match=r"seeds: expected 2 \(one per prompt\), got 1"):
+        check_row_seeds([[], []], [1])

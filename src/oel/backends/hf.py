@@ -37,7 +37,7 @@ import torch
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
                                       common_prefix_length)
-from oel.backends.sampling import PerRowSampler, RowSampling, derive_seed
+from oel.backends.sampling import PerRowSampler, RowSampling, check_row_seeds, row_seeds
 from oel.models import load_model
 from oel.models.kv_cache import cache_arg
 from oel.trajectory import Message
@@ -114,13 +114,12 @@ class HFBackend:
     # -- the ChatBackend interface -------------------------------------------------------
     def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
         """Complete every chat; completion i is sampled with seed derive_seed(params.seed, i)."""
-        return self.chat_with_seeds(prompts, params, [derive_seed(params.seed, i) for i in range(len(prompts))])
+        return self.chat_with_seeds(prompts, params, row_seeds(params.seed, len(prompts)))
 
     def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
                         seeds: Sequence[int]) -> list[Generation]:
         """Like `chat`, but completion i is sampled with `seeds[i]` (collection seeds per episode)."""
-        if len(seeds) != len(prompts):
-            raise ValueError(f"seeds: expected {len(prompts)} (one per prompt), got {len(seeds)}")
+        check_row_seeds(prompts, seeds)
         return self.generate_rows([RowRequest(p, params, s) for p, s in zip(prompts, seeds)])
 
     def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oel.backends.base import Generation, SamplingParams
-from oel.backends.sampling import derive_seed
+from oel.backends.sampling import check_row_seeds, row_seeds
 from oel.config import Config, cfg
 from oel.errors import OELError
 from oel.trajectory import Message
@@ -160,13 +160,12 @@ class OpenAIBackend:
 
     def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
         """Complete every chat; request i carries seed derive_seed(params.seed, i)."""
-        return self.chat_with_seeds(prompts, params, [derive_seed(params.seed, i) for i in range(len(prompts))])
+        return self.chat_with_seeds(prompts, params, row_seeds(params.seed, len(prompts)))
 
     def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
                         seeds: Sequence[int]) -> list[Generation]:
         """Like `chat`, but request i carries `seeds[i]` (collection seeds per episode)."""
-        if len(seeds) != len(prompts):
-            raise ValueError(f"seeds: expected {len(prompts)} (one per prompt), got {len(seeds)}")
+        check_row_seeds(prompts, seeds)
         if not prompts:
             return []
         workers = min(self.config.concurrency, len(prompts))

@@ -34,6 +34,17 @@ def derive_seed(*parts: int) -> int:
     return int((int(state[0]) << 32 ^ int(state[1])) & ((1 << _SEED_BITS) - 1))
 
 
+def row_seeds(seed: int, count: int) -> list[int]:
+    """Every backend's per-completion seeds for one `chat` call: completion i gets derive_seed(seed, i)."""
+    return [derive_seed(seed, i) for i in range(count)]
+
+
+def check_row_seeds(prompts: Sequence[object], seeds: Sequence[int]) -> None:
+    """`chat_with_seeds` takes exactly one seed per prompt; say so in one line otherwise."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds: expected {len(prompts)} (one per prompt), got {len(seeds)}")
+
+
 @dataclass(frozen=True)
 class RowSampling:
     """The sampling settings of one row of a batch."""
