@@ -23,6 +23,7 @@ from typing import Any
 
 import textarena as ta
 
+from oel.envs import EnvConfig
 from oel.envs.answer_game import (
     REASON_INVALID,
     REASON_LOST,
@@ -166,6 +167,11 @@ class BlackjackGame(TextArenaAnswerGame):
 
     def _make_textarena_env(self) -> Any:
         return ta.make(self.env_id, num_hands=self.config.blackjack_hands)
+
+    @classmethod
+    def random_pass_rate(cls, config: EnvConfig) -> float | None:
+        """Exact for one hand per episode ([Hit] or [Stand] at even odds, through the DP); None for more."""
+        return hand_start_value(uniform_hit_table(), config.max_turns) if config.blackjack_hands == 1 else None
 
     def rules_text(self) -> str:
         return ("You are playing Blackjack against the dealer.\nYour goal is to get as close to 21 as possible "

@@ -22,6 +22,7 @@ from typing import Any
 
 import textarena as ta
 
+from oel.envs import EnvConfig
 from oel.envs.answer_game import REASON_INVALID, TextArenaAnswerGame
 
 _NUMBER = re.compile(r"\s*(\d{1,4})\s*")
@@ -115,6 +116,11 @@ class GuessTheNumberGame(TextArenaAnswerGame):
                     f"{turns} (last one: {reason}) The secret number was {self.target()}.{last}")
         return (f"Failure: the turn limit ({self.config.max_turns} turns) was reached before you found the number. "
                 f"The secret number was {self.target()}.{last}")
+
+    @classmethod
+    def random_pass_rate(cls, config: EnvConfig) -> float:
+        """Exact: a number drawn uniformly among those not yet tried (`random_pass_probability`)."""
+        return random_pass_probability(config.guess_min, config.guess_max, config.max_turns)
 
 
 def random_pass_probability(low: int, high: int, max_turns: int) -> float:

@@ -100,8 +100,6 @@ def game_reference(game: TextArenaAnswerGame, rng: random.Random) -> str:
 
 def reference_policy(config: EnvConfig) -> Policy:
     """The policy whose states the held-out meter probes: a consistent guesser for GuessTheNumber
-    (states with informative hints), uniform answers for Blackjack, each other game's own
-    reference player."""
-    if config.game == "guess_number":
-        return consistent_guesser
-    return uniform_answer if config.game == "blackjack" else game_reference
+    (states with informative hints), every other game its own reference player (uniform answers
+    unless the game defines a better-informed one)."""
+    return consistent_guesser if config.game == "guess_number" else game_reference

@@ -31,8 +31,6 @@ from oel import prompts
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.config import to_dict, updated
 from oel.envs import ANSWER_GAMES, EnvConfig, answer_game_class, make_env
-from oel.envs.blackjack import hand_start_value, uniform_hit_table
-from oel.envs.guess_number import random_pass_probability as guess_pass_probability
 from oel.envs.seeds import heldout_seeds
 from oel.envs.solver import GridState, random_pass_probability
 from oel.errors import DataError
@@ -126,13 +124,8 @@ def with_random_reference(summary: GameSummary, env_cfg: EnvConfig, trajs: Seque
 
 
 def answer_game_random_pass_rate(env_cfg: EnvConfig) -> float | None:
-    """Random play's exact pass rate in a small-answer game (None for other games): GuessTheNumber,
-    a number drawn among those not yet tried; Blackjack (one hand), [Hit] or [Stand] at even odds;
-    any other game, its class's `random_pass_rate` (each says what random play is there)."""
-    if env_cfg.game == "guess_number":
-        return guess_pass_probability(env_cfg.guess_min, env_cfg.guess_max, env_cfg.max_turns)
-    if env_cfg.game == "blackjack" and env_cfg.blackjack_hands == 1:
-        return hand_start_value(uniform_hit_table(), env_cfg.max_turns)
+    """Random play's pass rate in a small-answer game, as its class's `random_pass_rate` says (None
+    for other games)."""
     if env_cfg.game in ANSWER_GAMES:
         return answer_game_class(env_cfg.game).random_pass_rate(env_cfg)
     return None
