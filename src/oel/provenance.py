@@ -46,6 +46,17 @@ def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(value)"]
 
 
+def with_new_defaults(saved: Any, defaults: Any) -> Any:
+    """A saved config with the keys it lacks filled in from today's defaults, recursively.
+
+    A config written before a key existed ran with what that key's default does (a new field
+    defaults to the old behaviour), so a run made then still resumes, and its stages are still
+    reused, instead of differing in every key added since."""
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    return {**defaults, **{k: with_new_defaults(v, defaults.get(k)) for k, v in saved.items()}}
+
+
 def select(data: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """The entries of `data` at the given dotted keys (`section` or `section.field`), nested as
     in `data`; keys that `data` lacks are left out."""

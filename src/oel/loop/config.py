@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import yaml
+
 from oel.collect.play import CollectConfig
-from oel.config import Config, cfg, plumbing_fields, updated
+from oel.config import Config, cfg, plumbing_fields, to_dict, updated
 from oel.consolidate.config import ConsolidateConfig
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
@@ -27,7 +29,8 @@ STAGES = ("collect", "extract", "consolidate", "evaluate")
 
 
 class LoopConfig(Config):
-    """Rounds of collect -> extract -> consolidate, with evaluation of every round's model."""
+    """Rounds of collect -> extract -> consolidate, with evaluation of every round's model
+    (or of every `evaluate_every`-th: the first and the last always)."""
 
     run_dir: str = cfg("runs/oel", "everything of this run goes here: round_<r>/<stage>/, metrics.jsonl, "
                                    "config.yaml, report/")
@@ -39,6 +42,8 @@ class LoopConfig(Config):
                                                            "config: extract.extractor does (ablation)")
     knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
                                   "the method")
+    evaluate_every: int = cfg(1, "evaluate M_r only when r is a multiple of this (M_0 and the last model always); "
+                                 "fewer evaluations, same training")
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
     force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
     tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")
@@ -53,6 +58,8 @@ class LoopConfig(Config):
     def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
+        if self.evaluate_every < 1:
+            raise ConfigError(f"evaluate_every: must be >= 1, got {self.evaluate_every}")
         for stage in STAGES:
             default = type(getattr(self, stage))()
             for name in plumbing_fields(type(default)):
@@ -62,6 +69,16 @@ class LoopConfig(Config):
         if self.evaluate.games.knowledge_template != type(self.evaluate.games)().knowledge_template:
             raise ConfigError("evaluate.games.knowledge_template: set by the loop from consolidate.teacher_template "
                               "(in-context play reads the knowledge as the teacher does); set that instead")
+
+    def evaluates(self, r: int) -> bool:
+        """Whether round r's model M_r is evaluated."""
+        return r in (0, self.rounds) or r % self.evaluate_every == 0
+
+
+def default_config_dict() -> dict[str, Any]:
+    """Today's defaults of every loop config key, as the plain types a saved config.yaml holds
+    (what a config written before a key existed is completed with)."""
+    return yaml.safe_load(yaml.safe_dump(to_dict(LoopConfig())))
 
 
 def with_fields(config: Any, **changes: Any) -> Any:

@@ -26,8 +26,8 @@ from oel.extract.store import read_manifest
 from oel.extract.templates import is_auto
 from oel.io import iter_jsonl, read_text
 from oel.layout import MARKER, PROMPTS_FILE, RunLayout
-from oel.loop.config import LoopConfig
-from oel.provenance import diff_keys, select
+from oel.loop.config import LoopConfig, default_config_dict
+from oel.provenance import diff_keys, select, with_new_defaults
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class ReuseSource:
             raise ConfigError(f"reuse_from: {layout.run_dir} has no {path.name}, so it is not a run dir of `oel loop`")
         if layout.run_dir.resolve() == Path(config.run_dir).resolve():
             raise ConfigError(f"reuse_from: {layout.run_dir} is this run's own run_dir")
-        return cls(layout, yaml.safe_load(read_text(path, "run config")) or {})
+        saved = yaml.safe_load(read_text(path, "run config")) or {}
+        return cls(layout, with_new_defaults(saved, default_config_dict()))
 
     def reusable(self, config: LoopConfig, r: int, stage: str) -> Path | None:
         """The source's stage dir if it is complete and computed from the same inputs, else None."""

@@ -10,7 +10,8 @@ consolidated model) and runs its stages in order, each into `RUN_DIR/round_<r>/<
                    in context (the in-context number); IF-Eval of M_r
     consolidate    on-policy context distillation of the knowledge into M_r -> M_{r+1}
 
-and a final round R = `rounds` only evaluates M_R. Each stage writes its completion marker
+and a final round R = `rounds` only evaluates M_R. With `evaluate_every` = k > 1 only M_0, every
+k-th model and M_R are evaluated (training is the same: no stage reads an evaluation). Each stage writes its completion marker
 (`_complete.json`, with the stage's summary) last; a rerun skips completed stages and each
 stage resumes from its own partial files (appended trajectories, accumulation steps,
 training checkpoints), so a killed run continues where it stopped.
@@ -35,24 +36,25 @@ from oel.models import check_model_name
 from oel.io import atomic_write_json, check_writable_dir, read_text, read_text_file
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
-from oel.loop.config import LoopConfig
+from oel.loop.config import LoopConfig, default_config_dict
 from oel.loop.context import EventFn, MetricsLog, RoundContext
 from oel.loop.reuse import ReuseSource, copy_stage
-from oel.provenance import diff_keys
+from oel.provenance import diff_keys, with_new_defaults
 
 log = logging.getLogger(__name__)
 
-RESUME_MAY_CHANGE = frozenset({"force", "reuse_from"})
-"""Top-level config keys a run dir may be resumed with changed: they do not change any result."""
+RESUME_MAY_CHANGE = frozenset({"force", "reuse_from", "evaluate_every"})
+"""Top-level config keys a run dir may be resumed with changed: they do not change any result
+(evaluate_every only says which models are evaluated; an evaluation already made stays)."""
 
 StageFn = Callable[[RoundContext], dict[str, Any]]
 
 
 def stages_for_round(config: LoopConfig, r: int) -> list[tuple[str, StageFn]]:
+    evaluate: list[tuple[str, StageFn]] = [("evaluate", stages.evaluate)] if config.evaluates(r) else []
     if r == config.rounds:
-        return [("evaluate", stages.evaluate)]
-    return [("collect", stages.collect), ("extract", stages.extract), ("evaluate", stages.evaluate),
-            ("consolidate", stages.consolidate)]
+        return evaluate
+    return [("collect", stages.collect), ("extract", stages.extract), *evaluate, ("consolidate", stages.consolidate)]
 
 
 def check_inputs(config: LoopConfig) -> None:
@@ -74,7 +76,8 @@ def prepare_run_dir(config: LoopConfig) -> None:
     path = layout.config_file
     resolved = to_dict(config)
     if path.is_file():
-        saved = yaml.safe_load(read_text(path, "run config")) or {}
+        saved = with_new_defaults(yaml.safe_load(read_text(path, "run config")) or {},
+                                  default_config_dict())
         differing = [k for k in diff_keys(saved, resolved) if k.split(".")[0] not in RESUME_MAY_CHANGE]
         if differing and not config.force:
             raise ConfigError(f"{path}: this run dir was made with a different config ({', '.join(differing)}); "

@@ -130,6 +130,8 @@ def results_table(data: RunData) -> str:
             "|---|---|---|---|---|---|---|---|"]
     for r in data.rounds:
         e, i = data.evaluate.get(r), data.evaluate_icl.get(r)
+        if e is None:  # not evaluated (evaluate_every) or not yet
+            continue
         rows.append(f"| {r} | {_fmt_rate(e)} | {_fmt_rate(i)} | {_fmt_mq(e)} | "
                     f"{_fmt(e, 'game_tokens_per_turn')} | {_fmt(e, 'game_steps_per_episode')} | "
                     f"{_fmt(e, 'ifeval_prompt_strict', 100, '%')} | {_fmt(e, 'ifeval_instruction_loose', 100, '%')} |")
