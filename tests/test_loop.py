@@ -297,9 +297,9 @@ def test_every_shipped_config_is_valid(path):
     `online-demo.yaml` an `oel online demo` one; every other file is an `oel loop` config."""
     name = Path(path).name
     if name.startswith("consolidate-"):
-        from oel.consolidate.config import ConsolidateConfig
+        from oel.consolidate.config import ConsolidateCommandConfig
 
-        assert load_config(ConsolidateConfig, path).batch_size >= 1
+        assert load_config(ConsolidateCommandConfig, path).batch_size >= 1
     elif name == "online.yaml":
         from oel.online.config import OnlineConfig
 

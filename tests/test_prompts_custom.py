@@ -141,10 +141,10 @@ def test_a_teacher_template_file_with_wrong_fields_is_refused(tmp_path, key, tex
 
 
 def test_a_teacher_template_file_is_recorded_by_a_consolidation_run(grid_consolidation_config, tmp_path, one_thread):
-    from oel.consolidate import consolidate
+    from oel.consolidate import consolidate_command
 
     path = write(tmp_path / "system.txt", "Experience for this task:\n{knowledge}")
-    consolidate(grid_consolidation_config("run", teacher_template=str(path)))
+    consolidate_command(grid_consolidation_config("run", teacher_template=str(path)))
     records = json.loads((tmp_path / "run" / "prompts.json").read_text())
     assert {"name": str(path), "sha256": sha12(path.read_text())} in records
 
@@ -168,16 +168,16 @@ def test_a_custom_task_teacher_block_is_put_in_front_of_a_non_game_prompt(tmp_pa
 
 
 def test_resuming_after_the_teacher_template_file_was_edited_is_refused(grid_consolidation_config, tmp_path, one_thread):
-    from oel.consolidate import consolidate
+    from oel.consolidate import consolidate_command
     from oel.errors import TrainingError
 
     path = write(tmp_path / "teacher.txt", "Lessons:\n{knowledge}\n\nNow:\n{observation}")
-    consolidate(grid_consolidation_config("run", teacher_template=str(path), save_every=1))
+    consolidate_command(grid_consolidation_config("run", teacher_template=str(path), save_every=1))
     again = grid_consolidation_config("run", teacher_template=str(path), save_every=1, steps=2, on_existing="resume")
     write(path, "Earlier lessons:\n{knowledge}\n\n{observation}")
     with pytest.raises(TrainingError, match=r"prompts\.json: prompt '.*teacher\.txt' changed \(sha256 \w+ -> \w+\) since "
                                             r"the run started; use on_existing=overwrite"):
-        consolidate(again)
+        consolidate_command(again)
     write(path, "Lessons:\n{knowledge}\n\nNow:\n{observation}")
-    consolidate(again)
+    consolidate_command(again)
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

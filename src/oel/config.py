@@ -45,6 +45,13 @@ class Config(BaseModel):
         except ValidationError as e:
             raise ConfigValueError(_message(type(self), data, _chosen(e), whole="")) from None
 
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str:
+        """What to say instead of 'unknown config key' about the dotted key `key`; '' for that.
+        A config whose sections leave out keys that the section's own command has (the loop's
+        stages: their inputs are the loop's to choose) says where those keys went."""
+        return ""
+
     # Validation of nested configs must not go through this __init__ (it would be lax inside a
     # strict `from_dict`): marked as pydantic marks its own RootModel.__init__.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
@@ -187,6 +194,9 @@ def _message(cls: type[Config], data: Any, err: ErrorDetails, whole: str) -> str
         name = str(err["loc"][used])
         close = difflib.get_close_matches(name, list(tp.model_fields), n=3)
         parent = f"{key}." if key else ""
+        instead = cls.unknown_key_hint(parent + name)
+        if instead:
+            return f"{parent}{name}: {instead}"
         hint = f" (did you mean {', '.join(parent + c for c in close)}?)" if close else ""
         return f"{parent}{name}: unknown config key{hint}"
     if err["type"] == "value_error":  # a check in model_post_init

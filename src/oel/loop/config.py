@@ -17,7 +17,7 @@ import yaml
 
 from oel.collect.play import CollectConfig
 from oel.config import Config, cfg, plumbing_fields, to_dict, updated
-from oel.consolidate.config import ConsolidateConfig
+from oel.consolidate.config import ConsolidateConfig, ConsolidateInputs
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
 from oel.evaluate.config import EvaluateConfig
@@ -26,6 +26,19 @@ from oel.models import ModelConfig
 
 STAGES = ("collect", "extract", "consolidate", "evaluate")
 """The sections whose plumbing fields the loop fills in itself (a user value would be overwritten)."""
+
+STAGE_INPUTS: dict[str, type[Config]] = {"consolidate": ConsolidateInputs}
+"""The keys a stage's command has beyond its section here: what the stage reads and writes and
+which model, which the loop passes to the stage function as arguments for each round."""
+
+SET_BY_THE_LOOP = "set by the loop; leave it out of a loop config (set the top-level model/env/run_dir instead)"
+
+
+def stage_input_hint(key: str) -> str:
+    """The error for a stage command's input key in a loop (or online) config, '' for any other key."""
+    section, _, rest = key.partition(".")
+    inputs = STAGE_INPUTS.get(section)
+    return SET_BY_THE_LOOP if inputs is not None and rest in inputs.model_fields else ""
 
 
 class LoopConfig(Config):
@@ -55,6 +68,10 @@ class LoopConfig(Config):
     evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model",
                                    factory=EvaluateConfig)
 
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str:
+        return stage_input_hint(key)
+
     def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
@@ -64,8 +81,7 @@ class LoopConfig(Config):
             default = type(getattr(self, stage))()
             for name in plumbing_fields(type(default)):
                 if getattr(getattr(self, stage), name) != getattr(default, name):
-                    raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
-                                      f"(set the top-level model/env/run_dir instead)")
+                    raise ConfigError(f"{stage}.{name}: {SET_BY_THE_LOOP}")
         if self.evaluate.games.knowledge_template != type(self.evaluate.games)().knowledge_template:
             raise ConfigError("evaluate.games.knowledge_template: set by the loop from consolidate.teacher_template "
                               "(in-context play reads the knowledge as the teacher does); set that instead")

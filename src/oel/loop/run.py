@@ -39,7 +39,7 @@ from oel.loop import stages
 from oel.loop.config import LoopConfig, default_config_dict
 from oel.loop.context import EventFn, MetricsLog, RoundContext
 from oel.loop.reuse import ReuseSource, copy_stage
-from oel.provenance import diff_keys, with_new_defaults
+from oel.provenance import as_today, diff_keys
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ def prepare_run_dir(config: LoopConfig) -> None:
     path = layout.config_file
     resolved = to_dict(config)
     if path.is_file():
-        saved = with_new_defaults(yaml.safe_load(read_text(path, "run config")) or {},
-                                  default_config_dict())
+        saved = as_today(yaml.safe_load(read_text(path, "run config")) or {}, default_config_dict())
         differing = [k for k in diff_keys(saved, resolved) if k.split(".")[0] not in RESUME_MAY_CHANGE]
         if differing and not config.force:
             raise ConfigError(f"{path}: this run dir was made with a different config ({', '.join(differing)}); "

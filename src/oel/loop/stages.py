@@ -5,14 +5,13 @@ loop logs and the report reads). The stage's real work lives in its own package;
 only decide which model, which seeds and which paths (all from `oel.layout`).
 
 Hand-offs are typed: the extract stage's K texts reach evaluate and consolidate as one
-`RoundKnowledge`, read from the knowledge files (the durable record, also what a resumed
+`Knowledge` (`round_knowledge`), read from the knowledge files (the durable record, also what a resumed
 run has) and checked once, here, where they enter the rest of the round.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from oel.backends.select import from_config
@@ -27,6 +26,7 @@ from oel.evaluate.gap import teacher_gap
 from oel.evaluate.meter import probe_states
 from oel.extract import extract_round
 from oel.io import atomic_write_json, atomic_write_text, read_text_file
+from oel.knowledge import Knowledge
 from oel.loop.config import with_fields
 from oel.loop.context import RoundContext
 from oel.models import load_model
@@ -36,19 +36,9 @@ from oel.trajectory import read_trajectories
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RoundKnowledge:
+def round_knowledge(ctx: RoundContext) -> Knowledge:
     """The round's knowledge texts that are not empty, with the files they came from."""
-
-    files: tuple[str, ...]
-    texts: tuple[str, ...]
-
-    @classmethod
-    def load(cls, ctx: RoundContext) -> "RoundKnowledge":
-        pairs = [(str(p), read_text_file(p, "knowledge file", allow_empty=True))
-                 for p in ctx.layout.knowledge_files(ctx.round)]
-        kept = [(f, t) for f, t in pairs if t]
-        return cls(tuple(f for f, _ in kept), tuple(t for _, t in kept))
+    return Knowledge.read(ctx.layout.knowledge_files(ctx.round), skip_empty=True)
 
 
 def collect(ctx: RoundContext) -> dict[str, Any]:
@@ -101,20 +91,20 @@ def consolidate(ctx: RoundContext) -> dict[str, Any]:
     """On-policy context distillation of this round's knowledge into M_r -> M_{r+1}."""
     c, layout = ctx.config, ctx.layout
     out = ctx.dir("consolidate")
-    knowledge = RoundKnowledge.load(ctx)
+    knowledge = round_knowledge(ctx)
     if not knowledge.texts:
         raise DataError(f"{layout.stage_dir(ctx.round, 'extract')}: extraction produced no knowledge in any of "
                         f"the {c.extract.num_runs} runs, so there is nothing to consolidate; try "
                         f"extract.format=unstructured, more extract.num_trajectories, or a stronger extractor")
-    cfg = with_fields(c.consolidate, trajectories=str(layout.train_trajectories(ctx.round)),
-                      knowledge=list(knowledge.files), output_dir=str(out), model=ctx.model_config)
+    steps = c.consolidate.steps
 
     def on_step(step: int, m: dict[str, float]) -> None:
         if ctx.metrics is not None:
-            ctx.metrics.log(ctx.round, "consolidate", m, step=ctx.round * cfg.steps + step)
-        ctx.emit("train_step", stage="consolidate", step=step, total=cfg.steps, **m)
+            ctx.metrics.log(ctx.round, "consolidate", m, step=ctx.round * steps + step)
+        ctx.emit("train_step", stage="consolidate", step=step, total=steps, **m)
 
-    result = run_consolidate(cfg, loaded=ctx.model, knowledge_texts=knowledge.texts, on_step=on_step)
+    result = run_consolidate(c.consolidate, model=ctx.model, knowledge=knowledge,
+                             trajectories=layout.train_trajectories(ctx.round), output_dir=out, on_step=on_step)
     ctx.release_model()  # the trained object is no longer M_r
     return {"steps": result.steps, **result.last_metrics}
 
@@ -124,7 +114,7 @@ def evaluate(ctx: RoundContext) -> dict[str, Any]:
     in context (map j uses knowledge text j mod K); IF-Eval of M_r if enabled."""
     c = ctx.config
     out = ctx.dir("evaluate")
-    texts = list(RoundKnowledge.load(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
+    texts = list(round_knowledge(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
     games = with_fields(c.evaluate.games, knowledge_template=c.consolidate.teacher_template)
     cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out), games=games)
     result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), cfg, knowledge=texts or None)
