@@ -16,7 +16,7 @@ from oel.config import load_config
 from oel.consolidate import ConsolidateConfig
 from oel.consolidate.teacher import prompt_records, teacher_messages
 from oel.errors import ConfigError
-from oel.extract import ExtractConfig, extract_round, read_experience, step_path
+from oel.extract import ExtractCommandConfig, ExtractConfig, extract_command, read_experience, step_path
 from oel.trajectory import Message, Prefix
 
 from test_extract import ScriptedExtractor, lesson_per_game, make_traj
@@ -47,10 +47,10 @@ def test_the_quick_start_templates_are_unchanged():
 
 def test_a_custom_extraction_template_is_used_and_recorded_by_path_and_hash(tmp_path):
     path = write(tmp_path / "shell.txt", EXTRACT_TEXT + "\n")
-    cfg = load_config(ExtractConfig, None, [f"out_dir={tmp_path / 's'}", "num_runs=1", "num_trajectories=2",
+    cfg = load_config(ExtractCommandConfig, None, [f"out_dir={tmp_path / 's'}", "num_runs=1", "num_trajectories=2",
                                             f"prompt={path}"])
     fake = ScriptedExtractor(lesson_per_game)
-    extract_round(cfg, [make_traj(1), make_traj(2)], fake)
+    extract_command(cfg, [make_traj(1), make_traj(2)], fake)
     assert fake.prompts[0].startswith("Shell review.\nKnown:\n(none yet)\nLog:\nTurn 1")
     assert fake.prompts[0].endswith("{literal}.")  # doubled braces are literal ones
     record = read_experience(step_path(tmp_path / "s", 0, 0, 2)).prompt
@@ -60,11 +60,11 @@ def test_a_custom_extraction_template_is_used_and_recorded_by_path_and_hash(tmp_
 def test_editing_the_template_file_makes_a_different_run(tmp_path):
     path = write(tmp_path / "shell.txt", EXTRACT_TEXT)
     fields = {"out_dir": str(tmp_path / "s"), "num_runs": 1, "num_trajectories": 1, "prompt": str(path)}
-    extract_round(ExtractConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
+    extract_command(ExtractCommandConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
     write(path, EXTRACT_TEXT.replace("Shell review.", "Shell review, second wording."))
     with pytest.raises(ConfigError, match=r"prompt\.sha256="):
-        extract_round(ExtractConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
-    extract_round(ExtractConfig(**fields, overwrite=True), [make_traj(1)], ScriptedExtractor(lesson_per_game))
+        extract_command(ExtractCommandConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
+    extract_command(ExtractCommandConfig(**fields, overwrite=True), [make_traj(1)], ScriptedExtractor(lesson_per_game))
     assert read_experience(step_path(tmp_path / "s", 0, 0, 1)).prompt["sha256"] == sha12(path.read_text())
 
 

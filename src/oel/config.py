@@ -46,6 +46,13 @@ class Config(BaseModel):
             raise ConfigValueError(_message(type(self), data, _chosen(e), whole="")) from None
 
     @classmethod
+    def field_order(cls) -> tuple[str, ...]:
+        """The order of the fields in `to_dict` (saved configs, records) and `describe` (--help):
+        as declared. A command config that adds a stage's inputs to its settings (a subclass, whose
+        fields pydantic puts last) returns them to where its users and its saved records have them."""
+        return tuple(cls.model_fields)
+
+    @classmethod
     def unknown_key_hint(cls, key: str) -> str:
         """What to say instead of 'unknown config key' about the dotted key `key`; '' for that.
         A config whose sections leave out keys that the section's own command has (the loop's
@@ -96,6 +103,24 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
     return from_dict(cls, load_config_data(path, overrides))
 
 
+def inputs_placed(settings: type[Config], inputs: type[Config], after: dict[str, str]) -> tuple[str, ...]:
+    """A field order for a command config = `settings` + `inputs`: each input key right after the
+    settings key `after` names for it, the others first (where they were declared before the split)."""
+    first = [k for k in inputs.model_fields if k not in after]
+    order: list[str] = []
+    for key in settings.model_fields:
+        order.append(key)
+        order += [k for k, prev in after.items() if prev == key]
+    return (*first, *order)
+
+
+def merged(settings: Config, inputs: Config, order_of: type[Config]) -> dict[str, Any]:
+    """`settings` and `inputs` as one mapping in `order_of`'s field order: what a stage records when
+    its settings and inputs reach it separately, the same as its command config would dump."""
+    values = {**to_dict(settings), **to_dict(inputs)}
+    return {k: values[k] for k in order_of.field_order()}
+
+
 def updated(config: C, **changes: Any) -> C:
     """A copy of `config` with some fields changed, validated again (its checks run again too)."""
     return type(config)(**{**{name: getattr(config, name) for name in type(config).model_fields}, **changes})
@@ -104,6 +129,8 @@ def updated(config: C, **changes: Any) -> C:
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain data (tuples become lists) for YAML/JSON."""
     def plain(v: Any) -> Any:
+        if isinstance(v, Config):
+            return {name: plain(getattr(v, name)) for name in type(v).field_order()}
         if isinstance(v, BaseModel):
             return {name: plain(getattr(v, name)) for name in type(v).model_fields}
         if isinstance(v, (list, tuple)):
@@ -122,8 +149,8 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
 def describe(cls: type[Config], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, help) for every field, recursively: the CLI's --help."""
     rows = []
-    for name, field in cls.model_fields.items():
-        key = prefix + name
+    for name in cls.field_order():
+        field, key = cls.model_fields[name], prefix + name
         if _is_config(field.annotation):
             rows.extend(describe(field.annotation, key + "."))
             continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import Config, cfg, to_dict, updated
+from oel.config import Config, cfg, inputs_placed, merged, updated
 from oel.knowledge import Knowledge
 from oel.errors import ConfigError
 from oel.models import ModelConfig
@@ -149,7 +149,11 @@ class ConsolidateInputs(Config):
 
 
 class ConsolidateCommandConfig(ConsolidateConfig, ConsolidateInputs):
-    """`oel consolidate`: the inputs (first, as the base listed last) and the settings, as flat keys."""
+    """`oel consolidate`: the inputs and the settings, as flat keys (in the order they had as one config)."""
+
+    @classmethod
+    def field_order(cls) -> tuple[str, ...]:
+        return inputs_placed(ConsolidateConfig, ConsolidateInputs, {"on_existing": "keep_last"})
 
     def settings(self) -> ConsolidateConfig:
         """The user's settings alone: what `consolidate()` takes as its config."""
@@ -171,14 +175,7 @@ class ConsolidateCommandConfig(ConsolidateConfig, ConsolidateInputs):
 
 
 def run_record(config: ConsolidateConfig, inputs: ConsolidateInputs) -> dict[str, Any]:
-    """What a run writes as its config.yaml and into every checkpoint (compared on resume): the
-    inputs and the settings, keys in the order of the one config they were before the inputs
-    became arguments (on_existing after keep_last), so a record reads the same whoever wrote it."""
-    settings, given = to_dict(config), to_dict(inputs)
-    on_existing = given.pop("on_existing")
-    record: dict[str, Any] = dict(given)
-    for key, value in settings.items():
-        record[key] = value
-        if key == "keep_last":
-            record["on_existing"] = on_existing
-    return record
+    """What a run writes as its config.yaml and into every checkpoint (compared on resume): its
+    inputs and settings as `oel consolidate`'s config would dump them, keys in the same order as
+    before the inputs became arguments, so a record reads the same whichever version wrote it."""
+    return merged(config, inputs, ConsolidateCommandConfig)

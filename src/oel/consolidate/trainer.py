@@ -48,7 +48,8 @@ import torch
 
 from oel.config import save_config
 from oel.consolidate import build, checkpoint, distributed
-from oel.consolidate.config import ConsolidateCommandConfig, ConsolidateConfig, ConsolidateInputs, OnExisting, run_record
+from oel.consolidate.config import (ConsolidateCommandConfig, ConsolidateConfig, ConsolidateInputs, OnExisting,
+                                    run_record)
 from oel.consolidate.data import ConsolidationData, check_knowledge, make_encoder
 from oel.consolidate.data import draw as draw_rows
 from oel.consolidate.fast_paths import FastPaths, decide_fast_paths

@@ -21,13 +21,13 @@ from oel.consolidate.config import ConsolidateConfig, ConsolidateInputs
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
 from oel.evaluate.config import EvaluateConfig
-from oel.extract.config import ExtractConfig
+from oel.extract.config import ExtractConfig, ExtractInputs
 from oel.models import ModelConfig
 
 STAGES = ("collect", "extract", "consolidate", "evaluate")
 """The sections whose plumbing fields the loop fills in itself (a user value would be overwritten)."""
 
-STAGE_INPUTS: dict[str, type[Config]] = {"consolidate": ConsolidateInputs}
+STAGE_INPUTS: dict[str, type[Config]] = {"extract": ExtractInputs, "consolidate": ConsolidateInputs}
 """The keys a stage's command has beyond its section here: what the stage reads and writes and
 which model, which the loop passes to the stage function as arguments for each round."""
 

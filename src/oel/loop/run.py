@@ -11,8 +11,8 @@ consolidated model) and runs its stages in order, each into `RUN_DIR/round_<r>/<
     consolidate    on-policy context distillation of the knowledge into M_r -> M_{r+1}
 
 and a final round R = `rounds` only evaluates M_R. With `evaluate_every` = k > 1 only M_0, every
-k-th model and M_R are evaluated (training is the same: no stage reads an evaluation). Each stage writes its completion marker
-(`_complete.json`, with the stage's summary) last; a rerun skips completed stages and each
+k-th model and M_R are evaluated (training is the same: no stage reads an evaluation). Each stage
+writes its completion marker (`_complete.json`, with the stage's summary) last; a rerun skips completed stages and each
 stage resumes from its own partial files (appended trajectories, accumulation steps,
 training checkpoints), so a killed run continues where it stopped.
 

@@ -69,16 +69,16 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
             atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
         return {"num_runs": c.extract.num_runs, "use_step": 0, "mean_items": len(text.splitlines()),
                 "mean_chars": len(text), "from_file": 1}
-    cfg = with_fields(c.extract, trajectories=str(layout.extract_trajectories(ctx.round)),
-                      out_dir=str(layout.store_dir(ctx.round)), round=ctx.round)
-    trajs = read_trajectories(cfg.trajectories)
+    cfg, source = c.extract, str(layout.extract_trajectories(ctx.round))
+    trajs = read_trajectories(source)
     if cfg.kind == "raw_trajectories":
         backend = None
     elif c.extractor == "policy":
         backend = ctx.backend(cfg.extractor.max_batch_size)
     else:
         backend = from_config(cfg.extractor)
-    experience = extract_round(cfg, trajs, backend, tokenizer=ctx.model.tokenizer,
+    experience = extract_round(cfg, trajs, backend, store=layout.store_dir(ctx.round), round=ctx.round,
+                               source=source, tokenizer=ctx.model.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):
         atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
