@@ -69,25 +69,11 @@ class ConfigValueError(ConfigError, ValueError):
     check of a dataclass's `__post_init__`, a ValueError."""
 
 
-PLUMBING = "plumbing"
-"""The mark of a stage-config field that is run plumbing (see `cfg`)."""
-
-
-def cfg(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None, plumbing: bool = False) -> Any:
-    """A documented config field. `factory` for mutable defaults (lists, nested configs).
-
-    `plumbing`: where the stage reads and writes, which model and which maps: what a command's
-    user sets, but what the loop sets for each round (a loop config must leave it alone)."""
-    extra = {PLUMBING: True} if plumbing else None
+def cfg(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None) -> Any:
+    """A documented config field. `factory` for mutable defaults (lists, nested configs)."""
     if factory is not None:
-        return Field(default_factory=factory, description=help, json_schema_extra=extra)
-    return Field(default=default, description=help, json_schema_extra=extra)
-
-
-def plumbing_fields(cls: type[Config]) -> tuple[str, ...]:
-    """The fields of `cls` marked `plumbing=True`, in declaration order."""
-    return tuple(name for name, field in cls.model_fields.items()
-                 if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(PLUMBING))
+        return Field(default_factory=factory, description=help)
+    return Field(default=default, description=help)
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:

@@ -12,11 +12,13 @@ run has) and checked once, here, where they enter the rest of the round.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from oel.backends.select import from_config
+from oel.collect.play import Maps, SeedSet
 from oel.collect.play import collect as run_collect
-from oel.config import to_dict
+from oel.config import to_dict, updated
 from oel.consolidate.trainer import consolidate as run_consolidate
 from oel.envs import make_env
 from oel.envs.seeds import round_seeds
@@ -27,7 +29,6 @@ from oel.evaluate.meter import probe_states
 from oel.extract import extract_round
 from oel.io import atomic_write_json, atomic_write_text, read_text_file
 from oel.knowledge import Knowledge
-from oel.loop.config import with_fields
 from oel.loop.context import RoundContext
 from oel.models import load_model
 from oel.provenance import load_result, texts_digest
@@ -47,12 +48,12 @@ def collect(ctx: RoundContext) -> dict[str, Any]:
     ctx.dir("collect")
     backend = ctx.backend(c.collect.max_batch_size)
     summary: dict[str, Any] = {}
-    plan = (("extract", layout.extract_trajectories(ctx.round), c.extract.num_trajectories),
-            ("collect", layout.train_trajectories(ctx.round), c.collect.num_seeds))
+    plan: tuple[tuple[SeedSet, Path, int], ...] = (
+        ("extract", layout.extract_trajectories(ctx.round), c.extract.num_trajectories),
+        ("collect", layout.train_trajectories(ctx.round), c.collect.num_seeds))
     for seeds, path, n in plan:
-        cfg = with_fields(c.collect, env=c.env, model=ctx.model_config, seeds=seeds, num_seeds=n,
-                          round=ctx.round, out=str(path))
-        stats = run_collect(cfg, backend, on_finish=lambda t, st: ctx.emit("episode", stage="collect", passed=t.passed))
+        stats = run_collect(updated(c.collect, num_seeds=n), backend, env=c.env, maps=Maps(seeds, ctx.round), out=path,
+                            on_finish=lambda t, st: ctx.emit("episode", stage="collect", passed=t.passed))
         prefix = "extract_maps_" if seeds == "extract" else ""
         summary.update({f"{prefix}{k}": v for k, v in stats.to_dict().items()})
     return summary
@@ -115,9 +116,9 @@ def evaluate(ctx: RoundContext) -> dict[str, Any]:
     c = ctx.config
     out = ctx.dir("evaluate")
     texts = list(round_knowledge(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
-    games = with_fields(c.evaluate.games, knowledge_template=c.consolidate.teacher_template)
-    cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out), games=games)
-    result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), cfg, knowledge=texts or None)
+    games = updated(c.evaluate.games, knowledge_template=c.consolidate.teacher_template)
+    result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), updated(c.evaluate, games=games), env=c.env,
+                          out_dir=out, knowledge=Knowledge.of(texts) if texts else None)
     summary = result.summary()
     if texts and c.evaluate.meter.teacher_gap:
         summary.update(round_teacher_gap(ctx, texts))
