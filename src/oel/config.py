@@ -92,6 +92,9 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 def inputs_placed(settings: type[Config], inputs: type[Config], after: dict[str, str]) -> tuple[str, ...]:
     """A field order for a command config = `settings` + `inputs`: each input key right after the
     settings key `after` names for it, the others first (where they were declared before the split)."""
+    unknown = sorted(set(after) - set(inputs.model_fields)) + sorted(set(after.values()) - set(settings.model_fields))
+    if unknown:
+        raise ValueError(f"inputs_placed: not fields of {inputs.__name__} / {settings.__name__}: {unknown}")
     first = [k for k in inputs.model_fields if k not in after]
     order: list[str] = []
     for key in settings.model_fields:
