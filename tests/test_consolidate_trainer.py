@@ -271,7 +271,7 @@ def test_the_run_record_keeps_the_keys_and_order_of_the_one_config_it_was(world,
     cfg = _config(world, tmp_path / "run", steps=2, save_every=1, keep_last=1)
     consolidate_command(cfg)
     text = (tmp_path / "run" / "config.yaml").read_text()
-    keys = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
+    keys = list(yaml.safe_load(text))  # in file order
     old_order = ["trajectories", "knowledge", "output_dir", "model", *[k for k in ConsolidateConfig.model_fields]]
     old_order.insert(old_order.index("keep_last") + 1, "on_existing")
     assert keys == old_order
