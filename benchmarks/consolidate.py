@@ -200,12 +200,13 @@ class _TRLTimer:
 
 def _draws(args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[tuple[int, int]]]]:
     """Prefixes, knowledge texts and, per step, the (prefix, knowledge) rows our trainer draws."""
-    from oel.consolidate.data import draw, read_knowledge
+    from oel.consolidate.data import draw
+    from oel.knowledge import Knowledge
     from oel.trajectory import prefixes, read_trajectories
 
     cfg = _ours_config(args, "unused", args.knowledge)
     pre = prefixes(read_trajectories(args.trajectories))
-    knowledge = read_knowledge(args.knowledge)
+    knowledge = list(Knowledge.read(args.knowledge).texts)
     return pre, knowledge, [draw(cfg.seed, s, len(pre), len(knowledge), cfg.batch_size)
                             for s in range(1, args.steps + 1)]
 
