@@ -69,6 +69,10 @@ def test_loop_owned_fields_and_config_changes_are_refused(tmp_path):
             load_config(LoopConfig, None, [override])
     with pytest.raises(ConfigError, match=r"^collect\.num_sed: unknown config key \(did you mean collect\.num_seeds\?\)"):
         load_config(LoopConfig, None, ["collect.num_sed=3"])
+    from oel.online.config import OnlineConfig  # the scheduler's stage sections: the same rule
+
+    with pytest.raises(ConfigError, match=r"^consolidate\.output_dir: set by the loop"):
+        load_config(OnlineConfig, None, ["consolidate.output_dir=x"])
     base = load_config(LoopConfig, None, [f"run_dir={tmp_path}"])
     prepare_run_dir(base)
     changed = load_config(LoopConfig, None, [f"run_dir={tmp_path}", "consolidate.lr=0.5", "rounds=3"])

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from oel import prompts
 from oel.config import Config, cfg, inputs_placed, merged, updated
-from oel.knowledge import Knowledge
 from oel.errors import ConfigError
+from oel.knowledge import Knowledge
 from oel.models import ModelConfig
 
 Sampler = Literal["on_policy", "off_policy"]
@@ -123,6 +123,7 @@ class ConsolidateConfig(Config):
         `teacher_dtype`; one place, so the loop's teacher-gap meter measures the teacher consolidation uses."""
         dtype = student.dtype if self.teacher_dtype == "model" else self.teacher_dtype
         return updated(student, name=self.teacher_model, dtype=dtype)
+
 
 def _check_template(key: str, spec: str, role: prompts.Role) -> None:
     """A template name or .txt file whose fields fit `role`; ValueError (the config layer names the
