@@ -156,6 +156,12 @@ def test_the_command_keeps_its_keys_in_their_order() -> None:
              "seed_offset", "samples_per_seed", "round", "sampling", "batch_size", "prompt", "knowledge_file", "out"]
     assert list(to_dict(CollectCommandConfig())) == order
     assert [key.split(".")[0] for key, *_ in describe(CollectCommandConfig)][:5] == ["env"] * 5
+    # an error about the whole config names it as it did (the settings' class), for each command
+    from oel.config import load_config
+    from oel.consolidate import ConsolidateCommandConfig
+
+    with pytest.raises(ConfigError, match=r"^ConsolidateConfig: steps: must be >= 1, got 0$"):
+        load_config(ConsolidateCommandConfig, None, ["steps=0"])
 
 
 def test_config_validation_names_the_field() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import types
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +53,11 @@ class Config(BaseModel):
         return tuple(cls.model_fields)
 
     @classmethod
+    def config_name(cls) -> str:
+        """What an error about the whole config calls it."""
+        return cls.__name__
+
+    @classmethod
     def unknown_key_hint(cls, key: str) -> str:
         """What to say instead of 'unknown config key' about the dotted key `key`; '' for that.
         A config whose sections leave out keys that the section's own command has (the loop's
@@ -81,12 +86,39 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     try:
         return cls.model_validate(data, strict=True)
     except ValidationError as e:
-        raise ConfigError(_message(cls, data, _chosen(e), whole=cls.__name__)) from None
+        raise ConfigError(_message(cls, data, _chosen(e), whole=cls.config_name())) from None
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
     """YAML file (optional, with its `base:` chain) + dotted overrides -> validated config of type `cls`."""
     return from_dict(cls, load_config_data(path, overrides))
+
+
+class CommandConfig(Config):
+    """The config of a stage's command: the stage's settings and its inputs (what it reads and
+    writes, which model), flat, as `class XCommandConfig(XConfig, XInputs, CommandConfig)`.
+
+    The stage function takes the settings as its config and the inputs as arguments; the command
+    keeps the keys, their order (`INPUTS_AFTER`: where each input key sat among the settings when
+    they were one config) and the error messages it had before they were split."""
+
+    SETTINGS: ClassVar[type[Config]]
+    INPUTS: ClassVar[type[Config]]
+    INPUTS_AFTER: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def field_order(cls) -> tuple[str, ...]:
+        if not hasattr(cls, "SETTINGS"):  # this base itself: no fields
+            return super().field_order()
+        return inputs_placed(cls.SETTINGS, cls.INPUTS, cls.INPUTS_AFTER)
+
+    @classmethod
+    def config_name(cls) -> str:
+        return cls.SETTINGS.__name__ if hasattr(cls, "SETTINGS") else cls.__name__
+
+    def settings(self) -> Any:
+        """The user's settings alone: what the stage function takes as its config."""
+        return self.SETTINGS(**{name: getattr(self, name) for name in self.SETTINGS.model_fields})
 
 
 def inputs_placed(settings: type[Config], inputs: type[Config], after: dict[str, str]) -> tuple[str, ...]:

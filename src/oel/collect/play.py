@@ -27,7 +27,7 @@ from oel import prompts
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.openai_endpoint import EndpointConfig
 from oel.backends.select import make_backend
-from oel.config import Config, cfg, inputs_placed
+from oel.config import CommandConfig, Config, cfg
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
 from oel.errors import ConfigError
@@ -99,14 +99,12 @@ class CollectInputs(Config):
                                                       "on rerun")
 
 
-class CollectCommandConfig(CollectConfig, CollectInputs):
+class CollectCommandConfig(CollectConfig, CollectInputs, CommandConfig):
     """`oel collect`: which environment, which model, which maps, where to write (and how to play)."""
 
-    @classmethod
-    def field_order(cls) -> tuple[str, ...]:
-        return inputs_placed(CollectConfig, CollectInputs, {"seeds": "max_batch_tokens", "seed_offset": "num_seeds",
-                                                            "round": "samples_per_seed", "knowledge_file": "prompt",
-                                                            "out": "prompt"})
+    SETTINGS, INPUTS = CollectConfig, CollectInputs
+    INPUTS_AFTER = {"seeds": "max_batch_tokens", "seed_offset": "num_seeds", "round": "samples_per_seed",
+                    "knowledge_file": "prompt", "out": "prompt"}
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
@@ -114,10 +112,6 @@ class CollectCommandConfig(CollectConfig, CollectInputs):
         if self.backend == "openai" and not self.endpoint.base_url:
             raise ConfigError("endpoint.base_url: required when backend=openai")
         self.prompt = prompts.policy_template_for(self.env.game, self.prompt)
-
-    def settings(self) -> CollectConfig:
-        """The user's settings alone: what `collect()` takes as its config."""
-        return CollectConfig(**{name: getattr(self, name) for name in CollectConfig.model_fields})
 
     def maps(self) -> Maps:
         return Maps(self.seeds, self.round, self.seed_offset)

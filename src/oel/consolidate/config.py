@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import Config, cfg, inputs_placed, merged, updated
+from oel.config import CommandConfig, Config, cfg, merged, updated
 from oel.errors import ConfigError
 from oel.knowledge import Knowledge
 from oel.models import ModelConfig
@@ -149,16 +149,10 @@ class ConsolidateInputs(Config):
                                             "delete it, or stop")
 
 
-class ConsolidateCommandConfig(ConsolidateConfig, ConsolidateInputs):
+class ConsolidateCommandConfig(ConsolidateConfig, ConsolidateInputs, CommandConfig):
     """`oel consolidate`: the inputs and the settings, as flat keys (in the order they had as one config)."""
 
-    @classmethod
-    def field_order(cls) -> tuple[str, ...]:
-        return inputs_placed(ConsolidateConfig, ConsolidateInputs, {"on_existing": "keep_last"})
-
-    def settings(self) -> ConsolidateConfig:
-        """The user's settings alone: what `consolidate()` takes as its config."""
-        return ConsolidateConfig(**{name: getattr(self, name) for name in ConsolidateConfig.model_fields})
+    SETTINGS, INPUTS, INPUTS_AFTER = ConsolidateConfig, ConsolidateInputs, {"on_existing": "keep_last"}
 
     def check_inputs(self) -> None:
         """The keys a run cannot start without (left optional so presets can be built first)."""

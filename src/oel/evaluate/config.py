@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel.backends.base import SamplingParams
-from oel.config import Config, cfg, inputs_placed
+from oel.config import CommandConfig, Config, cfg
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT
 from oel.errors import ConfigError
@@ -116,19 +116,13 @@ class EvaluateInputs(Config):
     out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
 
 
-class EvaluateCommandConfig(EvaluateConfig, EvaluateInputs):
+class EvaluateCommandConfig(EvaluateConfig, EvaluateInputs, CommandConfig):
     """`oel evaluate`: the inputs and the settings, as flat keys (in the order they had as one config)."""
 
-    @classmethod
-    def field_order(cls) -> tuple[str, ...]:
-        return inputs_placed(EvaluateConfig, EvaluateInputs,
-                             {"env": "max_batch_size", "knowledge_file": "games", "out_dir": "meter"})
+    SETTINGS, INPUTS = EvaluateConfig, EvaluateInputs
+    INPUTS_AFTER = {"env": "max_batch_size", "knowledge_file": "games", "out_dir": "meter"}
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
         if not self.out_dir:
             raise ConfigError("out_dir: must not be empty")
-
-    def settings(self) -> EvaluateConfig:
-        """The user's settings alone: what `evaluate()` takes as its config."""
-        return EvaluateConfig(**{name: getattr(self, name) for name in EvaluateConfig.model_fields})

@@ -14,7 +14,7 @@ import hashlib
 from oel import prompts
 from oel.backends.base import SamplingParams
 from oel.backends.select import BackendConfig
-from oel.config import Config, cfg, inputs_placed
+from oel.config import CommandConfig, Config, cfg
 from oel.errors import ConfigError
 from oel.extract.render import RecordFormat
 from oel.extract.store import Kind
@@ -124,13 +124,7 @@ class ExtractInputs(Config):
                                  "round's store first")
 
 
-class ExtractCommandConfig(ExtractConfig, ExtractInputs):
+class ExtractCommandConfig(ExtractConfig, ExtractInputs, CommandConfig):
     """`oel extract`: the inputs and the settings, as flat keys (in the order they had as one config)."""
 
-    @classmethod
-    def field_order(cls) -> tuple[str, ...]:
-        return inputs_placed(ExtractConfig, ExtractInputs, {"overwrite": "seed"})
-
-    def settings(self) -> ExtractConfig:
-        """The user's settings alone: what `extract_round` takes as its config."""
-        return ExtractConfig(**{name: getattr(self, name) for name in ExtractConfig.model_fields})
+    SETTINGS, INPUTS, INPUTS_AFTER = ExtractConfig, ExtractInputs, {"overwrite": "seed"}
