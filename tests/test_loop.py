@@ -393,7 +393,7 @@ def test_evaluate_without_in_context_play_does_not_depend_on_the_lessons():
 def test_evaluate_every_skips_evaluations_and_trains_the_same(tiny_model, tmp_path):
     def run(name: str, every: int) -> tuple[Path, dict]:
         overrides = [*tiny_overrides(tiny_model, tmp_path / name), "rounds=2", f"evaluate_every={every}",
-                     "evaluate.ifeval.enabled=false", "consolidate.steps=2"]
+                     "evaluate.ifeval.enabled=false", "consolidate.steps=2", f"keep_checkpoints={every == 1}"]
         config = load_config(LoopConfig, None, overrides)
         return tmp_path / name, run_loop(config)
 
@@ -402,6 +402,9 @@ def test_evaluate_every_skips_evaluations_and_trains_the_same(tiny_model, tmp_pa
     assert [set(ends_results[r]) for r in ("0", "1", "2")] == [
         {"collect", "extract", "evaluate", "consolidate"}, {"collect", "extract", "consolidate"}, {"evaluate"}]
     assert not (ends / "round_1" / "evaluate").exists()
+    # a completed round's checkpoints (save_every=1: one at step 1) are deleted unless kept
+    assert not list(ends.glob("round_*/consolidate/checkpoints"))
+    assert len(list(every.glob("round_*/consolidate/checkpoints/step-000001"))) == 2
     # no stage reads an evaluation: the trajectories, lessons and weights of M_2 are the same
     for rel in ("round_1/collect/train.jsonl", "round_1/extract/knowledge_0.txt"):
         assert (ends / rel).read_text() == (every / rel).read_text()

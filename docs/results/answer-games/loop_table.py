@@ -3,7 +3,8 @@ main with control.
 
     python docs/results/answer-games/loop_table.py runs/bj-1.5b runs/bj-1.5b-control
 
-Rows: every M_r of each run (M_0 is shared: the control reuses the main run's round-0 evaluation).
+Rows: every M_r of each run that was evaluated (M_0 is shared: the second run, a control or an
+ablation, reuses the main run's round-0 evaluation).
 Wins are 128 held-out games x 3 sampling seeds with a Wilson 95% CI; the meter's CIs are bootstraps
 over the 48 held-out probe games, paired on the same states.
 """
@@ -37,7 +38,7 @@ def ci(g: dict) -> str:
 main, control = gather(sys.argv[1]), gather(sys.argv[2])
 base = main.answer_meters[0]
 print("| run | model | held-out wins (95% CI) | tokens/turn | E[value] exact | E[value] - M_0 (95% CI) | "
-      "E[best answer] - M_0 | P([Hit]) | state-answer information | vs the control's M_r: E[value] |")
+      "E[best answer] - M_0 | P([Hit]) | state-answer information | vs the second run's M_r: E[value] |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for data in (main, control):
     for r in sorted(data.answer_meters):
@@ -56,5 +57,5 @@ for data in (main, control):
 last = max(main.evaluate)
 print()
 print(f"Held-out wins, M_{last} - M_0: main {win_difference(main.evaluate[last], main.evaluate[0])}; "
-      f"control {win_difference(control.evaluate[last], main.evaluate[0])}; "
-      f"main - control {win_difference(main.evaluate[last], control.evaluate[last])} (points, Newcombe 95% CI)")
+      f"{control.name} {win_difference(control.evaluate[last], main.evaluate[0])}; "
+      f"main - {control.name} {win_difference(main.evaluate[last], control.evaluate[last])} (points, Newcombe 95% CI)")

@@ -24,13 +24,16 @@ only consolidation share the main run's round-0 collect, extract and evaluate.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from oel.config import save_config, to_dict
+from oel.consolidate.trainer import CHECKPOINT_DIR
 from oel.errors import ConfigError
 from oel.models import check_model_name
 from oel.io import atomic_write_json, check_writable_dir, read_text, read_text_file
@@ -43,7 +46,7 @@ from oel.provenance import as_today, diff_keys
 
 log = logging.getLogger(__name__)
 
-RESUME_MAY_CHANGE = frozenset({"force", "reuse_from", "evaluate_every"})
+RESUME_MAY_CHANGE = frozenset({"force", "reuse_from", "evaluate_every", "keep_checkpoints"})
 """Top-level config keys a run dir may be resumed with changed: they do not change any result
 (evaluate_every only says which models are evaluated; an evaluation already made stays)."""
 
@@ -111,8 +114,16 @@ def _run_stage(ctx: RoundContext, name: str, fn: StageFn, reuse: ReuseSource | N
     summary = {**fn(ctx), "seconds": round(time.perf_counter() - t0, 2)}
     ctx.metrics.log(r, name, summary)  # type: ignore[union-attr]
     atomic_write_json(sdir / MARKER, summary)
+    if name == "consolidate" and not ctx.config.keep_checkpoints:
+        discard_checkpoints(sdir)
     ctx.emit("done", stage=name, summary=summary)
     return summary
+
+
+def discard_checkpoints(stage_dir: Path) -> None:
+    """A completed consolidation's checkpoints only served resuming it (its marker is written, its
+    model is M_{r+1}): without this a 1.5B run of 3 rounds keeps ~20 GB of them."""
+    shutil.rmtree(stage_dir / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def run_loop(config: LoopConfig, *, on_event: EventFn | None = None) -> dict[str, Any]:
