@@ -73,18 +73,18 @@ class RunResult:
 def run_ours(backend: Any, episodes: int, in_flight: int) -> tuple[RunResult, list[Any]]:
     """`collect` into a fresh temporary file (so nothing is skipped as already done)."""
     from oel.backends.base import SamplingParams
-    from oel.collect.play import CollectConfig, collect
+    from oel.collect.play import CollectCommandConfig, collect_command
     from oel.trajectory import read_trajectories
 
     if backend.prefix_store is not None:
         backend.prefix_store.clear()  # no reuse of an earlier repetition's identical prompts
     with tempfile.TemporaryDirectory(prefix="oel-bench-rollout-") as tmp:
-        cfg = CollectConfig(num_seeds=episodes, batch_size=in_flight, out=f"{tmp}/t.jsonl",
-                            sampling=SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
-                                                    max_new_tokens=MAX_NEW_TOKENS))
+        cfg = CollectCommandConfig(num_seeds=episodes, batch_size=in_flight, out=f"{tmp}/t.jsonl",
+                                   sampling=SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
+                                                           max_new_tokens=MAX_NEW_TOKENS))
         state = machine_state()
         t0 = time.perf_counter()
-        stats = collect(cfg, backend=backend)
+        stats = collect_command(cfg, backend=backend)
         seconds = time.perf_counter() - t0
         trajs = read_trajectories(cfg.out)
     return RunResult(stats.episodes, stats.turns, stats.prompt_tokens, stats.response_tokens, seconds, state), trajs
@@ -97,10 +97,10 @@ def run_naive(model: Any, tokenizer: Any, episodes: int, seed: int) -> RunResult
 
     from oel import prompts
     from oel.envs import EnvConfig, make_env
-    from oel.collect.play import CollectConfig, select_jobs
+    from oel.collect.play import CollectConfig, Maps, select_jobs
 
     template = prompts.get("policy_grid_v1")
-    jobs = select_jobs(CollectConfig(num_seeds=episodes))
+    jobs = select_jobs(CollectConfig(num_seeds=episodes), Maps())
     gen_cfg = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
                                max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.eos_token_id,
                                eos_token_id=model.generation_config.eos_token_id)
@@ -159,13 +159,13 @@ def profile_first_turn(backend: Any, episodes: int, repeats: int) -> dict[str, f
     from oel import prompts
     from oel.envs import EnvConfig, make_env
     from oel.backends.base import SamplingParams
-    from oel.collect.play import CollectConfig, select_jobs
+    from oel.collect.play import CollectConfig, Maps, select_jobs
     from oel.trajectory import Message
 
     env = make_env(EnvConfig())
     template = prompts.get("policy_grid_v1")
     chats = [[Message(role="user", content=template.render(observation=env.reset(j.seed)))]
-             for j in select_jobs(CollectConfig(num_seeds=min(episodes, backend.max_batch_size)))]
+             for j in select_jobs(CollectConfig(num_seeds=min(episodes, backend.max_batch_size)), Maps())]
     params = SamplingParams(temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, max_new_tokens=MAX_NEW_TOKENS)
 
     def prefill(rows: list[Any]) -> float:

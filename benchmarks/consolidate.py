@@ -88,23 +88,23 @@ def _ours_config(args: argparse.Namespace, out_dir: str, knowledge_files: list[s
     """Our trainer's config for these arguments; `--set key=value` overrides are validated as `oel` validates them."""
     from oel.config import from_dict, to_dict
     from oel.config_sources import apply_overrides
-    from oel.consolidate.config import ConsolidateConfig
+    from oel.consolidate.config import ConsolidateCommandConfig
     from oel.models import ModelConfig
 
-    cfg = ConsolidateConfig(trajectories=args.trajectories, knowledge=knowledge_files, output_dir=out_dir,
-                            model=ModelConfig(name=args.preset), steps=args.steps, batch_size=args.batch,
-                            micro_batch_size=args.batch, max_new_tokens=args.max_new_tokens, lr=LR,
-                            save_every=0, on_existing="overwrite")
-    return from_dict(ConsolidateConfig, apply_overrides(to_dict(cfg), [kv for kv in args.set if kv]))
+    cfg = ConsolidateCommandConfig(trajectories=args.trajectories, knowledge=knowledge_files, output_dir=out_dir,
+                                   model=ModelConfig(name=args.preset), steps=args.steps, batch_size=args.batch,
+                                   micro_batch_size=args.batch, max_new_tokens=args.max_new_tokens, lr=LR,
+                                   save_every=0, on_existing="overwrite")
+    return from_dict(ConsolidateCommandConfig, apply_overrides(to_dict(cfg), [kv for kv in args.set if kv]))
 
 
 def child_ours(args: argparse.Namespace) -> None:
-    from oel.consolidate.trainer import Consolidator
+    from oel.consolidate.trainer import command_trainer
     from oel.memory import peak_rss_mib
 
     with tempfile.TemporaryDirectory(prefix="oel-bench-cons-") as tmp:
         cfg = _ours_config(args, f"{tmp}/run", args.knowledge)
-        trainer = Consolidator(cfg)
+        trainer = command_trainer(cfg)
         trainer.prepare_output()
         rss_loaded = peak_rss_mib()
         steps = []
@@ -200,12 +200,13 @@ class _TRLTimer:
 
 def _draws(args: argparse.Namespace) -> tuple[list[Any], list[str], list[list[tuple[int, int]]]]:
     """Prefixes, knowledge texts and, per step, the (prefix, knowledge) rows our trainer draws."""
-    from oel.consolidate.data import draw, read_knowledge
+    from oel.consolidate.data import draw
+    from oel.knowledge import Knowledge
     from oel.trajectory import prefixes, read_trajectories
 
     cfg = _ours_config(args, "unused", args.knowledge)
     pre = prefixes(read_trajectories(args.trajectories))
-    knowledge = read_knowledge(args.knowledge)
+    knowledge = list(Knowledge.read(args.knowledge).texts)
     return pre, knowledge, [draw(cfg.seed, s, len(pre), len(knowledge), cfg.batch_size)
                             for s in range(1, args.steps + 1)]
 

@@ -41,14 +41,14 @@ def step_gradients(args: argparse.Namespace, dtype: str, overrides: dict[str, An
     """(loss, response tokens, flat LoRA gradient) of steps 1..args.steps, the weights never updated."""
     import torch
 
-    from oel.consolidate import ConsolidateConfig, Consolidator
+    from oel.consolidate import ConsolidateCommandConfig, command_trainer
     from oel.models import ModelConfig
 
-    cfg = ConsolidateConfig(trajectories=args.trajectories, knowledge=args.knowledge, output_dir=out_dir,
-                            model=ModelConfig(name=args.preset, dtype=dtype), steps=args.steps, batch_size=args.batch,
-                            micro_batch_size=args.batch, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, lr=LR,
-                            on_existing="overwrite", **overrides)
-    trainer = Consolidator(cfg)
+    cfg = ConsolidateCommandConfig(trajectories=args.trajectories, knowledge=args.knowledge, output_dir=out_dir,
+                                   model=ModelConfig(name=args.preset, dtype=dtype), steps=args.steps,
+                                   batch_size=args.batch, micro_batch_size=args.batch,
+                                   max_new_tokens=DEFAULT_MAX_NEW_TOKENS, lr=LR, on_existing="overwrite", **overrides)
+    trainer = command_trainer(cfg)
     trainer.prepare_output()
     trainer.optimizer.step = lambda: None  # every setting and step sees the starting weights
     out = []

@@ -103,13 +103,13 @@ def main() -> None:
         args.max_new_tokens, args.ops = SMOKE_MAX_NEW_TOKENS, SMOKE_OPS
     args.steps = 2
 
-    from oel.consolidate.trainer import Consolidator
+    from oel.consolidate.trainer import command_trainer
 
     with tempfile.TemporaryDirectory(prefix="oel-step-profile-") as tmp:
         if not args.knowledge:
             args.knowledge = [f"{tmp}/knowledge.txt"]
             Path(args.knowledge[0]).write_text(DEFAULT_KNOWLEDGE)
-        trainer = Consolidator(_ours_config(args, f"{tmp}/run", args.knowledge))
+        trainer = command_trainer(_ours_config(args, f"{tmp}/run", args.knowledge))
         trainer.prepare_output()
         print(f"after load: RSS {rss_mib('VmRSS'):.0f} MiB")
         trainer.train_step(1)

@@ -160,14 +160,14 @@ def main() -> None:
     import torch
 
     from oel.consolidate.scoring import shared_prefix_length
-    from oel.consolidate.data import read_knowledge
+    from oel.knowledge import Knowledge
     from oel.models import ModelConfig, load_model
     from oel.backends.hf import HFBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.knowledge:
-        k_texts = read_knowledge(args.knowledge)
+        k_texts = list(Knowledge.read(args.knowledge).texts)
     else:
         lines = DEFAULT_KNOWLEDGE.splitlines()
         k_texts = [DEFAULT_KNOWLEDGE, "\n".join(lines[::-1])]

@@ -40,9 +40,9 @@ def grid_consolidation_inputs(tmp_path: Path) -> str:
 
 @pytest.fixture
 def grid_consolidation_config(tmp_path: Path, grid_consolidation_inputs: str):
-    """Builds one-step ConsolidateConfigs over `grid_consolidation_inputs` (float32 tiny model, batch 4,
+    """Builds one-step `oel consolidate` configs (ConsolidateCommandConfig) over `grid_consolidation_inputs` (float32 tiny model, batch 4,
     both knowledge texts): `make(run_name, **overrides)` writes its run under tmp_path / run_name."""
-    from oel.consolidate import ConsolidateConfig
+    from oel.consolidate import ConsolidateCommandConfig
     from oel.models import ModelConfig
 
     def make(run_name: str, **overrides):
@@ -51,7 +51,7 @@ def grid_consolidation_config(tmp_path: Path, grid_consolidation_inputs: str):
                       output_dir=str(tmp_path / run_name),
                       model=ModelConfig(name=grid_consolidation_inputs, dtype="float32", device="cpu"),
                       steps=1, batch_size=4, micro_batch_size=4, max_new_tokens=3, top_k=16)
-        return ConsolidateConfig(**{**fields, **overrides})
+        return ConsolidateCommandConfig(**{**fields, **overrides})
 
     return make
 

@@ -9,7 +9,7 @@ from oel import prompts
 from oel.backends.base import SamplingParams
 from oel.backends.hf import HFBackend
 from oel.backends.tiny import tiny_chat_model
-from oel.collect.play import CollectConfig, collect
+from oel.collect.play import CollectCommandConfig, collect_command
 from oel.consolidate.teacher import teacher_messages
 from oel.envs import EnvConfig
 from oel.evaluate.games import answer_game_random_pass_rate
@@ -21,8 +21,8 @@ def test_policy_prompt_follows_the_game():
     assert prompts.policy_template_for("frozenlake") == "policy_grid_v1"
     assert prompts.policy_template_for("guess_number") == "policy_game_v1"
     assert prompts.policy_template_for("guess_number", "my.txt") == "my.txt"  # a user's choice is kept
-    assert CollectConfig(env=EnvConfig(game="blackjack")).prompt == "policy_game_v1"
-    assert CollectConfig(env=EnvConfig(game="sokoban")).prompt == "policy_grid_v1"
+    assert CollectCommandConfig(env=EnvConfig(game="blackjack")).prompt == "policy_game_v1"
+    assert CollectCommandConfig(env=EnvConfig(game="sokoban")).prompt == "policy_grid_v1"
     assert prompts.knowledge_template_for("policy_game_v1", "teacher_grid_after_v1") == "teacher_game_v1"
     assert prompts.knowledge_template_for("policy_grid_v1", "teacher_grid_after_v1") == "teacher_grid_after_v1"
 
@@ -54,9 +54,9 @@ def test_collect_plays_guess_number_and_the_extractor_gets_game_words(tmp_path):
     model, tok = tiny_chat_model(seed=1, dtype=torch.float32)
     backend = HFBackend(model, tok, model_id="tiny")
     out = tmp_path / "t.jsonl"
-    cfg = CollectConfig(env=EnvConfig(game="guess_number", max_turns=2), seeds="extract", num_seeds=2,
+    cfg = CollectCommandConfig(env=EnvConfig(game="guess_number", max_turns=2), seeds="extract", num_seeds=2,
                         out=str(out), sampling=SamplingParams(max_new_tokens=6))
-    collect(cfg, backend)
+    collect_command(cfg, backend)
     trajs = read_trajectories(out)
     assert len(trajs) == 2 and all(t.env_id == "GuessTheNumber-v0-raw" for t in trajs)
     assert all(t.meta["prompt"]["name"] == "policy_game_v1" for t in trajs)

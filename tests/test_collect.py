@@ -18,7 +18,8 @@ import torch
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.hf import HFBackend
 from oel.backends.tiny import tiny_chat_model
-from oel.collect.play import CollectConfig, collect, select_jobs, summary_path
+from oel.collect.play import (CollectCommandConfig, CollectConfig, Maps, collect, collect_command, select_jobs,
+                              summary_path)
 from oel.envs import EnvConfig, make_env
 from oel.errors import ConfigError
 from oel.rollout import EpisodeJob, pending_jobs, play_episodes, trajectory_id
@@ -44,20 +45,20 @@ class ScriptedBackend:
         return out
 
 
-def config(tmp_path: Path, **kw: object) -> CollectConfig:
+def config(tmp_path: Path, **kw: object) -> CollectCommandConfig:
     base = dict(seeds="heldout", num_seeds=6, samples_per_seed=2, batch_size=4,
                 out=str(tmp_path / "traj.jsonl"), sampling=SamplingParams(max_new_tokens=6))
-    return CollectConfig(**{**base, **kw})  # type: ignore[arg-type]
+    return CollectCommandConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_end_to_end_tiny_model_on_frozenlake(tmp_path: Path) -> None:
     model, tok = tiny_chat_model(dtype=torch.float32)
     backend = HFBackend(model, tok, model_id="tiny", max_batch_size=8)
     cfg = config(tmp_path, num_seeds=3, round=2, seeds="collect")
-    stats = collect(cfg, backend=backend)
+    stats = collect_command(cfg, backend=backend)
     trajs = read_trajectories(cfg.out)
     assert stats.episodes == len(trajs) == 6 and stats.skipped == 0
-    assert {(t.seed, t.sample) for t in trajs} == {(j.seed, j.sample) for j in select_jobs(cfg)}
+    assert {(t.seed, t.sample) for t in trajs} == {(j.seed, j.sample) for j in select_jobs(cfg.settings(), cfg.maps())}
     for t in trajs:
         assert t.env_id == "FrozenLake-v0-raw" and t.round == 2 and t.model_id == "tiny"
         assert t.outcome and t.meta["prompt"]["name"] == "policy_grid_v1"
@@ -98,15 +99,15 @@ def test_recorded_turns_replay_exactly(tmp_path: Path) -> None:
 
 def test_rerun_skips_what_is_on_file_and_repairs_a_torn_tail(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    first = collect(config(tmp_path, num_seeds=2), backend=ScriptedBackend())
+    first = collect_command(config(tmp_path, num_seeds=2), backend=ScriptedBackend())
     assert first.episodes == 4
     with open(cfg.out, "a") as f:
         f.write('{"schema_version": 1, "id": "torn')  # what a kill mid-write leaves
-    second = collect(cfg, backend=ScriptedBackend())
+    second = collect_command(cfg, backend=ScriptedBackend())
     assert (second.skipped, second.episodes) == (4, 8)
     ids = [t.id for t in read_trajectories(cfg.out)]
     assert len(ids) == len(set(ids)) == 12
-    third = collect(cfg, backend=ScriptedBackend())
+    third = collect_command(cfg, backend=ScriptedBackend())
     assert (third.skipped, third.episodes) == (12, 0)
 
 
@@ -122,25 +123,58 @@ def test_knowledge_fills_the_teacher_template(tmp_path: Path) -> None:
     (tmp_path / "k.txt").write_text("- EXPERIENCE ITEM: H is a hole.\n")
     cfg = config(tmp_path, num_seeds=1, samples_per_seed=1, prompt="teacher_grid_v1",
                  knowledge_file=str(tmp_path / "k.txt"))
-    collect(cfg, backend=ScriptedBackend())
+    collect_command(cfg, backend=ScriptedBackend())
     (t,) = read_trajectories(cfg.out)
     assert "H is a hole." in t.turns[0].prompt[0].content
     with pytest.raises(ConfigError, match="knowledge"):
-        collect(config(tmp_path, out=str(tmp_path / "x.jsonl"), knowledge_file=str(tmp_path / "k.txt")),
+        collect_command(config(tmp_path, out=str(tmp_path / "x.jsonl"), knowledge_file=str(tmp_path / "k.txt")),
                 backend=ScriptedBackend())
+
+
+def test_the_library_takes_its_inputs_as_arguments_and_makes_the_backend_when_needed(tmp_path: Path) -> None:
+    settings = CollectConfig(num_seeds=2, batch_size=2, sampling=SamplingParams(max_new_tokens=6))
+    made: list[int] = []
+
+    def make() -> ScriptedBackend:
+        made.append(1)
+        return ScriptedBackend()
+
+    out = tmp_path / "t.jsonl"
+    first = collect(settings, make, env=EnvConfig(), maps=Maps("collect", round=1), out=out)
+    again = collect(settings, make, env=EnvConfig(), maps=Maps("collect", round=1), out=out)
+    assert made == [1] and first.episodes == 2 and (again.skipped, again.episodes) == (2, 0)
+    assert {t.round for t in read_trajectories(out)} == {1}
+    with pytest.raises(ConfigError, match=r"^seed_offset: must be >= 0"):
+        collect(settings, make, env=EnvConfig(), maps=Maps("collect", offset=-1), out=out)
+
+
+def test_the_command_keeps_its_keys_in_their_order() -> None:
+    """`oel collect`'s keys, and its saved <out>.config.yaml, as before its inputs became arguments."""
+    from oel.config import describe, to_dict
+
+    order = ["env", "backend", "model", "endpoint", "max_batch_size", "max_batch_tokens", "seeds", "num_seeds",
+             "seed_offset", "samples_per_seed", "round", "sampling", "batch_size", "prompt", "knowledge_file", "out"]
+    assert list(to_dict(CollectCommandConfig())) == order
+    assert [key.split(".")[0] for key, *_ in describe(CollectCommandConfig)][:5] == ["env"] * 5
+    # an error about the whole config names it as it did (the settings' class), for each command
+    from oel.config import load_config
+    from oel.consolidate import ConsolidateCommandConfig
+
+    with pytest.raises(ConfigError, match=r"^ConsolidateConfig: steps: must be >= 1, got 0$"):
+        load_config(ConsolidateCommandConfig, None, ["steps=0"])
 
 
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ConfigError, match="num_seeds"):
-        CollectConfig(seeds="heldout", num_seeds=129)
+        CollectCommandConfig(seeds="heldout", num_seeds=129)
     with pytest.raises(ConfigError, match="batch_size"):
-        CollectConfig(batch_size=0)
+        CollectCommandConfig(batch_size=0)
 
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from oel.backends.base import Generation
-    from oel.collect.play import CollectConfig, collect
+    from oel.collect.play import CollectCommandConfig, collect_command
 
     class Slow:
         model_id = "slow"
@@ -148,7 +182,8 @@ KILL_SCRIPT = textwrap.dedent("""
             time.sleep(0.05)
             return [Generation("[right] then [down]", 10, 3) for _ in prompts]
 
-    collect(CollectConfig(seeds="heldout", num_seeds=40, samples_per_seed=2, batch_size=4, out=sys.argv[1]),
+    collect_command(CollectCommandConfig(seeds="heldout", num_seeds=40, samples_per_seed=2, batch_size=4,
+                                         out=sys.argv[1]),
             backend=Slow())
 """)
 

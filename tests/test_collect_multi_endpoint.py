@@ -18,7 +18,7 @@ from oel.backends.base import SamplingParams
 from oel.backends.hf import HFBackend
 from oel.backends.openai_endpoint import EndpointConfig, EndpointError, OpenAIBackend
 from oel.backends.tiny import tiny_chat_model
-from oel.collect.play import CollectConfig, collect
+from oel.collect.play import CollectCommandConfig, collect_command
 from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.trajectory import Message, read_trajectories
 
@@ -100,9 +100,9 @@ def test_collection_through_two_servers_equals_in_process_collection(servers, hf
                 sampling=SamplingParams(max_new_tokens=MAX_NEW))
     endpoint = EndpointConfig(base_url=servers[0].url, base_urls=[servers[1].url], concurrency=CONCURRENCY,
                               timeout_s=30)
-    http_cfg = CollectConfig(backend="openai", endpoint=endpoint, out=str(tmp_path / "http.jsonl"), **base)
-    collect(http_cfg)  # builds its own OpenAIBackend from the config, as `oel collect` does
-    collect(CollectConfig(out=str(tmp_path / "local.jsonl"), **base), backend=hf)
+    http_cfg = CollectCommandConfig(backend="openai", endpoint=endpoint, out=str(tmp_path / "http.jsonl"), **base)
+    collect_command(http_cfg)  # builds its own OpenAIBackend from the config, as `oel collect` does
+    collect_command(CollectCommandConfig(out=str(tmp_path / "local.jsonl"), **base), backend=hf)
     over_http, local = read_trajectories(http_cfg.out), read_trajectories(tmp_path / "local.jsonl")
     assert len(over_http) == len(local) == 3
     for a, b in zip(sorted(over_http, key=lambda t: t.seed), sorted(local, key=lambda t: t.seed)):
@@ -126,15 +126,16 @@ def test_a_server_that_is_down_or_serves_another_model_is_named(servers):
 
 
 def test_evaluation_through_two_servers_equals_in_process_evaluation(servers, hf, tmp_path: Path):
+    from oel.envs import EnvConfig
     from oel.evaluate.config import EvaluateConfig, GamesConfig, IFEvalConfig
     from oel.evaluate.evaluation import evaluate
+    from oel.knowledge import Knowledge
 
-    def cfg(name: str) -> EvaluateConfig:
-        games = GamesConfig(num_maps=2, sampling_seeds=[0], batch_size=2, sampling=SamplingParams(max_new_tokens=MAX_NEW))
-        return EvaluateConfig(games=games, ifeval=IFEvalConfig(enabled=False), out_dir=str(tmp_path / name))
-
-    over_http = evaluate(cluster(servers), cfg("http"), knowledge="Avoid H.")
-    local = evaluate(hf, cfg("local"), knowledge="Avoid H.")
+    games = GamesConfig(num_maps=2, sampling_seeds=[0], batch_size=2, sampling=SamplingParams(max_new_tokens=MAX_NEW))
+    cfg = EvaluateConfig(games=games, ifeval=IFEvalConfig(enabled=False))
+    lessons = Knowledge.of(["Avoid H."])
+    over_http = evaluate(cluster(servers), cfg, env=EnvConfig(), out_dir=tmp_path / "http", knowledge=lessons)
+    local = evaluate(hf, cfg, env=EnvConfig(), out_dir=tmp_path / "local", knowledge=lessons)
     assert over_http.games is not None and local.games is not None
     assert over_http.games.metrics.episodes == local.games.metrics.episodes == 2
     assert over_http.to_dict()["games"]["metrics"] == local.to_dict()["games"]["metrics"]

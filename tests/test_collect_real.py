@@ -9,7 +9,7 @@ import pytest
 from oel.backends.base import SamplingParams
 from oel.backends.hf import HFBackend
 from oel.backends.openai_endpoint import EndpointConfig, OpenAIBackend
-from oel.collect.play import CollectConfig, collect
+from oel.collect.play import CollectCommandConfig, collect_command
 from oel.envs import EnvConfig
 from oel.models import ModelConfig
 from oel.serving.chat_server import ChatServer, ServeConfig
@@ -41,10 +41,10 @@ def test_real_template_batching_and_endpoint_agree(smol: HFBackend) -> None:
 
 
 def test_real_collection(smol: HFBackend, tmp_path: Path) -> None:
-    cfg = CollectConfig(env=EnvConfig(max_turns=2), seeds="heldout", num_seeds=2, batch_size=2,
+    cfg = CollectCommandConfig(env=EnvConfig(max_turns=2), seeds="heldout", num_seeds=2, batch_size=2,
                         out=str(tmp_path / "t.jsonl"),
                         sampling=SamplingParams(max_new_tokens=MAX_NEW))
-    stats = collect(cfg, backend=smol)
+    stats = collect_command(cfg, backend=smol)
     trajs = read_trajectories(cfg.out)
     assert stats.episodes == len(trajs) == 2
     assert all(t.model_id == SMOL and t.turns[0].prompt_tokens > 100 for t in trajs)

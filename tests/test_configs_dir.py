@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from oel.config import Config, load_config
-from oel.consolidate.config import ConsolidateConfig
+from oel.consolidate.config import ConsolidateCommandConfig
 from oel.loop.config import LoopConfig
 from oel.online.config import OnlineConfig
 from oel.online.demo import DemoConfig
@@ -18,8 +18,8 @@ CONFIGS = ROOT / "configs"
 SCHEMA_OF: dict[str, type[Config]] = {
     "online.yaml": OnlineConfig,                          # oel online run
     "online-demo.yaml": DemoConfig,                       # oel online demo
-    "gpu/consolidate-8gpu-fsdp.yaml": ConsolidateConfig,  # oel consolidate (one round on 8 GPUs)
-    "gpu/consolidate-8gpu-ddp-lora.yaml": ConsolidateConfig,
+    "gpu/consolidate-8gpu-fsdp.yaml": ConsolidateCommandConfig,  # oel consolidate (one round on 8 GPUs)
+    "gpu/consolidate-8gpu-ddp-lora.yaml": ConsolidateCommandConfig,
 }
 """Which command reads each YAML file in configs/; every other one is an `oel loop` config."""
 

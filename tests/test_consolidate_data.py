@@ -6,7 +6,7 @@ import pytest
 
 from oel import prompts
 from oel.consolidate.config import ConsolidateConfig
-from oel.consolidate.data import ConsolidationData, StepRows, draw, load_knowledge, row_sampling
+from oel.consolidate.data import ConsolidationData, StepRows, check_knowledge, draw, row_sampling
 from oel.consolidate.distributed import Topology
 from oel.consolidate.teacher import teacher_messages
 from oel.errors import DataError
@@ -84,9 +84,16 @@ def test_step_rows_cut_into_micro_batches_and_become_samples():
 
 
 def test_knowledge_as_strings_or_files_and_never_blank(tmp_path):
+    from oel.knowledge import Knowledge
+
     (tmp_path / "k.txt").write_text("Go right.\n")
-    assert load_knowledge([str(tmp_path / "k.txt")], None)[0].strip() == "Go right."
-    assert load_knowledge([], ["a", "b"]) == ["a", "b"]
+    (tmp_path / "empty.txt").write_text(" \n")
+    read = Knowledge.read([tmp_path / "k.txt"])
+    assert read.texts == ("Go right.",) and read.files == (str(tmp_path / "k.txt"),)
+    assert check_knowledge(Knowledge.of(["a", "b"]).texts) == ["a", "b"]
+    with pytest.raises(DataError, match="knowledge file is empty"):
+        Knowledge.read([tmp_path / "k.txt", tmp_path / "empty.txt"])
+    assert Knowledge.read([tmp_path / "empty.txt", tmp_path / "k.txt"], skip_empty=True).files == (str(tmp_path / "k.txt"),)
     for bad in ([], ["a", "  "]):
         with pytest.raises(DataError, match="non-empty"):
-            load_knowledge([], bad)
+            check_knowledge(bad)

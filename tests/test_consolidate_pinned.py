@@ -47,10 +47,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_step(make_config, name: str) -> dict[str, float]:
-    from oel.consolidate import Consolidator
+    from oel.consolidate import command_trainer
 
     torch.manual_seed(0)  # nothing should depend on it; set so a stray use cannot make the pin flaky
-    trainer = Consolidator(make_config(name, **CASES[name]))
+    trainer = command_trainer(make_config(name, **CASES[name]))
     try:
         trainer.prepare_output()
         metrics = trainer.train_step(1)

@@ -113,12 +113,12 @@ def test_groups_keep_row_order(tiny):
 @pytest.mark.parametrize("switch", ["teacher_prefix_cache", "student_prefix_cache"])
 def test_trainer_step_same_with_prefix_cache(grid_consolidation_config, switch):
     """One consolidation step: either prefix-cache switch changes nothing but rounding (loss and gradient)."""
-    from oel.consolidate import Consolidator
+    from oel.consolidate import command_trainer
 
     results = []
     for cached in (False, True):
         cfg = grid_consolidation_config(f"run{int(cached)}", **{switch: cached})
-        trainer = Consolidator(cfg)
+        trainer = command_trainer(cfg)
         trainer.prepare_output()
         results.append(trainer.train_step(1))
     plain, cached = results

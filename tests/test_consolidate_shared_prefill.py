@@ -113,13 +113,13 @@ def test_rejects_bad_inputs(lora_student):
 def test_trainer_step_same_with_and_without_shared_prefill(grid_consolidation_config, micro_batch_size,
                                                             student_prefix_cache):
     """A whole consolidation step: same samples, loss, metrics and gradients with the switch on and off."""
-    from oel.consolidate import Consolidator
+    from oel.consolidate import command_trainer
 
     results = []
     for shared in (False, True):
         cfg = grid_consolidation_config(f"run{int(shared)}", micro_batch_size=micro_batch_size, lora_r=4,
                                         shared_student_prefill=shared, student_prefix_cache=student_prefix_cache)
-        trainer = Consolidator(cfg)
+        trainer = command_trainer(cfg)
         assert trainer.shared_prefill is shared
         trainer.prepare_output()
         trainer.optimizer.step = lambda: None  # compare gradients, not Adam's sign-like first update
@@ -146,11 +146,11 @@ def test_trainer_step_same_with_and_without_shared_prefill(grid_consolidation_co
 def test_switched_paths_run_only_where_they_can(grid_consolidation_config, setting, expected):
     """(shared_student_prefill, student_prefix_cache, teacher_prefix_cache) in use: skipped, not refused,
     where they cannot run (checkpointed layers drop the KV cache; off-policy samples from the teacher)."""
-    from oel.consolidate import Consolidator
+    from oel.consolidate import command_trainer
 
     cfg = grid_consolidation_config("run", batch_size=2, micro_batch_size=2, max_new_tokens=2,
                                     **{"student_prefix_cache": True, **setting})
-    trainer = Consolidator(cfg)
+    trainer = command_trainer(cfg)
     assert (trainer.shared_prefill, trainer.student_head_cache, trainer.teacher_head_cache) == expected
     trainer.prepare_output()
     assert trainer.train_step(1)["response_tokens"] > 0  # and the step runs
@@ -159,14 +159,14 @@ def test_switched_paths_run_only_where_they_can(grid_consolidation_config, setti
 def test_lora_in_the_model_dtype_gives_nearly_the_float32_adapter_gradient(grid_consolidation_inputs,
                                                                             grid_consolidation_config):
     """bf16 weights: the adapter's matmuls in bf16 (autocast) vs peft's float32 path -- same step up to bf16 rounding."""
-    from oel.consolidate import Consolidator
+    from oel.consolidate import command_trainer
     from oel.models import ModelConfig
 
     grads, metrics = [], []
     for compute in ("float32", "model"):
         cfg = grid_consolidation_config(compute, lora_r=4, lora_compute_dtype=compute,
                                         model=ModelConfig(name=grid_consolidation_inputs, dtype="bfloat16", device="cpu"))
-        trainer = Consolidator(cfg)
+        trainer = command_trainer(cfg)
         assert (trainer.student_dtype is None) is (compute == "float32")
         trainer.prepare_output()
         trainer.optimizer.step = lambda: None

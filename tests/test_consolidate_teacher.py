@@ -7,9 +7,8 @@ import torch
 from test_consolidate_trainer import _config, _p_target, _pretrained_model, world  # noqa: F401  (a fixture)
 
 from oel import prompts
-from oel.consolidate import consolidate
+from oel.consolidate import command_trainer, consolidate_command
 from oel.consolidate.teacher import teacher_messages
-from oel.consolidate.trainer import Consolidator
 from oel.errors import ConfigError
 from oel.models import ModelConfig
 from oel.trajectory import Message, Prefix
@@ -41,8 +40,8 @@ def test_placements_put_the_lessons_before_after_or_in_a_system_message():
 
 def test_teacher_model_equal_to_the_start_model_gives_the_self_teacher_run(world, tmp_path):
     """A separate frozen copy of M_r as teacher_model must train exactly as the adapter-off teacher."""
-    self_run = consolidate(_config(world, tmp_path / "self", steps=2, save_every=0)).last_metrics
-    other_run = consolidate(_config(world, tmp_path / "other", steps=2, save_every=0,
+    self_run = consolidate_command(_config(world, tmp_path / "self", steps=2, save_every=0)).last_metrics
+    other_run = consolidate_command(_config(world, tmp_path / "other", steps=2, save_every=0,
                                     teacher_model=world["random"])).last_metrics
     for key in ("loss", "grad_norm", "reverse_kl_full", "student_topk_mass"):
         assert other_run[key] == pytest.approx(self_run[key], rel=1e-5), key
@@ -51,13 +50,13 @@ def test_teacher_model_equal_to_the_start_model_gives_the_self_teacher_run(world
 def test_a_bf16_teacher_scores_a_float32_student_close_to_a_float32_teacher(world, tmp_path):
     """teacher_dtype=bfloat16: the student (and its gradients) stay float32, only the teacher's
     weights are bf16; the first step (same samples) then lands within bf16 rounding of the all-float32 one."""
-    trainer = Consolidator(_config(world, tmp_path / "probe", teacher_model=world["random"],
+    trainer = command_trainer(_config(world, tmp_path / "probe", teacher_model=world["random"],
                                    teacher_dtype="bfloat16"))
     with trainer.teacher.active() as teacher:
         assert {p.dtype for p in teacher.lm.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in trainer.params} == {torch.float32}
-    full = consolidate(_config(world, tmp_path / "fp32", steps=1, save_every=0, teacher_model=world["random"]))
-    mixed = consolidate(_config(world, tmp_path / "mixed", steps=1, save_every=0, teacher_model=world["random"],
+    full = consolidate_command(_config(world, tmp_path / "fp32", steps=1, save_every=0, teacher_model=world["random"]))
+    mixed = consolidate_command(_config(world, tmp_path / "mixed", steps=1, save_every=0, teacher_model=world["random"],
                                 teacher_dtype="bfloat16"))
     for key in ("loss", "reverse_kl_full", "student_topk_mass"):
         assert mixed.last_metrics[key] == pytest.approx(full.last_metrics[key], rel=BF16_STEP_REL, abs=1e-4), key
@@ -87,8 +86,8 @@ def test_a_student_learns_from_another_models_teacher(world, tmp_path):
     student = ModelConfig(name=ignorant, dtype="float32", device="cpu")
     before = _p_target(ignorant, knowledge=False)
     assert 0.15 < before < 0.35 and _p_target(ignorant, knowledge=True) < 0.35  # the construction worked
-    own = consolidate(_config(world, tmp_path / "own", model=student, steps=20, save_every=0))
-    other = consolidate(_config(world, tmp_path / "other", model=student, teacher_model=world["pretrained"],
+    own = consolidate_command(_config(world, tmp_path / "own", model=student, steps=20, save_every=0))
+    other = consolidate_command(_config(world, tmp_path / "other", model=student, teacher_model=world["pretrained"],
                                 steps=20, save_every=0))
     assert abs(_p_target(str(own.model_dir), knowledge=False) - before) < 0.1
     assert _p_target(str(other.model_dir), knowledge=False) > before + 0.3
@@ -106,7 +105,7 @@ def test_a_teacher_with_another_vocabulary_is_refused(world, tmp_path):
     model.save_pretrained(other)
     tok.save_pretrained(other)
     with pytest.raises(ConfigError, match="teacher_model: .* another vocabulary"):
-        Consolidator(_config(world, tmp_path / "run", teacher_model=str(other),
+        command_trainer(_config(world, tmp_path / "run", teacher_model=str(other),
                              model=ModelConfig(name=world["random"], dtype="float32", device="cpu")))
 
 

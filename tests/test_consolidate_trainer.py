@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from oel import prompts
 from oel.backends.hf import HFBackend
 from oel.backends.tiny import save_tiny_chat_model, tiny_chat_model
-from oel.consolidate import ConsolidateConfig, Consolidator, consolidate, trainer
+from oel.config import to_dict
+from oel.consolidate import ConsolidateCommandConfig, ConsolidateConfig, command_trainer, consolidate, consolidate_command, trainer
 from oel.consolidate.checkpoint import list_checkpoints
 from oel.consolidate.scoring import pack, response_logits
 from oel.consolidate.teacher import teacher_messages
@@ -88,13 +90,13 @@ def world(tmp_path_factory) -> dict[str, str]:
             "random": save_tiny_chat_model(d / "random", seed=5)}
 
 
-def _config(world, out: Path, **kw) -> ConsolidateConfig:
+def _config(world, out: Path, **kw) -> ConsolidateCommandConfig:
     base = dict(trajectories=world["traj"], knowledge=[world["knowledge"]], output_dir=str(out),
                 model=ModelConfig(name=world["random"], dtype="float32", device="cpu"),
                 steps=4, batch_size=4, micro_batch_size=2, max_new_tokens=3, lr=1e-2, save_every=2,
                 keep_last=2, top_k=16, on_existing="error")
     base.update(kw)
-    return ConsolidateConfig(**base)
+    return ConsolidateCommandConfig(**base)
 
 
 def _p_target(model_dir: str, *, knowledge: bool) -> float:
@@ -122,7 +124,7 @@ def test_student_learns_without_knowledge_what_the_teacher_knew(world, tmp_path,
     assert teacher > 0.9 and before_student < 0.5  # the construction worked
     cfg = _config(world, tmp_path / "run", model=ModelConfig(name=world["pretrained"], dtype="float32", device="cpu"),
                   steps=20, finetune=finetune, loss=loss, lr=lr, save_every=0)
-    result = consolidate(cfg)
+    result = consolidate_command(cfg)
     after = _p_target(str(result.model_dir), knowledge=False)
     assert after > before_student + 0.3, (before_student, after)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -130,7 +132,7 @@ def test_student_learns_without_knowledge_what_the_teacher_knew(world, tmp_path,
 
 
 def test_metrics_and_checkpoints(world, tmp_path):
-    result = consolidate(_config(world, tmp_path / "run", steps=5, save_every=1, keep_last=2))
+    result = consolidate_command(_config(world, tmp_path / "run", steps=5, save_every=1, keep_last=2))
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     keys = {"loss", "student_topk_mass", "response_len_mean", "tokens_per_s", "grad_norm", "lr", "step_s",
             "reverse_kl_full"}
@@ -152,14 +154,14 @@ def _metric_losses(run: Path) -> list[float]:
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])
 def test_resume_gives_the_uninterrupted_result(world, tmp_path, finetune):
-    straight = consolidate(_config(world, tmp_path / "a", finetune=finetune))
+    straight = consolidate_command(_config(world, tmp_path / "a", finetune=finetune))
     # Interrupted run: stop after step 3 (checkpoint at 2, step 3 logged, then "crash").
-    t = Consolidator(_config(world, tmp_path / "b", finetune=finetune, steps=4))
+    t = command_trainer(_config(world, tmp_path / "b", finetune=finetune, steps=4))
     t.prepare_output()
     t.config.steps = 3
     with pytest.raises(RuntimeError, match="crash"):
         t.run(on_step=lambda step, m: (_ for _ in ()).throw(RuntimeError("crash")) if step == 3 else None)
-    resumed = consolidate(_config(world, tmp_path / "b", finetune=finetune, on_existing="resume"))
+    resumed = consolidate_command(_config(world, tmp_path / "b", finetune=finetune, on_existing="resume"))
     assert resumed.steps == straight.steps == 4
     assert _metric_losses(tmp_path / "a") == pytest.approx(_metric_losses(tmp_path / "b"), abs=1e-6)
     wa, wb = _final_weights(straight.model_dir), _final_weights(resumed.model_dir)
@@ -169,14 +171,14 @@ def test_resume_gives_the_uninterrupted_result(world, tmp_path, finetune):
 
 
 def test_existing_run_dir_is_refused_unless_asked(world, tmp_path):
-    consolidate(_config(world, tmp_path / "run", steps=1))
+    consolidate_command(_config(world, tmp_path / "run", steps=1))
     with pytest.raises(TrainingError, match="already holds a run"):
-        consolidate(_config(world, tmp_path / "run", steps=1))
-    consolidate(_config(world, tmp_path / "run", steps=1, on_existing="overwrite"))
+        consolidate_command(_config(world, tmp_path / "run", steps=1))
+    consolidate_command(_config(world, tmp_path / "run", steps=1, on_existing="overwrite"))
 
 
 def test_nan_loss_aborts_the_step_and_writes_nothing(world, tmp_path, monkeypatch):
-    t = Consolidator(_config(world, tmp_path / "run", steps=3, save_every=1))
+    t = command_trainer(_config(world, tmp_path / "run", steps=3, save_every=1))
     t.prepare_output()
     before = {n: p.detach().clone() for n, p in t.student.named_parameters()}
     real = trainer.LOSSES["topk_reverse_kl"]
@@ -201,7 +203,7 @@ def test_gradient_accumulation_equals_one_big_batch(world, tmp_path, monkeypatch
     step: Adam's first update is ~lr*sign(g), which amplifies rounding in near-zero entries)."""
     results = []
     for mb in (4, 1):
-        t = Consolidator(_config(world, tmp_path / f"mb{mb}", micro_batch_size=mb, finetune="full"))
+        t = command_trainer(_config(world, tmp_path / f"mb{mb}", micro_batch_size=mb, finetune="full"))
         t.prepare_output()
         monkeypatch.setattr(t.optimizer, "step", lambda: None)
         samples = t.sample(1)
@@ -220,7 +222,7 @@ def test_gradient_accumulation_equals_one_big_batch(world, tmp_path, monkeypatch
 def test_off_policy_baseline_trains_on_teacher_samples(world, tmp_path, loss):
     cfg = _config(world, tmp_path / "run", model=ModelConfig(name=world["pretrained"], dtype="float32", device="cpu"),
                   sampler="off_policy", loss=loss, steps=2, save_every=0)
-    t = Consolidator(cfg)
+    t = command_trainer(cfg)
     t.prepare_output()
     samples = t.sample(1)
     target = t.tokenizer.convert_tokens_to_ids(TARGET)
@@ -234,20 +236,56 @@ def test_sampled_estimator_and_full_kl_run(world, tmp_path):
     import math
 
     for loss in ("sampled_reverse_kl", "reverse_kl"):
-        m = consolidate(_config(world, tmp_path / loss, loss=loss, steps=1)).last_metrics
+        m = consolidate_command(_config(world, tmp_path / loss, loss=loss, steps=1)).last_metrics
         assert math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) and m["reverse_kl_full"] >= 0
         if loss == "reverse_kl":  # the loss IS the full-vocabulary KL that is logged beside every loss
             assert m["loss"] == pytest.approx(m["reverse_kl_full"], rel=1e-6)
 
 
-def test_knowledge_as_strings_and_empty_knowledge_is_refused(world, tmp_path):
+def test_the_library_takes_its_inputs_as_arguments_and_knowledge_as_texts(world, tmp_path):
+    """`consolidate(settings, model=, knowledge=, trajectories=, output_dir=)`: the knowledge is texts
+    (no files to read), the model a config or the model already loaded (it carries its config)."""
     from oel.errors import DataError
+    from oel.knowledge import Knowledge
+    from oel.models import load_model
 
-    result = consolidate(_config(world, tmp_path / "s", knowledge=[], steps=1), knowledge_texts=[KNOWLEDGE, "Go down."])
+    settings = ConsolidateConfig(steps=1, batch_size=4, micro_batch_size=2, max_new_tokens=3, top_k=16)
+    model = ModelConfig(name=world["random"], dtype="float32", device="cpu")
+    result = consolidate(settings, model=load_model(model), knowledge=Knowledge.of([KNOWLEDGE, "Go down."]),
+                         trajectories=world["traj"], output_dir=tmp_path / "s")
     assert result.steps == 1
+    record = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert record["model"] == to_dict(model) and record["knowledge"] == [] and record["steps"] == 1
+    assert record["output_dir"] == str(tmp_path / "s") and record["trajectories"] == world["traj"]
+    with pytest.raises(DataError, match="every knowledge text must be non-empty"):
+        consolidate(settings, model=model, knowledge=Knowledge.of(["  "]), trajectories=world["traj"],
+                    output_dir=tmp_path / "blank")
     (tmp_path / "empty.txt").write_text("  \n")
     with pytest.raises(DataError, match="empty"):
-        consolidate(_config(world, tmp_path / "e", knowledge=[str(tmp_path / "empty.txt")], steps=1))
+        consolidate_command(_config(world, tmp_path / "e", knowledge=[str(tmp_path / "empty.txt")], steps=1))
+
+
+def test_the_run_record_keeps_the_keys_and_order_of_the_one_config_it_was(world, tmp_path):
+    """config.yaml (and every checkpoint's config) reads as it did when the inputs were config keys:
+    a run dir of either version resumes under the other."""
+    cfg = _config(world, tmp_path / "run", steps=2, save_every=1, keep_last=1)
+    consolidate_command(cfg)
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    keys = list(yaml.safe_load(text))  # in file order
+    old_order = ["trajectories", "knowledge", "output_dir", "model", *[k for k in ConsolidateConfig.model_fields]]
+    old_order.insert(old_order.index("keep_last") + 1, "on_existing")
+    assert keys == old_order
+    assert yaml.safe_load(text) == {**to_dict(cfg), "knowledge": [world["knowledge"]]}
+    # a checkpoint saved with a key since removed, and without one since added, still resumes
+    from oel.consolidate import checkpoint
+
+    (_, path), = list_checkpoints(tmp_path / "run" / "checkpoints")
+    state = checkpoint.read_state(path)
+    assert state["config"] == yaml.safe_load(text)
+    state["config"]["a_removed_key"] = "x"
+    del state["config"]["teacher_dtype"]
+    (path / checkpoint.STATE_FILE).write_text(json.dumps(state))
+    assert consolidate_command(_config(world, tmp_path / "run", steps=2, on_existing="resume")).steps == 2
 
 
 def test_cli_runs_a_round_from_key_value_overrides(world, tmp_path, capsys):
@@ -266,16 +304,16 @@ def test_cli_runs_a_round_from_key_value_overrides(world, tmp_path, capsys):
 
 
 def test_resume_under_different_settings_is_refused(world, tmp_path):
-    consolidate(_config(world, tmp_path / "run", steps=2, save_every=1, keep_last=1))
+    consolidate_command(_config(world, tmp_path / "run", steps=2, save_every=1, keep_last=1))
     with pytest.raises(TrainingError, match="lr="):
-        consolidate(_config(world, tmp_path / "run", steps=4, lr=1e-3, on_existing="resume"))
-    assert consolidate(_config(world, tmp_path / "run", steps=3, on_existing="resume")).steps == 3
+        consolidate_command(_config(world, tmp_path / "run", steps=4, lr=1e-3, on_existing="resume"))
+    assert consolidate_command(_config(world, tmp_path / "run", steps=3, on_existing="resume")).steps == 3
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(world, tmp_path, monkeypatch):
     grads = []
     for ckpt in (False, True):
-        t = Consolidator(_config(world, tmp_path / f"gc{ckpt}", gradient_checkpointing=ckpt))
+        t = command_trainer(_config(world, tmp_path / f"gc{ckpt}", gradient_checkpointing=ckpt))
         t.prepare_output()
         monkeypatch.setattr(t.optimizer, "step", lambda: None)
         t.train_step(1)

@@ -23,7 +23,7 @@ import torch
 
 from oel import prompts
 from oel.backends.tiny import save_tiny_chat_model
-from oel.consolidate import ConsolidateConfig, Consolidator, consolidate
+from oel.consolidate import ConsolidateCommandConfig, command_trainer, consolidate_command
 from oel.models import ModelConfig
 from oel.trajectory import Message, Trajectory, Turn, write_trajectories
 
@@ -75,14 +75,14 @@ def _inputs(d: Path) -> dict[str, str]:
             "model": save_tiny_chat_model(d / "model", seed=3)}
 
 
-def config(inputs: dict[str, Any], out: Path, **kw: Any) -> ConsolidateConfig:
+def config(inputs: dict[str, Any], out: Path, **kw: Any) -> ConsolidateCommandConfig:
     """4 prefixes per step, micro-batches of 1: each rank runs two micro-batches (accumulation)."""
     base = dict(trajectories=inputs["traj"], knowledge=inputs["knowledge"], output_dir=str(out),
                 model=ModelConfig(name=inputs["model"], dtype="float32", device="cpu"),
                 steps=STEPS, batch_size=4, micro_batch_size=1, max_new_tokens=4, lr=1e-3, top_k=16,
                 save_every=0, on_existing="error", seed=7, shared_student_prefill=False)
     base.update(kw)
-    return ConsolidateConfig(**base)
+    return ConsolidateCommandConfig(**base)
 
 
 def _crash_at(step: int):
@@ -92,11 +92,11 @@ def _crash_at(step: int):
     return on_step
 
 
-def ragged_run(cfg: ConsolidateConfig) -> Path:
+def ragged_run(cfg: ConsolidateCommandConfig) -> Path:
     """Consolidate with many stop tokens, so response lengths differ from row to row."""
     import dataclasses
 
-    t = Consolidator(cfg)
+    t = command_trainer(cfg)
     t.generation = dataclasses.replace(t.generation, stop_ids=t.generation.stop_ids | RAGGED_STOP_IDS)
     try:
         t.prepare_output()
@@ -117,12 +117,12 @@ def _worker(rank: int, port: int, root: str, inputs: dict[str, Any]) -> None:
     out = Path(root) / "dist"
     try:
         for name, kw in JOBS.items():
-            consolidate(config(inputs, out / name, **kw))
+            consolidate_command(config(inputs, out / name, **kw))
         ragged_run(config(inputs, out / RAGGED, **JOBS["fsdp-lora"]))
-        consolidate(config(inputs, out / MIXED, **JOBS["fsdp-full"], fsdp_mixed_precision=True))
+        consolidate_command(config(inputs, out / MIXED, **JOBS["fsdp-full"], fsdp_mixed_precision=True))
         for name, job in RESUMED.items():
             kw = JOBS[job]
-            first = Consolidator(config(inputs, out / name, **{**kw, "save_every": 1}))
+            first = command_trainer(config(inputs, out / name, **{**kw, "save_every": 1}))
             first.prepare_output()
             seen = {"world": first.topology.world_size, "strategy": type(first.parallel).__name__,
                     "rows": [s.prefix_index for s in first.sample(1)], "all_rows": [p for p, _ in first.draw(1)]}
@@ -131,7 +131,7 @@ def _worker(rank: int, port: int, root: str, inputs: dict[str, Any]) -> None:
                 first.run(on_step=_crash_at(2))  # checkpoint at 1, crash after step 2 is logged
             except RuntimeError:
                 pass
-            consolidate(config(inputs, out / name, **{**kw, "save_every": 1, "on_existing": "resume"}))
+            consolidate_command(config(inputs, out / name, **{**kw, "save_every": 1, "on_existing": "resume"}))
     except BaseException:
         (Path(root) / f"error-rank{rank}.txt").write_text(traceback.format_exc())
         raise
@@ -194,7 +194,7 @@ def _assert_same_run(single: Path, dist: Path, base_model: str) -> None:
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_two_ranks_equal_one_process(runs, tmp_path, name):
-    single = consolidate(config(runs["inputs"], tmp_path / name, **{**JOBS[name], "parallel": "none"}))
+    single = consolidate_command(config(runs["inputs"], tmp_path / name, **{**JOBS[name], "parallel": "none"}))
     assert single.steps == STEPS
     _assert_same_run(tmp_path / name, runs["root"] / "dist" / name, runs["inputs"]["model"])
 
@@ -208,7 +208,7 @@ def test_fsdp_generation_with_ragged_lengths_keeps_the_ranks_in_step(runs, tmp_p
 
 @pytest.mark.parametrize("name", list(RESUMED))
 def test_interrupted_two_rank_run_resumes_to_the_uninterrupted_result(runs, tmp_path, name):
-    consolidate(config(runs["inputs"], tmp_path / name, **{**JOBS[RESUMED[name]], "parallel": "none"}))
+    consolidate_command(config(runs["inputs"], tmp_path / name, **{**JOBS[RESUMED[name]], "parallel": "none"}))
     _assert_same_run(tmp_path / name, runs["root"] / "dist" / name, runs["inputs"]["model"])
 
 

@@ -13,11 +13,13 @@ import pytest
 
 from oel.backends.base import Generation, SamplingParams
 from oel.cli import build_parser
+from oel.config import to_dict
 from oel.envs import EnvConfig
 from oel.envs.solver import LakeState
 from oel.errors import ConfigError
-from oel.evaluate import (EvaluateConfig, GamesConfig, IFEvalConfig, episode_move_marks, evaluate,
+from oel.evaluate import (EvaluateCommandConfig, EvaluateConfig, GamesConfig, IFEvalConfig, episode_move_marks, evaluate,
                             evaluate_games, evaluation_table, move_quality, summarise, wilson_ci)
+from oel.knowledge import Knowledge
 from oel.layout import GAME_TRAJECTORIES as TRAJECTORIES_FILE
 from oel.trajectory import Message, Trajectory, Turn, read_trajectories
 
@@ -201,14 +203,17 @@ def test_config_validation_names_the_field() -> None:
 def test_evaluate_writes_evaluation_json_and_table(tmp_path: Path) -> None:
     knowledge = tmp_path / "knowledge.txt"
     knowledge.write_text("- EXPERIENCE ITEM: the goal G is bottom-right\n", encoding="utf-8")
-    config = EvaluateConfig(games=GamesConfig(num_maps=3, sampling_seeds=[0, 1]),
-                            ifeval=IFEvalConfig(enabled=False), knowledge_file=str(knowledge),
-                            out_dir=str(tmp_path / "eval"))
-    result = evaluate(FixedBackend("[right]"), config)
+    config = EvaluateConfig(games=GamesConfig(num_maps=3, sampling_seeds=[0, 1]), ifeval=IFEvalConfig(enabled=False))
+    result = evaluate(FixedBackend("[right]"), config, env=EnvConfig(), out_dir=tmp_path / "eval",
+                      knowledge=Knowledge.read([knowledge]))
     assert result.games is not None and result.games_knowledge is not None and result.ifeval is None
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text(encoding="utf-8"))
     assert saved["games"]["metrics"]["episodes"] == 6 and saved["games_knowledge"]["knowledge_texts"] == 1
-    assert saved["config"]["games"]["num_maps"] == 3
+    # the record is the run as `oel evaluate`'s config: its keys, in their order
+    assert saved["config"]["games"]["num_maps"] == 3 and saved["config"]["knowledge_file"] == str(knowledge)
+    assert list(saved["config"]) == list(EvaluateCommandConfig.field_order())
+    assert saved["config"] == to_dict(EvaluateCommandConfig(**to_dict(config), knowledge_file=str(knowledge),
+                                                            out_dir=str(tmp_path / "eval")))
     table = evaluation_table(result)
     assert "| no knowledge |" in table and "| with knowledge |" in table and "Wilson" in table
 

@@ -11,10 +11,13 @@ import pytest
 
 from oel import prompts
 from oel.backends.base import Generation, SamplingParams
+from oel.config import to_dict
 from oel.errors import ConfigError, DataError
 from oel.extract import (
+    ExtractCommandConfig,
     ExtractConfig,
     diff_experience,
+    extract_command,
     extract_round,
     format_diff,
     knowledge_texts,
@@ -74,11 +77,11 @@ def lesson_per_game(text: str, params: SamplingParams) -> str:
     return f"Here you go:\n- EXPERIENCE ITEM: lesson from {TAG.search(text).group(1)}\n"
 
 
-def config(tmp_path: Path, **kw) -> ExtractConfig:
+def config(tmp_path: Path, **kw) -> ExtractCommandConfig:
     base = dict(out_dir=str(tmp_path / "store"), num_runs=1, num_trajectories=4, budget_tokens=1000,
                 max_input_tokens=4000)
     base.update(kw)
-    return ExtractConfig(**base)
+    return ExtractCommandConfig(**base)
 
 
 def knowledge_part(prompt_text: str) -> str:
@@ -89,7 +92,7 @@ def knowledge_part(prompt_text: str) -> str:
 def test_accumulation_order_trajectory_i_sees_e_i_minus_1(tmp_path):
     fake = ScriptedExtractor(lesson_per_game)
     trajs = [make_traj(i) for i in range(1, 5)]
-    extract_round(config(tmp_path), trajs, fake)
+    extract_command(config(tmp_path), trajs, fake)
     assert len(fake.prompts) == 4
     for i, p in enumerate(fake.prompts, start=1):
         assert TAG.search(p).group(1) == f"T{i}"
@@ -123,7 +126,7 @@ def test_strip_thinking_shapes(text, want):
 
 def test_exact_repeats_are_deduplicated(tmp_path):
     fake = ScriptedExtractor(lambda t, p: "- EXPERIENCE ITEM: walls block you\n- EXPERIENCE ITEM:  walls  block you")
-    extract_round(config(tmp_path, num_trajectories=3), [make_traj(i) for i in range(1, 4)], fake)
+    extract_command(config(tmp_path, num_trajectories=3), [make_traj(i) for i in range(1, 4)], fake)
     final = read_experience(step_path(tmp_path / "store", 0, 0, 3))
     assert final.texts == ["- EXPERIENCE ITEM: walls block you"]
     first = read_experience(step_path(tmp_path / "store", 0, 0, 1)).record
@@ -137,7 +140,7 @@ def test_budget_keeps_newest_whole_items(tmp_path):
         return "- EXPERIENCE ITEM: " + TAG.search(text).group(1).ljust(21, "x")
 
     budget = 30  # two items fit (24 tokens), three (122 chars -> 35 tokens) do not
-    extract_round(config(tmp_path, num_trajectories=5, budget_tokens=budget), [make_traj(i) for i in range(1, 6)],
+    extract_command(config(tmp_path, num_trajectories=5, budget_tokens=budget), [make_traj(i) for i in range(1, 6)],
                   ScriptedExtractor(item))
     final = read_experience(step_path(tmp_path / "store", 0, 0, 5))
     assert [t.split(": ")[1][:2] for t in final.texts] == ["T4", "T5"]
@@ -174,7 +177,7 @@ def test_single_huge_turn_is_cut_by_characters_from_the_left():
 
 def test_truncation_is_recorded_in_the_step_record(tmp_path):
     trajs = [make_traj(i, turns=40, obs="observation text " * 8) for i in range(1, 3)]
-    extract_round(config(tmp_path, num_trajectories=2, budget_tokens=100, max_input_tokens=700), trajs,
+    extract_command(config(tmp_path, num_trajectories=2, budget_tokens=100, max_input_tokens=700), trajs,
                   ScriptedExtractor(lesson_per_game))
     rec = read_experience(step_path(tmp_path / "store", 0, 0, 1)).record
     assert rec.input_truncated and rec.dropped_turns > 0 and rec.input_tokens <= 700
@@ -182,39 +185,44 @@ def test_truncation_is_recorded_in_the_step_record(tmp_path):
 
 def test_k_runs_give_k_sets_with_distinct_seeds(tmp_path):
     fake = ScriptedExtractor(lambda t, p: f"- EXPERIENCE ITEM: seen with seed {p.seed}")
-    cfg = config(tmp_path, num_runs=3, num_trajectories=2, use_step=1)
-    result = extract_round(cfg, [make_traj(i) for i in range(1, 3)], fake)
-    texts = knowledge_texts(cfg.out_dir, 0)
+    cfg, store = ExtractConfig(num_runs=3, num_trajectories=2, use_step=1), tmp_path / "store"
+    result = extract_round(cfg, [make_traj(i) for i in range(1, 3)], fake, store=store, round=2, source="t.jsonl")
+    texts = knowledge_texts(store, 2)
     assert len(texts) == 3 and len(set(texts)) == 3 and result.texts == texts and result.step == 1
-    seeds = {read_experience(step_path(cfg.out_dir, 0, k, 1)).record.sampling_seed for k in range(3)}
+    seeds = {read_experience(step_path(store, 2, k, 1)).record.sampling_seed for k in range(3)}
     assert len(seeds) == 3
-    assert len(knowledge_texts(cfg.out_dir, 0, step=2)) == 3
+    assert len(knowledge_texts(store, 2, step=2)) == 3
+    # the manifest records the settings with the inputs, as `oel extract`'s config dumps them
+    recorded = read_manifest(store, 2).config
+    assert list(recorded) == list(ExtractCommandConfig.field_order())
+    assert recorded == to_dict(ExtractCommandConfig(**to_dict(cfg), trajectories="t.jsonl", out_dir=str(store),
+                                                    round=2))
 
 
 def test_resume_continues_at_last_completed_step(tmp_path):
     trajs = [make_traj(i) for i in range(1, 5)]
     with pytest.raises(KeyboardInterrupt):
-        extract_round(config(tmp_path), trajs, CrashAfter(lesson_per_game, 2))
+        extract_command(config(tmp_path), trajs, CrashAfter(lesson_per_game, 2))
     assert read_experience(step_path(tmp_path / "store", 0, 0, 2)).step == 2
     assert not step_path(tmp_path / "store", 0, 0, 3).exists()
     second = ScriptedExtractor(lesson_per_game)
-    extract_round(config(tmp_path), trajs, second)
+    extract_command(config(tmp_path), trajs, second)
     assert [TAG.search(p).group(1) for p in second.prompts] == ["T3", "T4"]
     reference = config(tmp_path / "ref")
-    extract_round(reference, trajs, ScriptedExtractor(lesson_per_game))
+    extract_command(reference, trajs, ScriptedExtractor(lesson_per_game))
     assert knowledge_texts(tmp_path / "store", 0) == knowledge_texts(reference.out_dir, 0)
 
 
 def test_resume_with_changed_settings_is_refused(tmp_path):
     trajs = [make_traj(i) for i in range(1, 5)]
-    extract_round(config(tmp_path), trajs, ScriptedExtractor(lesson_per_game))
+    extract_command(config(tmp_path), trajs, ScriptedExtractor(lesson_per_game))
     with pytest.raises(ConfigError, match="budget_tokens"):
-        extract_round(config(tmp_path, budget_tokens=500), trajs, ScriptedExtractor(lesson_per_game))
-    extract_round(config(tmp_path, budget_tokens=500, overwrite=True), trajs, ScriptedExtractor(lesson_per_game))
+        extract_command(config(tmp_path, budget_tokens=500), trajs, ScriptedExtractor(lesson_per_game))
+    extract_command(config(tmp_path, budget_tokens=500, overwrite=True), trajs, ScriptedExtractor(lesson_per_game))
 
 
 def _first_file(tmp_path: Path) -> Path:
-    extract_round(config(tmp_path, num_trajectories=2), [make_traj(i) for i in range(1, 3)],
+    extract_command(config(tmp_path, num_trajectories=2), [make_traj(i) for i in range(1, 3)],
                   ScriptedExtractor(lesson_per_game))
     return step_path(tmp_path / "store", 0, 0, 2)
 
@@ -247,7 +255,7 @@ def test_hand_edited_text_without_rerender_is_caught(tmp_path):
 
 
 def test_diff_between_steps(tmp_path):
-    extract_round(config(tmp_path, budget_tokens=20), [make_traj(i) for i in range(1, 5)],
+    extract_command(config(tmp_path, budget_tokens=20), [make_traj(i) for i in range(1, 5)],
                   ScriptedExtractor(lesson_per_game))
     a = read_experience(step_path(tmp_path / "store", 0, 0, 1))
     b = read_experience(step_path(tmp_path / "store", 0, 0, 4))
@@ -261,7 +269,7 @@ def test_diff_between_steps(tmp_path):
 
 def test_raw_trajectories_baseline_fills_budget_with_newest_games(tmp_path):
     cfg = config(tmp_path, kind="raw_trajectories", num_trajectories=4, budget_tokens=60)
-    extract_round(cfg, [make_traj(i) for i in range(1, 5)], None)
+    extract_command(cfg, [make_traj(i) for i in range(1, 5)], None)
     final = read_experience(step_path(cfg.out_dir, 0, 0, 4))
     assert final.extractor_model == "none" and final.items
     assert final.texts[-1].startswith("Earlier game t4:") and "Result: T4 fell into a hole" in final.texts[-1]
@@ -270,7 +278,7 @@ def test_raw_trajectories_baseline_fills_budget_with_newest_games(tmp_path):
 
 
 def test_other_model_provenance_is_recorded(tmp_path):
-    extract_round(config(tmp_path, num_trajectories=1), [make_traj(1)],
+    extract_command(config(tmp_path, num_trajectories=1), [make_traj(1)],
                   ScriptedExtractor(lesson_per_game, model_id="bigger-model"))
     f = read_experience(step_path(tmp_path / "store", 0, 0, 1))
     assert f.extractor_model == "bigger-model" and f.items[0].extractor_model == "bigger-model"
@@ -302,7 +310,7 @@ def test_unstructured_keeps_every_line_and_budgets_by_line(tmp_path):
         return f"<think>private</think>Note {tag} one.\n\nNote {tag} two."
 
     cfg = config(tmp_path, format="unstructured", num_trajectories=3, budget_tokens=10)
-    extract_round(cfg, [make_traj(i) for i in range(1, 4)], ScriptedExtractor(notes))
+    extract_command(cfg, [make_traj(i) for i in range(1, 4)], ScriptedExtractor(notes))
     final = read_experience(step_path(cfg.out_dir, 0, 0, 3))
     assert final.prompt["name"] == "extract_unstructured_v1"
     assert final.texts == ["Note T3 one.", "Note T3 two."]  # 25 chars -> 8 tokens; three lines are 11
@@ -331,7 +339,7 @@ class LengthCapped(ScriptedExtractor):
 
 def test_answer_cut_by_token_limit_loses_its_unfinished_last_line(tmp_path):
     fake = LengthCapped(lambda t, p: "- EXPERIENCE ITEM: holes end the game\n- EXPERIENCE ITEM: walls do not")
-    extract_round(config(tmp_path, num_trajectories=1), [make_traj(1)], fake)
+    extract_command(config(tmp_path, num_trajectories=1), [make_traj(1)], fake)
     f = read_experience(step_path(tmp_path / "store", 0, 0, 1))
     assert f.texts == ["- EXPERIENCE ITEM: holes end the game"]
     assert f.record.unfinished_dropped == "- EXPERIENCE ITEM: walls do not"
@@ -340,7 +348,7 @@ def test_answer_cut_by_token_limit_loses_its_unfinished_last_line(tmp_path):
 def test_an_item_longer_than_the_budget_does_not_empty_the_knowledge(tmp_path):
     cfg = config(tmp_path, kind="raw_trajectories", num_trajectories=3, budget_tokens=50)
     trajs = [make_traj(1), make_traj(2), make_traj(3, turns=12, obs="x")]  # 29, 29 (58 joined) and 110 tokens
-    extract_round(cfg, trajs, None)
+    extract_command(cfg, trajs, None)
     final = read_experience(step_path(cfg.out_dir, 0, 0, 3))
     assert [it.source_trajectory_id for it in final.items] == ["t2"]  # t3 too long alone; t1 + t2 too long together
     assert final.record.budget_dropped == 1  # t3 (t1 went at step 2)
@@ -350,7 +358,7 @@ def test_new_item_cap_counts_only_items_that_are_not_repeats(tmp_path):
     answers = iter(["- EXPERIENCE ITEM: a\n- EXPERIENCE ITEM: b",
                     "- EXPERIENCE ITEM: a\n- EXPERIENCE ITEM: b\n- EXPERIENCE ITEM: c\n- EXPERIENCE ITEM: d\n"
                     "- EXPERIENCE ITEM: e"])
-    extract_round(config(tmp_path, num_trajectories=2), [make_traj(1), make_traj(2)],
+    extract_command(config(tmp_path, num_trajectories=2), [make_traj(1), make_traj(2)],
                   ScriptedExtractor(lambda t, p: next(answers)))
     f = read_experience(step_path(tmp_path / "store", 0, 0, 2))
     assert [t[-1] for t in f.texts] == ["a", "b", "c", "d"]  # copies of a, b do not use up the cap of 2
@@ -377,7 +385,7 @@ def test_near_duplicates_are_dropped_only_when_asked(tmp_path):
     up, down = "- EXPERIENCE ITEM: From the top row never answer [up].", "- EXPERIENCE ITEM: From the top row never answer [down]."
     assert dedup_new([up], [down], near=0.7) == ([down], [])
     fake = ScriptedExtractor(lambda t, p: "\n".join(RESTATED))
-    extract_round(config(tmp_path, num_trajectories=2, near_duplicate=0.7, max_new_items=0),
+    extract_command(config(tmp_path, num_trajectories=2, near_duplicate=0.7, max_new_items=0),
                   [make_traj(i) for i in range(1, 3)], fake)
     final = read_experience(step_path(tmp_path / "store", 0, 0, 2))
     assert final.texts == [RESTATED[0], RESTATED[2]] and len(final.record.duplicates_dropped) == 3
@@ -387,9 +395,9 @@ def test_near_duplicate_setting_is_checked_and_part_of_the_resume_fingerprint(tm
     with pytest.raises(ConfigError, match=r"near_duplicate: must be in \[0, 1\], got 1.5"):
         config(tmp_path, near_duplicate=1.5)
     trajs = [make_traj(i) for i in range(1, 3)]
-    extract_round(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
+    extract_command(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
     with pytest.raises(ConfigError, match="near_duplicate"):
-        extract_round(config(tmp_path, num_trajectories=2, near_duplicate=0.7), trajs, ScriptedExtractor(lesson_per_game))
+        extract_command(config(tmp_path, num_trajectories=2, near_duplicate=0.7), trajs, ScriptedExtractor(lesson_per_game))
 
 
 FROZENLAKE_BOARD = """[GAME] Current Board:
@@ -422,13 +430,13 @@ def test_compact_record_is_what_the_extractor_reads_and_part_of_the_fingerprint(
     trajs = [Trajectory(id=f"t{i}", env_id="FrozenLake-v0-raw", seed=i, model_id="m", turns=ts,
                         outcome=f"T{i} two invalid moves", passed=False) for i in (1, 2)]
     fake = ScriptedExtractor(lesson_per_game)
-    extract_round(config(tmp_path, num_trajectories=2, record="compact"), trajs, fake)
+    extract_command(config(tmp_path, num_trajectories=2, record="compact"), trajs, fake)
     assert all("P . H\n. . H\n. . G" in p and "+-----+" not in p for p in fake.prompts)
     assert read_manifest(tmp_path / "store", 0).fingerprint["record"] == "compact"
     with pytest.raises(ConfigError, match="record"):
-        extract_round(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
+        extract_command(config(tmp_path, num_trajectories=2), trajs, ScriptedExtractor(lesson_per_game))
     full = ScriptedExtractor(lesson_per_game)
-    extract_round(config(tmp_path / "full", num_trajectories=2), trajs, full)
+    extract_command(config(tmp_path / "full", num_trajectories=2), trajs, full)
     assert all("+-----+" in p for p in full.prompts)
     assert "record" not in read_manifest(tmp_path / "full" / "store", 0).fingerprint  # old stores still resume
 
@@ -453,7 +461,7 @@ def test_tally_record_counts_each_answer_and_the_replies_to_it(tmp_path):
         "- the game ended right after the last [right]",
     ]
     fake = ScriptedExtractor(lesson_per_game)
-    extract_round(config(tmp_path, num_trajectories=1, record="tally"), [traj], fake)
+    extract_command(config(tmp_path, num_trajectories=1, record="tally"), [traj], fake)
     assert TALLY_HEADER in fake.prompts[0] and fake.prompts[0].count("Outcome: T1 Failure") == 1
     assert "Turn 1" not in fake.prompts[0]
     assert read_manifest(tmp_path / "store", 0).fingerprint["record"] == "tally"

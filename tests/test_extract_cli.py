@@ -11,7 +11,7 @@ from oel.backends.base import Generation, SamplingParams
 from oel.cli import main
 from oel.envs import EnvConfig
 from oel.evaluate.curve import CurveConfig, default_steps, evaluate_curve, wilson_interval
-from oel.extract import ExtractConfig, extract_round
+from oel.extract import ExtractCommandConfig, extract_command
 from oel.trajectory import Message
 
 from test_extract import ScriptedExtractor, lesson_per_game, make_traj
@@ -19,9 +19,9 @@ from test_extract import ScriptedExtractor, lesson_per_game, make_traj
 
 @pytest.fixture
 def store(tmp_path):
-    cfg = ExtractConfig(out_dir=str(tmp_path / "store"), num_runs=2, num_trajectories=4, budget_tokens=20,
-                        max_input_tokens=4000, use_step=3)
-    extract_round(cfg, [make_traj(i) for i in range(1, 5)], ScriptedExtractor(lesson_per_game))
+    cfg = ExtractCommandConfig(out_dir=str(tmp_path / "store"), num_runs=2, num_trajectories=4, budget_tokens=20,
+                               max_input_tokens=4000, use_step=3)
+    extract_command(cfg, [make_traj(i) for i in range(1, 5)], ScriptedExtractor(lesson_per_game))
     return tmp_path / "store"
 
 
@@ -104,9 +104,9 @@ def test_curve_writes_table_and_plot_and_resumes(store, tmp_path):
 
 
 def test_curve_plays_identical_knowledge_once(tmp_path):
-    cfg = ExtractConfig(out_dir=str(tmp_path / "same"), num_runs=1, num_trajectories=3, budget_tokens=100,
+    cfg = ExtractCommandConfig(out_dir=str(tmp_path / "same"), num_runs=1, num_trajectories=3, budget_tokens=100,
                         max_input_tokens=4000)
-    extract_round(cfg, [make_traj(i) for i in range(1, 4)],
+    extract_command(cfg, [make_traj(i) for i in range(1, 4)],
                   ScriptedExtractor(lambda t, p: "- EXPERIENCE ITEM: the only lesson"))
     curve = CurveConfig(store=cfg.out_dir, steps=[0, 1, 3], num_maps=2, out_dir=str(tmp_path / "c"))
     policy = KnowledgeFollower()

@@ -15,9 +15,9 @@ from oel import prompts
 from oel.cli import main
 from oel.consolidate.teacher import teacher_messages
 from oel.extract import (
-    ExtractConfig,
+    ExtractCommandConfig,
     accumulate,
-    extract_round,
+    extract_command,
     read_experience,
     step_path,
 )
@@ -90,7 +90,7 @@ def test_the_task_templates_speak_of_no_game():
 def test_a_grid_round_is_extracted_exactly_as_before(tmp_path):
     """Collected games keep the grid wording: the quick start's prompts do not change."""
     fake = ScriptedExtractor(lesson_per_game)
-    extract_round(ExtractConfig(out_dir=str(tmp_path / "s"), num_runs=1, num_trajectories=2), [make_traj(1), make_traj(2)], fake)
+    extract_command(ExtractCommandConfig(out_dir=str(tmp_path / "s"), num_runs=1, num_trajectories=2), [make_traj(1), make_traj(2)], fake)
     assert all(p.startswith(prompts.get("extract_structured_v1").text.split("{knowledge}")[0]) for p in fake.prompts)
     assert "Game reply: moved 0" in fake.prompts[0]
     assert read_experience(step_path(tmp_path / "s", 0, 0, 2)).prompt == prompts.get("extract_structured_v1").record()
@@ -98,7 +98,7 @@ def test_a_grid_round_is_extracted_exactly_as_before(tmp_path):
 
 def test_an_imported_round_gets_the_task_record(tmp_path):
     fake = ScriptedExtractor(lesson_per_game)
-    extract_round(ExtractConfig(out_dir=str(tmp_path / "s"), num_runs=1, num_trajectories=2), [imported(1), imported(2)], fake)
+    extract_command(ExtractCommandConfig(out_dir=str(tmp_path / "s"), num_runs=1, num_trajectories=2), [imported(1), imported(2)], fake)
     first = fake.prompts[0]
     assert "Feedback: moved 0" in first and "Game" not in first and "Outcome: T1" in first
     assert read_experience(step_path(tmp_path / "s", 0, 0, 2)).prompt["name"] == "extract_task_structured_v1"
@@ -155,8 +155,8 @@ def test_shell_log_import_extract_consolidate_end_to_end(tmp_path, monkeypatch, 
 
 def test_an_explicit_template_overrides_auto_for_imported_logs(tmp_path):
     fake = ScriptedExtractor(lesson_per_game)
-    cfg = ExtractConfig(out_dir=str(tmp_path / "s"), num_runs=1, num_trajectories=1, prompt="extract_structured_v1")
-    extract_round(cfg, [imported(1)], fake)
+    cfg = ExtractCommandConfig(out_dir=str(tmp_path / "s"), num_runs=1, num_trajectories=1, prompt="extract_structured_v1")
+    extract_command(cfg, [imported(1)], fake)
     assert "Record of the game:" in fake.prompts[0] and "Feedback: moved 0" in fake.prompts[0]
 
 

@@ -56,10 +56,23 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 def test_loop_owned_fields_and_config_changes_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"^collect\.out: set by the loop"):
+    """A stage command's input key has no place in a loop config (the loop passes its own): one line says so."""
+    with pytest.raises(ConfigError, match=r"^collect\.out: set by the loop; leave it out of a loop config \(set the "
+                                          r"top-level model/env/run_dir instead\)$"):
         load_config(LoopConfig, None, ["collect.out=x.jsonl"])
     with pytest.raises(ConfigError, match=r"^consolidate\.model: set by the loop"):
         load_config(LoopConfig, None, ["consolidate.model.name=x"])
+    for key, override in (("collect.env", "collect.env.game=sokoban"), ("extract.out_dir", "extract.out_dir=x"),
+                          ("consolidate.knowledge", "consolidate.knowledge=[k.txt]"),
+                          ("evaluate.out_dir", "evaluate.out_dir=x"), ("evaluate.model", "evaluate.model.name=x")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: set by the loop"):
+            load_config(LoopConfig, None, [override])
+    with pytest.raises(ConfigError, match=r"^collect\.num_sed: unknown config key \(did you mean collect\.num_seeds\?\)"):
+        load_config(LoopConfig, None, ["collect.num_sed=3"])
+    from oel.online.config import OnlineConfig  # the scheduler's stage sections: the same rule
+
+    with pytest.raises(ConfigError, match=r"^consolidate\.output_dir: set by the loop"):
+        load_config(OnlineConfig, None, ["consolidate.output_dir=x"])
     base = load_config(LoopConfig, None, [f"run_dir={tmp_path}"])
     prepare_run_dir(base)
     changed = load_config(LoopConfig, None, [f"run_dir={tmp_path}", "consolidate.lr=0.5", "rounds=3"])
@@ -297,9 +310,9 @@ def test_every_shipped_config_is_valid(path):
     `online-demo.yaml` an `oel online demo` one; every other file is an `oel loop` config."""
     name = Path(path).name
     if name.startswith("consolidate-"):
-        from oel.consolidate.config import ConsolidateConfig
+        from oel.consolidate.config import ConsolidateCommandConfig
 
-        assert load_config(ConsolidateConfig, path).batch_size >= 1
+        assert load_config(ConsolidateCommandConfig, path).batch_size >= 1
     elif name == "online.yaml":
         from oel.online.config import OnlineConfig
 
@@ -413,7 +426,7 @@ def test_a_run_dir_saved_before_a_key_existed_resumes_with_its_default(tmp_path)
     base = load_config(LoopConfig, None, [f"run_dir={tmp_path}"])
     prepare_run_dir(base)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    del saved["evaluate_every"], saved["env"]["hanoi_disks"], saved["collect"]["env"]["hanoi_disks"]
+    del saved["evaluate_every"], saved["env"]["hanoi_disks"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     prepare_run_dir(base)  # the keys it lacks ran with today's defaults
     with pytest.raises(ConfigError, match=r"different config \(env\.hanoi_disks\)"):
@@ -421,3 +434,33 @@ def test_a_run_dir_saved_before_a_key_existed_resumes_with_its_default(tmp_path)
     # and a source run of that age is still reused from
     source = ReuseSource.open(load_config(LoopConfig, None, [f"run_dir={tmp_path / 'other'}", f"reuse_from={tmp_path}"]))
     assert source is not None and source.config["env"]["hanoi_disks"] == base.env.hanoi_disks
+
+
+BEFORE_ISSUE_26 = Path(__file__).parent / "data" / "loop_config_before_issue_26.yaml"
+"""A run dir's config.yaml as `oel loop` wrote it while the stage sections still held the run's
+plumbing (collect.env, consolidate.model, consolidate.knowledge, evaluate.out_dir, ...): written by
+commit 3303c9b for `run_dir=RUN_DIR` and every other key at its default."""
+
+
+def test_a_run_dir_saved_with_the_stages_plumbing_keys_resumes_and_is_reused_from(tmp_path):
+    saved = yaml.safe_load(BEFORE_ISSUE_26.read_text())
+    assert "env" in saved["collect"] and "model" in saved["consolidate"] and "out_dir" in saved["evaluate"]
+    run, source = tmp_path / "run", tmp_path / "source"
+    for d in (run, source):
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({**saved, "run_dir": str(d)}, sort_keys=False))
+    before = (run / "config.yaml").read_text()
+    prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={run}"]))  # the keys it has in excess are dropped
+    assert (run / "config.yaml").read_text() == before
+    with pytest.raises(ConfigError, match=r"different config \(consolidate\.lr\)"):
+        prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={run}", "consolidate.lr=0.5"]))
+    for stage in ("collect", "extract"):
+        (source / "round_0" / stage).mkdir(parents=True)
+        (source / "round_0" / stage / MARKER).write_text("{}\n")
+    config = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'new'}", f"reuse_from={source}"])
+    reuse = ReuseSource.open(config)
+    assert reuse is not None
+    assert [reuse.reusable(config, 0, s) for s in ("collect", "extract")] == [source / "round_0" / s
+                                                                           for s in ("collect", "extract")]
+    other = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'new'}", f"reuse_from={source}", "collect.num_seeds=4"])
+    assert reuse.reusable(other, 0, "collect") is None

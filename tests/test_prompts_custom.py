@@ -16,7 +16,7 @@ from oel.config import load_config
 from oel.consolidate import ConsolidateConfig
 from oel.consolidate.teacher import prompt_records, teacher_messages
 from oel.errors import ConfigError
-from oel.extract import ExtractConfig, extract_round, read_experience, step_path
+from oel.extract import ExtractCommandConfig, ExtractConfig, extract_command, read_experience, step_path
 from oel.trajectory import Message, Prefix
 
 from test_extract import ScriptedExtractor, lesson_per_game, make_traj
@@ -47,10 +47,10 @@ def test_the_quick_start_templates_are_unchanged():
 
 def test_a_custom_extraction_template_is_used_and_recorded_by_path_and_hash(tmp_path):
     path = write(tmp_path / "shell.txt", EXTRACT_TEXT + "\n")
-    cfg = load_config(ExtractConfig, None, [f"out_dir={tmp_path / 's'}", "num_runs=1", "num_trajectories=2",
+    cfg = load_config(ExtractCommandConfig, None, [f"out_dir={tmp_path / 's'}", "num_runs=1", "num_trajectories=2",
                                             f"prompt={path}"])
     fake = ScriptedExtractor(lesson_per_game)
-    extract_round(cfg, [make_traj(1), make_traj(2)], fake)
+    extract_command(cfg, [make_traj(1), make_traj(2)], fake)
     assert fake.prompts[0].startswith("Shell review.\nKnown:\n(none yet)\nLog:\nTurn 1")
     assert fake.prompts[0].endswith("{literal}.")  # doubled braces are literal ones
     record = read_experience(step_path(tmp_path / "s", 0, 0, 2)).prompt
@@ -60,11 +60,11 @@ def test_a_custom_extraction_template_is_used_and_recorded_by_path_and_hash(tmp_
 def test_editing_the_template_file_makes_a_different_run(tmp_path):
     path = write(tmp_path / "shell.txt", EXTRACT_TEXT)
     fields = {"out_dir": str(tmp_path / "s"), "num_runs": 1, "num_trajectories": 1, "prompt": str(path)}
-    extract_round(ExtractConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
+    extract_command(ExtractCommandConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
     write(path, EXTRACT_TEXT.replace("Shell review.", "Shell review, second wording."))
     with pytest.raises(ConfigError, match=r"prompt\.sha256="):
-        extract_round(ExtractConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
-    extract_round(ExtractConfig(**fields, overwrite=True), [make_traj(1)], ScriptedExtractor(lesson_per_game))
+        extract_command(ExtractCommandConfig(**fields), [make_traj(1)], ScriptedExtractor(lesson_per_game))
+    extract_command(ExtractCommandConfig(**fields, overwrite=True), [make_traj(1)], ScriptedExtractor(lesson_per_game))
     assert read_experience(step_path(tmp_path / "s", 0, 0, 1)).prompt["sha256"] == sha12(path.read_text())
 
 
@@ -141,10 +141,10 @@ def test_a_teacher_template_file_with_wrong_fields_is_refused(tmp_path, key, tex
 
 
 def test_a_teacher_template_file_is_recorded_by_a_consolidation_run(grid_consolidation_config, tmp_path, one_thread):
-    from oel.consolidate import consolidate
+    from oel.consolidate import consolidate_command
 
     path = write(tmp_path / "system.txt", "Experience for this task:\n{knowledge}")
-    consolidate(grid_consolidation_config("run", teacher_template=str(path)))
+    consolidate_command(grid_consolidation_config("run", teacher_template=str(path)))
     records = json.loads((tmp_path / "run" / "prompts.json").read_text())
     assert {"name": str(path), "sha256": sha12(path.read_text())} in records
 
@@ -168,16 +168,16 @@ def test_a_custom_task_teacher_block_is_put_in_front_of_a_non_game_prompt(tmp_pa
 
 
 def test_resuming_after_the_teacher_template_file_was_edited_is_refused(grid_consolidation_config, tmp_path, one_thread):
-    from oel.consolidate import consolidate
+    from oel.consolidate import consolidate_command
     from oel.errors import TrainingError
 
     path = write(tmp_path / "teacher.txt", "Lessons:\n{knowledge}\n\nNow:\n{observation}")
-    consolidate(grid_consolidation_config("run", teacher_template=str(path), save_every=1))
+    consolidate_command(grid_consolidation_config("run", teacher_template=str(path), save_every=1))
     again = grid_consolidation_config("run", teacher_template=str(path), save_every=1, steps=2, on_existing="resume")
     write(path, "Earlier lessons:\n{knowledge}\n\n{observation}")
     with pytest.raises(TrainingError, match=r"prompts\.json: prompt '.*teacher\.txt' changed \(sha256 \w+ -> \w+\) since "
                                             r"the run started; use on_existing=overwrite"):
-        consolidate(again)
+        consolidate_command(again)
     write(path, "Lessons:\n{knowledge}\n\nNow:\n{observation}")
-    consolidate(again)
+    consolidate_command(again)
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import types
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,6 +45,25 @@ class Config(BaseModel):
         except ValidationError as e:
             raise ConfigValueError(_message(type(self), data, _chosen(e), whole="")) from None
 
+    @classmethod
+    def field_order(cls) -> tuple[str, ...]:
+        """The order of the fields in `to_dict` (saved configs, records) and `describe` (--help):
+        as declared. A command config that adds a stage's inputs to its settings (a subclass, whose
+        fields pydantic puts last) returns them to where its users and its saved records have them."""
+        return tuple(cls.model_fields)
+
+    @classmethod
+    def config_name(cls) -> str:
+        """What an error about the whole config calls it."""
+        return cls.__name__
+
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str:
+        """What to say instead of 'unknown config key' about the dotted key `key`; '' for that.
+        A config whose sections leave out keys that the section's own command has (the loop's
+        stages: their inputs are the loop's to choose) says where those keys went."""
+        return ""
+
     # Validation of nested configs must not go through this __init__ (it would be lax inside a
     # strict `from_dict`): marked as pydantic marks its own RootModel.__init__.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
@@ -55,25 +74,11 @@ class ConfigValueError(ConfigError, ValueError):
     check of a dataclass's `__post_init__`, a ValueError."""
 
 
-PLUMBING = "plumbing"
-"""The mark of a stage-config field that is run plumbing (see `cfg`)."""
-
-
-def cfg(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None, plumbing: bool = False) -> Any:
-    """A documented config field. `factory` for mutable defaults (lists, nested configs).
-
-    `plumbing`: where the stage reads and writes, which model and which maps: what a command's
-    user sets, but what the loop sets for each round (a loop config must leave it alone)."""
-    extra = {PLUMBING: True} if plumbing else None
+def cfg(default: Any = PydanticUndefined, help: str = "", *, factory: Any = None) -> Any:
+    """A documented config field. `factory` for mutable defaults (lists, nested configs)."""
     if factory is not None:
-        return Field(default_factory=factory, description=help, json_schema_extra=extra)
-    return Field(default=default, description=help, json_schema_extra=extra)
-
-
-def plumbing_fields(cls: type[Config]) -> tuple[str, ...]:
-    """The fields of `cls` marked `plumbing=True`, in declaration order."""
-    return tuple(name for name, field in cls.model_fields.items()
-                 if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(PLUMBING))
+        return Field(default_factory=factory, description=help)
+    return Field(default=default, description=help)
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -81,12 +86,60 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     try:
         return cls.model_validate(data, strict=True)
     except ValidationError as e:
-        raise ConfigError(_message(cls, data, _chosen(e), whole=cls.__name__)) from None
+        raise ConfigError(_message(cls, data, _chosen(e), whole=cls.config_name())) from None
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
     """YAML file (optional, with its `base:` chain) + dotted overrides -> validated config of type `cls`."""
     return from_dict(cls, load_config_data(path, overrides))
+
+
+class CommandConfig(Config):
+    """The config of a stage's command: the stage's settings and its inputs (what it reads and
+    writes, which model), flat, as `class XCommandConfig(XConfig, XInputs, CommandConfig)`.
+
+    The stage function takes the settings as its config and the inputs as arguments; the command
+    keeps the keys, their order (`INPUTS_AFTER`: where each input key sat among the settings when
+    they were one config) and the error messages it had before they were split."""
+
+    SETTINGS: ClassVar[type[Config]]
+    INPUTS: ClassVar[type[Config]]
+    INPUTS_AFTER: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def field_order(cls) -> tuple[str, ...]:
+        if not hasattr(cls, "SETTINGS"):  # this base itself: no fields
+            return super().field_order()
+        return inputs_placed(cls.SETTINGS, cls.INPUTS, cls.INPUTS_AFTER)
+
+    @classmethod
+    def config_name(cls) -> str:
+        return cls.SETTINGS.__name__ if hasattr(cls, "SETTINGS") else cls.__name__
+
+    def settings(self) -> Any:
+        """The user's settings alone: what the stage function takes as its config."""
+        return self.SETTINGS(**{name: getattr(self, name) for name in self.SETTINGS.model_fields})
+
+
+def inputs_placed(settings: type[Config], inputs: type[Config], after: dict[str, str]) -> tuple[str, ...]:
+    """A field order for a command config = `settings` + `inputs`: each input key right after the
+    settings key `after` names for it, the others first (where they were declared before the split)."""
+    unknown = sorted(set(after) - set(inputs.model_fields)) + sorted(set(after.values()) - set(settings.model_fields))
+    if unknown:
+        raise ValueError(f"inputs_placed: not fields of {inputs.__name__} / {settings.__name__}: {unknown}")
+    first = [k for k in inputs.model_fields if k not in after]
+    order: list[str] = []
+    for key in settings.model_fields:
+        order.append(key)
+        order += [k for k, prev in after.items() if prev == key]
+    return (*first, *order)
+
+
+def merged(settings: Config, inputs: Config, order_of: type[Config]) -> dict[str, Any]:
+    """`settings` and `inputs` as one mapping in `order_of`'s field order: what a stage records when
+    its settings and inputs reach it separately, the same as its command config would dump."""
+    values = {**to_dict(settings), **to_dict(inputs)}
+    return {k: values[k] for k in order_of.field_order()}
 
 
 def updated(config: C, **changes: Any) -> C:
@@ -97,6 +150,8 @@ def updated(config: C, **changes: Any) -> C:
 def to_dict(config: Any) -> dict[str, Any]:
     """The resolved config as plain data (tuples become lists) for YAML/JSON."""
     def plain(v: Any) -> Any:
+        if isinstance(v, Config):
+            return {name: plain(getattr(v, name)) for name in type(v).field_order()}
         if isinstance(v, BaseModel):
             return {name: plain(getattr(v, name)) for name in type(v).model_fields}
         if isinstance(v, (list, tuple)):
@@ -115,8 +170,8 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
 def describe(cls: type[Config], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, help) for every field, recursively: the CLI's --help."""
     rows = []
-    for name, field in cls.model_fields.items():
-        key = prefix + name
+    for name in cls.field_order():
+        field, key = cls.model_fields[name], prefix + name
         if _is_config(field.annotation):
             rows.extend(describe(field.annotation, key + "."))
             continue
@@ -187,6 +242,9 @@ def _message(cls: type[Config], data: Any, err: ErrorDetails, whole: str) -> str
         name = str(err["loc"][used])
         close = difflib.get_close_matches(name, list(tp.model_fields), n=3)
         parent = f"{key}." if key else ""
+        instead = cls.unknown_key_hint(parent + name)
+        if instead:
+            return f"{parent}{name}: {instead}"
         hint = f" (did you mean {', '.join(parent + c for c in close)}?)" if close else ""
         return f"{parent}{name}: unknown config key{hint}"
     if err["type"] == "value_error":  # a check in model_post_init

@@ -57,6 +57,25 @@ def with_new_defaults(saved: Any, defaults: Any) -> Any:
     return {**defaults, **{k: with_new_defaults(v, defaults.get(k)) for k, v in saved.items()}}
 
 
+def without_removed_keys(saved: Any, defaults: Any) -> Any:
+    """A saved config without the keys today's schema no longer has, recursively: the symmetric
+    rule to `with_new_defaults`.
+
+    A key leaves a config when what it said moved elsewhere (the stage configs' run plumbing --
+    paths, the model, seeds -- became arguments of the stage functions), and a config could only
+    hold it at a value the code at the time required, so a run saved with it still resumes, and
+    its stages are still reused, instead of differing in every key removed since. Only mappings
+    both sides have are walked (a config has no free-form mapping fields)."""
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    return {k: without_removed_keys(v, defaults[k]) for k, v in saved.items() if k in defaults}
+
+
+def as_today(saved: Any, defaults: Any) -> Any:
+    """A saved config in today's schema: removed keys dropped, new keys at today's defaults."""
+    return with_new_defaults(without_removed_keys(saved, defaults), defaults)
+
+
 def select(data: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     """The entries of `data` at the given dotted keys (`section` or `section.field`), nested as
     in `data`; keys that `data` lacks are left out."""

@@ -84,7 +84,9 @@ class HFBackend:
     def __init__(self, model: Any, tokenizer: Any, *, model_id: str,
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, model_config: Any = None) -> None:
+        """`model_config`: how the model was loaded (an `oel.models.ModelConfig`), where known: what a
+        stage given this backend records as its model (an evaluation's record)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         if max_batch_tokens < 1:
@@ -94,6 +96,7 @@ class HFBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.model_config = model_config
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = _pad_token_id(tokenizer)
@@ -109,7 +112,7 @@ class HFBackend:
         """Load a model preset or directory through `oel.models` and wrap it."""
         lm = load_model(model_cfg)
         return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size,
-                   max_batch_tokens=max_batch_tokens, prefix_cache_bytes=prefix_cache_bytes)
+                   max_batch_tokens=max_batch_tokens, prefix_cache_bytes=prefix_cache_bytes, model_config=lm.config)
 
     # -- the ChatBackend interface -------------------------------------------------------
     def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from oel.collect.importers import import_logs
-from oel.collect.play import CollectConfig, collect, summary_path
+from oel.collect.play import CollectCommandConfig, collect_command, summary_path
 from oel.commands import add_config_command
 from oel.config import save_config
 from oel.io import check_writable_file, read_text_file
@@ -21,7 +21,7 @@ from oel.models import check_model_name
 _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 
 
-def run_collect(config: Any, ns: argparse.Namespace) -> int:
+def run_collect(config: CollectCommandConfig, ns: argparse.Namespace) -> int:
     """Collect with a live progress bar: episodes done, pass rate so far, generation tokens/s."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -47,7 +47,7 @@ def run_collect(config: Any, ns: argparse.Namespace) -> int:
                                                     f"{st.generation_tokens_per_s:.1f} gen tok/s | "
                                                     f"{st.tokens_per_turn:.1f} tok/turn")
 
-        stats = collect(config, on_start=on_start, on_finish=on_finish)
+        stats = collect_command(config, on_start=on_start, on_finish=on_finish)
     print(f"collected {stats.episodes} episodes ({stats.skipped} already on file) -> {config.out}")
     print(f"pass rate {stats.pass_rate:.3f} ({stats.passed}/{stats.episodes}), {stats.turns} turns, "
           f"{stats.tokens_per_turn:.2f} response tokens/turn, {stats.generation_tokens_per_s:.1f} generation tok/s, "
@@ -67,7 +67,7 @@ def run_import_logs(ns: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     add_config_command(
-        subparsers, "collect", CollectConfig, run_collect,
+        subparsers, "collect", CollectCommandConfig, run_collect,
         help="play episodes with a model or endpoint and append their trajectories to JSONL (resumable)",
         description="Play episodes (all in flight advance together, one batched model call per turn), "
                     "append each trajectory to `out` as it finishes, and skip episodes already there on rerun.",

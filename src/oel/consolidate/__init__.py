@@ -8,7 +8,8 @@ checks), `checkpoint` (HF-directory checkpoints, resume), `trainer` (composes th
 the loop), `cli` (`oel consolidate`).
 """
 
-from oel.consolidate.config import ConsolidateConfig
-from oel.consolidate.trainer import ConsolidateResult, Consolidator, consolidate
+from oel.consolidate.config import ConsolidateCommandConfig, ConsolidateConfig
+from oel.consolidate.trainer import ConsolidateResult, Consolidator, command_trainer, consolidate, consolidate_command
 
-__all__ = ["ConsolidateConfig", "ConsolidateResult", "Consolidator", "consolidate"]
+__all__ = ["ConsolidateCommandConfig", "ConsolidateConfig", "ConsolidateResult", "Consolidator", "command_trainer",
+           "consolidate", "consolidate_command"]

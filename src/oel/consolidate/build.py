@@ -34,15 +34,17 @@ def load_round_model(model_config: ModelConfig, topology: Topology) -> Any:
     return load_model(model_config)
 
 
-def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: Any) -> Any | None:
+def load_teacher_model(config: ConsolidateConfig, topology: Topology, student: Any,
+                       student_config: ModelConfig) -> Any | None:
     """`config.teacher_model` loaded frozen (None when the teacher is the student's own start), after
-    checking that it scores the same tokens: same vocabulary, same output width."""
+    checking that it scores the same tokens: same vocabulary, same output width. `student_config`:
+    how the student was named and loaded (the teacher takes its device and, by default, dtype)."""
     if not config.teacher_model:
         return None
-    other = load_round_model(config.teacher_model_config(config.model), topology)
+    other = load_round_model(config.teacher_model_config(student_config), topology)
     if other.tokenizer.get_vocab() != student.tokenizer.get_vocab():
         raise ConfigError(f"teacher_model: {config.teacher_model} has another vocabulary than the student "
-                          f"{config.model.name}; a teacher must score the student's own tokens")
+                          f"{student_config.name}; a teacher must score the student's own tokens")
     rows = (student.model.get_output_embeddings().weight.shape[0], other.model.get_output_embeddings().weight.shape[0])
     if rows[0] != rows[1]:
         raise ConfigError(f"teacher_model: {config.teacher_model} has {rows[1]} output logits, the student {rows[0]}")

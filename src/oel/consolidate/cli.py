@@ -17,9 +17,9 @@ import argparse
 from typing import Any
 
 from oel.commands import add_config_command
-from oel.consolidate.config import ConsolidateConfig
+from oel.consolidate.config import ConsolidateCommandConfig
 from oel.consolidate.distributed import is_main_process
-from oel.consolidate.trainer import Consolidator
+from oel.consolidate.trainer import command_trainer
 
 DESCRIPTION = (
     "Consolidate a round's knowledge into the weights: the student answers the round's prefixes "
@@ -39,10 +39,10 @@ def _progress_columns() -> list[Any]:
     ]
 
 
-def run(config: ConsolidateConfig, ns: argparse.Namespace) -> int:
+def run(config: ConsolidateCommandConfig, ns: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    trainer = Consolidator(config)
+    trainer = command_trainer(config)
     try:
         trainer.prepare_output()
         if not is_main_process():  # other ranks of a torchrun launch: train quietly
@@ -64,6 +64,6 @@ def run(config: ConsolidateConfig, ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    add_config_command(subparsers, "consolidate", ConsolidateConfig, run,
+    add_config_command(subparsers, "consolidate", ConsolidateCommandConfig, run,
                        help="train the round's knowledge into the weights (on-policy context distillation)",
                        description=DESCRIPTION)

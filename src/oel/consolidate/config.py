@@ -1,4 +1,5 @@
-"""`ConsolidateConfig`: everything one round's consolidation needs, every field documented.
+"""`ConsolidateConfig`: the settings of one round's consolidation, every field documented;
+`ConsolidateCommandConfig`: those plus the inputs, the keys of `oel consolidate`.
 
 Defaults are sized for a 2-core CPU and the 0.5B preset (LoRA, batch 4, short
 responses). Recipes are config files, not code: the paper's GPU recipe (full fine-tuning,
@@ -12,11 +13,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel import prompts
-from oel.config import Config, cfg, updated
+from oel.config import CommandConfig, Config, cfg, merged, updated
 from oel.errors import ConfigError
+from oel.knowledge import Knowledge
 from oel.models import ModelConfig
 
 Sampler = Literal["on_policy", "off_policy"]
+OnExisting = Literal["resume", "overwrite", "error"]
 TeacherDtype = Literal["model", "bfloat16", "float32"]
 LossName = Literal["topk_reverse_kl", "reverse_kl", "sampled_reverse_kl", "forward_kl", "sft"]
 
@@ -24,16 +27,11 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 class ConsolidateConfig(Config):
-    """One round of consolidation: on-policy context distillation (or the off-policy baseline)."""
+    """One round of consolidation: on-policy context distillation (or the off-policy baseline).
 
-    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix",
-                            plumbing=True)
-    knowledge: list[str] = cfg(help="knowledge text files (plain text, one knowledge text each); one is drawn "
-                                    "at random per prefix", factory=list, plumbing=True)
-    output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the "
-                              "consolidated model)", plumbing=True)
-    model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher",
-                             factory=ModelConfig, plumbing=True)
+    Only the user's settings: which trajectories, which knowledge, which model and where the run
+    goes are arguments of `consolidate()` (the loop passes its round's; `oel consolidate` takes
+    them as the keys of `ConsolidateCommandConfig`)."""
 
     teacher_model: str = cfg("", "a different frozen teacher model (same vocabulary); empty = the round-start "
                                  "model (the paper)")
@@ -89,9 +87,6 @@ class ConsolidateConfig(Config):
     seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
     save_every: int = cfg(5, "write a resumable checkpoint every this many steps (0: only the final model)")
     keep_last: int = cfg(2, "keep this many most recent checkpoints")
-    on_existing: Literal["resume", "overwrite", "error"] = cfg("resume", "if output_dir already holds a run: "
-                                                                         "resume from its last checkpoint, "
-                                                                         "delete it, or stop", plumbing=True)
     num_threads: int = cfg(0, "torch CPU threads; 0 = torch's default")
     parallel: Literal["none", "ddp", "fsdp"] = cfg("none", "under torchrun / accelerate launch: ddp (replicas) "
                                                            "or fsdp (FSDP2 shards)")
@@ -129,14 +124,6 @@ class ConsolidateConfig(Config):
         dtype = student.dtype if self.teacher_dtype == "model" else self.teacher_dtype
         return updated(student, name=self.teacher_model, dtype=dtype)
 
-    def check_inputs(self, *, need_knowledge_files: bool = True) -> None:
-        """The fields a run cannot start without (left optional so presets can be built first)."""
-        for name in ("trajectories", "output_dir"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name}: required, got an empty value")
-        if need_knowledge_files and not self.knowledge:
-            raise ConfigError("knowledge: give at least one knowledge text file")
-
 
 def _check_template(key: str, spec: str, role: prompts.Role) -> None:
     """A template name or .txt file whose fields fit `role`; ValueError (the config layer names the
@@ -145,3 +132,45 @@ def _check_template(key: str, spec: str, role: prompts.Role) -> None:
         prompts.load(spec, key=key, role=role)
     except ConfigError as e:
         raise ValueError(str(e)) from None
+
+
+class ConsolidateInputs(Config):
+    """What a consolidation run reads and writes, and which model it trains: run plumbing, which
+    `consolidate()` takes as arguments and `oel consolidate` as keys."""
+
+    trajectories: str = cfg("", "the round's trajectory JSONL; every turn of every trajectory is one training prefix")
+    knowledge: list[str] = cfg(help="knowledge text files (plain text, one knowledge text each); one is drawn "
+                                    "at random per prefix", factory=list)
+    output_dir: str = cfg("", "run directory: metrics.jsonl, config.yaml, checkpoints/, model/ (the "
+                              "consolidated model)")
+    model: ModelConfig = cfg(help="the round-start model M_r: student's starting point AND the frozen teacher",
+                             factory=ModelConfig)
+    on_existing: OnExisting = cfg("resume", "if output_dir already holds a run: resume from its last checkpoint, "
+                                            "delete it, or stop")
+
+
+class ConsolidateCommandConfig(ConsolidateConfig, ConsolidateInputs, CommandConfig):
+    """`oel consolidate`: the inputs and the settings, as flat keys (in the order they had as one config)."""
+
+    SETTINGS, INPUTS, INPUTS_AFTER = ConsolidateConfig, ConsolidateInputs, {"on_existing": "keep_last"}
+
+    def check_inputs(self) -> None:
+        """The keys a run cannot start without (left optional so presets can be built first)."""
+        for name in ("trajectories", "output_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name}: required, got an empty value")
+        if not self.knowledge:
+            raise ConfigError("knowledge: give at least one knowledge text file")
+
+    def arguments(self) -> dict[str, Any]:
+        """`consolidate()`'s keyword arguments for these keys (the knowledge files read here)."""
+        self.check_inputs()
+        return {"model": self.model, "knowledge": Knowledge.read(self.knowledge), "trajectories": self.trajectories,
+                "output_dir": self.output_dir, "on_existing": self.on_existing}
+
+
+def run_record(config: ConsolidateConfig, inputs: ConsolidateInputs) -> dict[str, Any]:
+    """What a run writes as its config.yaml and into every checkpoint (compared on resume): its
+    inputs and settings as `oel consolidate`'s config would dump them, keys in the same order as
+    before the inputs became arguments, so a record reads the same whichever version wrote it."""
+    return merged(config, inputs, ConsolidateCommandConfig)

@@ -24,7 +24,6 @@ from oel.consolidate.config import ConsolidateConfig
 from oel.consolidate.samplers import Sample
 from oel.consolidate.teacher import teacher_messages
 from oel.errors import DataError
-from oel.io import read_text_file
 from oel.prompts import TASK_TEACHER_TEMPLATE, TEACHER_TEMPLATE
 from oel.trajectory import Message, Prefix
 
@@ -40,17 +39,11 @@ STUDENT = -1
 """The knowledge index of the student's prompt: the prefix's own prompt, no knowledge in it."""
 
 
-def read_knowledge(paths: Sequence[str]) -> list[str]:
-    """One knowledge text per plain-text file; an empty file is an error (it would teach nothing)."""
-    return [read_text_file(p, "knowledge file") for p in paths]
-
-
-def load_knowledge(paths: Sequence[str], given: Sequence[str] | None) -> list[str]:
-    """The round's knowledge texts: `given` as strings, else read from `paths`; none may be blank."""
-    texts = list(given) if given is not None else read_knowledge(paths)
+def check_knowledge(texts: Sequence[str]) -> list[str]:
+    """The round's knowledge texts, refused if there is none or one is blank (it would teach nothing)."""
     if not texts or not all(k.strip() for k in texts):
         raise DataError("knowledge: every knowledge text must be non-empty, and at least one is needed")
-    return texts
+    return list(texts)
 
 
 def draw(seed: int, step: int, n_prefixes: int, n_knowledge: int, batch_size: int) -> list[tuple[int, int]]:

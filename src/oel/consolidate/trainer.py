@@ -1,9 +1,15 @@
 """The consolidation stage: one round of on-policy context distillation (SPEC §1.3).
 
     from oel.consolidate import ConsolidateConfig, consolidate
-    result = consolidate(ConsolidateConfig(trajectories=..., knowledge=[...], output_dir=...,
-                                           model=ModelConfig(name="qwen2.5-coder-0.5b-instruct")))
+    result = consolidate(ConsolidateConfig(steps=10), model=ModelConfig(name="qwen2.5-coder-0.5b-instruct"),
+                         knowledge=Knowledge.read(["k0.txt", "k1.txt"]), trajectories="t.jsonl",
+                         output_dir="runs/r0/consolidate")
     result.model_dir   # plain HF directory: next round's policy, extractor and teacher
+
+The config holds the user's settings only; what the run reads and writes, and which model it
+trains, are arguments (the loop passes its round's; `oel consolidate` reads them from its keys,
+`ConsolidateCommandConfig`). One model argument: its config (loaded here, on this rank's device
+under a launcher) or the model already loaded (the loop's M_r, whose config it carries).
 
 Each step: draw `batch_size` prefixes and one knowledge text per prefix (from seed and
 step), let the sampler write one response per prefix, score the response tokens under
@@ -20,7 +26,7 @@ its share of the batch's response tokens).
 - here: the run directory (on_existing, resume, config and prompt records), the loop,
   checkpoints and the final model.
 
-Run directory: `config.yaml` (resolved config + prompt records), `metrics.jsonl` (one line
+Run directory: `config.yaml` (the run record: inputs + settings), `prompts.json`, `metrics.jsonl` (one line
 per step, keys prefixed `consolidate/`), `checkpoints/step-NNNNNN/`, and `model/`: the final
 consolidated model, LoRA merged.
 
@@ -33,35 +39,35 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from oel.config import save_config, to_dict
+from oel.config import save_config
 from oel.consolidate import build, checkpoint, distributed
-from oel.consolidate.config import ConsolidateConfig
-from oel.consolidate.data import ConsolidationData, load_knowledge, make_encoder, read_knowledge
+from oel.consolidate.config import (ConsolidateCommandConfig, ConsolidateConfig, ConsolidateInputs, OnExisting,
+                                    run_record)
+from oel.consolidate.data import ConsolidationData, check_knowledge, make_encoder
 from oel.consolidate.data import draw as draw_rows
 from oel.consolidate.fast_paths import FastPaths, decide_fast_paths
 from oel.consolidate.samplers import SAMPLERS, GenerationSettings, Sample
 from oel.consolidate.scoring import ResponseScorer
 from oel.consolidate.step import LOSSES, TrainingStep
 from oel.consolidate.teacher import Teacher, prompt_records, prompts_changed
-from oel.errors import TrainingError
-from oel.io import append_jsonl, atomic_write_text, iter_jsonl, repair_jsonl_tail
+from oel.errors import ConfigError, TrainingError
+from oel.io import append_jsonl, atomic_write_text, check_writable_dir, iter_jsonl, repair_jsonl_tail
+from oel.knowledge import Knowledge
 from oel.layout import METRICS_FILE, MODEL_DIR, PROMPTS_FILE
 from oel.memory import peak_rss_mib
-from oel.provenance import refuse_if_different
-from oel.io import check_writable_dir
-from oel.models import check_model_name
+from oel.models import LoadedModel, ModelConfig, check_model_name
+from oel.provenance import as_today, refuse_if_different
 from oel.trajectory import Prefix, prefixes, read_trajectories
 
-__all__ = ["LOSSES", "ConsolidateResult", "Consolidator", "consolidate", "read_knowledge"]
-"""`LOSSES` (the very dict `step` looks losses up in: tests patch it here) and `read_knowledge` are
-re-exported for the callers that import them from this module."""
+__all__ = ["LOSSES", "ConsolidateResult", "Consolidator", "command_trainer", "consolidate", "consolidate_command"]
+"""`LOSSES` is re-exported: it is the very dict `step` looks losses up in (tests patch it here)."""
 
 log = logging.getLogger(__name__)
 
@@ -86,32 +92,37 @@ class ConsolidateResult:
 class Consolidator:
     """Holds the student, teacher, optimizer and data of one round; `run()` trains it."""
 
-    def __init__(self, config: ConsolidateConfig, *, loaded: Any = None,
-                 knowledge_texts: Sequence[str] | None = None) -> None:
-        """`loaded`: an already loaded `oel.models.LoadedModel`, else config.model is loaded. It is
-        CONSUMED: LoRA layers are injected into it in place; reload `result.model_dir` afterwards.
-        `knowledge_texts`: the K knowledge texts as strings, instead of config.knowledge's files."""
-        config.check_inputs(need_knowledge_files=knowledge_texts is None)
+    def __init__(self, config: ConsolidateConfig, *, model: ModelConfig | LoadedModel, knowledge: Knowledge,
+                 trajectories: str | Path, output_dir: str | Path, on_existing: OnExisting = "resume") -> None:
+        """`model`: M_r, as a config to load here (after joining a launcher's process group, on this
+        rank's device) or already loaded (it then carries its config). A loaded model is CONSUMED:
+        LoRA layers are injected into it in place; reload `result.model_dir` afterwards.
+        `knowledge`: the K texts (one drawn per prefix). `trajectories`: the round's JSONL.
+        `output_dir`: the run directory; `on_existing` says what to do if it already holds a run."""
         self.config = config
+        model_config = model if isinstance(model, ModelConfig) else model.config
+        if model_config is None:
+            raise ConfigError("model: a loaded model must carry the config it was loaded with (oel.models.load_model)")
+        self.inputs = ConsolidateInputs(trajectories=str(trajectories), knowledge=list(knowledge.files),
+                                        output_dir=str(output_dir), model=model_config, on_existing=on_existing)
         # Inputs (and where the output goes) first: a bad path fails before any model is loaded.
-        self.out = check_writable_dir(config.output_dir, "consolidation output_dir")
-        if loaded is None:
-            check_model_name(config.model.name)
+        self.out = check_writable_dir(output_dir, "consolidation output_dir")
+        if isinstance(model, ModelConfig):
+            check_model_name(model.name)
         if config.teacher_model:
             check_model_name(config.teacher_model, "teacher_model")
-        round_prefixes: list[Prefix] = prefixes(read_trajectories(config.trajectories))
-        knowledge = load_knowledge(config.knowledge, knowledge_texts)
+        round_prefixes: list[Prefix] = prefixes(read_trajectories(trajectories))
+        texts = check_knowledge(knowledge.texts)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.topology = distributed.setup(config.parallel)
-        if loaded is None:
-            loaded = build.load_round_model(config.model, self.topology)
+        loaded = build.load_round_model(model, self.topology) if isinstance(model, ModelConfig) else model
         self.tokenizer = loaded.tokenizer
         self.model_id = loaded.model_id
         self.student = build.prepare_student(loaded.model, config)
         self.scorer = ResponseScorer(self.student)
         self.teacher = Teacher(self.scorer, lora=config.finetune == "lora",
-                               other=build.load_teacher_model(config, self.topology, loaded))
+                               other=build.load_teacher_model(config, self.topology, loaded, model_config))
         self.parallel = distributed.make_strategy(config.parallel, self.topology, self.scorer,
                                                   self.teacher.frozen_model,
                                                   mixed_precision=config.fsdp_mixed_precision)
@@ -119,7 +130,7 @@ class Consolidator:
         self.optimizer = build.make_optimizer(self.params, config)
         self.sampler = SAMPLERS[config.sampler]()
         encoder = make_encoder(self.student, self.tokenizer, self.model_id)
-        self.data = ConsolidationData(round_prefixes, knowledge, encoder.encode, config.teacher_template,
+        self.data = ConsolidationData(round_prefixes, texts, encoder.encode, config.teacher_template,
                                        config.task_teacher_template)
         self.training_step = TrainingStep(
             config=config, data=self.data, topology=self.topology, student=self.student, scorer=self.scorer,
@@ -186,9 +197,9 @@ class Consolidator:
         held = (self.out / METRICS_FILE).exists() or bool(existing)
         self.parallel.barrier()
         if held:
-            if c.on_existing == "error":
+            if self.inputs.on_existing == "error":
                 raise TrainingError(f"{self.out}: already holds a run (set on_existing=resume or overwrite)")
-            if c.on_existing == "overwrite":
+            if self.inputs.on_existing == "overwrite":
                 if self.topology.is_main:
                     shutil.rmtree(self.out)
                 existing = []
@@ -208,8 +219,12 @@ class Consolidator:
         self._truncate_metrics(self.step)
         log.info("%d prefixes, %d knowledge texts, starting at step %d; peak RSS after setup %.0f MiB",
                  len(self.prefixes), len(self.knowledge), self.step, peak_rss_mib())
-        save_config(c, self.out / "config.yaml")
+        save_config(self.record(), self.out / "config.yaml")
         atomic_write_text(self.out / PROMPTS_FILE, _json(self.prompt_records()))
+
+    def record(self) -> dict[str, Any]:
+        """The run record (config.yaml, each checkpoint's config): inputs and settings as one mapping."""
+        return run_record(self.config, self.inputs)
 
     def prompt_records(self) -> list[dict[str, str]]:
         return prompt_records(self.config.teacher_template, self.config.task_teacher_template)
@@ -223,7 +238,9 @@ class Consolidator:
 
     def _check_same_run(self, path: Path) -> None:
         """Resuming under different training settings would silently mix two runs: refuse."""
-        refuse_if_different(checkpoint.read_state(path)["config"], to_dict(self.config), where=str(path),
+        now = self.record()
+        saved = as_today(checkpoint.read_state(path)["config"], run_record(ConsolidateConfig(), ConsolidateInputs()))
+        refuse_if_different(saved, now, where=str(path),
                             hint="use on_existing=overwrite or a new output_dir", ignore=RESUME_MAY_CHANGE,
                             error=TrainingError)
 
@@ -284,7 +301,7 @@ class Consolidator:
             if self.topology.is_main:
                 final = checkpoint.save_checkpoint(self.out / CHECKPOINT_DIR, self.step, model=self.student,
                                                    tokenizer=self.tokenizer, optimizer=self.optimizer,
-                                                   config=to_dict(self.config), keep_last=self.config.keep_last,
+                                                   config=self.record(), keep_last=self.config.keep_last,
                                                    optimizer_state=optimizer_state)
         self.parallel.barrier()
         return final
@@ -294,15 +311,29 @@ class Consolidator:
         self.parallel.close()
 
 
-def consolidate(config: ConsolidateConfig, *, loaded: Any = None, knowledge_texts: Sequence[str] | None = None,
+def consolidate(config: ConsolidateConfig, *, model: ModelConfig | LoadedModel, knowledge: Knowledge,
+                trajectories: str | Path, output_dir: str | Path, on_existing: OnExisting = "resume",
                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:
-    """Run (or resume) one round's consolidation; returns where the consolidated model is."""
-    trainer = Consolidator(config, loaded=loaded, knowledge_texts=knowledge_texts)
+    """Run (or resume) one round's consolidation; returns where the consolidated model is.
+    The arguments are `Consolidator`'s; `on_step(step, metrics)` after every step."""
+    trainer = Consolidator(config, model=model, knowledge=knowledge, trajectories=trajectories,
+                           output_dir=output_dir, on_existing=on_existing)
     try:
         trainer.prepare_output()
         return trainer.run(on_step)
     finally:
         trainer.close()
+
+
+def command_trainer(command: ConsolidateCommandConfig) -> Consolidator:
+    """The trainer of `oel consolidate`: its keys turned into the settings and the arguments."""
+    return Consolidator(command.settings(), **command.arguments())
+
+
+def consolidate_command(command: ConsolidateCommandConfig,
+                        on_step: Callable[[int, dict[str, float]], None] | None = None) -> ConsolidateResult:
+    """`oel consolidate` without its progress bar: `consolidate()` with the command's keys as arguments."""
+    return consolidate(command.settings(), **command.arguments(), on_step=on_step)
 
 
 def _json(obj: Any, indent: int | None = 2) -> str:

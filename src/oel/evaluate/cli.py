@@ -19,26 +19,27 @@ from oel.backends.hf import HFBackend
 from oel.backends.select import from_config
 from oel.commands import EXPERIENCE_GROUP, add_config_command, command_group, progress_bar
 from oel.config import save_config
-from oel.evaluate.config import EvaluateConfig
+from oel.evaluate.config import EvaluateCommandConfig
 from oel.evaluate.curve import CurveConfig, CurvePoint, curve_table, evaluate_curve
-from oel.evaluate.evaluation import evaluate, evaluation_table, read_knowledge_file
+from oel.evaluate.evaluation import evaluate, evaluation_table
 from oel.evaluate.gap import GapConfig, gap_table, run_gap
 from oel.evaluate.meter_check import summary_line
 from oel.extract import read_manifest
 from oel.io import check_writable_dir, check_writable_file
+from oel.knowledge import Knowledge
 from oel.layout import EVALUATION_FILE
 from oel.models import check_model_name
 
 
-def run_evaluate(config: EvaluateConfig, ns: argparse.Namespace) -> int:
+def run_evaluate(config: EvaluateCommandConfig, ns: argparse.Namespace) -> int:
     """Load the model once, run every enabled part, print the table."""
     # Inputs and the output folder first: a bad path fails before the model loads.
     out = check_writable_dir(config.out_dir, "evaluation out_dir")
-    knowledge = read_knowledge_file(config.knowledge_file) if config.knowledge_file else None
+    knowledge = Knowledge.read([config.knowledge_file]) if config.knowledge_file else None
     check_model_name(config.model.name)
     save_config(config, out / "evaluate.config.yaml")
     backend = HFBackend.from_model_config(config.model, max_batch_size=config.max_batch_size)
-    result = evaluate(backend, config, knowledge=knowledge)
+    result = evaluate(backend, config.settings(), env=config.env, out_dir=config.out_dir, knowledge=knowledge)
     print(evaluation_table(result))
     print(f"\nwritten: {out / EVALUATION_FILE}")
     return 0
@@ -90,7 +91,7 @@ def register(subparsers: Any) -> None:
     )
 
     add_config_command(
-        subparsers, "evaluate", EvaluateConfig, run_evaluate,
+        subparsers, "evaluate", EvaluateCommandConfig, run_evaluate,
         help="held-out pass rate (CI, move quality, tokens/turn) with/without knowledge, and IF-Eval offline",
         description="Play the first games.num_maps held-out maps once per sampling seed (without knowledge, and "
                     "with it when knowledge_file is set), answer an IF-Eval subset greedily, print a table and "

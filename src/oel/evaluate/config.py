@@ -1,7 +1,8 @@
 """Configuration of the evaluation stage: held-out games and IF-Eval, composable into the loop's config.
 
 `GamesConfig` and `IFEvalConfig` are what the two library calls take
-(`evaluate_games`, `evaluate_ifeval`); `EvaluateConfig` adds the model, the environment and
+(`evaluate_games`, `evaluate_ifeval`); `EvaluateConfig` composes them (and the meter) for
+`evaluate()`; `EvaluateCommandConfig` adds the model, the environment, the knowledge file and
 the output directory for `oel evaluate`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from oel.backends.base import SamplingParams
-from oel.config import Config, cfg
+from oel.config import CommandConfig, Config, cfg
 from oel.envs import EnvConfig
 from oel.envs.seeds import HELDOUT_COUNT
 from oel.errors import ConfigError
@@ -87,22 +88,41 @@ class IFEvalConfig(Config):
 
 
 class EvaluateConfig(Config):
-    """`oel evaluate`: one model on the held-out maps (with and without knowledge) and IF-Eval."""
+    """One model on the held-out maps (with and without knowledge) and IF-Eval: the settings.
 
-    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig, plumbing=True)
+    Which model (the backend), which game, which knowledge and where the results go are
+    arguments of `evaluate()` (the loop passes its round's; `oel evaluate` takes them as the keys
+    of `EvaluateCommandConfig`)."""
+
     max_batch_size: int = cfg(16, "most prompts in one forward pass (bounds memory); larger calls are split")
-    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig, plumbing=True)
     games: GamesConfig = cfg(help="held-out play", factory=GamesConfig)
-    knowledge_file: str = cfg("", "knowledge text file: adds an evaluation with it in the teacher prompt; '' = "
-                                  "without only", plumbing=True)
     ifeval: IFEvalConfig = cfg(help="IF-Eval settings", factory=IFEvalConfig)
     meter: MeterConfig = cfg(help="the exact policy meter on held-out probe states (grid games)", factory=MeterConfig)
-    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go",
-                       plumbing=True)
     overwrite: bool = cfg(False, "discard results in out_dir made with different settings instead of refusing")
 
     def model_post_init(self, context: Any, /) -> None:
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
+
+
+class EvaluateInputs(Config):
+    """Which model, which game, which knowledge and where the results go: run plumbing, which
+    `evaluate()` takes as arguments (the model as its backend) and `oel evaluate` as keys."""
+
+    model: ModelConfig = cfg(help="the model to evaluate", factory=ModelConfig)
+    env: EnvConfig = cfg(help="the game and its settings", factory=EnvConfig)
+    knowledge_file: str = cfg("", "knowledge text file: adds an evaluation with it in the teacher prompt; '' = "
+                                  "without only")
+    out_dir: str = cfg("runs/evaluate", "where evaluation.json, the trajectories and the IF-Eval answers go")
+
+
+class EvaluateCommandConfig(EvaluateConfig, EvaluateInputs, CommandConfig):
+    """`oel evaluate`: the inputs and the settings, as flat keys (in the order they had as one config)."""
+
+    SETTINGS, INPUTS = EvaluateConfig, EvaluateInputs
+    INPUTS_AFTER = {"env": "max_batch_size", "knowledge_file": "games", "out_dir": "meter"}
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
         if not self.out_dir:
             raise ConfigError("out_dir: must not be empty")

@@ -1,18 +1,21 @@
 """The whole evaluation stage: games without and with knowledge, IF-Eval, one `evaluation.json`.
 
-    result = evaluate(backend, config, knowledge=texts)     # what `oel evaluate` and the loop call
+    result = evaluate(backend, config, env=env, out_dir=out, knowledge=Knowledge.of(texts))  # `oel evaluate`, the loop
 
-Layout of `config.out_dir` (each part is idempotent and resumable on its own):
+The backend is the model evaluated (it names itself, and says how it was loaded where it knows);
+the config holds the user's settings; the game, the knowledge and the output directory are
+arguments. Layout of `out_dir` (each part is idempotent and resumable on its own):
 
     games_no_knowledge/   trajectories.jsonl, games.json      the consolidated-model number
     games_knowledge/      trajectories.jsonl, games.json      the in-context number (if knowledge)
     ifeval/               ifeval_responses.jsonl, ifeval.json  instruction following (if enabled)
-    evaluation.json       everything above in one file + the resolved config, written last
+    evaluation.json       everything above in one file + the run's config (as `oel evaluate`'s), written last
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +23,20 @@ from typing import Any
 
 from oel import prompts
 from oel.backends.base import ChatBackend
-from oel.config import to_dict
-from oel.envs import is_grid_game, make_env
+from oel.config import merged, to_dict
+from oel.envs import EnvConfig, is_grid_game, make_env
 from oel.envs.seeds import heldout_seeds
 from oel.evaluate.answer_meter import AnswerMeterResult, measure_answers
 from oel.evaluate.answer_probes import played_probes, reference_policy
-from oel.evaluate.config import EvaluateConfig
-from oel.evaluate.games import GameEval, Knowledge, evaluate_games, knowledge_texts
+from oel.evaluate.config import EvaluateCommandConfig, EvaluateConfig, EvaluateInputs
+from oel.evaluate.games import GameEval, evaluate_games, knowledge_texts
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
 from oel.evaluate.meter import MeterResult, PromptVariant, measure, policy_variant, probe_states
 from oel.evaluate.sharpen import sampled_summary
-from oel.io import atomic_write_json, read_text_file
+from oel.io import atomic_write_json
+from oel.knowledge import Knowledge
 from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
+from oel.models import ModelConfig
 from oel.provenance import load_result
 
 log = logging.getLogger(__name__)
@@ -91,52 +96,54 @@ def summary_part(summary: dict[str, Any], part: str) -> dict[str, Any]:
     return {k[len(part):]: v for k, v in summary.items() if k.startswith(part)}
 
 
-def read_knowledge_file(path: str) -> str:
-    """The knowledge text in `path` (stripped); a missing or empty file is an error naming it."""
-    return read_text_file(path, "knowledge file")
+def evaluate(backend: ChatBackend, config: EvaluateConfig, *, env: EnvConfig, out_dir: str | os.PathLike[str],
+             knowledge: Knowledge | None = None) -> Evaluation:
+    """Run every enabled part into `out_dir` and write `evaluation.json`.
 
-
-def evaluate(backend: ChatBackend, config: EvaluateConfig, *, knowledge: Knowledge = None) -> Evaluation:
-    """Run every enabled part into `config.out_dir` and write `evaluation.json`.
-
-    `knowledge` (one text or K texts) takes precedence over `config.knowledge_file`; with
-    neither, only the no-knowledge game evaluation runs.
+    `backend`: the model evaluated; `env`: the game; `knowledge` (one text or K; map j reads text
+    j mod K): adds the in-context evaluation, without it only the no-knowledge one runs.
     """
-    out = Path(config.out_dir)
-    if knowledge is None and config.knowledge_file:
-        knowledge = read_knowledge_file(config.knowledge_file)
-    texts = knowledge_texts(knowledge)
+    out = Path(out_dir)
+    texts = knowledge_texts(list(knowledge.texts) if knowledge is not None else None)
     games = with_knowledge = ifeval = None
     if config.games.enabled:
-        games = evaluate_games(backend, config.env, config.games, out / GAMES_DIR, overwrite=config.overwrite)
+        games = evaluate_games(backend, env, config.games, out / GAMES_DIR, overwrite=config.overwrite)
         if texts:
-            with_knowledge = evaluate_games(backend, config.env, config.games, out / GAMES_KNOWLEDGE_DIR, texts,
+            with_knowledge = evaluate_games(backend, env, config.games, out / GAMES_KNOWLEDGE_DIR, texts,
                                             overwrite=config.overwrite)
     if config.ifeval.enabled:
         ifeval = evaluate_ifeval(backend, config.ifeval, out / IFEVAL_DIR, overwrite=config.overwrite)
-    meter = heldout_meter(backend, config, out) if config.meter.enabled else None
+    meter = heldout_meter(backend, config, env, out) if config.meter.enabled else None
     result = Evaluation(games, with_knowledge, ifeval, meter)
-    atomic_write_json(out / EVALUATION_FILE, {**result.to_dict(), "config": to_dict(config)})
+    inputs = EvaluateInputs(model=getattr(backend, "model_config", None) or ModelConfig(), env=env,
+                            knowledge_file=_knowledge_file(knowledge), out_dir=os.fspath(out_dir))
+    atomic_write_json(out / EVALUATION_FILE,
+                      {**result.to_dict(), "config": merged(config, inputs, EvaluateCommandConfig)})
     return result
 
 
-def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> dict[str, Any] | None:
+def _knowledge_file(knowledge: Knowledge | None) -> str:
+    """The record's `knowledge_file`: the one file the knowledge was read from, else '' (texts given)."""
+    return knowledge.files[0] if knowledge is not None and len(knowledge.files) == 1 else ""
+
+
+def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, out: Path) -> dict[str, Any] | None:
     """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
     that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
-    if model is not None and tokenizer is not None and not is_grid_game(config.env):
-        return heldout_answer_meter(model, tokenizer, backend.model_id, config, out)
-    if model is None or tokenizer is None or not hasattr(make_env(config.env), "solver_state"):
+    if model is not None and tokenizer is not None and not is_grid_game(env):
+        return heldout_answer_meter(model, tokenizer, backend.model_id, config, env, out)
+    if model is None or tokenizer is None or not hasattr(make_env(env), "solver_state"):
         log.info("meter: skipped (needs an in-process model and a game with a solver)")
         return None
-    key = {"model": backend.model_id, "env": to_dict(config.env), "max_layouts": config.meter.max_layouts,
+    key = {"model": backend.model_id, "env": to_dict(env), "max_layouts": config.meter.max_layouts,
            "template": prompts.get(prompts.POLICY_TEMPLATE).record()}
     cached = load_result(out / METER_FILE, key)
     if cached is not None:
         result = MeterResult.from_saved(cached, backend.model_id)
         summary = cached["summary"]
     else:
-        states = probe_states(heldout_seeds(), config.env, max_layouts=config.meter.max_layouts)
+        states = probe_states(heldout_seeds(), env, max_layouts=config.meter.max_layouts)
         result = measure(model, tokenizer, states, policy_variant(), setting=backend.model_id)
         summary = result.summary()
         atomic_write_json(out / METER_FILE, {"key": key, "summary": summary,
@@ -145,18 +152,18 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, out: Path) -> di
     return {**summary, "sampled": sampled_summary(result, config.games.sampling)}
 
 
-def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: EvaluateConfig, out: Path
-                         ) -> dict[str, Any]:
+def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: EvaluateConfig, env: EnvConfig,
+                         out: Path) -> dict[str, Any]:
     """The small-answer meter (`oel.evaluate.answer_meter`) at held-out probe states: the states of
     the first `meter.max_layouts` held-out episodes as the game's reference policy plays them
     (the same states in every round, so rounds compare pairwise). Saved per probe in `METER_FILE`."""
-    policy = prompts.policy_template_for(config.env.game)
-    key = {"model": model_id, "env": to_dict(config.env), "max_layouts": config.meter.max_layouts,
+    policy = prompts.policy_template_for(env.game)
+    key = {"model": model_id, "env": to_dict(env), "max_layouts": config.meter.max_layouts,
            "template": prompts.get(policy).record(), "meter": "answers"}
     cached = load_result(out / METER_FILE, key)
     if cached is not None:
         return cached["summary"]
-    probes = played_probes(config.env, heldout_seeds(config.meter.max_layouts), reference_policy(config.env))
+    probes = played_probes(env, heldout_seeds(config.meter.max_layouts), reference_policy(env))
     result: AnswerMeterResult = measure_answers(model, tokenizer, probes, PromptVariant(policy, policy),
                                                 setting=model_id)
     saved = result.to_json()

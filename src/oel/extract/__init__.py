@@ -5,15 +5,15 @@
 How a round's loop uses it:
 
     from oel.extract import ExtractConfig, extract_round, knowledge_texts
-    cfg = ExtractConfig(out_dir="runs/x/experience", round=r, num_runs=K, num_trajectories=N, use_step=N_use)
-    extract_round(cfg, trajectories, policy_backend)        # resumable; writes the store
-    texts = knowledge_texts(cfg.out_dir, r)                 # K strings, each e_{N_use} of one run
+    cfg = ExtractConfig(num_runs=K, num_trajectories=N, use_step=N_use)
+    extract_round(cfg, trajectories, policy_backend, store="runs/x/experience", round=r)  # resumable
+    texts = knowledge_texts("runs/x/experience", r)         # K strings, each e_{N_use} of one run
 
 The consolidation trainer only needs `knowledge_texts`. See docs/experience.md.
 """
 
-from oel.extract.accumulate import accumulate_step, extract_round
-from oel.extract.config import ExtractConfig, ExtractorConfig, extraction_seed
+from oel.extract.accumulate import accumulate_step, extract_command, extract_round
+from oel.extract.config import ExtractCommandConfig, ExtractConfig, ExtractorConfig, extraction_seed
 from oel.extract.store import (
     ExperienceFile,
     ExperienceItem,
@@ -30,7 +30,8 @@ from oel.extract.store import (
 from oel.extract.text import STRUCTURED_MARKER, strip_thinking
 
 __all__ = [
-    "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step", "extract_round",
+    "ExtractCommandConfig", "ExtractConfig", "ExtractorConfig", "extraction_seed", "accumulate_step",
+    "extract_command", "extract_round",
     "ExperienceFile", "ExperienceItem", "ExperienceSet", "diff_experience", "format_diff",
     "knowledge_texts", "load_experience_set", "read_experience", "read_manifest", "round_dir", "step_path",
     "STRUCTURED_MARKER", "strip_thinking",

@@ -20,6 +20,7 @@ decided once per round from the trajectories (`oel.extract.templates`), and reco
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 
 from oel import prompts
 from oel.backends.base import ChatBackend, Generation, SamplingParams
-from oel.config import to_dict, updated
+from oel.config import merged, to_dict, updated
 from oel.errors import ConfigError, DataError
-from oel.extract.config import ExtractConfig, extraction_seed
+from oel.extract.config import ExtractCommandConfig, ExtractConfig, ExtractInputs, extraction_seed
 from oel.extract.render import (
     ExtractionPrompt,
     build_extraction_prompt,
@@ -136,12 +137,12 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     })
 
 
-def empty_step(config: ExtractConfig, run: int, *, extractor_model: str, prompt_record: dict[str, str] | None,
-               counter_name: str) -> ExperienceFile:
+def empty_step(config: ExtractConfig, round: int, run: int, *, extractor_model: str,
+               prompt_record: dict[str, str] | None, counter_name: str) -> ExperienceFile:
     """e_0: no knowledge yet (also the point 'no knowledge' of the in-context curve)."""
     return ExperienceFile(
-        kind=config.kind, round=config.round, seed=run,
-        sampling_seed=extraction_seed(config.seed, config.round, run, 0), step=0, format=config.format,
+        kind=config.kind, round=round, seed=run,
+        sampling_seed=extraction_seed(config.seed, round, run, 0), step=0, format=config.format,
         extractor_model=extractor_model, prompt=prompt_record, budget_tokens=config.budget_tokens,
         token_counter=counter_name, items=[], rendered="", record=None,
     )
@@ -160,22 +161,25 @@ def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dic
     }
 
 
-def _prepare_round(config: ExtractConfig, trajs: Sequence[Trajectory], fingerprint: dict) -> None:
-    """Write the round manifest, or check an existing one matches (resume) unless overwriting."""
+def _prepare_round(config: ExtractConfig, inputs: ExtractInputs, trajs: Sequence[Trajectory],
+                   fingerprint: dict) -> None:
+    """Write the round manifest, or check an existing one matches (resume) unless overwriting.
+    The manifest records the settings with the inputs, as `oel extract`'s config dumps them."""
     ids = [t.id for t in trajs]
-    if config.overwrite and round_dir(config.out_dir, config.round).exists():
-        shutil.rmtree(round_dir(config.out_dir, config.round))
-    if manifest_path(config.out_dir, config.round).exists():
-        old = read_manifest(config.out_dir, config.round)
-        refuse_if_different(old.fingerprint, fingerprint, where=str(manifest_path(config.out_dir, config.round)),
+    store, r = inputs.out_dir, inputs.round
+    if inputs.overwrite and round_dir(store, r).exists():
+        shutil.rmtree(round_dir(store, r))
+    if manifest_path(store, r).exists():
+        old = read_manifest(store, r)
+        refuse_if_different(old.fingerprint, fingerprint, where=str(manifest_path(store, r)),
                             hint="set overwrite=true or use another out_dir")
         if old.trajectory_ids[: len(ids)] != ids[: len(old.trajectory_ids)]:
-            raise ConfigError(f"trajectories: {config.trajectories or 'the given trajectories'} differ from those this "
+            raise ConfigError(f"trajectories: {inputs.trajectories or 'the given trajectories'} differ from those this "
                               f"round's store was built from; set overwrite=true or use another out_dir")
-    manifest = RoundManifest(round=config.round, num_runs=config.num_runs, num_trajectories=len(trajs),
+    manifest = RoundManifest(round=r, num_runs=config.num_runs, num_trajectories=len(trajs),
                              use_step=config.resolved_use_step, fingerprint=fingerprint, trajectory_ids=ids,
-                             config=to_dict(config))
-    write_manifest(config.out_dir, manifest)
+                             config=merged(config, inputs, ExtractCommandConfig))
+    write_manifest(store, manifest)
 
 
 def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: list[int],
@@ -193,14 +197,20 @@ def _generate(backend: ChatBackend, prompts_: list[ExtractionPrompt], seeds: lis
 
 
 def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None, *,
+                  store: str | os.PathLike[str], round: int = 0, overwrite: bool = False, source: str = "",
                   tokenizer: object | None = None, on_step: StepCallback | None = None) -> ExperienceSet:
     """Run (or resume) the K accumulations of one round; return the K texts at step N_use.
 
     `backend` is the extractor (None only for the raw-trajectories baseline). Token counts
     use `backend.tokenizer` if it has one, else `tokenizer`, else the approximation.
+    `store`: the experience store (this round goes to `store/round_RRR/`); `round`: the OEL
+    round (its sampling seeds; recorded in every item); `overwrite`: delete the round's store
+    first instead of resuming; `source`: the file the trajectories were read from (messages and
+    the manifest's record).
     """
+    inputs = ExtractInputs(trajectories=source, out_dir=os.fspath(store), round=round, overwrite=overwrite)
     if len(trajectories) < config.num_trajectories:
-        raise DataError(f"{config.trajectories or 'trajectories'}: need num_trajectories={config.num_trajectories}, "
+        raise DataError(f"{source or 'trajectories'}: need num_trajectories={config.num_trajectories}, "
                         f"found {len(trajectories)}")
     trajs = list(trajectories[: config.num_trajectories])
     if config.kind == "extracted" and backend is None:
@@ -210,20 +220,20 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
     style = round_style(trajs)
     template = extraction_template(config.prompt, config.format, style) if config.kind == "extracted" else None
     prompt_record = template.record() if template else prompts.get(style.raw_template).record()
-    log.info("extract round %d: %s trajectories, prompt %s (sha256 %s)", config.round, style.name,
+    log.info("extract round %d: %s trajectories, prompt %s (sha256 %s)", round, style.name,
              prompt_record["name"], prompt_record["sha256"])
     model_id = backend.model_id if (backend is not None and config.kind == "extracted") else RAW_EXTRACTOR_ID
-    _prepare_round(config, trajs, _fingerprint(config, model_id, prompt_record, count.name))
+    _prepare_round(config, inputs, trajs, _fingerprint(config, model_id, prompt_record, count.name))
 
     states: list[ExperienceFile] = []
     for k in range(config.num_runs):
-        state = last_step(config.out_dir, config.round, k)
+        state = last_step(store, round, k)
         if state is None:
-            state = empty_step(config, k, extractor_model=model_id, prompt_record=prompt_record,
+            state = empty_step(config, round, k, extractor_model=model_id, prompt_record=prompt_record,
                                counter_name=count.name)
-            write_step(config.out_dir, state)
+            write_step(store, state)
         elif state.step > 0:
-            log.info("round %d run %d: resuming after step %d", config.round, k, state.step)
+            log.info("round %d run %d: resuming after step %d", round, k, state.step)
         states.append(state)
 
     for i in range(1, len(trajs) + 1):
@@ -232,18 +242,27 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
             continue
         traj = trajs[i - 1]
         t0 = time.perf_counter()
-        extractions = _extract_many(config, backend, template, [states[k] for k in pending], traj, count, i, style)
+        extractions = _extract_many(config, round, backend, template, [states[k] for k in pending], traj, count, i,
+                                    style)
         per_run = (time.perf_counter() - t0) / len(pending)
         for k, ex in zip(pending, extractions):
             states[k] = accumulate_step(states[k], traj, ex, config=config, count=count,
                                         extractor_model=model_id, seconds=per_run)
-            write_step(config.out_dir, states[k])
+            write_step(store, states[k])
             if on_step:
                 on_step(k, i, per_run)
-    return load_experience_set(config.out_dir, config.round, config.resolved_use_step)
+    return load_experience_set(store, round, config.resolved_use_step)
 
 
-def _extract_many(config: ExtractConfig, backend: ChatBackend | None, template: prompts.Template | None,
+def extract_command(command: ExtractCommandConfig, trajectories: Sequence[Trajectory], backend: ChatBackend | None,
+                    *, tokenizer: object | None = None, on_step: StepCallback | None = None) -> ExperienceSet:
+    """`extract_round` as `oel extract` calls it: the command's keys as the settings and the arguments."""
+    return extract_round(command.settings(), trajectories, backend, store=command.out_dir, round=command.round,
+                         overwrite=command.overwrite, source=command.trajectories, tokenizer=tokenizer,
+                         on_step=on_step)
+
+
+def _extract_many(config: ExtractConfig, round: int, backend: ChatBackend | None, template: prompts.Template | None,
                   prevs: list[ExperienceFile], traj: Trajectory, count: TokenCounter, step: int,
                   style: RecordStyle) -> list[Extraction]:
     """The answers of the pending runs at `step` (a rendering of the game for the raw baseline)."""
@@ -259,7 +278,7 @@ def _extract_many(config: ExtractConfig, backend: ChatBackend | None, template: 
         if p.truncated:
             log.warning("trajectory %s: extractor input cut from the left (%d oldest turns, %d chars) to fit "
                         "max_input_tokens=%d", traj.id, p.dropped_turns, p.cut_chars, config.max_input_tokens)
-    seeds = [extraction_seed(config.seed, config.round, prev.seed, step) for prev in prevs]
+    seeds = [extraction_seed(config.seed, round, prev.seed, step) for prev in prevs]
     gens = _generate(backend, built, seeds, config.sampling)
     if len(gens) != len(built):
         raise DataError(f"extractor {backend.model_id}: returned {len(gens)} answers for {len(built)} prompts")

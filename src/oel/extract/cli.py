@@ -17,8 +17,8 @@ from oel.backends.select import from_config
 from oel.commands import EXPERIENCE_GROUP, add_config_command, command_group, progress_bar
 from oel.config import save_config
 from oel.errors import ConfigError, DataError
-from oel.extract.accumulate import extract_round
-from oel.extract.config import ExtractConfig
+from oel.extract.accumulate import extract_command
+from oel.extract.config import ExtractCommandConfig
 from oel.extract.store import (
     ExperienceFile,
     completed_steps,
@@ -36,7 +36,7 @@ from oel.trajectory import read_trajectories
 _RUN_DIR = re.compile(r"^run_(\d+)$")
 
 
-def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
+def run_extract(config: ExtractCommandConfig, ns: argparse.Namespace) -> int:
     if not config.trajectories:
         raise ConfigError("trajectories: required (path to a trajectory JSONL from `oel collect`)")
     check_writable_dir(config.out_dir, "experience store out_dir")
@@ -55,7 +55,7 @@ def run_extract(config: ExtractConfig, ns: argparse.Namespace) -> int:
     with progress_bar() as bar:
         task = bar.add_task(f"extract round {config.round} ({config.kind})", total=total,
                             completed=min(done_before, total))
-        result = extract_round(config, trajs, backend if config.kind == "extracted" else None,
+        result = extract_command(config, trajs, backend if config.kind == "extracted" else None,
                                tokenizer=getattr(backend, "tokenizer", None),
                                on_step=lambda run, step, s: bar.advance(task))
     save_config(config, round_dir(config.out_dir, config.round) / "extract_config.yaml")
@@ -125,7 +125,7 @@ def cmd_diff(ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    add_config_command(subparsers, "extract", ExtractConfig, run_extract,
+    add_config_command(subparsers, "extract", ExtractCommandConfig, run_extract,
                        help="accumulate experiential knowledge from a round's trajectories (K runs, resumable)")
     sub = command_group(subparsers, *EXPERIENCE_GROUP)
     show = sub.add_parser("show", help="print the knowledge of every run at a step (or one step file)")

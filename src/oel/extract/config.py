@@ -1,7 +1,9 @@
-"""The extraction stage's config: one documented dataclass, composable into the loop's config.
+"""The extraction stage's configs: `ExtractConfig` (the settings, composable into the loop's
+config) and `ExtractCommandConfig` (those plus the inputs: the keys of `oel extract`).
 
-`oel extract [CONFIG.yaml] [key=value ...]` builds it; the round orchestrator builds it in
-code and passes its already-loaded policy backend to :func:`oel.extract.extract_round`.
+`oel extract [CONFIG.yaml] [key=value ...]` builds the latter; the round orchestrator builds the
+former in code and passes its round's inputs and already-loaded policy backend to
+:func:`oel.extract.extract_round`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 from oel import prompts
 from oel.backends.base import SamplingParams
 from oel.backends.select import BackendConfig
-from oel.config import Config, cfg
+from oel.config import CommandConfig, Config, cfg
 from oel.errors import ConfigError
 from oel.extract.render import RecordFormat
 from oel.extract.store import Kind
@@ -50,13 +52,12 @@ class ExtractorConfig(BackendConfig):
 
 
 class ExtractConfig(Config):
-    """Accumulative extraction of one round: K runs over N trajectories, knowledge capped at L tokens."""
+    """Accumulative extraction of one round: K runs over N trajectories, knowledge capped at L tokens.
 
-    trajectories: str = cfg("", "JSONL of the round's trajectories (from `oel collect`); the first "
-                                "num_trajectories are read, in file order", plumbing=True)
-    out_dir: str = cfg("runs/experience", "the experience store; this round goes to "
-                                          "OUT/round_RRR/run_KK/step_III.json", plumbing=True)
-    round: int = cfg(0, "OEL round number (recorded in every item; selects the store's round directory)", plumbing=True)
+    Only the user's settings: which trajectories, which store, which round are arguments of
+    `extract_round` (the loop passes its round's; `oel extract` takes them as the keys of
+    `ExtractCommandConfig`)."""
+
     num_runs: int = cfg(3, "K: independent accumulation runs with different sampling seeds -> K knowledge texts")
     num_trajectories: int = cfg(8, "N: trajectories read per run, one accumulation step each")
     use_step: int = cfg(-1, "N_use: the step whose knowledge is used downstream, for every run; -1 = N")
@@ -78,8 +79,6 @@ class ExtractConfig(Config):
                                        "of cells) or tally")
     strip_trajectory_thinking: bool = cfg(True, "remove <think> blocks from the game responses shown to the extractor")
     seed: int = cfg(0, "base seed; run k's step-i sampling seed is extraction_seed(seed, round, k, i)")
-    overwrite: bool = cfg(False, "false: resume an interrupted round (settings must match); true: delete this "
-                                 "round's store first", plumbing=True)
     extractor: ExtractorConfig = cfg(help="the model that extracts", factory=ExtractorConfig)
     sampling: SamplingParams = cfg(help="extractor sampling; sampling.seed is ignored (see `seed`)",
                                    factory=_default_sampling)
@@ -110,3 +109,22 @@ class ExtractConfig(Config):
         """The template a round of grid games is extracted with (`templates.extraction_template`
         resolves `prompt` for any round: auto picks by the trajectories)."""
         return GRID_STYLE.prompt_for(self.format) if is_auto(self.prompt) else self.prompt
+
+
+class ExtractInputs(Config):
+    """What an extraction round reads and writes, and which round it is: run plumbing, which
+    `extract_round` takes as arguments and `oel extract` as keys."""
+
+    trajectories: str = cfg("", "JSONL of the round's trajectories (from `oel collect`); the first "
+                                "num_trajectories are read, in file order")
+    out_dir: str = cfg("runs/experience", "the experience store; this round goes to "
+                                          "OUT/round_RRR/run_KK/step_III.json")
+    round: int = cfg(0, "OEL round number (recorded in every item; selects the store's round directory)")
+    overwrite: bool = cfg(False, "false: resume an interrupted round (settings must match); true: delete this "
+                                 "round's store first")
+
+
+class ExtractCommandConfig(ExtractConfig, ExtractInputs, CommandConfig):
+    """`oel extract`: the inputs and the settings, as flat keys (in the order they had as one config)."""
+
+    SETTINGS, INPUTS, INPUTS_AFTER = ExtractConfig, ExtractInputs, {"overwrite": "seed"}

@@ -1,12 +1,13 @@
 """`LoopConfig`: one OEL run, composed of the stage configs.
 
-The loop owns the plumbing between stages -- which model each stage uses, where each
-reads and writes, which round's seeds -- so the stage-config fields that carry it (marked
-`plumbing=True` where they are declared) are set by the loop and must stay at their defaults in
-a loop config (a clear error says so).
-Everything else in a stage config is the user's to set, under the stage's name:
+The loop owns the plumbing between stages -- which model each stage uses, where each reads and
+writes, which round's seeds -- and passes it to each stage function as arguments, so a stage's
+section here holds only the user's settings of that stage, under the stage's name:
 
     oel loop configs/frozenlake-cpu.yaml consolidate.lr=1e-4 extract.num_runs=2
+
+A key that a stage's own command has for its plumbing (`collect.out`, `consolidate.model`, ...)
+is refused in a loop config by a one-line error saying the loop sets it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,28 @@ from typing import Any, Literal
 
 import yaml
 
-from oel.collect.play import CollectConfig
-from oel.config import Config, cfg, plumbing_fields, to_dict, updated
-from oel.consolidate.config import ConsolidateConfig
+from oel.collect.play import CollectConfig, CollectInputs
+from oel.config import Config, cfg, to_dict
+from oel.consolidate.config import ConsolidateConfig, ConsolidateInputs
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
-from oel.evaluate.config import EvaluateConfig
-from oel.extract.config import ExtractConfig
+from oel.evaluate.config import EvaluateConfig, EvaluateInputs
+from oel.extract.config import ExtractConfig, ExtractInputs
 from oel.models import ModelConfig
 
-STAGES = ("collect", "extract", "consolidate", "evaluate")
-"""The sections whose plumbing fields the loop fills in itself (a user value would be overwritten)."""
+STAGE_INPUTS: dict[str, type[Config]] = {"collect": CollectInputs, "extract": ExtractInputs,
+                                         "consolidate": ConsolidateInputs, "evaluate": EvaluateInputs}
+"""The keys a stage's command has beyond its section here: what the stage reads and writes, which
+model and which maps, which the loop passes to the stage function as arguments for each round."""
+
+SET_BY_THE_LOOP = "set by the loop; leave it out of a loop config (set the top-level model/env/run_dir instead)"
+
+
+def stage_input_hint(key: str) -> str:
+    """The error for a stage command's input key in a loop (or online) config, '' for any other key."""
+    section, _, rest = key.partition(".")
+    inputs = STAGE_INPUTS.get(section)
+    return SET_BY_THE_LOOP if inputs is not None and rest in inputs.model_fields else ""
 
 
 class LoopConfig(Config):
@@ -57,17 +69,15 @@ class LoopConfig(Config):
     evaluate: EvaluateConfig = cfg(help="held-out evaluation (and IF-Eval) of every round's model",
                                    factory=EvaluateConfig)
 
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str:
+        return stage_input_hint(key)
+
     def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
         if self.evaluate_every < 1:
             raise ConfigError(f"evaluate_every: must be >= 1, got {self.evaluate_every}")
-        for stage in STAGES:
-            default = type(getattr(self, stage))()
-            for name in plumbing_fields(type(default)):
-                if getattr(getattr(self, stage), name) != getattr(default, name):
-                    raise ConfigError(f"{stage}.{name}: set by the loop; leave it out of a loop config "
-                                      f"(set the top-level model/env/run_dir instead)")
         if self.evaluate.games.knowledge_template != type(self.evaluate.games)().knowledge_template:
             raise ConfigError("evaluate.games.knowledge_template: set by the loop from consolidate.teacher_template "
                               "(in-context play reads the knowledge as the teacher does); set that instead")
@@ -79,10 +89,7 @@ class LoopConfig(Config):
 
 def default_config_dict() -> dict[str, Any]:
     """Today's defaults of every loop config key, as the plain types a saved config.yaml holds
-    (what a config written before a key existed is completed with)."""
+    (what a config written before a key existed is completed with, and the keys that one written
+    before a key was removed is cut down to: `oel.provenance.as_today`)."""
     return yaml.safe_load(yaml.safe_dump(to_dict(LoopConfig())))
 
-
-def with_fields(config: Any, **changes: Any) -> Any:
-    """A copy of a stage config with loop-owned fields filled in (re-validated)."""
-    return updated(config, **changes)

@@ -94,7 +94,8 @@ class RoundContext:
 
     def backend(self, max_batch_size: int) -> Any:
         lm = self.model
-        return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size)
+        return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size,
+                         model_config=lm.config)
 
     @property
     def model_id(self) -> str:

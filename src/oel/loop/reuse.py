@@ -27,7 +27,7 @@ from oel.extract.templates import is_auto
 from oel.io import iter_jsonl, read_text
 from oel.layout import MARKER, PROMPTS_FILE, RunLayout
 from oel.loop.config import LoopConfig, default_config_dict
-from oel.provenance import diff_keys, select, with_new_defaults
+from oel.provenance import as_today, diff_keys, select
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ReuseSource:
         if layout.run_dir.resolve() == Path(config.run_dir).resolve():
             raise ConfigError(f"reuse_from: {layout.run_dir} is this run's own run_dir")
         saved = yaml.safe_load(read_text(path, "run config")) or {}
-        return cls(layout, with_new_defaults(saved, default_config_dict()))
+        return cls(layout, as_today(saved, default_config_dict()))
 
     def reusable(self, config: LoopConfig, r: int, stage: str) -> Path | None:
         """The source's stage dir if it is complete and computed from the same inputs, else None."""

@@ -11,8 +11,8 @@ consolidated model) and runs its stages in order, each into `RUN_DIR/round_<r>/<
     consolidate    on-policy context distillation of the knowledge into M_r -> M_{r+1}
 
 and a final round R = `rounds` only evaluates M_R. With `evaluate_every` = k > 1 only M_0, every
-k-th model and M_R are evaluated (training is the same: no stage reads an evaluation). Each stage writes its completion marker
-(`_complete.json`, with the stage's summary) last; a rerun skips completed stages and each
+k-th model and M_R are evaluated (training is the same: no stage reads an evaluation). Each stage
+writes its completion marker (`_complete.json`, with the stage's summary) last; a rerun skips completed stages and each
 stage resumes from its own partial files (appended trajectories, accumulation steps,
 training checkpoints), so a killed run continues where it stopped.
 
@@ -42,7 +42,7 @@ from oel.loop import stages
 from oel.loop.config import LoopConfig, default_config_dict
 from oel.loop.context import EventFn, MetricsLog, RoundContext
 from oel.loop.reuse import ReuseSource, copy_stage
-from oel.provenance import diff_keys, with_new_defaults
+from oel.provenance import as_today, diff_keys
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,7 @@ def prepare_run_dir(config: LoopConfig) -> None:
     path = layout.config_file
     resolved = to_dict(config)
     if path.is_file():
-        saved = with_new_defaults(yaml.safe_load(read_text(path, "run config")) or {},
-                                  default_config_dict())
+        saved = as_today(yaml.safe_load(read_text(path, "run config")) or {}, default_config_dict())
         differing = [k for k in diff_keys(saved, resolved) if k.split(".")[0] not in RESUME_MAY_CHANGE]
         if differing and not config.force:
             raise ConfigError(f"{path}: this run dir was made with a different config ({', '.join(differing)}); "

@@ -5,19 +5,20 @@ loop logs and the report reads). The stage's real work lives in its own package;
 only decide which model, which seeds and which paths (all from `oel.layout`).
 
 Hand-offs are typed: the extract stage's K texts reach evaluate and consolidate as one
-`RoundKnowledge`, read from the knowledge files (the durable record, also what a resumed
+`Knowledge` (`round_knowledge`), read from the knowledge files (the durable record, also what a resumed
 run has) and checked once, here, where they enter the rest of the round.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from oel.backends.select import from_config
+from oel.collect.play import Maps, SeedSet
 from oel.collect.play import collect as run_collect
-from oel.config import to_dict
+from oel.config import to_dict, updated
 from oel.consolidate.trainer import consolidate as run_consolidate
 from oel.envs import make_env
 from oel.envs.seeds import round_seeds
@@ -27,7 +28,7 @@ from oel.evaluate.gap import teacher_gap
 from oel.evaluate.meter import probe_states
 from oel.extract import extract_round
 from oel.io import atomic_write_json, atomic_write_text, read_text_file
-from oel.loop.config import with_fields
+from oel.knowledge import Knowledge
 from oel.loop.context import RoundContext
 from oel.models import load_model
 from oel.provenance import load_result, texts_digest
@@ -36,19 +37,9 @@ from oel.trajectory import read_trajectories
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RoundKnowledge:
+def round_knowledge(ctx: RoundContext) -> Knowledge:
     """The round's knowledge texts that are not empty, with the files they came from."""
-
-    files: tuple[str, ...]
-    texts: tuple[str, ...]
-
-    @classmethod
-    def load(cls, ctx: RoundContext) -> "RoundKnowledge":
-        pairs = [(str(p), read_text_file(p, "knowledge file", allow_empty=True))
-                 for p in ctx.layout.knowledge_files(ctx.round)]
-        kept = [(f, t) for f, t in pairs if t]
-        return cls(tuple(f for f, _ in kept), tuple(t for _, t in kept))
+    return Knowledge.read(ctx.layout.knowledge_files(ctx.round), skip_empty=True)
 
 
 def collect(ctx: RoundContext) -> dict[str, Any]:
@@ -57,12 +48,12 @@ def collect(ctx: RoundContext) -> dict[str, Any]:
     ctx.dir("collect")
     backend = ctx.backend(c.collect.max_batch_size)
     summary: dict[str, Any] = {}
-    plan = (("extract", layout.extract_trajectories(ctx.round), c.extract.num_trajectories),
-            ("collect", layout.train_trajectories(ctx.round), c.collect.num_seeds))
+    plan: tuple[tuple[SeedSet, Path, int], ...] = (
+        ("extract", layout.extract_trajectories(ctx.round), c.extract.num_trajectories),
+        ("collect", layout.train_trajectories(ctx.round), c.collect.num_seeds))
     for seeds, path, n in plan:
-        cfg = with_fields(c.collect, env=c.env, model=ctx.model_config, seeds=seeds, num_seeds=n,
-                          round=ctx.round, out=str(path))
-        stats = run_collect(cfg, backend, on_finish=lambda t, st: ctx.emit("episode", stage="collect", passed=t.passed))
+        stats = run_collect(updated(c.collect, num_seeds=n), backend, env=c.env, maps=Maps(seeds, ctx.round), out=path,
+                            on_finish=lambda t, st: ctx.emit("episode", stage="collect", passed=t.passed))
         prefix = "extract_maps_" if seeds == "extract" else ""
         summary.update({f"{prefix}{k}": v for k, v in stats.to_dict().items()})
     return summary
@@ -79,16 +70,16 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
             atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
         return {"num_runs": c.extract.num_runs, "use_step": 0, "mean_items": len(text.splitlines()),
                 "mean_chars": len(text), "from_file": 1}
-    cfg = with_fields(c.extract, trajectories=str(layout.extract_trajectories(ctx.round)),
-                      out_dir=str(layout.store_dir(ctx.round)), round=ctx.round)
-    trajs = read_trajectories(cfg.trajectories)
+    cfg, source = c.extract, str(layout.extract_trajectories(ctx.round))
+    trajs = read_trajectories(source)
     if cfg.kind == "raw_trajectories":
         backend = None
     elif c.extractor == "policy":
         backend = ctx.backend(cfg.extractor.max_batch_size)
     else:
         backend = from_config(cfg.extractor)
-    experience = extract_round(cfg, trajs, backend, tokenizer=ctx.model.tokenizer,
+    experience = extract_round(cfg, trajs, backend, store=layout.store_dir(ctx.round), round=ctx.round,
+                               source=source, tokenizer=ctx.model.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):
         atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
@@ -101,20 +92,20 @@ def consolidate(ctx: RoundContext) -> dict[str, Any]:
     """On-policy context distillation of this round's knowledge into M_r -> M_{r+1}."""
     c, layout = ctx.config, ctx.layout
     out = ctx.dir("consolidate")
-    knowledge = RoundKnowledge.load(ctx)
+    knowledge = round_knowledge(ctx)
     if not knowledge.texts:
         raise DataError(f"{layout.stage_dir(ctx.round, 'extract')}: extraction produced no knowledge in any of "
                         f"the {c.extract.num_runs} runs, so there is nothing to consolidate; try "
                         f"extract.format=unstructured, more extract.num_trajectories, or a stronger extractor")
-    cfg = with_fields(c.consolidate, trajectories=str(layout.train_trajectories(ctx.round)),
-                      knowledge=list(knowledge.files), output_dir=str(out), model=ctx.model_config)
+    steps = c.consolidate.steps
 
     def on_step(step: int, m: dict[str, float]) -> None:
         if ctx.metrics is not None:
-            ctx.metrics.log(ctx.round, "consolidate", m, step=ctx.round * cfg.steps + step)
-        ctx.emit("train_step", stage="consolidate", step=step, total=cfg.steps, **m)
+            ctx.metrics.log(ctx.round, "consolidate", m, step=ctx.round * steps + step)
+        ctx.emit("train_step", stage="consolidate", step=step, total=steps, **m)
 
-    result = run_consolidate(cfg, loaded=ctx.model, knowledge_texts=knowledge.texts, on_step=on_step)
+    result = run_consolidate(c.consolidate, model=ctx.model, knowledge=knowledge,
+                             trajectories=layout.train_trajectories(ctx.round), output_dir=out, on_step=on_step)
     ctx.release_model()  # the trained object is no longer M_r
     return {"steps": result.steps, **result.last_metrics}
 
@@ -124,10 +115,10 @@ def evaluate(ctx: RoundContext) -> dict[str, Any]:
     in context (map j uses knowledge text j mod K); IF-Eval of M_r if enabled."""
     c = ctx.config
     out = ctx.dir("evaluate")
-    texts = list(RoundKnowledge.load(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
-    games = with_fields(c.evaluate.games, knowledge_template=c.consolidate.teacher_template)
-    cfg = with_fields(c.evaluate, model=ctx.model_config, env=c.env, out_dir=str(out), games=games)
-    result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), cfg, knowledge=texts or None)
+    texts = list(round_knowledge(ctx).texts) if (c.in_context_eval and ctx.round < c.rounds) else []
+    games = updated(c.evaluate.games, knowledge_template=c.consolidate.teacher_template)
+    result = run_evaluate(ctx.backend(c.evaluate.max_batch_size), updated(c.evaluate, games=games), env=c.env,
+                          out_dir=out, knowledge=Knowledge.of(texts) if texts else None)
     summary = result.summary()
     if texts and c.evaluate.meter.teacher_gap:
         summary.update(round_teacher_gap(ctx, texts))

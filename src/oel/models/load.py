@@ -59,6 +59,9 @@ class LoadedModel:
     """A Hugging Face directory holding exactly these weights (the cache entry for GGUF models)."""
     cache_hit: bool
     load_seconds: float
+    config: ModelConfig | None = None
+    """How it was loaded (`load_model`'s argument): what a stage given the loaded model records as
+    its model, and what a second model loaded beside it (another teacher) takes its device from."""
 
 
 def _finish(model: Any, tok: Any, device: str) -> tuple[Any, Any]:
@@ -109,7 +112,7 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
     model, tok = _finish(model, tok, device)
     seconds = time.perf_counter() - t0
     log.info("loaded %s (%s, %s, cache %s) in %.1fs", model_id, source, dtype, "hit" if hit else "miss", seconds)
-    return LoadedModel(model, tok, model_id, source, hf_dir, hit, seconds)
+    return LoadedModel(model, tok, model_id, source, hf_dir, hit, seconds, config)
 
 
 def _load_dir_or_hub(config: ModelConfig, dtype: Any) -> tuple[Any, Any, Path | None]:

@@ -1,8 +1,9 @@
 """`OnlineConfig`: the scheduler of the online mode (`oel online run CONFIG [key=value ...]`).
 
 The stage configs are the loop's (`extract`, `consolidate`, `evaluate`), with the same rule:
-the fields the scheduler fills in itself (trajectories, output dirs, the model of the round)
-must stay at their defaults, checked by building the round's `LoopConfig` here. One more is
+what the scheduler passes itself (trajectories, output dirs, the model of the round) has no key
+in them (a stage command's key for it is refused saying so), and the loop's checks run on the
+round's `LoopConfig`, built here. One more is
 set per round: `extract.num_trajectories` becomes the round's trajectory count (a round learns
 from every trajectory it claimed).
 
@@ -19,7 +20,7 @@ from oel.envs import EnvConfig
 from oel.errors import ConfigError
 from oel.evaluate.config import EvaluateConfig
 from oel.extract.config import ExtractConfig
-from oel.loop.config import LoopConfig
+from oel.loop.config import LoopConfig, stage_input_hint
 from oel.models import ModelConfig
 from oel.online.store import RETENTION_POLICIES, Retention
 
@@ -98,6 +99,10 @@ class OnlineConfig(Config):
                                            "gate's part, when the gate is on)")
     evaluate: EvaluateConfig = cfg(help="how new versions are evaluated (held-out games on `env`, IF-Eval, the meter)",
                                    factory=EvaluateConfig)
+
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str:
+        return stage_input_hint(key)
 
     def model_post_init(self, context: Any, /) -> None:
         for name in ("min_trajectories",):

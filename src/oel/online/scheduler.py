@@ -290,10 +290,10 @@ class Scheduler:
         evaluate = self.config.round_evaluate()
         assert evaluate is not None
         out = ctx.layout.stage_dir(ctx.round, which)
-        cfg = updated(evaluate, model=model, env=self.config.env, out_dir=str(out))
         lm = load_model(model)
-        backend = HFBackend(lm.model, lm.tokenizer, model_id=model_id, max_batch_size=evaluate.max_batch_size)
-        summary = run_evaluate(backend, cfg).summary()
+        backend = HFBackend(lm.model, lm.tokenizer, model_id=model_id, max_batch_size=evaluate.max_batch_size,
+                            model_config=model)
+        summary = run_evaluate(backend, evaluate, env=self.config.env, out_dir=out).summary()
         return {k: v for k, v in summary.items() if isinstance(v, (int, float)) or v is None}
 
     def _publish(self, ctx: OnlineRoundContext, verdict: dict[str, Any]) -> dict[str, Any]:
