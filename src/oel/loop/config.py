@@ -58,7 +58,7 @@ class LoopConfig(Config):
                                  "fewer evaluations, same training")
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
     keep_checkpoints: bool = cfg(False, "keep a round's consolidation checkpoints once its model is written "
-                                        "(weights + optimizer state: ~3.5 GB each for the 1.5B)")
+                                        "(weights + optimizer: ~3.5 GB each for the 1.5B)")
     force: bool = cfg(False, "resume a run dir even if its saved config differs (the differing keys are logged)")
     tensorboard: bool = cfg(True, "also write metrics as TensorBoard events under run_dir/tensorboard")
     reuse_from: str = cfg("", "another run dir whose completed stages are copied when their config sections are "
