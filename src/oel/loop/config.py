@@ -12,6 +12,7 @@ is refused in a loop config by a one-line error saying the loop sets it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -21,9 +22,11 @@ from oel.config import Config, cfg, to_dict
 from oel.consolidate.config import ConsolidateConfig, ConsolidateInputs
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
+from oel.io import read_text
 from oel.evaluate.config import EvaluateConfig, EvaluateInputs
 from oel.extract.config import ExtractConfig, ExtractInputs
 from oel.models import ModelConfig
+from oel.provenance import as_today
 
 STAGE_INPUTS: dict[str, type[Config]] = {"collect": CollectInputs, "extract": ExtractInputs,
                                          "consolidate": ConsolidateInputs, "evaluate": EvaluateInputs}
@@ -93,3 +96,9 @@ def default_config_dict() -> dict[str, Any]:
     before a key was removed is cut down to: `oel.provenance.as_today`)."""
     return yaml.safe_load(yaml.safe_dump(to_dict(LoopConfig())))
 
+
+
+def read_saved_config(path: Path) -> dict[str, Any]:
+    """A run dir's saved config.yaml in today's schema, as resume and reuse compare it: a run
+    written by an older oel still matches the recipe it was made from."""
+    return as_today(yaml.safe_load(read_text(path, "run config")) or {}, default_config_dict())

@@ -24,10 +24,10 @@ from oel.consolidate.teacher import prompt_records, prompts_changed
 from oel.errors import ConfigError, DataError
 from oel.extract.store import read_manifest
 from oel.extract.templates import is_auto
-from oel.io import iter_jsonl, read_text
+from oel.io import iter_jsonl
 from oel.layout import MARKER, PROMPTS_FILE, RunLayout
-from oel.loop.config import LoopConfig, default_config_dict
-from oel.provenance import as_today, diff_keys, select
+from oel.loop.config import LoopConfig, read_saved_config
+from oel.provenance import diff_keys, select
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ class ReuseSource:
             raise ConfigError(f"reuse_from: {layout.run_dir} has no {path.name}, so it is not a run dir of `oel loop`")
         if layout.run_dir.resolve() == Path(config.run_dir).resolve():
             raise ConfigError(f"reuse_from: {layout.run_dir} is this run's own run_dir")
-        saved = yaml.safe_load(read_text(path, "run config")) or {}
-        return cls(layout, as_today(saved, default_config_dict()))
+        return cls(layout, read_saved_config(path))
 
     def reusable(self, config: LoopConfig, r: int, stage: str) -> Path | None:
         """The source's stage dir if it is complete and computed from the same inputs, else None."""

@@ -30,19 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from oel.config import save_config, to_dict
 from oel.consolidate.trainer import CHECKPOINT_DIR
 from oel.errors import ConfigError
 from oel.models import check_model_name
-from oel.io import atomic_write_json, check_writable_dir, read_text, read_text_file
+from oel.io import atomic_write_json, check_writable_dir, read_text_file
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
-from oel.loop.config import LoopConfig, default_config_dict
+from oel.loop.config import LoopConfig, read_saved_config
 from oel.loop.context import EventFn, MetricsLog, RoundContext
 from oel.loop.reuse import ReuseSource, copy_stage
-from oel.provenance import as_today, diff_keys
+from oel.provenance import diff_keys
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +77,7 @@ def prepare_run_dir(config: LoopConfig) -> None:
     path = layout.config_file
     resolved = to_dict(config)
     if path.is_file():
-        saved = as_today(yaml.safe_load(read_text(path, "run config")) or {}, default_config_dict())
+        saved = read_saved_config(path)
         differing = [k for k in diff_keys(saved, resolved) if k.split(".")[0] not in RESUME_MAY_CHANGE]
         if differing and not config.force:
             raise ConfigError(f"{path}: this run dir was made with a different config ({', '.join(differing)}); "
