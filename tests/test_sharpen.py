@@ -10,7 +10,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from oel.backends.base import SamplingParams
-from oel.backends.sampling import PerRowSampler, RowSampling
+from oel.backends.sampling import PerRowSampler, RowSampling, sample_token
 from oel.evaluate.meter import MeterResult, StateScore
 from oel.evaluate.sharpen import sampled_summary, sharpen, sharpened
 
@@ -44,7 +44,7 @@ def test_sharpen_matches_what_the_project_sampler_draws():
     logits = torch.log(torch.tensor(p))
     counts = [0] * 4
     for row, gen in zip(sampler.rows, sampler.generators):
-        counts[sampler._sample_row(logits, row, gen)] += 1
+        counts[sample_token(logits, row, gen)] += 1
     assert [c / len(rows) for c in counts] == pytest.approx(sharpen(p, 0.7, 0.8, 20), abs=0.01)
     assert sharpen(p, 0.7, 0.8, 20) == [0.0, 1.0, 0.0, 0.0], "an .85 answer is the only one top-p 0.8 keeps at T 0.7"
 

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from oel.backends.base import Generation, SamplingParams
+from oel.backends.chat_encoding import ChatEncoder, stop_token_ids
 from oel.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
                                       common_prefix_length)
 from oel.backends.sampling import PerRowSampler, RowSampling, check_row_seeds, row_seeds
@@ -91,8 +92,7 @@ class HFBackend:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens: must be >= 1, got {max_batch_tokens}")
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(f"tokenizer of {model_id} has no chat template")
+        self.encoder = ChatEncoder(tokenizer, model_id)
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id
@@ -100,9 +100,7 @@ class HFBackend:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = _pad_token_id(tokenizer)
-        self.stop_ids = _stop_token_ids(model, tokenizer)
-        self._template_thinks = "enable_thinking" in str(tokenizer.chat_template)
-        self._warned_thinking = False
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         self.prefix_store = PrefixKVStore(max_bytes=prefix_cache_bytes) if prefix_cache_bytes > 0 else None
 
     @classmethod
@@ -164,18 +162,10 @@ class HFBackend:
     # -- internals -----------------------------------------------------------------------
     def render(self, messages: Sequence[Message], enable_thinking: bool = False) -> str:
         """The prompt text: the chat template with the assistant turn opened."""
-        kwargs: dict[str, Any] = {}
-        if self._template_thinks:
-            kwargs["enable_thinking"] = enable_thinking
-        elif enable_thinking and not self._warned_thinking:
-            log.warning("%s: chat template has no thinking switch; enable_thinking ignored", self.model_id)
-            self._warned_thinking = True
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **kwargs)
+        return self.encoder.render(messages, enable_thinking)
 
     def encode(self, messages: Sequence[Message], enable_thinking: bool = False) -> list[int]:
-        # The template already wrote any BOS it wants; adding special tokens would double it.
-        return list(self.tokenizer(self.render(messages, enable_thinking), add_special_tokens=False)["input_ids"])
+        return self.encoder.encode(messages, enable_thinking)
 
     def _generate_batch(self, batch: Sequence[_Encoded]) -> list[Generation]:
         from transformers import GenerationConfig, LogitsProcessorList
@@ -333,18 +323,6 @@ def _pad_token_id(tokenizer: Any) -> int:
         if tid is not None:
             return int(tid)
     raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
-
-
-def _stop_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """The checkpoint's end-of-turn tokens: generation config's eos id(s) and the tokenizer's."""
-    ids: set[int] = set()
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    if not ids:
-        raise ValueError("model and tokenizer define no end-of-sequence token")
-    return frozenset(ids)
 
 
 def _model_device(model: Any) -> torch.device:

@@ -81,21 +81,28 @@ class PerRowSampler:
         out_BV = scores_BV.clone()
         for i, row in enumerate(self.rows):
             if not row.greedy:
-                token = self._sample_row(scores_BV[i], row, self.generators[i])
+                token = sample_token(scores_BV[i], row, self.generators[i])
                 out_BV[i].fill_(float("-inf"))
                 out_BV[i, token] = 0.0
         return out_BV
 
-    @staticmethod
-    def _sample_row(logits_V: torch.Tensor, row: RowSampling, gen: torch.Generator) -> int:
-        """Temperature -> top-k -> top-p (the order vLLM and HF use), then Gumbel-max."""
-        vocab = logits_V.shape[-1]
-        k = row.top_k if 0 < row.top_k < vocab else vocab
-        values_K, index_K = torch.topk(logits_V.float() / row.temperature, k)  # sorted, descending
-        if row.top_p < 1.0:
-            probs_K = torch.softmax(values_K, dim=-1)
-            mass_before_K = torch.cumsum(probs_K, dim=-1) - probs_K
-            values_K = values_K.masked_fill(mass_before_K >= row.top_p, float("-inf"))
-        u_K = torch.rand(k, generator=gen).clamp_(_UNIFORM_EPS, 1 - _UNIFORM_EPS)
-        gumbel_K = -torch.log(-torch.log(u_K))
-        return int(index_K[torch.argmax(values_K + gumbel_K)])
+
+def sample_token(logits_V: torch.Tensor, row: RowSampling, gen: torch.Generator) -> int:
+    """One sampled token id: temperature -> top-k -> top-p (the order vLLM and HF use), then Gumbel-max.
+
+    Every engine samples through this function, so a row's random stream (one draw of k uniforms per
+    step from its own generator) is the same whichever engine computed its logits; greedy rows
+    take the argmax and draw nothing.
+    """
+    if row.greedy:
+        return int(torch.argmax(logits_V))
+    vocab = logits_V.shape[-1]
+    k = row.top_k if 0 < row.top_k < vocab else vocab
+    values_K, index_K = torch.topk(logits_V.float() / row.temperature, k)  # sorted, descending
+    if row.top_p < 1.0:
+        probs_K = torch.softmax(values_K, dim=-1)
+        mass_before_K = torch.cumsum(probs_K, dim=-1) - probs_K
+        values_K = values_K.masked_fill(mass_before_K >= row.top_p, float("-inf"))
+    u_K = torch.rand(k, generator=gen).clamp_(_UNIFORM_EPS, 1 - _UNIFORM_EPS)
+    gumbel_K = -torch.log(-torch.log(u_K))
+    return int(index_K[torch.argmax(values_K + gumbel_K)])
