@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from oel.backends.base import SamplingParams
+from oel.backends.chat_encoding import ChatEncoder
 from oel.backends.hf import HFBackend
-from oel.backends.tiny import tiny_chat_model
+from oel.backends.tiny import tiny_chat_model, tiny_merging_tokenizer
 from oel.consolidate.build import add_lora
 from oel.models.gguf_export import write_qwen2_gguf
 from oel.models.gguf_lora import AdapterError, write_lora_gguf
@@ -35,7 +36,7 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    model, tok = tiny_chat_model(seed=3)
+    model, tok = tiny_chat_model(seed=3, tokenizer=tiny_merging_tokenizer())
     path = write_qwen2_gguf(model, tok, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
     return model, tok, path
 
@@ -48,7 +49,7 @@ def hf_logprobs(model, ids: list[int], start: int) -> list[float]:
 
 
 def sequence(tok, chat, answer: str = "[Stand] because the dealer is strong") -> tuple[list[int], int]:
-    prompt = HFBackend(*tiny_chat_model(seed=3), model_id="t").encode(chat)
+    prompt = ChatEncoder(tok, "tiny").encode(chat)
     return prompt + tok(answer, add_special_tokens=False)["input_ids"], len(prompt)
 
 
@@ -103,7 +104,7 @@ def test_stacked_adapters_equal_the_merged_rounds(tiny, tmp_path):
     """Two rounds: LoRA 1 trained on the base, LoRA 2 on base+LoRA 1 merged. The engine, given both as one
     GGUF LoRA over the base, must move every log-prob as HF's merged model does."""
     model, tok, path = tiny
-    base_model, _ = tiny_chat_model(seed=3)
+    base_model, _ = tiny_chat_model(seed=3, tokenizer=tiny_merging_tokenizer())
     peft1, dir1 = random_lora(base_model, 11, tmp_path, "round1")
     round1 = peft1.merge_and_unload()
     peft2, dir2 = random_lora(round1, 12, tmp_path, "round2")

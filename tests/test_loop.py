@@ -450,17 +450,19 @@ def test_a_run_dir_saved_with_the_stages_plumbing_keys_resumes_and_is_reused_fro
         d.mkdir()
         (d / "config.yaml").write_text(yaml.safe_dump({**saved, "run_dir": str(d)}, sort_keys=False))
     before = (run / "config.yaml").read_text()
-    prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={run}"]))  # the keys it has in excess are dropped
+    # engine=hf: the run was made before llama.cpp (a default engine=auto may pick it on this machine)
+    prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={run}", "engine=hf"]))  # keys in excess are dropped
     assert (run / "config.yaml").read_text() == before
     with pytest.raises(ConfigError, match=r"different config \(consolidate\.lr\)"):
-        prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={run}", "consolidate.lr=0.5"]))
+        prepare_run_dir(load_config(LoopConfig, None, [f"run_dir={run}", "engine=hf", "consolidate.lr=0.5"]))
     for stage in ("collect", "extract"):
         (source / "round_0" / stage).mkdir(parents=True)
         (source / "round_0" / stage / MARKER).write_text("{}\n")
-    config = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'new'}", f"reuse_from={source}"])
+    config = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'new'}", f"reuse_from={source}", "engine=hf"])
     reuse = ReuseSource.open(config)
     assert reuse is not None
     assert [reuse.reusable(config, 0, s) for s in ("collect", "extract")] == [source / "round_0" / s
                                                                            for s in ("collect", "extract")]
-    other = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'new'}", f"reuse_from={source}", "collect.num_seeds=4"])
+    other = load_config(LoopConfig, None, [f"run_dir={tmp_path / 'new'}", f"reuse_from={source}", "engine=hf",
+                                           "collect.num_seeds=4"])
     assert reuse.reusable(other, 0, "collect") is None

@@ -34,6 +34,7 @@ RESULTS_FILE = "results.json"
 REPORT_DIR = "report"
 TENSORBOARD_DIR = "tensorboard"
 MODEL_DIR = "model"
+ENGINE_ADAPTER_FILE = "lora-over-base.gguf"
 """The consolidated model inside a consolidation output dir."""
 PROMPTS_FILE = "prompts.json"
 """A consolidation output dir's record of the prompts it used (name + sha256 each)."""
@@ -146,6 +147,11 @@ class RunLayout:
     def model_after(self, r: int) -> Path:
         """Where round r's consolidated model M_{r+1} is saved (a plain HF directory)."""
         return self.stage_dir(r, "consolidate") / MODEL_DIR
+
+    def engine_adapter(self, r: int) -> Path:
+        """M_r (r >= 1) for the llama.cpp engine: every earlier round's LoRA summed into one GGUF adapter
+        over the initial model's GGUF, beside the model it stands for."""
+        return self.model_after(r - 1) / ENGINE_ADAPTER_FILE
 
 
 DEMO_USERS_FILE = "users.jsonl"

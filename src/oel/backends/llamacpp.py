@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,12 @@ class LlamaCppBackend:
     def __init__(self, gguf_path: str | Path, tokenizer: Any, *, model_id: str, adapter: str | Path | None = None,
                  stop_ids: frozenset[int] | None = None, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  context_tokens: int = DEFAULT_CONTEXT_TOKENS, threads: int | None = None,
-                 exact: bool = False, model_config: Any = None) -> None:
+                 exact: bool = False, model_config: Any = None,
+                 hf_model: Callable[[], Any] | None = None) -> None:
         """`exact`: a float32 KV cache and attention without llama.cpp's flash kernels (which round Q, K
-        and V to float16): the same numbers as a float32 HF model, for comparisons; slower."""
+        and V to float16): the same numbers as a float32 HF model, for comparisons; slower.
+        `model_config`: the model these weights are (its HF form: `reference_model`); `hf_model`: how to
+        get that HF model if not by loading `model_config` (the loop shares the round's loaded model)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1, got {max_batch_size}")
         self.lib = llama_cpp_module()
@@ -113,17 +116,18 @@ class LlamaCppBackend:
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.model_config = model_config
+        self._hf_model = hf_model
         self.gguf_path = Path(gguf_path)
         self.max_batch_size = max_batch_size
         self.threads = threads or cpu_threads()
         self.exact = exact
         mparams = self.lib.llama_model_default_params()
-        self.model = self.lib.llama_model_load_from_file(str(self.gguf_path).encode(), mparams)
-        if not self.model:
+        self.llama_model = self.lib.llama_model_load_from_file(str(self.gguf_path).encode(), mparams)
+        if not self.llama_model:
             raise ValueError(f"{self.gguf_path}: llama.cpp cannot load this GGUF file")
-        self.vocab = self.lib.llama_model_get_vocab(self.model)
+        self.vocab = self.lib.llama_model_get_vocab(self.llama_model)
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
-        self.context_tokens = min(context_tokens, self.lib.llama_model_n_ctx_train(self.model) * (max_batch_size + 1))
+        self.context_tokens = min(context_tokens, self.lib.llama_model_n_ctx_train(self.llama_model) * (max_batch_size + 1))
         self.ctx = self._new_context()
         self.stop_ids = stop_ids if stop_ids is not None else self._eog_ids(tokenizer)
         self._head: list[int] = []
@@ -144,7 +148,7 @@ class LlamaCppBackend:
         if self.exact:
             cparams.type_k = cparams.type_v = lib.GGML_TYPE_F32
             cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        ctx = lib.llama_init_from_model(self.model, cparams)
+        ctx = lib.llama_init_from_model(self.llama_model, cparams)
         if not ctx:
             raise ValueError(f"{self.gguf_path}: llama.cpp cannot create a context of {self.context_tokens} tokens")
         self.memory = lib.llama_get_memory(ctx)
@@ -161,12 +165,23 @@ class LlamaCppBackend:
         if getattr(self, "_adapter", None):
             lib.llama_adapter_lora_free(self._adapter)
             self._adapter = None
-        if getattr(self, "model", None):
-            lib.llama_model_free(self.model)
-            self.model = None
+        if getattr(self, "llama_model", None):
+            lib.llama_model_free(self.llama_model)
+            self.llama_model = None
 
     def __del__(self) -> None:
         self.close()
+
+    def reference_model(self) -> Any:
+        """The same weights as an HF model (`oel.models.LoadedModel`), for what needs exact logits of
+        the trained weights (the meter) rather than llama.cpp's quantized kernels."""
+        if self._hf_model is not None:
+            return self._hf_model()
+        if self.model_config is None:
+            raise ValueError(f"{self.model_id}: no model config to load the HF form of these weights from")
+        from oel.models import load_model
+
+        return load_model(self.model_config)
 
     def set_adapter(self, path: str | Path | None) -> None:
         """Apply the GGUF LoRA adapter at `path` (None: the base model alone). Takes effect for
@@ -174,7 +189,7 @@ class LlamaCppBackend:
         lib = self.lib
         new = None
         if path is not None:
-            new = lib.llama_adapter_lora_init(self.model, str(path).encode())
+            new = lib.llama_adapter_lora_init(self.llama_model, str(path).encode())
             if not new:
                 raise ValueError(f"{path}: llama.cpp cannot apply this LoRA adapter to {self.gguf_path.name}")
             arr = (lib.llama_adapter_lora_p_ctypes * 1)(new)

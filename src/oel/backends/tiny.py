@@ -47,12 +47,36 @@ def tiny_tokenizer() -> Any:
     return fast
 
 
-def tiny_chat_model(seed: int = 0, dtype: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer): a random two-layer Qwen2 sized to the tiny tokenizer."""
+MERGES_CORPUS = ("You hold 16 and the dealer shows 9. [Hit] or [Stand]? The lessons say: stand on a strong "
+                 "hand, hit on a weak one. Answer with one bracketed move. ") * 4
+"""What the merging tokenizer learns its merges from (fixed: the tokenizer is the same on every machine)."""
+MERGING_VOCAB = 320
+
+
+def tiny_merging_tokenizer() -> Any:
+    """A byte-level BPE tokenizer with real merges, learned from `MERGES_CORPUS`: what a GGUF vocabulary
+    needs (llama.cpp and transformers' GGUF reader both refuse a BPE vocabulary without merges)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=MERGING_VOCAB, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([MERGES_CORPUS], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def tiny_chat_model(seed: int = 0, dtype: Any = None, tokenizer: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer): a random two-layer Qwen2 sized to the tiny tokenizer (or to `tokenizer`)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=TINY_HIDDEN, intermediate_size=TINY_INTERMEDIATE,
         num_hidden_layers=TINY_LAYERS, num_attention_heads=TINY_HEADS, num_key_value_heads=TINY_KV_HEADS,

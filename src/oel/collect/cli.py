@@ -28,7 +28,7 @@ def run_collect(config: CollectCommandConfig, ns: argparse.Namespace) -> int:
     check_writable_file(config.out, "trajectory file")
     if config.knowledge_file:  # inputs before anything is written
         read_text_file(config.knowledge_file, "knowledge file", allow_empty=True)
-    if config.backend == "hf":
+    if config.backend != "openai":
         check_model_name(config.model.name)
     for name in _CHATTY_LOGGERS:  # one INFO line per HTTP request would bury the progress bar
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from oel import prompts
 from oel.backends.base import ChatBackend, SamplingParams
 from oel.backends.openai_endpoint import EndpointConfig
-from oel.backends.select import make_backend
+from oel.backends.select import BackendKind, make_backend
 from oel.config import CommandConfig, Config, cfg
 from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import HELDOUT_COUNT, heldout_seeds, round_seeds
@@ -87,8 +87,9 @@ class CollectInputs(Config):
     plumbing, which `collect()` takes as arguments and `oel collect` as keys."""
 
     env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)")
-    backend: Literal["hf", "openai"] = cfg("hf", "'hf': load `model` in this process; 'openai': call `endpoint`")
-    model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend=hf")
+    backend: BackendKind = cfg("auto", "auto: llamacpp for a GGUF model on CPU when installed, else hf; hf / "
+                                       "llamacpp: load `model` in this process; openai: call `endpoint`")
+    model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend is auto, hf or llamacpp")
     endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai")
     seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's "
                                     "'collect', 'extract' or 'train' block")

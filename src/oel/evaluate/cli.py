@@ -61,7 +61,7 @@ def run_curve(config: CurveConfig, ns: argparse.Namespace) -> int:
     # The store and where the curve goes, before the policy model loads.
     check_writable_dir(config.resolved_out_dir(), "curve out_dir")
     read_manifest(config.store, config.round)
-    if config.policy.backend == "hf":
+    if config.policy.backend != "openai":
         check_model_name(config.policy.model.name, "policy.model.name")
     backend = from_config(config.policy)
     tok = getattr(backend, "tokenizer", None)

@@ -131,6 +131,10 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, 
     """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
     that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
+    if model is None and hasattr(backend, "reference_model"):
+        # The llama.cpp engine plays the games; the meter reads exact logits of the same weights in HF.
+        loaded = backend.reference_model()
+        model, tokenizer = loaded.model, loaded.tokenizer
     if model is not None and tokenizer is not None and not is_grid_game(env):
         return heldout_answer_meter(model, tokenizer, backend.model_id, config, env, out)
     if model is None or tokenizer is None or not hasattr(make_env(env), "solver_state"):

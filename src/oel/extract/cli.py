@@ -44,7 +44,7 @@ def run_extract(config: ExtractCommandConfig, ns: argparse.Namespace) -> int:
     if len(trajs) < config.num_trajectories:  # before the extractor loads, not after
         raise DataError(f"{config.trajectories}: need num_trajectories={config.num_trajectories}, "
                         f"found {len(trajs)}")
-    if config.extractor.backend == "hf":
+    if config.extractor.backend != "openai":
         check_model_name(config.extractor.model.name, "extractor.model.name")
     # The raw baseline generates nothing, but counts its budget with the same tokenizer.
     backend = from_config(config.extractor)

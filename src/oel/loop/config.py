@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+from oel.backends.select import EngineKind, resolve_engine
 from oel.collect.play import CollectConfig, CollectInputs
-from oel.config import Config, cfg, to_dict
+from oel.config import Config, cfg, to_dict, updated
 from oel.consolidate.config import ConsolidateConfig, ConsolidateInputs
 from oel.envs import EnvConfig
 from oel.errors import ConfigError
@@ -53,6 +54,9 @@ class LoopConfig(Config):
     model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)",
                              factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
+    engine: EngineKind = cfg("auto", "engine of the stages that only read M_r (collect, extract, evaluate): "
+                                     "llamacpp runs the model's GGUF plus each round's LoRA; auto = llamacpp on CPU "
+                                     "when installed, else hf")
     extractor: Literal["policy", "config"] = cfg("policy", "policy: the round's model extracts (the paper); "
                                                            "config: extract.extractor does (ablation)")
     knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
@@ -90,6 +94,26 @@ class LoopConfig(Config):
         return r in (0, self.rounds) or r % self.evaluate_every == 0
 
 
+def with_engine_resolved(config: LoopConfig) -> LoopConfig:
+    """`engine=auto` made concrete for this machine: what a run records, resumes and reuses by.
+    llama.cpp needs every round's update as a LoRA, so full fine-tuning runs on HF."""
+    requested = "hf" if config.engine == "auto" and config.consolidate.finetune != "lora" else config.engine
+    try:
+        engine = resolve_engine(requested, config.model, why="collect, extract and evaluate")
+    except ValueError as e:
+        raise ConfigError(f"engine: {e}") from None
+    extractor = config.extract.extractor
+    if extractor.backend == "auto":  # recorded as what it ran on; an explicit engine=hf holds for it too
+        extractor = updated(extractor, backend=resolve_engine("hf" if requested == "hf" else "auto", extractor.model))
+    if engine == config.engine and extractor is config.extract.extractor:
+        return config
+    return updated(config, engine=engine, extract=updated(config.extract, extractor=extractor))
+
+
+ENGINE_BEFORE_THE_KEY = "hf"
+"""The engine of a run saved before `engine` existed: every stage ran on HF."""
+
+
 def default_config_dict() -> dict[str, Any]:
     """Today's defaults of every loop config key, as the plain types a saved config.yaml holds
     (what a config written before a key existed is completed with, and the keys that one written
@@ -101,4 +125,7 @@ def default_config_dict() -> dict[str, Any]:
 def read_saved_config(path: Path) -> dict[str, Any]:
     """A run dir's saved config.yaml in today's schema, as resume and reuse compare it: a run
     written by an older oel still matches the recipe it was made from."""
-    return as_today(yaml.safe_load(read_text(path, "run config")) or {}, default_config_dict())
+    saved = yaml.safe_load(read_text(path, "run config")) or {}
+    if isinstance(saved, dict):
+        saved.setdefault("engine", ENGINE_BEFORE_THE_KEY)
+    return as_today(saved, default_config_dict())

@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from oel.backends.hf import HFBackend
+from oel.backends.select import llamacpp_backend
+from oel.consolidate.checkpoint import LORA_ADAPTER_DIR
 from oel.config import updated
 from oel.io import append_jsonl
 from oel.layout import RunLayout
 from oel.loop.config import LoopConfig
+from oel.errors import DataError
 from oel.models import LoadedModel, ModelConfig, load_model
+from oel.models.gguf_file import load_tokenizer, model_gguf
+from oel.models.gguf_lora import write_lora_gguf
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -63,6 +68,7 @@ class RoundContext:
     on_event: EventFn | None = None
     metrics: MetricsLog | None = None
     _loaded: LoadedModel | None = field(default=None, repr=False)
+    _engine: Any = field(default=None, repr=False)
 
     @property
     def layout(self) -> RunLayout:
@@ -88,14 +94,57 @@ class RoundContext:
         return self._loaded
 
     def release_model(self) -> None:
-        """Drop M_r (consolidation modifies the model object it trains)."""
+        """Drop M_r (consolidation modifies the model object it trains) and its engine."""
         self._loaded = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         gc.collect()
 
     def backend(self, max_batch_size: int) -> Any:
+        """M_r for a stage that only reads it, on the run's engine: HF on the loaded model, or llama.cpp
+        on the initial model's GGUF with every earlier round's LoRA as one adapter (built once)."""
+        if self.config.engine == "llamacpp":
+            return self._llamacpp(max_batch_size)
         lm = self.model
         return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size,
                          model_config=lm.config)
+
+    def _llamacpp(self, max_batch_size: int) -> Any:
+        if self._engine is not None and self._engine.max_batch_size == max_batch_size:
+            return self._engine
+        self._engine = None
+        gc.collect()
+        adapter = self.engine_adapter()
+        tokenizer = load_tokenizer(self.model_config) if self.round else None
+        self._engine = llamacpp_backend(self.config.model, max_batch_size=max_batch_size, adapter=adapter,
+                                        model_id=self.model_id, tokenizer=tokenizer, hf_model=lambda: self.model)
+        self._engine.model_config = self.model_config
+        return self._engine
+
+    def engine_adapter(self) -> Path | None:
+        """M_r as a GGUF LoRA over the initial model's GGUF: rounds 0..r-1's adapters summed (None for M_0)."""
+        if self.round == 0:
+            return None
+        out = self.layout.engine_adapter(self.round)
+        if not out.is_file():
+            rounds = [self.layout.model_after(k) / LORA_ADAPTER_DIR for k in range(self.round)]
+            missing = [str(d) for d in rounds if not d.is_dir()]
+            if missing:
+                raise DataError(f"{missing[0]}: no LoRA adapter to run M_{self.round} on llama.cpp (rounds trained "
+                                f"with consolidate.finetune=full need engine=hf)")
+            write_lora_gguf(rounds, model_gguf(self.config.model), out)
+        return out
+
+    @property
+    def tokenizer(self) -> Any:
+        """M_r's tokenizer, without loading its weights when the engine does not need them."""
+        if self._loaded is not None or self.config.engine != "llamacpp":
+            return self.model.tokenizer
+        return self._llamacpp_tokenizer()
+
+    def _llamacpp_tokenizer(self) -> Any:
+        return self._engine.tokenizer if self._engine is not None else load_tokenizer(self.model_config)
 
     @property
     def model_id(self) -> str:

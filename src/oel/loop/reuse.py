@@ -26,7 +26,7 @@ from oel.extract.store import read_manifest
 from oel.extract.templates import is_auto
 from oel.io import iter_jsonl
 from oel.layout import MARKER, PROMPTS_FILE, RunLayout
-from oel.loop.config import LoopConfig, read_saved_config
+from oel.loop.config import LoopConfig, read_saved_config, with_engine_resolved
 from oel.provenance import diff_keys, select
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,13 @@ REUSE_TMP_SUFFIX = ".reuse-tmp"
 # they change where and how a run is recorded, never what a stage computes (rounds only
 # says which evaluate is the final one, which `ReuseSource.reusable` checks separately).
 STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
-    "collect": frozenset({"model", "env", "collect", "extract.num_trajectories"}),
-    "extract": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file"}),
-    "evaluate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "evaluate",
+    "collect": frozenset({"model", "engine", "env", "collect", "extract.num_trajectories"}),
+    "extract": frozenset({"model", "engine", "env", "collect", "extract", "extractor", "knowledge_file"}),
+    "evaluate": frozenset({"model", "engine", "env", "collect", "extract", "extractor", "knowledge_file", "evaluate",
                            "in_context_eval", "consolidate.teacher_model", "consolidate.teacher_dtype",
                            "consolidate.teacher_template"}),
-    "consolidate": frozenset({"model", "env", "collect", "extract", "extractor", "knowledge_file", "consolidate"}),
+    "consolidate": frozenset({"model", "engine", "env", "collect", "extract", "extractor", "knowledge_file",
+                              "consolidate"}),
 }
 
 
@@ -102,7 +103,7 @@ class ReuseSource:
             log.info("round %d %s: not reused from %s (final evaluate in one run only)", r, stage, src)
             return None
         # Through YAML like the source's config.yaml, so that both sides are the same plain types.
-        mine = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+        mine = yaml.safe_load(yaml.safe_dump(to_dict(with_engine_resolved(config))))
         in_context = bool(config.in_context_eval or self.config.get("in_context_eval", True))
         keys = stage_dependencies(stage, r, in_context=in_context)
         differing = diff_keys(select(self.config, keys), select(mine, keys))

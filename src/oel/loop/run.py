@@ -37,7 +37,7 @@ from oel.models import check_model_name
 from oel.io import atomic_write_json, check_writable_dir, read_text_file
 from oel.layout import MARKER, RunLayout, read_marker
 from oel.loop import stages
-from oel.loop.config import LoopConfig, read_saved_config
+from oel.loop.config import LoopConfig, read_saved_config, with_engine_resolved
 from oel.loop.context import EventFn, MetricsLog, RoundContext
 from oel.loop.reuse import ReuseSource, copy_stage
 from oel.provenance import diff_keys
@@ -64,7 +64,7 @@ def check_inputs(config: LoopConfig) -> None:
     if config.knowledge_file:
         read_text_file(config.knowledge_file, "knowledge_file")
     models = [("model.name", config.model.name), ("consolidate.teacher_model", config.consolidate.teacher_model)]
-    if config.extractor == "config" and config.extract.extractor.backend == "hf":
+    if config.extractor == "config" and config.extract.extractor.backend != "openai":
         models.append(("extract.extractor.model.name", config.extract.extractor.model.name))
     for key, name in models:
         if name:
@@ -73,6 +73,7 @@ def check_inputs(config: LoopConfig) -> None:
 
 def prepare_run_dir(config: LoopConfig) -> None:
     """Write the resolved config, or check it against the one a previous run wrote."""
+    config = with_engine_resolved(config)
     layout = RunLayout(config.run_dir)
     path = layout.config_file
     resolved = to_dict(config)
@@ -127,6 +128,8 @@ def discard_checkpoints(stage_dir: Path) -> None:
 def run_loop(config: LoopConfig, *, on_event: EventFn | None = None) -> dict[str, Any]:
     """Run (or resume) every round; return {round: {stage: summary}}."""
     check_inputs(config)
+    config = with_engine_resolved(config)
+    log.info("engine: %s for collect, extract and evaluate; HF for consolidation", config.engine)
     reuse = ReuseSource.open(config)
     prepare_run_dir(config)
     metrics = MetricsLog(config)

@@ -79,7 +79,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
     else:
         backend = from_config(cfg.extractor)
     experience = extract_round(cfg, trajs, backend, store=layout.store_dir(ctx.round), round=ctx.round,
-                               source=source, tokenizer=ctx.model.tokenizer,
+                               source=source, tokenizer=ctx.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):
         atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")

@@ -76,7 +76,11 @@ def _add_tokenizer(w: Any, tokenizer: Any, *, vocab_size: int) -> None:
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges or [" ".join(["Ġ", "Ġ"])])  # llama.cpp requires the key; never used to encode
+    if not merges:
+        raise ValueError("tokenizer: a BPE vocabulary without merges cannot be written to GGUF (llama.cpp and "
+                         "transformers' GGUF reader refuse it); use a tokenizer with merges")
+    w.add_token_merges(merges)
+    w.add_token_scores([0.0] * vocab_size)
     w.add_eos_token_id(tokenizer.eos_token_id)
     if tokenizer.pad_token_id is not None:
         w.add_pad_token_id(tokenizer.pad_token_id)

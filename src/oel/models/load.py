@@ -146,9 +146,7 @@ def _load_preset(preset: Preset, config: ModelConfig, cache_root: Path, dtype: A
         build_gguf=build, use_cache=config.use_cache, verify_cache=config.verify_cache,
         meta={"preset": preset.name, "gguf_sha256": preset.sha256, "upstream": preset.upstream},
     )
-    # The assembled GGUF of a split preset is only an intermediate: the dense copy replaces it.
-    if config.use_cache:
-        (assembled_dir / preset.gguf_name).unlink(missing_ok=True)
+    # The assembled GGUF is kept: the llama.cpp engine runs it (oel.models.gguf_file).
     return result
 
 
