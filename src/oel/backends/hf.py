@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from oel import progress
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.chat_encoding import ChatEncoder, stop_token_ids
 from oel.backends.prefix_cache import (DEFAULT_PREFIX_CACHE_BYTES, NO_MATCH, PrefixKVStore, PrefixMatch,
@@ -133,7 +134,9 @@ class HFBackend:
         encoded.sort(key=lambda e: (e.new_tokens, len(e.ids)), reverse=True)
         results: list[Generation | None] = [None] * len(rows)
         for batch in self._micro_batches(encoded):
-            for item, gen in zip(batch, self._generate_batch(batch)):
+            gens = self._generate_batch(batch)
+            progress.add_tokens(sum(g.completion_tokens for g in gens))
+            for item, gen in zip(batch, gens):
                 results[item.index] = gen
         return [g for g in results if g is not None]
 

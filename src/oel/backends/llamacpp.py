@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from oel import progress
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.chat_encoding import ChatEncoder
 from oel.backends.hf import RowRequest
@@ -272,6 +273,7 @@ class LlamaCppBackend:
         while active:
             for row in active:
                 self._step(row)
+            progress.add_tokens(len(active))
             active = [r for r in active if not r.done]
             if active:
                 self._decode_next(active)

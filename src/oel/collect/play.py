@@ -175,7 +175,8 @@ def collect(
 
         play_episodes(player, lambda: make_env(env), todo, config.sampling,
                       template=prompts.policy_template_for(env.game, config.prompt), prompt_fields=fields,
-                      round=maps.round, batch_size=config.batch_size, on_finish=_append, stats=stats)
+                      round=maps.round, batch_size=config.batch_size, on_finish=_append, stats=stats,
+                      label=f"collect: {maps.seeds} maps")
     atomic_write_json(summary_path(out), stats.to_dict())
     log.info("collect: %d episodes (%d already on file), pass rate %.3f, %.1f tokens/turn, %.1f gen tok/s",
              stats.episodes, stats.skipped, stats.pass_rate, stats.tokens_per_turn, stats.generation_tokens_per_s)

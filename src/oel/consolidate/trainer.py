@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from oel import progress
 from oel.config import save_config
 from oel.consolidate import build, checkpoint, distributed
 from oel.consolidate.config import (ConsolidateCommandConfig, ConsolidateConfig, ConsolidateInputs, OnExisting,
@@ -272,20 +273,23 @@ class Consolidator:
         """Train from the current step to `config.steps`, checkpointing; write the final model."""
         c = self.config
         last: dict[str, float] = {}
-        while self.step < c.steps:
-            step = self.step + 1
-            metrics = self.train_step(step)
-            self.step = step
-            last = metrics
-            if self.topology.is_main:
-                append_jsonl(self.out / METRICS_FILE,
-                             {"step": step, **{f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}})
-                log.info("step %d/%d loss %.4f mass %.3f %.1fs", step, c.steps, metrics["loss"],
-                         metrics["student_topk_mass"], metrics["step_s"])
-            if on_step is not None:
-                on_step(step, metrics)
-            if c.save_every and step % c.save_every == 0 and step < c.steps:
-                self.save_checkpoint()
+        with progress.task("consolidate: training steps", total=c.steps) as counted:
+            counted.done = self.step
+            while self.step < c.steps:
+                step = self.step + 1
+                metrics = self.train_step(step)
+                self.step = step
+                last = metrics
+                if self.topology.is_main:
+                    append_jsonl(self.out / METRICS_FILE,
+                                 {"step": step, **{f"{METRIC_PREFIX}{k}": v for k, v in metrics.items()}})
+                    log.info("step %d/%d loss %.4f mass %.3f %.1fs", step, c.steps, metrics["loss"],
+                             metrics["student_topk_mass"], metrics["step_s"])
+                progress.advance(counted)
+                if on_step is not None:
+                    on_step(step, metrics)
+                if c.save_every and step % c.save_every == 0 and step < c.steps:
+                    self.save_checkpoint()
         model_dir = self.out / MODEL_DIR
         with self.parallel.full_weights():
             if self.topology.is_main:

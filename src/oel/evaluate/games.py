@@ -163,7 +163,8 @@ def play_maps(backend: ChatBackend, env_cfg: EnvConfig, jobs_by_map: Sequence[Se
         fields = {"knowledge": text} if text is not None else {}
         played += play_episodes(backend, lambda: make_env(env_cfg), jobs, params, template=template,
                                 prompt_fields=fields, round=round, batch_size=batch_size, on_finish=on_finish,
-                                stats=stats)
+                                stats=stats, label="evaluate: held-out games" + (" (lessons in context)"
+                                                                                  if text is not None else ""))
     return played
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oel import prompts
+from oel import progress, prompts
 from oel.envs import EnvConfig, make_env
 from oel.envs.solver import GridState, LakeState, Status, is_optimal_move, optimal_actions, transition
 from oel.errors import ConfigError, DataError
@@ -242,18 +242,20 @@ def score_answers_shared(model: Any, prompts_: Sequence[Sequence[int]],
     device = next(model.parameters()).device
     cache, held = DynamicCache(), []  # `held`: the token ids the cache currently holds
     out: list[list[float]] = []
-    for ids, ans in zip(prompts_, answers):
-        ids = list(ids)
-        lcp = 0
-        while lcp < min(len(held), len(ids) - 1) and held[lcp] == ids[lcp]:
-            lcp += 1
-        if lcp < len(held):
-            cache.crop(lcp - len(held))  # negative: tokens to remove (transformers 5 API)
-        rest = torch.tensor([ids[lcp:]], device=device)
-        pos = torch.arange(lcp, len(ids), device=device).unsqueeze(0)
-        res = model(input_ids=rest, **cache_arg(cache), position_ids=pos, use_cache=True)
-        cache, held = output_cache(res), ids
-        out.append(_score_on_cache(model, copy.deepcopy(cache), len(ids), res.logits[0, -1], ans))
+    with progress.task("meter: probe states", total=len(prompts_)) as counted:
+        for ids, ans in zip(prompts_, answers):
+            ids = list(ids)
+            lcp = 0
+            while lcp < min(len(held), len(ids) - 1) and held[lcp] == ids[lcp]:
+                lcp += 1
+            if lcp < len(held):
+                cache.crop(lcp - len(held))  # negative: tokens to remove (transformers 5 API)
+            rest = torch.tensor([ids[lcp:]], device=device)
+            pos = torch.arange(lcp, len(ids), device=device).unsqueeze(0)
+            res = model(input_ids=rest, **cache_arg(cache), position_ids=pos, use_cache=True)
+            cache, held = output_cache(res), ids
+            out.append(_score_on_cache(model, copy.deepcopy(cache), len(ids), res.logits[0, -1], ans))
+            progress.advance(counted)
     return out
 
 

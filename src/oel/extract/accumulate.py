@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from oel import prompts
+from oel import progress, prompts
 from oel.backends.base import ChatBackend, Generation, SamplingParams
 from oel.config import merged, to_dict, updated
 from oel.errors import ConfigError, DataError
@@ -236,21 +236,25 @@ def extract_round(config: ExtractConfig, trajectories: Sequence[Trajectory], bac
             log.info("round %d run %d: resuming after step %d", round, k, state.step)
         states.append(state)
 
-    for i in range(1, len(trajs) + 1):
-        pending = [k for k in range(config.num_runs) if states[k].step == i - 1]
-        if not pending:
-            continue
-        traj = trajs[i - 1]
-        t0 = time.perf_counter()
-        extractions = _extract_many(config, round, backend, template, [states[k] for k in pending], traj, count, i,
-                                    style)
-        per_run = (time.perf_counter() - t0) / len(pending)
-        for k, ex in zip(pending, extractions):
-            states[k] = accumulate_step(states[k], traj, ex, config=config, count=count,
-                                        extractor_model=model_id, seconds=per_run)
-            write_step(store, states[k])
-            if on_step:
-                on_step(k, i, per_run)
+    with progress.task(f"extract round {round}: steps of {config.num_runs} runs",
+                       total=config.num_runs * len(trajs)) as counted:
+        counted.done = sum(st.step for st in states)
+        for i in range(1, len(trajs) + 1):
+            pending = [k for k in range(config.num_runs) if states[k].step == i - 1]
+            if not pending:
+                continue
+            traj = trajs[i - 1]
+            t0 = time.perf_counter()
+            extractions = _extract_many(config, round, backend, template, [states[k] for k in pending], traj, count, i,
+                                        style)
+            per_run = (time.perf_counter() - t0) / len(pending)
+            for k, ex in zip(pending, extractions):
+                states[k] = accumulate_step(states[k], traj, ex, config=config, count=count,
+                                            extractor_model=model_id, seconds=per_run)
+                write_step(store, states[k])
+                progress.advance(counted)
+                if on_step:
+                    on_step(k, i, per_run)
     return load_experience_set(store, round, config.resolved_use_step)
 
 

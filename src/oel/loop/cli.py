@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from typing import Any
 
 from oel.commands import add_config_command
+from oel.progress import set_display
 from oel.loop.config import LoopConfig
 from oel.loop.run import run_loop
 
 log = logging.getLogger(__name__)
+
+STATUS_REFRESH_S = 0.25
+"""The status line follows the running task at most this often."""
 
 
 class LoopProgress:
@@ -21,9 +26,25 @@ class LoopProgress:
         self.status: Any = None
         self.done = 0
         self.passed = 0
+        self.round = 0
+        self._shown = 0.0
+
+    # -- oel.progress.Display: the innermost task of the running stage, on the status line --------
+    def opened(self, task: Any) -> None:
+        self.updated(task)
+
+    def updated(self, task: Any) -> None:
+        now = time.monotonic()
+        if self.status is not None and now - self._shown >= STATUS_REFRESH_S:
+            self._shown = now
+            self.status.update(f"round {self.round}: {task.line()}")
+
+    def closed(self, task: Any) -> None:
+        return None
 
     def __call__(self, kind: str, event: dict[str, Any]) -> None:
         r, stage = event["round"], event.get("stage", "")
+        self.round = r
         if kind == "start":
             self.done = self.passed = 0
             self.status = self.console.status(f"round {r}: {stage} ...")
@@ -57,9 +78,12 @@ def _run(config: LoopConfig, ns: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     progress = LoopProgress(console)
+    if console.is_terminal:  # else oel.progress logs a line every LOG_EVERY_S
+        set_display(progress)
     try:
         run_loop(config, on_event=progress)
     finally:
+        set_display(None)
         if progress.status is not None:
             progress.status.stop()
     console.print(f"run complete: {config.run_dir} (report: oel report {config.run_dir})")
