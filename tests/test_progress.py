@@ -22,12 +22,12 @@ def test_without_a_display_a_task_logs_its_state(monkeypatch, caplog):
     assert lines[-1].endswith("(finished)")
 
 
-def test_tokens_go_to_the_innermost_open_task_and_eta_follows_the_pace():
+def test_tokens_count_for_every_open_task_and_eta_follows_the_pace():
     with progress.task("outer", total=10) as outer:
         with progress.task("inner", total=2) as inner:
             progress.add_tokens(5)
         progress.add_tokens(3)
-        assert (inner.tokens, outer.tokens) == (5, 3)
+        assert (inner.tokens, outer.tokens) == (5, 8)
         assert outer.eta_s is None, "no ETA before the first item"
         outer.started -= 10.0  # 10 s in, 2 of 10 done: 40 s to go
         progress.advance(outer, 2)

@@ -2,7 +2,7 @@
 
 Stages and engines report here and know nothing about screens: a stage opens a `task` for its
 unit of work (episodes, extraction steps, probes, training steps) and advances it; an engine adds
-the tokens it generates to whatever task is open. Where the output goes is the CLI's choice: it
+the tokens it generates to every task that is open. Where the output goes is the CLI's choice: it
 installs a `Display` (a rich bar in a terminal); without one, each task logs one line every
 `LOG_EVERY_S` seconds, so that a run piped to a file never goes silent for long.
 """
@@ -113,9 +113,11 @@ def advance(t: Task, n: int = 1) -> None:
 
 
 def add_tokens(n: int) -> None:
-    """Tokens an engine generated, counted by the innermost open task (if any)."""
+    """Tokens an engine generated: counted by every open task (a stage and the part of it running),
+    shown for the innermost."""
     with _lock:
-        t = _open[-1] if _open else None
-    if t is not None:
-        t.tokens += n
-        _changed(t)
+        for t in _open:
+            t.tokens += n
+        inner = _open[-1] if _open else None
+    if inner is not None:
+        _changed(inner)
