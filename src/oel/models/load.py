@@ -26,6 +26,7 @@ from oel.models.loading import (
 )
 from oel.models.presets import DEFAULT_PRESET, Preset
 from oel.models.resolve import check_hub_reachable, local_model_dir
+from oel.threads import apply_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ def load_model(config: ModelConfig | str) -> LoadedModel:
         config = ModelConfig(name=config)
     t0 = time.perf_counter()
     device = resolve_device(config.device)
+    if device == "cpu":
+        apply_torch_threads()
     dtype = resolve_dtype(config.dtype, device)
     cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     preset = preset_by_name(config.name)
