@@ -128,7 +128,8 @@ class LlamaCppBackend:
             raise ValueError(f"{self.gguf_path}: llama.cpp cannot load this GGUF file")
         self.vocab = self.lib.llama_model_get_vocab(self.llama_model)
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
-        self.context_tokens = min(context_tokens, self.lib.llama_model_n_ctx_train(self.llama_model) * (max_batch_size + 1))
+        trained = self.lib.llama_model_n_ctx_train(self.llama_model)
+        self.context_tokens = min(context_tokens, trained * (max_batch_size + 1))
         self.ctx = self._new_context()
         self.stop_ids = stop_ids if stop_ids is not None else self._eog_ids(tokenizer)
         self._head: list[int] = []

@@ -32,8 +32,8 @@ _warned: set[str] = set()
 class BackendConfig(Config):
     """A model a stage talks to: by default a preset, in-process; or any OpenAI-compatible endpoint."""
 
-    backend: BackendKind = cfg("auto", "auto: llamacpp for a GGUF model on CPU when installed, else hf; hf / "
-                                       "llamacpp: load `model` in this process; openai: call `endpoint`")
+    backend: BackendKind = cfg("auto", "auto: llamacpp for a GGUF model on CPU if installed, else hf; "
+                                       "openai: call `endpoint` (docs/engines.md)")
     model: ModelConfig = cfg(help="the model when backend is auto, hf or llamacpp", factory=ModelConfig)
     endpoint: EndpointConfig = cfg(help="the OpenAI-compatible endpoint when backend=openai", factory=EndpointConfig)
     max_batch_size: int = cfg(DEFAULT_MAX_BATCH_SIZE, "in-process engines: most prompts decoded together")

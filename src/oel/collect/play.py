@@ -87,8 +87,8 @@ class CollectInputs(Config):
     plumbing, which `collect()` takes as arguments and `oel collect` as keys."""
 
     env: EnvConfig = cfg(factory=EnvConfig, help="the environment (game and its settings)")
-    backend: BackendKind = cfg("auto", "auto: llamacpp for a GGUF model on CPU when installed, else hf; hf / "
-                                       "llamacpp: load `model` in this process; openai: call `endpoint`")
+    backend: BackendKind = cfg("auto", "auto: llamacpp for a GGUF model on CPU if installed, else hf; "
+                                       "openai: call `endpoint` (docs/engines.md)")
     model: ModelConfig = cfg(factory=ModelConfig, help="the model, when backend is auto, hf or llamacpp")
     endpoint: EndpointConfig = cfg(factory=EndpointConfig, help="the OpenAI-compatible endpoint, when backend=openai")
     seeds: SeedSet = cfg("collect", "which maps: 'heldout' (the fixed evaluation maps) or this round's "

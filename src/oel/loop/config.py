@@ -54,9 +54,8 @@ class LoopConfig(Config):
     model: ModelConfig = cfg(help="the initial model M_0 (later rounds use the previous round's consolidated model)",
                              factory=ModelConfig)
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
-    engine: EngineKind = cfg("auto", "engine of the stages that only read M_r (collect, extract, evaluate): "
-                                     "llamacpp runs the model's GGUF plus each round's LoRA; auto = llamacpp on CPU "
-                                     "when installed, else hf")
+    engine: EngineKind = cfg("auto", "collect/extract/evaluate on llamacpp (GGUF + round LoRAs) or hf; auto: "
+                                     "llamacpp on CPU if installed (docs/engines.md)")
     extractor: Literal["policy", "config"] = cfg("policy", "policy: the round's model extracts (the paper); "
                                                            "config: extract.extractor does (ablation)")
     knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
