@@ -6,20 +6,18 @@ import random
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.blackjack import (ANSWERS, BUST, HIT, RANK_VALUES, STAND, BlackjackGame, action_values, add,
                                 hand_of, hand_start_value, optimal_action, policy_value, score, stand_win)
 from oel.errors import EnvironmentTextError
 from oel.evaluate.answer_probes import label, played_probes, uniform_answer
+from game_helpers import game_factory
 
 SEED = 1_000_000
 TURNS = 5
 
 
-def game(**overrides) -> BlackjackGame:
-    env = make_env(EnvConfig(game="blackjack", **overrides))
-    assert isinstance(env, BlackjackGame)
-    return env
+game = game_factory("blackjack", BlackjackGame)
 
 
 def test_scores_follow_textarena():
