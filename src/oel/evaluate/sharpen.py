@@ -1,7 +1,7 @@
 """The meter as the games sample: the four answers' distribution after temperature, top-k and top-p.
 
 Why: the meter scores the model's whole move distribution, but held-out play samples it at
-T 0.7, top-k 20, top-p 0.8 (SPEC §4), and those truncate. A policy that answers [down] with
+T 0.7, top-k 20, top-p 0.8 (docs/method.md), and those truncate. A policy that answers [down] with
 probability .85 at every state scores 50% E[mq] on FrozenLake's probe states (half its
 shortest-path moves are [down]); sampled at T 0.7 its .85 becomes about .94, top-p 0.8 keeps
 that answer alone, and it plays "always [down]", which never wins a 3x3 map. The sharpened
