@@ -1,6 +1,6 @@
 """Write a run's results without wall-clock fields, to compare two runs of the same config.
 
-    python docs/results/redesign-identity/strip_timings.py RUN_DIR OUT.json
+    python docs/results/refactor-identity/strip_timings.py RUN_DIR OUT.json
     diff before.json after.json        # nothing printed: the same results
 
 It keeps `results.json` (every stage's summary), each round's `evaluate/evaluation.json` and
