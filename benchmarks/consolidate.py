@@ -295,8 +295,8 @@ def main() -> None:
         args.batch, args.steps, args.max_new_tokens = SMOKE_BATCH, SMOKE_STEPS, SMOKE_MAX_NEW_TOKENS
         args.skip_trl = args.skip_trl or not _trl_installed()
     if not Path(args.trajectories).is_file():
-        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or `oel loop configs/frozenlake/fl-0.5b-teacher-1.5b.yaml`) first, or pass "
-                 "--trajectories")
+        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or `oel loop "
+                 "configs/frozenlake/fl-0.5b-teacher-1.5b.yaml`) first, or pass --trajectories")
     if args.child:
         (child_ours if args.child == "ours" else child_trl)(args)
         return
