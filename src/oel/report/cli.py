@@ -8,6 +8,7 @@ from typing import Any
 
 from oel.layout import DemoLayout
 from oel.report.online import write_online_report
+from oel.report.fingerprint import write_fingerprint
 from oel.report.pair import pair_text
 from oel.report.write import write_report
 
@@ -20,8 +21,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("run_dir", help="the run directory of an `oel loop` run or of an `oel online demo` run")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN",
                    help="other run dirs (its controls, ablations) to tabulate, plot and pair with this one")
+    p.add_argument("--fingerprint", metavar="OUT_JSON", default=None,
+                   help="instead of the report, write the run's results without timings to OUT_JSON (diff two runs "
+                        "of one config: a refactor must not change it)")
 
     def _run(ns: argparse.Namespace) -> int:
+        if ns.fingerprint:
+            print(write_fingerprint(ns.run_dir, ns.fingerprint))
+            return 0
         if DemoLayout(ns.run_dir).is_demo():  # an `oel online demo` run dir
             print(write_online_report(ns.run_dir))
             return 0
