@@ -32,7 +32,7 @@ from oel.evaluate.config import EvaluateCommandConfig, EvaluateConfig, EvaluateI
 from oel.evaluate.games import GameEval, evaluate_games, knowledge_texts
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
 from oel.evaluate.meter import MeterResult, PromptVariant, measure, policy_variant, probe_states
-from oel.evaluate.sharpen import sampled_summary
+from oel.evaluate.sharpen import opening_check, sampled_summary
 from oel.io import atomic_write_json
 from oel.knowledge import Knowledge
 from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
@@ -113,7 +113,7 @@ def evaluate(backend: ChatBackend, config: EvaluateConfig, *, env: EnvConfig, ou
                                             overwrite=config.overwrite)
     if config.ifeval.enabled:
         ifeval = evaluate_ifeval(backend, config.ifeval, out / IFEVAL_DIR, overwrite=config.overwrite)
-    meter = heldout_meter(backend, config, env, out) if config.meter.enabled else None
+    meter = heldout_meter(backend, config, env, out, games) if config.meter.enabled else None
     result = Evaluation(games, with_knowledge, ifeval, meter)
     inputs = EvaluateInputs(model=getattr(backend, "model_config", None) or ModelConfig(), env=env,
                             knowledge_file=_knowledge_file(knowledge), out_dir=os.fspath(out_dir))
@@ -127,9 +127,11 @@ def _knowledge_file(knowledge: Knowledge | None) -> str:
     return knowledge.files[0] if knowledge is not None and len(knowledge.files) == 1 else ""
 
 
-def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, out: Path) -> dict[str, Any] | None:
+def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, out: Path,
+                  games: GameEval | None = None) -> dict[str, Any] | None:
     """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
-    that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
+    that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver).
+    With the games played, also how well it predicts their first moves (`sharpen.opening_check`)."""
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
     if model is not None and tokenizer is not None and not is_grid_game(env):
         return heldout_answer_meter(model, tokenizer, backend.model_id, config, env, out)
@@ -149,7 +151,9 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, 
         atomic_write_json(out / METER_FILE, {"key": key, "summary": summary,
                                              "per_state": [s.__dict__ for s in result.states]})
     # recomputed, not saved in the meter file: it depends on the games' sampling, not on the model
-    return {**summary, "sampled": sampled_summary(result, config.games.sampling)}
+    opening = ({"opening": opening_check(result, games.metrics.first_moves, config.games.sampling)}
+               if games is not None and games.metrics.first_moves else {})
+    return {**summary, "sampled": sampled_summary(result, config.games.sampling), **opening}
 
 
 def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: EvaluateConfig, env: EnvConfig,
@@ -200,6 +204,13 @@ def evaluation_table(result: Evaluation) -> str:
         for label, g in parts:
             if g is not None:
                 lines += games_rows(label, g)
+    opening = (result.meter or {}).get("opening")
+    if opening:
+        def shares(q: list[float]) -> str:
+            return "/".join(f"{x:.2f}" for x in q)
+        lines += ["", f"Opening moves u/d/l/r: the {opening['games_count']} games {shares(opening['games'])}; the meter "
+                      f"{shares(opening['meter'])} (distance {opening['distance']:.2f}), as the games sample "
+                      f"{shares(opening['meter_sampled'])} (distance {opening['distance_sampled']:.2f})"]
     if result.ifeval is not None:
         r, s = result.ifeval, result.ifeval.scores
         lines += ["", f"IF-Eval ({r.subset} of 541 prompts, greedy, max {r.max_new_tokens} new tokens, "
