@@ -189,6 +189,15 @@ def games_rows(label: str, g: GameEval) -> list[str]:
             f"| {m.steps_per_episode:.2f} | {ends} | {g.wall_seconds:.0f}s |"]
 
 
+def opening_line(opening: dict[str, Any]) -> str:
+    """The meter's opening moves against the games' first moves, in one line (`sharpen.opening_check`)."""
+    def shares(q: list[float]) -> str:
+        return "/".join(f"{x:.2f}" for x in q)
+    return (f"Opening moves u/d/l/r: the {opening['games_count']} games {shares(opening['games'])}; the meter "
+            f"{shares(opening['meter'])} (distance {opening['distance']:.2f}), as the games sample "
+            f"{shares(opening['meter_sampled'])} (distance {opening['distance_sampled']:.2f})")
+
+
 def evaluation_table(result: Evaluation) -> str:
     """The printed summary: one markdown table for the games, one line block for IF-Eval."""
     lines: list[str] = []
@@ -206,11 +215,7 @@ def evaluation_table(result: Evaluation) -> str:
                 lines += games_rows(label, g)
     opening = (result.meter or {}).get("opening")
     if opening:
-        def shares(q: list[float]) -> str:
-            return "/".join(f"{x:.2f}" for x in q)
-        lines += ["", f"Opening moves u/d/l/r: the {opening['games_count']} games {shares(opening['games'])}; the meter "
-                      f"{shares(opening['meter'])} (distance {opening['distance']:.2f}), as the games sample "
-                      f"{shares(opening['meter_sampled'])} (distance {opening['distance_sampled']:.2f})"]
+        lines += ["", opening_line(opening)]
     if result.ifeval is not None:
         r, s = result.ifeval, result.ifeval.scores
         lines += ["", f"IF-Eval ({r.subset} of 541 prompts, greedy, max {r.max_new_tokens} new tokens, "
