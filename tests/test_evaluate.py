@@ -216,6 +216,7 @@ def test_evaluate_writes_evaluation_json_and_table(tmp_path: Path) -> None:
                                                             out_dir=str(tmp_path / "eval")))
     table = evaluation_table(result)
     assert "| no knowledge |" in table and "| with knowledge |" in table and "Wilson" in table
+    assert "| [right] 6 |" in table  # every episode opened with the one answer the backend gives
 
 
 def test_cli_registers_evaluate(capsys: pytest.CaptureFixture[str]) -> None:

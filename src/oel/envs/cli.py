@@ -20,7 +20,8 @@ from oel.errors import ConfigError
 GAMES = ("frozenlake", "sokoban")
 PRIOR_TRAINING_ROUND = 1
 """Whose collection block gives the training maps a prior is also scored on (never held-out maps)."""
-PRIOR_TOLERANCE = 1e-6
+PRIOR_TOLERANCE = 0.01
+"""How far a prior's probabilities may miss 1 (shares rounded to a few places); they are then rescaled."""
 
 
 def parse_prior(spec: str) -> dict[str, float]:
@@ -35,9 +36,10 @@ def parse_prior(spec: str) -> dict[str, float]:
         if move.strip() not in MOVES or not 0 <= prior[move.strip()] <= 1:
             raise ConfigError(f"--prior: {part!r}: expected MOVE=PROBABILITY with MOVE one of {', '.join(MOVES)} "
                               "and a probability in [0, 1]")
-    if not prior or sum(prior.values()) > 1 + PRIOR_TOLERANCE:
-        raise ConfigError(f"--prior: {spec!r}: expected moves whose probabilities sum to at most 1")
-    return prior
+    total = sum(prior.values())
+    if abs(total - 1) > PRIOR_TOLERANCE:
+        raise ConfigError(f"--prior: {spec!r}: expected moves whose probabilities sum to 1, got {total:g}")
+    return {move: q / total for move, q in prior.items()}
 
 
 def cmd_envs(ns: argparse.Namespace) -> int:

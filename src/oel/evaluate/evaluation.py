@@ -184,9 +184,10 @@ def games_rows(label: str, g: GameEval) -> list[str]:
     m = g.metrics
     ends = ", ".join(f"{k} {v}" for k, v in m.end_reasons.items())
     spread = f"{_pct(m.seed_mean)} ± {100 * m.seed_std:.1f}" if len(m.per_seed) > 1 else "(one seed)"
+    first = ", ".join(f"{k} {v}" for k, v in sorted(m.first_moves.items(), key=lambda kv: -kv[1]))
     return [f"| {label} | {m.passed}/{m.episodes} = {_pct(m.pass_rate)} | {_pct(m.ci_low)} - {_pct(m.ci_high)} "
             f"| {spread} | {_pct(m.move_quality)} ({m.optimal_moves}/{m.scored_moves}) | {m.tokens_per_turn:.1f} "
-            f"| {m.steps_per_episode:.2f} | {ends} | {g.wall_seconds:.0f}s |"]
+            f"| {m.steps_per_episode:.2f} | {ends} | {first} | {g.wall_seconds:.0f}s |"]
 
 
 def opening_line(opening: dict[str, Any]) -> str:
@@ -208,8 +209,8 @@ def evaluation_table(result: Evaluation) -> str:
         lines += [f"Held-out {g0.game} ({g0.env_id}), maps 0..{g0.num_maps - 1} x sampling seeds {g0.sampling_seeds}, "
                   f"model {g0.model_id}", "",
                   "| prompt | passed | 95% CI (Wilson) | per-seed mean ± sd | move quality | tokens/turn "
-                  "| steps/episode | how episodes ended | play time |",
-                  "|---|---:|---|---|---:|---:|---:|---|---:|"]
+                  "| steps/episode | how episodes ended | first moves | play time |",
+                  "|---|---:|---|---|---:|---:|---:|---|---|---:|"]
         for label, g in parts:
             if g is not None:
                 lines += games_rows(label, g)
