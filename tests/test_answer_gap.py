@@ -100,3 +100,16 @@ def test_what_a_small_answer_meter_cannot_take_is_refused_by_key(tiny_dir):
         config = load_config(GapConfig, None, ["env.game=blackjack", *_model_keys(tiny_dir), *keys])
         with pytest.raises(ConfigError, match=message):
             run_answer_gap(config)
+
+
+def test_thought_samples_score_the_answers_after_sampled_thoughts(tiny_dir):
+    """The thought format through `oel meter`: the think prompts, N thoughts per state, seeded (a rerun
+    gives the same scores), each state's distribution a proper one."""
+    keys = ["env.game=guess_number", *_model_keys(tiny_dir), "max_layouts=1", "thought_samples=2", "control=false"]
+    first = run_answer_gap(load_config(GapConfig, None, keys))
+    again = run_answer_gap(load_config(GapConfig, None, keys))
+    student = first.settings["student"]
+    assert first.meta["policy_template"]["name"] == "policy_game_think_v1" and student.meta["thought_samples"] == 2
+    assert all(s.p.sum() == pytest.approx(1.0) for s in student.scores)
+    flat = [x for s in student.scores for x in s.logp]
+    assert [x for s in again.settings["student"].scores for x in s.logp] == pytest.approx(flat)

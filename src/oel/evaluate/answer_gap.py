@@ -12,6 +12,10 @@ Two questions, the screen of a game before any loop is run on it:
   average answer at every state), and the mutual information between state and answer;
 * do lessons move it? teacher - student and teacher - control, paired over games.
 
+With `thought_samples=N`, the model first writes a short thought (the `*_think_v1` prompts), N
+of them sampled per state, and every answer is scored after each: an estimate, not exact
+(`answer_meter.measure_answers_thinking`).
+
 With `visited=`, the answers the games actually played at those states are set against the
 meter's distribution as scored and as the games sample it (the sample check: does the meter
 predict play?). With `policy_value=true` (Blackjack), each setting's exact win chance at 240
@@ -29,11 +33,13 @@ from pathlib import Path
 
 from oel import prompts
 from oel.backends.base import SamplingParams
+from oel.backends.hf import HFBackend
 from oel.config import updated
-from oel.envs import EnvConfig
+from oel.envs import EnvConfig, make_env
 from oel.envs.seeds import heldout_seeds, round_seeds
 from oel.errors import ConfigError
-from oel.evaluate.answer_meter import AnswerMeterResult, measure_answers, paired_answer_gap
+from oel.evaluate.answer_meter import (AnswerMeterResult, measure_answers, measure_answers_thinking,
+                                      paired_answer_gap)
 from oel.evaluate.answer_probes import played_probes, reference_policy, visited_probes
 from oel.evaluate.blackjack_meter import policy_value_meter
 from oel.evaluate.gap import GapConfig
@@ -45,6 +51,10 @@ from oel.models import check_model_name, load_model
 from oel.trajectory import Trajectory, read_trajectories
 
 GAP_PAIRS = (("teacher", "student"), ("teacher", "control"), ("control", "student"))
+THOUGHT_PROMPTS = ("policy_game_think_v1", "teacher_game_think_v1")
+"""The policy and teacher prompts that ask for a short thought before the bracketed answer."""
+THOUGHT_TOKENS = 96
+"""Most tokens of one sampled thought."""
 GAP_METRICS = ("ok", "value")
 """What the gaps compare: the mass on accepted answers and the exact value of the answers."""
 
@@ -84,20 +94,32 @@ def answer_probes_for(env: EnvConfig, seeds: list[int], visited: list[Trajectory
     return played_probes(env, seeds, reference_policy(env))
 
 
+def _measure(loaded: Any, probes: list[Any], variant: PromptVariant, env: EnvConfig, thoughts: int,
+             name: str) -> AnswerMeterResult:
+    """One setting: exact immediate answers, or answers after `thoughts` sampled thoughts per state."""
+    if not thoughts:
+        return measure_answers(loaded.model, loaded.tokenizer, probes, variant, setting=name)
+    backend = HFBackend(loaded.model, loaded.tokenizer, model_id=loaded.model_id)
+    params = SamplingParams(max_new_tokens=THOUGHT_TOKENS)
+    result, _drawn = measure_answers_thinking(backend, probes, variant, make_env(env).parse, params,
+                                              samples=thoughts, setting=name)
+    return result
+
+
 def measure_settings(student: Any, teacher: Any, probes: list[Any], env: EnvConfig, knowledge: str | None, *,
-                     template: str, control: bool) -> AnswerGap:
+                     template: str, control: bool, thoughts: int = 0) -> AnswerGap:
     """Score the student (policy prompt) and, with `knowledge`, the teacher reading it and (with
-    `control`) the same teacher reading unrelated lessons. `student`/`teacher` are LoadedModels."""
-    policy = prompts.policy_template_for(env.game)
-    out = {"student": measure_answers(student.model, student.tokenizer, probes, PromptVariant(policy, policy),
-                                      setting="student")}
+    `control`) the same teacher reading unrelated lessons. `student`/`teacher` are LoadedModels;
+    `thoughts` > 0 uses the think prompts and samples that many thoughts per state."""
+    policy = THOUGHT_PROMPTS[0] if thoughts else prompts.policy_template_for(env.game)
+    template = THOUGHT_PROMPTS[1] if thoughts else template
+    out = {"student": _measure(student, probes, PromptVariant(policy, policy), env, thoughts, "student")}
     if knowledge is not None:
         for name, text in (("teacher", knowledge), ("control", prompts.get(prompts.CONTROL_LESSONS).text)):
             if name == "control" and not control:
                 continue
-            out[name] = measure_answers(teacher.model, teacher.tokenizer, probes,
-                                        PromptVariant(name, template, text), setting=name)
-    meta = {"policy_template": prompts.get(policy).record(), "probes": len(probes),
+            out[name] = _measure(teacher, probes, PromptVariant(name, template, text), env, thoughts, name)
+    meta = {"policy_template": prompts.get(policy).record(), "probes": len(probes), "thought_samples": thoughts,
             **({"teacher_template": prompts.get(template).record()} if knowledge is not None else {})}
     return AnswerGap(out, meta)
 
@@ -145,7 +167,8 @@ def run_answer_gap(config: GapConfig) -> AnswerGap:
     student = load_model(config.model)
     teacher = student if not config.teacher_model else load_model(updated(config.model, name=config.teacher_model))
     probes = answer_probes_for(config.env, seeds, visited)
-    gap = measure_settings(student, teacher, probes, config.env, knowledge, template=template, control=config.control)
+    gap = measure_settings(student, teacher, probes, config.env, knowledge, template=template, control=config.control,
+                           thoughts=config.thought_samples)
     gap.meta.update({"student_model": student.model_id, "teacher_model": teacher.model_id,
                      **({"visited": config.visited} if visited is not None else {"seeds": config.seeds,
                                                                                 "round": config.round})})

@@ -64,6 +64,8 @@ class GapConfig(Config):
     control: bool = cfg(True, "also measure the same teacher reading unrelated lessons (the control)")
     sample_check: int = cfg(0, "also sample this many answers per probe state and compare with the meter's "
                                "E[mq]; 0 = off")
+    thought_samples: int = cfg(0, "small-answer games: sample this many short thoughts per state, score the "
+                                  "answers after each; 0 = none")
     policy_value: bool = cfg(False, "blackjack: also each setting's exact win chance at 240 canonical hands, as "
                                     "scored and as sampled")
     out: str = cfg("", "write the result JSON here; '' = only print it")
@@ -72,8 +74,9 @@ class GapConfig(Config):
         for name in ("num_seeds", "max_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.sample_check < 0:
-            raise ConfigError(f"sample_check: must be >= 0, got {self.sample_check}")
+        for name in ("sample_check", "thought_samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.knowledge_file and self.knowledge:
             raise ConfigError("knowledge: set knowledge_file (one file) or knowledge (K files), not both")
         if self.policy_value and self.env.game != "blackjack":
