@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'        # trl==1.16.0
     python benchmarks/consolidate.py [--preset qwen2.5-coder-0.5b-instruct] [--batch 4] [--steps 4] \
-        [--trajectories runs/quickstart/round_0/collect/train.jsonl] [--knowledge k0.txt k1.txt] \
+        [--trajectories runs/fl-0.5b-teacher-1.5b/round_0/collect/train.jsonl] [--knowledge k0.txt k1.txt] \
         [--ours-variant ckpt:gradient_checkpointing=true] [--repeats 1]
 
 Each trainer runs in its own fresh subprocess (peak RSS = that process's `ru_maxrss`, model
@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DEFAULT_PRESET, add_smoke_flag, emit, machine_state, median, ratio, run_child,  # noqa: E402
                      smoke_knowledge, smoke_model, smoke_trajectories)
 
-DEFAULT_TRAJECTORIES = "runs/quickstart/round_0/collect/train.jsonl"
+DEFAULT_TRAJECTORIES = "runs/fl-0.5b-teacher-1.5b/round_0/collect/train.jsonl"
 DEFAULT_BATCH = 4
 DEFAULT_STEPS = 4
 DEFAULT_MAX_NEW_TOKENS = 48
-LR = 1e-4  # configs/frozenlake/quickstart.yaml
+LR = 1e-4  # configs/frozenlake/fl-0.5b-teacher-1.5b.yaml
 WARMUP_STEPS = 1
 SMOKE_BATCH = 2
 SMOKE_STEPS = 2
@@ -295,8 +295,8 @@ def main() -> None:
         args.batch, args.steps, args.max_new_tokens = SMOKE_BATCH, SMOKE_STEPS, SMOKE_MAX_NEW_TOKENS
         args.skip_trl = args.skip_trl or not _trl_installed()
     if not Path(args.trajectories).is_file():
-        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or the quickstart) first, or pass "
-                 "--trajectories")
+        sys.exit(f"{args.trajectories}: no trajectories; run `oel collect` (or `oel loop "
+                 "configs/frozenlake/fl-0.5b-teacher-1.5b.yaml`) first, or pass --trajectories")
     if args.child:
         (child_ours if args.child == "ours" else child_trl)(args)
         return

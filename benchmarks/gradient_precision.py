@@ -1,7 +1,8 @@
 """How far each bf16 way of computing a consolidation step's gradient lies from the float32 gradient.
 
-    python benchmarks/gradient_precision.py --trajectories runs/quickstart/round_0/collect/train.jsonl \
-        --knowledge runs/quickstart/round_0/extract/knowledge_0.txt runs/quickstart/round_0/extract/knowledge_1.txt
+    R=runs/fl-0.5b-teacher-1.5b/round_0
+    python benchmarks/gradient_precision.py --trajectories $R/collect/train.jsonl \
+        --knowledge $R/extract/knowledge_0.txt $R/extract/knowledge_1.txt
 
 The same steps (same rows, same per-row sampling seeds) run under several trainer settings, the
 optimizer switched off so that every setting sees the same weights; for each step it prints the

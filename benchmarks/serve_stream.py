@@ -5,8 +5,8 @@
 `oel serve` (the serving stack without a store) over a real model on 127.0.0.1; each request
 is sent twice with the same seed, streamed and not, by the official `openai` client. Printed
 per request: the time to the first content chunk, the time to the whole streamed answer, the
-non-streamed answer's time, the tokens, and whether the two texts are equal (they must be). Before
-issue 25 the first text arrived only with the last (the answer was generated, then chunked).
+non-streamed answer's time, the tokens, and whether the two texts are equal (they must be). A
+server that generates the whole answer and then chunks it fails this: its first text arrives with the last.
 """
 
 from __future__ import annotations

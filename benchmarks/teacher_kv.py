@@ -1,7 +1,7 @@
 """Teacher scoring with and without computing the shared knowledge prefix's KV cache once per batch.
 
     python benchmarks/teacher_kv.py [--preset qwen2.5-coder-0.5b-instruct] [--batches 4 8] [--repeats 5] \
-        [--trajectories runs/quickstart/round_0/collect/train.jsonl] [--knowledge k0.txt k1.txt]
+        [--trajectories runs/fl-0.5b-teacher-1.5b/round_0/collect/train.jsonl] [--knowledge k0.txt k1.txt]
 
 The teacher's prompt is: chat-template opening, instruction line, the knowledge, then the game
 so far. Rows of a step that drew the same knowledge text share everything up to the game text.

@@ -56,6 +56,20 @@ def grid_consolidation_config(tmp_path: Path, grid_consolidation_inputs: str):
     return make
 
 
+@pytest.fixture(scope="module")
+def distill_world(tmp_path_factory) -> dict[str, str]:
+    """The consolidation tests' tiny world on disk (tests/distill_world.py): trajectories, the lesson,
+    the pretrained model and a random one."""
+    from distill_world import pretrained_model, write_inputs
+
+    from oel.backends.tiny import save_tiny_chat_model
+
+    d = tmp_path_factory.mktemp("distill")
+    traj, know = write_inputs(d)
+    return {"traj": str(traj), "knowledge": str(know), "pretrained": pretrained_model(d),
+            "random": save_tiny_chat_model(d / "random", seed=5)}
+
+
 # ---- the online store on both backends (SQLite file, PostgreSQL server) ---------------------
 
 STORE_BACKENDS = ["sqlite", "postgresql"]

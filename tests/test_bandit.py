@@ -8,19 +8,16 @@ import random
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.bandit import ANSWERS, BUTTONS, BanditGame
 from oel.errors import ConfigError, EnvironmentTextError
 from oel.evaluate.answer_probes import label, played_probes, reference_policy
+from game_helpers import game_factory
 
 SEED = 1_000_000
 
 
-def game(**overrides) -> BanditGame:
-    overrides.setdefault("max_turns", 4)
-    env = make_env(EnvConfig(game="bandit", **overrides))
-    assert isinstance(env, BanditGame)
-    return env
+game = game_factory("bandit", BanditGame, max_turns=4)
 
 
 def test_rules_presses_and_parsing():

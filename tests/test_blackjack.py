@@ -6,20 +6,18 @@ import random
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.blackjack import (ANSWERS, BUST, HIT, RANK_VALUES, STAND, BlackjackGame, action_values, add,
                                 hand_of, hand_start_value, optimal_action, policy_value, score, stand_win)
 from oel.errors import EnvironmentTextError
 from oel.evaluate.answer_probes import label, played_probes, uniform_answer
+from game_helpers import game_factory
 
 SEED = 1_000_000
 TURNS = 5
 
 
-def game(**overrides) -> BlackjackGame:
-    env = make_env(EnvConfig(game="blackjack", **overrides))
-    assert isinstance(env, BlackjackGame)
-    return env
+game = game_factory("blackjack", BlackjackGame)
 
 
 def test_scores_follow_textarena():
@@ -124,7 +122,7 @@ def test_labels_at_a_real_state():
 
 
 def test_canonical_hands_render_the_real_game_and_cover_the_table():
-    from oel.evaluate.blackjack_meter import _fill, canonical_hands, canonical_probe
+    from oel.evaluate.blackjack_meter import canonical_hands, canonical_probe, fill_table
 
     env = game()
     hands = list(canonical_hands())
@@ -133,4 +131,4 @@ def test_canonical_hands_render_the_real_game_and_cover_the_table():
     assert probe.observation.endswith("Your hand: 2♥, 3♦ (Score: 5)\nDealer shows: 2♠")
     # the DP's own answers at the canonical hands, filled to every state, lose almost nothing
     table = {(h.hand[0], h.hand[1], h.up): float(optimal_action(h.hand, h.up, TURNS) == HIT) for h in hands}
-    assert hand_start_value(_fill(table), TURNS) == pytest.approx(hand_start_value({}, TURNS), abs=0.005)
+    assert hand_start_value(fill_table(table), TURNS) == pytest.approx(hand_start_value({}, TURNS), abs=0.005)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from functools import partial
 
 import numpy as np
 import pytest
 from textarena.envs.FrozenLake.env import FrozenLakeEnv
 from textarena.envs.Sokoban.env import SokobanEnv
 
-from oel.envs import EnvConfig, TextEnv, make_env
+from oel.envs import EnvConfig, TextEnv
 from oel.envs.solver import MOVES, GridState, Status, optimal_actions, transition
 from oel.envs.textarena_games import (GAME_DESCRIPTION, REASON_GOAL, REASON_HOLE, REASON_INVALID, REASON_TURN_LIMIT,
                                       FrozenLakeGame, SokobanGame, TextArenaGridGame)
 from oel.errors import ConfigError, EnvironmentTextError
+from game_helpers import make_game
 
 GAMES = ["frozenlake", "sokoban"]
 SEED = 3
@@ -23,10 +25,7 @@ RULES_PHRASES = ["Hole (fall in", "Goal (reach", "Frozen surface", "Boxes are ma
                  "Empty goals", "push all boxes"]
 
 
-def game(name: str, **overrides) -> TextArenaGridGame:
-    env = make_env(EnvConfig(game=name, **overrides))
-    assert isinstance(env, TextArenaGridGame)
-    return env
+game = partial(make_game, cls=TextArenaGridGame)
 
 
 def first_wall_move(state: GridState) -> str:

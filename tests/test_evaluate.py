@@ -47,7 +47,7 @@ def test_wilson_ci_hand_computed() -> None:
     # p = 1/2: centre 0.5, half = z*sqrt(0.025 + z^2/400) / 1.38415 = 0.26341.
     assert wilson_ci(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
     assert wilson_ci(10, 10) == pytest.approx((0.72246, 1.0), abs=1e-5)
-    # SPEC §4's measured rows: 0/64 -> 0-5.7%, 1/64 -> 0.3-8.3%, 4/64 -> 2.5-15%.
+    # docs/method.md's measured rows: 0/64 -> 0-5.7%, 1/64 -> 0.3-8.3%, 4/64 -> 2.5-15%.
     assert wilson_ci(0, 64)[1] == pytest.approx(0.057, abs=5e-4)
     assert wilson_ci(1, 64) == pytest.approx((0.003, 0.083), abs=5e-4)
     assert wilson_ci(4, 64) == pytest.approx((0.025, 0.150), abs=5e-4)
@@ -216,6 +216,7 @@ def test_evaluate_writes_evaluation_json_and_table(tmp_path: Path) -> None:
                                                             out_dir=str(tmp_path / "eval")))
     table = evaluation_table(result)
     assert "| no knowledge |" in table and "| with knowledge |" in table and "Wilson" in table
+    assert "| [right] 6 |" in table  # every episode opened with the one answer the backend gives
 
 
 def test_cli_registers_evaluate(capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,7 @@ def test_corrupt_file_is_one_line_cli_error(store, capsys):
 
 def test_wilson_interval_known_values():
     lo, hi = wilson_interval(0, 64)
-    assert lo == 0.0 and hi == pytest.approx(0.0565, abs=5e-4)  # SPEC §4: 0/64 -> 0-5.7%
+    assert lo == 0.0 and hi == pytest.approx(0.0565, abs=5e-4)  # docs/method.md: 0/64 -> 0-5.7%
     lo, hi = wilson_interval(4, 64)
     assert lo == pytest.approx(0.0245, abs=5e-4) and hi == pytest.approx(0.150, abs=1e-3)
     assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -10,22 +10,20 @@ from functools import cache
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.game2048 import (ANSWERS, DIRECTIONS, Game2048Game, completion, move_values, slide, spawn_outcomes,
                                stuck)
 from oel.envs.seeds import heldout_seeds
 from oel.envs.textarena_games import isolated_global_random
 from oel.errors import ConfigError, EnvironmentTextError
 from oel.evaluate.answer_probes import label
+from game_helpers import game_factory
 
 SEED = 1_000_000
 TILES = (0, 0, 0, 2, 2, 4, 4, 8, 16)
 
 
-def game(**overrides) -> Game2048Game:
-    env = make_env(EnvConfig(game="g2048", **overrides))
-    assert isinstance(env, Game2048Game)
-    return env
+game = game_factory("g2048", Game2048Game)
 
 
 def random_board(rng: random.Random):

@@ -9,19 +9,17 @@ from functools import cache
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.guess_number import (GuessState, GuessTheNumberGame, answer_values, bisect_pass_probability,
                                    random_pass_probability, win_probability)
 from oel.errors import ConfigError, EnvironmentTextError
 from oel.evaluate.answer_probes import consistent_guesser, label, played_probes
+from game_helpers import game_factory
 
 SEED = 1_000_000
 
 
-def game(**overrides) -> GuessTheNumberGame:
-    env = make_env(EnvConfig(game="guess_number", **overrides))
-    assert isinstance(env, GuessTheNumberGame)
-    return env
+game = game_factory("guess_number", GuessTheNumberGame)
 
 
 def test_observation_shows_the_rules_and_the_history_in_our_rendering():

@@ -14,20 +14,18 @@ import zipfile
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.hangman import (ANSWERS, LETTERS, LIVES, WORD_LIST_SHA256, HangmanGame, HangmanState, letter_values,
                               random_win_probability, word_list, word_list_sha256)
 from oel.errors import ConfigError, EnvironmentTextError
 from oel.evaluate.answer_probes import label, played_probes, reference_policy
+from game_helpers import game_factory
 
 SEED = 1_000_000
 TURNS = 20
 
 
-def game(**overrides) -> HangmanGame:
-    env = make_env(EnvConfig(game="hangman", max_turns=overrides.pop("max_turns", TURNS), **overrides))
-    assert isinstance(env, HangmanGame)
-    return env
+game = game_factory("hangman", HangmanGame, max_turns=TURNS)
 
 
 def seed_with(predicate) -> int:

@@ -7,21 +7,18 @@ import itertools
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.hanoi import (ANSWERS, MOVES, TowerOfHanoiGame, distances, goal, move, move_values,
                             random_pass_probability, start)
 from oel.errors import ConfigError, EnvironmentTextError
 from oel.evaluate.answer_probes import label, played_probes, reference_policy
+from game_helpers import game_factory
 
 SEED = 1_000_000
 OPTIMAL_3 = ["[A C]", "[A B]", "[C B]", "[A C]", "[B A]", "[B C]", "[A C]"]
 
 
-def game(**overrides) -> TowerOfHanoiGame:
-    overrides.setdefault("max_turns", 14)
-    env = make_env(EnvConfig(game="hanoi", **overrides))
-    assert isinstance(env, TowerOfHanoiGame)
-    return env
+game = game_factory("hanoi", TowerOfHanoiGame, max_turns=14)
 
 
 def test_observation_parse_and_the_optimal_solution():

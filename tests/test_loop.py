@@ -436,14 +436,14 @@ def test_a_run_dir_saved_before_a_key_existed_resumes_with_its_default(tmp_path)
     assert source is not None and source.config["env"]["hanoi_disks"] == base.env.hanoi_disks
 
 
-BEFORE_ISSUE_26 = Path(__file__).parent / "data" / "loop_config_before_issue_26.yaml"
+SAVED_WITH_STAGE_INPUTS = Path(__file__).parent / "data" / "loop_config_with_stage_inputs.yaml"
 """A run dir's config.yaml as `oel loop` wrote it while the stage sections still held the run's
 plumbing (collect.env, consolidate.model, consolidate.knowledge, evaluate.out_dir, ...): written by
 commit 3303c9b for `run_dir=RUN_DIR` and every other key at its default."""
 
 
 def test_a_run_dir_saved_with_the_stages_plumbing_keys_resumes_and_is_reused_from(tmp_path):
-    saved = yaml.safe_load(BEFORE_ISSUE_26.read_text())
+    saved = yaml.safe_load(SAVED_WITH_STAGE_INPUTS.read_text())
     assert "env" in saved["collect"] and "model" in saved["consolidate"] and "out_dir" in saved["evaluate"]
     run, source = tmp_path / "run", tmp_path / "source"
     for d in (run, source):

@@ -9,19 +9,16 @@ from itertools import combinations
 
 import pytest
 
-from oel.envs import EnvConfig, make_env
+from oel.envs import EnvConfig
 from oel.envs.minesweeper import MinesweeperGame, MinesweeperView, neighbours, safe_zone
 from oel.errors import ConfigError, EnvironmentTextError
 from oel.evaluate.answer_probes import label, played_probes, reference_policy
+from game_helpers import game_factory
 
 SEED = 1_000_000
 
 
-def game(**overrides) -> MinesweeperGame:
-    overrides.setdefault("max_turns", 25)
-    env = make_env(EnvConfig(game="minesweeper", **overrides))
-    assert isinstance(env, MinesweeperGame)
-    return env
+game = game_factory("minesweeper", MinesweeperGame, max_turns=25)
 
 
 def mines(env: MinesweeperGame) -> set[tuple[int, int]]:

@@ -55,7 +55,7 @@ def test_bad_requests_fail(kwargs: dict, message: str) -> None:
 
 
 def test_heldout_frozenlake_maps_need_exactly_four_moves() -> None:
-    """SPEC §2: with 3x3, start top-left and goal bottom-right, every held-out map needs 4 moves."""
+    """The paper's setting: with 3x3, start top-left and goal bottom-right, every held-out map needs 4 moves."""
     env = make_env(EnvConfig(game="frozenlake"))
     for seed in heldout_seeds():
         env.reset(seed)

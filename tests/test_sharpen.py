@@ -12,7 +12,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 from oel.backends.base import SamplingParams
 from oel.backends.sampling import PerRowSampler, RowSampling, sample_token
 from oel.evaluate.meter import MeterResult, StateScore
-from oel.evaluate.sharpen import sampled_summary, sharpen, sharpened
+from oel.evaluate.sharpen import opening_check, sampled_summary, sharpen, sharpened
 
 SETTINGS = [(0.7, 0.8, 20), (1.0, 1.0, 0), (0.7, 0.8, 2), (1.3, 0.5, 0), (0.4, 0.95, 3), (1.0, 0.3, 4)]
 
@@ -100,3 +100,40 @@ def test_a_bad_run_config_sampling_is_named(tmp_path):
         games_sampling("evaluate:\n  games:\n    sampling: {top_p: 2}\n", tmp_path / "c.yaml")
     with pytest.raises(DataError, match=r"c.yaml: not a readable run config"):
         games_sampling("evaluate: [", tmp_path / "c.yaml")
+
+
+def test_opening_check_sets_the_meter_s_first_moves_against_the_games_by_hand():
+    """Two opening states at [down] .85 and a later state that must be ignored; the games opened
+    [down] 9 times and [right] once. Sharpened at T 0.7 / top-p 0.8 the .85 answer is the only one."""
+    rest = math.log(0.05)
+    opening = [StateScore(f"L{i}", 0, [rest, math.log(0.85), rest, rest], (False,) * 4, (False,) * 4, (False,) * 4)
+               for i in range(2)]
+    later = StateScore("L0", 1, [0.0, -50.0, -50.0, -50.0], (False,) * 4, (False,) * 4, (False,) * 4)
+    check = opening_check(MeterResult("m", [*opening, later]), {"[down]": 9, "[right]": 1}, SamplingParams())
+    assert check["meter"] == pytest.approx([0.05, 0.85, 0.05, 0.05])
+    assert check["meter_sampled"] == pytest.approx([0.0, 1.0, 0.0, 0.0])
+    assert check["games"] == pytest.approx([0.0, 0.9, 0.0, 0.1]) and check["games_count"] == 10
+    assert check["distance"] == pytest.approx(0.5 * (0.05 + 0.05 + 0.05 + 0.05))
+    assert check["distance_sampled"] == pytest.approx(0.1)
+
+
+def test_evaluate_sets_the_meter_against_the_games_first_moves(tmp_path, one_thread):
+    """`oel evaluate` with games and the meter: the opening check lands in evaluation.json and the table."""
+    import json
+
+    from oel.backends.hf import HFBackend
+    from oel.backends.tiny import tiny_chat_model
+    from oel.envs import EnvConfig
+    from oel.evaluate import EvaluateConfig, GamesConfig, IFEvalConfig, evaluate, evaluation_table
+    from oel.evaluate.config import MeterConfig
+
+    model, tok = tiny_chat_model(seed=3, dtype=torch.float32)
+    config = EvaluateConfig(games=GamesConfig(num_maps=2, sampling_seeds=[0], batch_size=2,
+                                              sampling=SamplingParams(max_new_tokens=4)),
+                            ifeval=IFEvalConfig(enabled=False), meter=MeterConfig(max_layouts=2))
+    result = evaluate(HFBackend(model, tok, model_id="tiny"), config, env=EnvConfig(), out_dir=tmp_path / "eval")
+    opening = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["meter"]["opening"]
+    assert opening["games_count"] == result.games.metrics.episodes == 2
+    assert sum(opening["meter"]) == pytest.approx(1.0) and sum(opening["meter_sampled"]) == pytest.approx(1.0)
+    assert 0.0 <= opening["distance_sampled"] <= 1.0
+    assert "Opening moves u/d/l/r: the 2 games" in evaluation_table(result)

@@ -75,7 +75,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 BASE_KEY = "base"
-"""A config file may start from another: `base: ../frozenlake-cpu.yaml` (path relative to the file)."""
+"""A config file may start from another: `base: ../frozenlake/fl-0.5b.yaml` (path relative to the file)."""
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from oel.trajectory import Message
 
 
 class SamplingParams(Config):
-    """How to sample one completion. Defaults follow SPEC §4's measured play setting."""
+    """How to sample one completion. Defaults follow the play setting of docs/method.md."""
 
     temperature: float = cfg(0.7, "sampling temperature; 0 means greedy")
     top_p: float = cfg(0.8, "nucleus sampling mass")

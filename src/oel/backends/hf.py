@@ -1,7 +1,7 @@
 """In-process Hugging Face generation: many chats per forward pass.
 
 With the ~3-token answers small models give in these games, the cost of a turn is the
-prompt prefill (SPEC §4), so throughput comes from batching prompts of many concurrent
+prompt prefill (docs/method.md), so throughput comes from batching prompts of many concurrent
 episodes into one padded forward pass. Prompts are LEFT-padded (new tokens are appended
 on the right of every row), sorted by length so that each micro-batch wastes little on
 padding, and cut into micro-batches of at most `max_batch_size` rows and

@@ -3,7 +3,7 @@
 In a multi-turn game, turn t+1's prompt is turn t's prompt + the model's answer + a new
 observation, and every episode's prompt opens with the same system text and rules. With
 answers of ~4 tokens, recomputing those shared tokens is nearly all the work of a turn
-(SPEC §4: prefill dominates). The backend therefore keeps the KV of each row it generated
+(docs/method.md: prefill dominates). The backend therefore keeps the KV of each row it generated
 (prompt + answer) and, for a new prompt, starts from the stored sequence that shares the
 longest token prefix with it: only the tokens after that prefix are run through the model.
 

@@ -1,4 +1,4 @@
-"""Consolidation (SPEC §1.3): distil what the knowledge-reading teacher does into the weights.
+"""Consolidation (docs/method.md#consolidation): distil what the knowledge-reading teacher does into the weights.
 
 Modules: `losses` (pure token losses), `scoring` (response-position logits, sampling),
 `teacher` (teacher prompt + frozen-teacher views), `samplers` (on-policy / off-policy),

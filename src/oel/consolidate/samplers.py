@@ -2,7 +2,7 @@
 
 - `OnPolicySampler` (OEL): the student, WITHOUT knowledge, answers each prefix; the loss
   then pulls the student's distribution on its own answers toward the teacher's.
-- `OffPolicySampler` (baseline, SPEC §3): the teacher, WITH knowledge, answers; the
+- `OffPolicySampler` (the paper's off-policy baseline): the teacher, WITH knowledge, answers; the
   student learns to imitate answers it would not have written itself.
 Both return token ids, not text: the teacher and the student share a tokenizer, so the
 teacher scores exactly the tokens that were sampled (re-tokenising decoded text would not

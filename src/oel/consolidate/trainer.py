@@ -1,4 +1,4 @@
-"""The consolidation stage: one round of on-policy context distillation (SPEC §1.3).
+"""The consolidation stage: one round of on-policy context distillation (docs/method.md).
 
     from oel.consolidate import ConsolidateConfig, consolidate
     result = consolidate(ConsolidateConfig(steps=10), model=ModelConfig(name="qwen2.5-coder-0.5b-instruct"),

@@ -5,7 +5,7 @@
     observation = env.reset(seed)
     result = env.step(model_response)      # -> StepResult(feedback, done, observation, ...)
 
-`EnvConfig`'s defaults are the paper's settings (SPEC §2). Besides the paper's grid games,
+`EnvConfig`'s defaults are the paper's settings (docs/method.md#environments). Besides the paper's grid games,
 `game` selects TextArena single-player games whose answer each turn comes from a small set
 (`oel.envs.answer_game`): `guess_number` (GuessTheNumber-v0), `blackjack` (Blackjack-v0), `hangman`
 (Hangman-v0), `hanoi` (TowerOfHanoi-v0), `bandit` (Bandit-v0), `g2048` (2048-v0-3x3) and `minesweeper`

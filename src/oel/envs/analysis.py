@@ -8,16 +8,20 @@
   solvable share -- a check that the solver and the game agree);
 * the uniform-random policy's pass rate, computed EXACTLY (`random_pass_probability`, averaged
   over maps) and, if asked, also estimated by playing random episodes through the environment.
+
+`prior_pass_rate(config, seeds, prior)` is the exact pass rate of a state-blind move prior (the
+same move probabilities at every board): what a teacher with only a direction habit can win.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from oel.envs import EnvConfig, make_env
 from oel.envs.policies import OptimalPolicy, RandomPolicy, play_episode
-from oel.envs.solver import distance_to_success, random_pass_probability
+from oel.envs.solver import blind_pass_probability, distance_to_success, random_pass_probability
 
 
 @dataclass
@@ -95,3 +99,15 @@ def ceiling_report(config: EnvConfig, seeds: list[int], *, random_episodes_per_m
         random_episodes=random_episodes_per_map * len(seeds), random_passed=random_passed,
         shortest_lengths=ordered, unsolvable_seeds=unsolvable,
     )
+
+
+def prior_pass_rate(config: EnvConfig, seeds: Sequence[int], prior: Mapping[str, float]) -> float:
+    """Mean over maps `seeds` of the exact chance that the state-blind policy `prior` (canonical move ->
+    probability, the same at every board) wins (`oel.envs.solver.blind_pass_probability`)."""
+    env = make_env(config)
+    total = 0.0
+    for seed in seeds:
+        env.reset(seed)
+        start = env.solver_state()  # type: ignore[attr-defined]
+        total += blind_pass_probability(start, prior, config.max_turns, config.invalid_moves_tolerated)
+    return total / len(seeds)

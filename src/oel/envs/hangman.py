@@ -2,7 +2,8 @@
 
 Why this game: its state is a short pattern (`_ A _ _`) and a list of letters tried; a good answer
 depends on that state (a letter that the words still fitting the pattern contain), and part of a
-good policy is a prior a small model can carry (which letters to try first), as issue #24 asks.
+good policy is a prior a small model can carry (which letters to try first): what the small-answer
+screen looks for (docs/results/answer-games).
 
 The word list. TextArena draws the word uniformly from NLTK's `words` corpus, file `en-basic`
 (C.K. Ogden's 850 Basic English words, public domain), and downloads that corpus when its Hangman

@@ -7,7 +7,7 @@ never parsed from text, and `transition` reproduces TextArena 0.7.4's move rules
 * `distance_to_success(state)`: fewest moves that win (None: impossible) -- breadth-first search.
 * `optimal_actions(state)`: one shortest winning plan.
 * `is_optimal_move(state, action)`: does this move lie on a shortest path to success? The
-  "move quality" diagnostic (SPEC §3) is the share of a policy's moves for which this holds.
+  "move quality" diagnostic (docs/method.md#evaluation) is the share of a policy's moves for which this holds.
 * `move_quality(state, actions)`: replay an episode's actions and mark each move.
 * `random_pass_probability(state, max_turns)`: the EXACT chance that uniformly random moves win
   within the turn cap, honouring the invalid-move rule (a dynamic programme, no sampling);

@@ -6,7 +6,9 @@ and every dealer card we build the real game's text for one such hand (TextArena
 hand the table P([Hit] | hard total, ace, dealer card) to `oel.envs.blackjack.hand_start_value`:
 the exact chance that this policy wins a freshly dealt hand, with no sampling noise at all. Later
 decisions of a hand reuse the table (the model sees a longer history there; the table is its
-answer to a hand as first dealt).
+answer to a hand as first dealt). The same table sharpened as the games sample it
+(`oel.evaluate.sharpen`) gives the win chance of the policy the games actually play.
+`oel meter env.game=blackjack policy_value=true` prints both for every setting.
 
 Diagnostic only: never a training signal, never used to choose lessons.
 """
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from oel.backends.base import SamplingParams
 from oel.envs import EnvConfig, make_env
 from oel.envs.blackjack import (
     ANSWERS,
@@ -31,6 +34,7 @@ from oel.envs.blackjack import (
 )
 from oel.evaluate.answer_meter import AnswerProbe, measure_answers
 from oel.evaluate.meter import PromptVariant
+from oel.evaluate.sharpen import sharpen
 
 DEALER_CARDS: tuple[str, ...] = ("2♠", "3♠", "4♠", "5♠", "6♠", "7♠", "8♠", "9♠", "K♠", "A♠")
 """One up card per dealer value (2-9, ten, ace)."""
@@ -85,26 +89,32 @@ def _first_state_line(game: BlackjackGame) -> str:
 
 @dataclass
 class PolicyValue:
-    """The exact win chance of the model's [Hit]/[Stand] table, with references."""
+    """The exact win chance of the model's [Hit]/[Stand] table, as scored and as sampled, with references."""
 
     win_rate: float
+    win_rate_as_sampled: float
     optimal: float
     always_stand: float
     random: float
     p_hit: dict[tuple[int, bool, int], float]
+    p_hit_as_sampled: dict[tuple[int, bool, int], float]
     agreement: float
     """Mean probability the model puts on the DP's best answer over the canonical hands."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"win_rate": self.win_rate, "optimal": self.optimal, "always_stand": self.always_stand,
-                "random": self.random, "agreement": self.agreement,
+        return {"win_rate": self.win_rate, "win_rate_as_sampled": self.win_rate_as_sampled, "optimal": self.optimal,
+                "always_stand": self.always_stand, "random": self.random, "agreement": self.agreement,
+                "mean_p_hit": sum(self.p_hit.values()) / len(self.p_hit),
+                "mean_p_hit_as_sampled": sum(self.p_hit_as_sampled.values()) / len(self.p_hit_as_sampled),
                 "p_hit": {f"{h},{int(a)},{u}": p for (h, a, u), p in sorted(self.p_hit.items())}}
 
 
 def policy_value_meter(model: Any, tokenizer: Any, variant: PromptVariant, config: EnvConfig | None = None,
-                       *, seed: int = 1_000_000) -> PolicyValue:
-    """Score [Hit]/[Stand] at every canonical hand under `variant`; the DP gives the policy's win rate."""
+                       *, seed: int = 1_000_000, sampling: SamplingParams | None = None) -> PolicyValue:
+    """Score [Hit]/[Stand] at every canonical hand under `variant`; the DP gives the policy's win rate,
+    as scored and as `sampling` (default: the games' T 0.7, top-p 0.8, top-k 20) plays it."""
     config = config or EnvConfig(game="blackjack")
+    sampling = sampling or SamplingParams()
     game: Any = make_env(config)
     hands = list(canonical_hands())
     probes = [canonical_probe(game, h, seed) for h in hands]
@@ -116,17 +126,18 @@ def policy_value_meter(model: Any, tokenizer: Any, variant: PromptVariant, confi
         hard, ace = h.hand
         table[(hard, ace, h.up)] = p_hit
         agree.append(float(s.p[s.probe.good.index(True)]))
-    # totals the canonical hands do not reach (hard 4, 21, three-card softs) take the nearest total's answer
-    filled = _fill(table)
+    # ANSWERS is ([Hit], [Stand]): P([Hit]) as the games play it, hand by hand
+    played = {k: sharpen([p, 1 - p], sampling.temperature, sampling.top_p, sampling.top_k)[0] for k, p in table.items()}
     turns = config.max_turns
-    return PolicyValue(hand_start_value(filled, turns), hand_start_value({}, turns),
-                       hand_start_value(uniform_hit_table(0.0), turns), hand_start_value(uniform_hit_table(), turns),
-                       table, sum(agree) / len(agree))
+    return PolicyValue(hand_start_value(fill_table(table), turns), hand_start_value(fill_table(played), turns),
+                       hand_start_value({}, turns), hand_start_value(uniform_hit_table(0.0), turns),
+                       hand_start_value(uniform_hit_table(), turns), table, played, sum(agree) / len(agree))
 
 
-def _fill(table: dict[tuple[int, bool, int], float]) -> dict[tuple[int, bool, int], float]:
+def fill_table(table: dict[tuple[int, bool, int], float]) -> dict[tuple[int, bool, int], float]:
     """Every (hard, ace, up) the DP may visit, from the measured table: a hand scoring s takes the
-    measured answer of the same kind (soft/hard) at the nearest measured score."""
+    measured answer of the same kind (soft/hard) at the nearest measured score (totals the canonical
+    hands do not reach: hard 4, 21, three-card softs)."""
     out: dict[tuple[int, bool, int], float] = {}
     measured = {(score((h, a)), score((h, a)) != h, u): p for (h, a, u), p in table.items()}
     for hard in range(2, 32):

@@ -19,6 +19,8 @@ from oel.backends.hf import HFBackend
 from oel.backends.select import from_config
 from oel.commands import EXPERIENCE_GROUP, add_config_command, command_group, progress_bar
 from oel.config import save_config
+from oel.envs import is_grid_game
+from oel.evaluate.answer_gap import answer_gap_table, run_answer_gap
 from oel.evaluate.config import EvaluateCommandConfig
 from oel.evaluate.curve import CurveConfig, CurvePoint, curve_table, evaluate_curve
 from oel.evaluate.evaluation import evaluate, evaluation_table
@@ -48,6 +50,11 @@ def run_evaluate(config: EvaluateCommandConfig, ns: argparse.Namespace) -> int:
 def run_meter(config: GapConfig, ns: argparse.Namespace) -> int:
     if config.out:
         check_writable_file(config.out, "meter result")
+    if not is_grid_game(config.env):
+        print(answer_gap_table(run_answer_gap(config)))
+        if config.out:
+            print(f"\nwritten: {config.out}")
+        return 0
     gap = run_gap(config)
     print(gap_table(gap))
     if "sample_check" in gap.meta:
@@ -87,7 +94,9 @@ def register(subparsers: Any) -> None:
         description="Score the four bracketed moves exactly (no sampling) at every state of one shortest path per "
                     "map, for the student (policy prompt), the teacher reading knowledge_file, and the same teacher "
                     "reading unrelated lessons; print E[move quality], P(invalid), P(losing) and the paired gaps with "
-                    "bootstrap CIs over maps. A diagnostic: never a training signal.",
+                    "bootstrap CIs over maps. For a small-answer game (env.game=blackjack, ...): every answer at the "
+                    "states of games its reference player played (or visited=), E[ok], E[value], the state-answer "
+                    "information and the paired gaps over games. A diagnostic: never a training signal.",
     )
 
     add_config_command(

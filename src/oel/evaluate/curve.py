@@ -85,7 +85,7 @@ class CurvePoint:
     response_tokens_per_turn: float
     end_reasons: dict[str, int]
     optimal_moves: int = 0
-    """Model turns whose move lay on a shortest path to success (SPEC §3's move quality)."""
+    """Model turns whose move lay on a shortest path to success (move quality, docs/method.md)."""
     scored_moves: int = 0
     """Turns scored for move quality (0 when the environment has no solver)."""
 

@@ -32,7 +32,7 @@ from oel.evaluate.config import EvaluateCommandConfig, EvaluateConfig, EvaluateI
 from oel.evaluate.games import GameEval, evaluate_games, knowledge_texts
 from oel.evaluate.ifeval import IFEvalResult, evaluate_ifeval
 from oel.evaluate.meter import MeterResult, PromptVariant, measure, policy_variant, probe_states
-from oel.evaluate.sharpen import sampled_summary
+from oel.evaluate.sharpen import opening_check, sampled_summary
 from oel.io import atomic_write_json
 from oel.knowledge import Knowledge
 from oel.layout import EVALUATION_FILE, GAMES_DIR, GAMES_KNOWLEDGE_DIR, IFEVAL_DIR, METER_FILE
@@ -113,7 +113,7 @@ def evaluate(backend: ChatBackend, config: EvaluateConfig, *, env: EnvConfig, ou
                                             overwrite=config.overwrite)
     if config.ifeval.enabled:
         ifeval = evaluate_ifeval(backend, config.ifeval, out / IFEVAL_DIR, overwrite=config.overwrite)
-    meter = heldout_meter(backend, config, env, out) if config.meter.enabled else None
+    meter = heldout_meter(backend, config, env, out, games) if config.meter.enabled else None
     result = Evaluation(games, with_knowledge, ifeval, meter)
     inputs = EvaluateInputs(model=getattr(backend, "model_config", None) or ModelConfig(), env=env,
                             knowledge_file=_knowledge_file(knowledge), out_dir=os.fspath(out_dir))
@@ -127,9 +127,11 @@ def _knowledge_file(knowledge: Knowledge | None) -> str:
     return knowledge.files[0] if knowledge is not None and len(knowledge.files) == 1 else ""
 
 
-def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, out: Path) -> dict[str, Any] | None:
+def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, out: Path,
+                  games: GameEval | None = None) -> dict[str, Any] | None:
     """The meter of the evaluated model at held-out probe states, saved per state (`METER_FILE`) so
-    that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver)."""
+    that rounds can be compared pairwise; None where it cannot run (no in-process model, no solver).
+    With the games played, also how well it predicts their first moves (`sharpen.opening_check`)."""
     model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
     if model is None and hasattr(backend, "reference_model"):
         # The llama.cpp engine plays the games; the meter reads exact logits of the same weights in HF.
@@ -153,7 +155,9 @@ def heldout_meter(backend: ChatBackend, config: EvaluateConfig, env: EnvConfig, 
         atomic_write_json(out / METER_FILE, {"key": key, "summary": summary,
                                              "per_state": [s.__dict__ for s in result.states]})
     # recomputed, not saved in the meter file: it depends on the games' sampling, not on the model
-    return {**summary, "sampled": sampled_summary(result, config.games.sampling)}
+    opening = ({"opening": opening_check(result, games.metrics.first_moves, config.games.sampling)}
+               if games is not None and games.metrics.first_moves else {})
+    return {**summary, "sampled": sampled_summary(result, config.games.sampling), **opening}
 
 
 def heldout_answer_meter(model: Any, tokenizer: Any, model_id: str, config: EvaluateConfig, env: EnvConfig,
@@ -184,9 +188,19 @@ def games_rows(label: str, g: GameEval) -> list[str]:
     m = g.metrics
     ends = ", ".join(f"{k} {v}" for k, v in m.end_reasons.items())
     spread = f"{_pct(m.seed_mean)} ± {100 * m.seed_std:.1f}" if len(m.per_seed) > 1 else "(one seed)"
+    first = ", ".join(f"{k} {v}" for k, v in sorted(m.first_moves.items(), key=lambda kv: -kv[1]))
     return [f"| {label} | {m.passed}/{m.episodes} = {_pct(m.pass_rate)} | {_pct(m.ci_low)} - {_pct(m.ci_high)} "
             f"| {spread} | {_pct(m.move_quality)} ({m.optimal_moves}/{m.scored_moves}) | {m.tokens_per_turn:.1f} "
-            f"| {m.steps_per_episode:.2f} | {ends} | {g.wall_seconds:.0f}s |"]
+            f"| {m.steps_per_episode:.2f} | {ends} | {first} | {g.wall_seconds:.0f}s |"]
+
+
+def opening_line(opening: dict[str, Any]) -> str:
+    """The meter's opening moves against the games' first moves, in one line (`sharpen.opening_check`)."""
+    def shares(q: list[float]) -> str:
+        return "/".join(f"{x:.2f}" for x in q)
+    return (f"Opening moves u/d/l/r: the {opening['games_count']} games {shares(opening['games'])}; the meter "
+            f"{shares(opening['meter'])} (distance {opening['distance']:.2f}), as the games sample "
+            f"{shares(opening['meter_sampled'])} (distance {opening['distance_sampled']:.2f})")
 
 
 def evaluation_table(result: Evaluation) -> str:
@@ -199,11 +213,14 @@ def evaluation_table(result: Evaluation) -> str:
         lines += [f"Held-out {g0.game} ({g0.env_id}), maps 0..{g0.num_maps - 1} x sampling seeds {g0.sampling_seeds}, "
                   f"model {g0.model_id}", "",
                   "| prompt | passed | 95% CI (Wilson) | per-seed mean ± sd | move quality | tokens/turn "
-                  "| steps/episode | how episodes ended | play time |",
-                  "|---|---:|---|---|---:|---:|---:|---|---:|"]
+                  "| steps/episode | how episodes ended | first moves | play time |",
+                  "|---|---:|---|---|---:|---:|---:|---|---|---:|"]
         for label, g in parts:
             if g is not None:
                 lines += games_rows(label, g)
+    opening = (result.meter or {}).get("opening")
+    if opening:
+        lines += ["", opening_line(opening)]
     if result.ifeval is not None:
         r, s = result.ifeval, result.ifeval.scores
         lines += ["", f"IF-Eval ({r.subset} of 541 prompts, greedy, max {r.max_new_tokens} new tokens, "

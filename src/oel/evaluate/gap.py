@@ -50,7 +50,8 @@ class GapConfig(Config):
                                                                  "(evaluation)")
     round: int = cfg(0, "seeds=train: whose round's training seed block")
     num_seeds: int = cfg(64, "seeds scanned for distinct layouts (FrozenLake 3x3/2 holes has 19 in all)")
-    max_layouts: int = cfg(12, "probe at most this many distinct maps (one shortest path each)")
+    max_layouts: int = cfg(12, "probe at most this many distinct maps (one shortest path each); small-answer "
+                               "games: this many games")
     teacher_model: str = cfg("", "the teacher's model (preset, GGUF or HF dir); '' = the student's own")
     teacher_template: str = cfg(prompts.TEACHER_TEMPLATE, "the teacher's prompt (knowledge before/after the "
                                                           "observation or in a system message)")
@@ -63,16 +64,23 @@ class GapConfig(Config):
     control: bool = cfg(True, "also measure the same teacher reading unrelated lessons (the control)")
     sample_check: int = cfg(0, "also sample this many answers per probe state and compare with the meter's "
                                "E[mq]; 0 = off")
+    thought_samples: int = cfg(0, "small-answer games: sample this many short thoughts per state, score the "
+                                  "answers after each; 0 = none")
+    policy_value: bool = cfg(False, "blackjack: also each setting's exact win chance at 240 canonical hands, as "
+                                    "scored and as sampled")
     out: str = cfg("", "write the result JSON here; '' = only print it")
 
     def model_post_init(self, context: Any, /) -> None:
         for name in ("num_seeds", "max_layouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.sample_check < 0:
-            raise ConfigError(f"sample_check: must be >= 0, got {self.sample_check}")
+        for name in ("sample_check", "thought_samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.knowledge_file and self.knowledge:
             raise ConfigError("knowledge: set knowledge_file (one file) or knowledge (K files), not both")
+        if self.policy_value and self.env.game != "blackjack":
+            raise ConfigError(f"policy_value: Blackjack only (env.game is {self.env.game})")
 
     def knowledge_paths(self) -> list[str]:
         """The lessons files the teacher reads, in order (one or K)."""

@@ -10,7 +10,7 @@ package's checkers decide per instruction whether the answer follows it. Four nu
   variants of the answer follows it (first / last line dropped, '*' removed), which forgives
   a chatty preamble or a closing remark.
 
-Prompt-level strict is the headline (SPEC §3: ~66-67% for the paper's models). On CPU a
+Prompt-level strict is the headline (the paper reports ~66-67% for its models). On CPU a
 subset is answered: either the first n prompts in file order or a seeded random sample; the
 result records which.
 

@@ -63,6 +63,20 @@ def wilson_ci(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
     return wilson_interval(successes, n, z)
 
 
+
+def newcombe_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
+                      z: float = Z_95) -> tuple[float, float]:
+    """95% interval of the difference of two proportions, a - b, by Newcombe's hybrid score method.
+
+    Built from the two Wilson intervals, so it inherits their sanity at 0/n (where a Wald interval of
+    a difference collapses). It treats the two samples as independent: two models' games on the same
+    seeds are paired by map, so the interval is, if anything, a little wide.
+    """
+    pa, pb = successes_a / n_a, successes_b / n_b
+    (la, ua), (lb, ub) = wilson_ci(successes_a, n_a, z), wilson_ci(successes_b, n_b, z)
+    return (pa - pb - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2),
+            pa - pb + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2))
+
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 """Fixed, so the same episodes always give the same interval."""

@@ -1,7 +1,7 @@
 """The meter as the games sample: the four answers' distribution after temperature, top-k and top-p.
 
 Why: the meter scores the model's whole move distribution, but held-out play samples it at
-T 0.7, top-k 20, top-p 0.8 (SPEC §4), and those truncate. A policy that answers [down] with
+T 0.7, top-k 20, top-p 0.8 (docs/method.md), and those truncate. A policy that answers [down] with
 probability .85 at every state scores 50% E[mq] on FrozenLake's probe states (half its
 shortest-path moves are [down]); sampled at T 0.7 its .85 becomes about .94, top-p 0.8 keeps
 that answer alone, and it plays "always [down]", which never wins a 3x3 map. The sharpened
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from oel.backends.base import SamplingParams
-from oel.evaluate.meter import MeterResult, StateScore
+from oel.evaluate.meter import CANONICAL_MOVES, MeterResult, StateScore
 
 SHARPENED_KEYS = ("emq", "p_invalid", "p_losing")
 """The meter's mass metrics, recomputed on the sharpened distribution."""
@@ -74,3 +74,22 @@ def sampled_summary(result: MeterResult, sampling: SamplingParams) -> dict[str, 
     s = sharpened(result, sampling)
     return {**{k: s.mean(k) for k in SHARPENED_KEYS}, "moves": s.move_distribution(),
             "top_move_share": s.top_move()[1], "sampling": sampling_record(sampling)}
+
+
+def opening_check(result: MeterResult, first_moves: dict[str, int], sampling: SamplingParams) -> dict[str, Any]:
+    """Does the meter predict how the games open? Its mean distribution at the opening states (step 0,
+    no history), whole and sharpened as `sampling` draws, against the share of each move among the
+    games' first answers (`first_moves`; an answer with no valid move counts against every move), with
+    the total-variation distance of each. The maps need not be the same: this checks shares, not states."""
+    first = [s.p_move for s in result.states if s.step == 0]
+    whole = [sum(p[i] for p in first) / len(first) for i in range(len(CANONICAL_MOVES))]
+    played = [sharpen(p, sampling.temperature, sampling.top_p, sampling.top_k) for p in first]
+    sampled = [sum(p[i] for p in played) / len(played) for i in range(len(CANONICAL_MOVES))]
+    n = sum(first_moves.values())
+    games = [first_moves.get(m, 0) / n for m in CANONICAL_MOVES]
+
+    def distance(q: list[float]) -> float:
+        return 0.5 * sum(abs(g - x) for g, x in zip(games, q))
+
+    return {"moves": list(CANONICAL_MOVES), "games": games, "games_count": n, "meter": whole, "meter_sampled": sampled,
+            "distance": distance(whole), "distance_sampled": distance(sampled)}

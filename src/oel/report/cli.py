@@ -1,4 +1,5 @@
-"""`oel report RUN_DIR`: the report of an `oel loop` or `oel online demo` run, from the shell."""
+"""`oel report RUN_DIR`: the report of an `oel loop` or `oel online demo` run; `oel pair A B`: two evaluations
+of different models on the same items, paired."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from oel.layout import DemoLayout
 from oel.report.online import write_online_report
+from oel.report.fingerprint import write_fingerprint
+from oel.report.pair import pair_text
 from oel.report.write import write_report
 
 
@@ -17,9 +20,15 @@ def register(subparsers: Any) -> None:
                                           "online demo: rounds over wall time, versions, the gate) wrote.")
     p.add_argument("run_dir", help="the run directory of an `oel loop` run or of an `oel online demo` run")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN",
-                   help="other run dirs (e.g. ablations) to tabulate and plot next to this one")
+                   help="other run dirs (its controls, ablations) to tabulate, plot and pair with this one")
+    p.add_argument("--fingerprint", metavar="OUT_JSON", default=None,
+                   help="instead of the report, write the run's results without timings to OUT_JSON (diff two runs "
+                        "of one config: a refactor must not change it)")
 
     def _run(ns: argparse.Namespace) -> int:
+        if ns.fingerprint:
+            print(write_fingerprint(ns.run_dir, ns.fingerprint))
+            return 0
         if DemoLayout(ns.run_dir).is_demo():  # an `oel online demo` run dir
             print(write_online_report(ns.run_dir))
             return 0
@@ -27,3 +36,19 @@ def register(subparsers: Any) -> None:
         return 0
 
     p.set_defaults(func=_run)
+
+
+    q = subparsers.add_parser("pair", help="two evaluations of different models on the same items: paired "
+                                           "differences with 95%% intervals (offline)",
+                              description="B - A for every measure both hold: held-out wins (evaluation.json), "
+                                          "the exact meter (meter.json or an `oel meter out=` file, per setting), "
+                                          "IF-Eval (ifeval/ifeval_responses.jsonl, re-scored).")
+    q.add_argument("a", help="an evaluation directory (an `oel evaluate` out_dir, a loop round's evaluate/) or a "
+                             "meter file")
+    q.add_argument("b", help="the same for the other model (it must hold the same games, states or prompts)")
+
+    def _pair(ns: argparse.Namespace) -> int:
+        print(pair_text(ns.a, ns.b))
+        return 0
+
+    q.set_defaults(func=_pair)

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from oel.io import atomic_write_text
-from oel.layout import DemoLayout, RunLayout
+from oel.layout import RunLayout
+from oel.report.controls import control_table
 from oel.report.gather import gather
 from oel.report.plots import (plot_compare, plot_curves, plot_kl, plot_meter, plot_pass_rate, plot_series,
                               plot_teacher_gap)
@@ -54,7 +55,11 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
         runs = [data, *others]
         md += ["", "## Comparison with other runs", "",
                "The same table for each run (its own rounds); runs that share a round-0 stage through "
-               "`reuse_from` show identical round-0 numbers.", "", compare_table(runs), ""]
+               "`reuse_from` show identical round-0 numbers.", "", compare_table(runs), "",
+               f"## Paired with {data.name}", "",
+               "Every evaluated model next to this run's: points with 95% intervals (Newcombe for held-out wins, "
+               "a bootstrap over maps, games or prompts for the meter and IF-Eval).", "",
+               control_table(data, others), ""]
         compared = [plot_compare(runs, out, "game_pass_rate", "held-out pass rate (%)", "compare_pass_rate.png"),
                     plot_compare(runs, out, "game_move_quality", "moves on a shortest path (%)",
                                  "compare_move_quality.png"),
