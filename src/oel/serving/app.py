@@ -36,6 +36,8 @@ from oel.serving.protocol import (
     ChatCompletionResponse,
     ChunkChoice,
     Delta,
+    DeltaToolCall,
+    FunctionCall,
     ModelCard,
     ModelList,
     RequestError,
@@ -45,6 +47,7 @@ from oel.serving.protocol import (
     error_body,
     show,
 )
+from oel.serving.tools import answer_parts
 from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
 from oel.sessions import parse_messages as check_prompt
 
@@ -125,13 +128,14 @@ async def _chat(state: ServingState, request: Request) -> Response:
     await state.engine.check(messages, params)
     client = request.scope["state"]["client"]
     if req.stream:
-        return _stream(state, client, messages, params, body, session_id, req.include_usage)
+        return _stream(state, client, messages, params, body, session_id, req.include_usage, req.reads_tool_calls)
     try:
         answer = await asyncio.wait_for(state.engine.submit(messages, params, body), state.request_timeout_s)
     except TimeoutError:
         raise RequestError(504, f"no answer within {state.request_timeout_s}s") from None
     headers = await _record(state, client, messages, answer, session_id)
-    out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id())
+    out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id(),
+                                    tool_calls=req.reads_tool_calls)
     return Response(out.model_dump_json(), media_type="application/json", headers=headers)
 
 
@@ -149,8 +153,9 @@ async def _record(state: ServingState, client: str, messages: list[Any], answer:
 
 
 def _stream(state: ServingState, client: str, messages: list[Any], params: Any, body: dict[str, Any],
-            session_id: str | None, include_usage: bool) -> StreamingResponse:
-    """Server-sent events, token by token as the engine samples them (the request is queued now)."""
+            session_id: str | None, include_usage: bool, read_calls: bool = False) -> StreamingResponse:
+    """Server-sent events, token by token as the engine samples them (the request is queued now); with
+    tools (`read_calls`) the answer goes as one piece at the end, once its tool calls can be read."""
     assert state.engine is not None
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -179,8 +184,9 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
             if first:
                 state.metrics.first_token.observe(time.monotonic() - arrived)
                 first = False
-            sent += getter.result()
-            yield chunk(Delta(content=getter.result()))
+            if not read_calls:
+                sent += getter.result()
+                yield chunk(Delta(content=getter.result()))
         try:
             result = answer.result()
             headers = await _record(state, client, messages, result, session_id)
@@ -191,12 +197,18 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
             yield _error_event(err)
             return
         gen = result.generation
-        if gen.text.startswith(sent) and len(gen.text) > len(sent):
+        finish = gen.finish_reason
+        if read_calls:
+            content, calls, finish = answer_parts(gen.text, gen.finish_reason, True)
+            yield chunk(Delta(content=content, tool_calls=[
+                DeltaToolCall(index=k, id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
+                for k, (i, c) in enumerate(calls)] or None))
+        elif gen.text.startswith(sent) and len(gen.text) > len(sent):
             yield chunk(Delta(content=gen.text[len(sent):]))
         elif not gen.text.startswith(sent):
             log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
         recorded = {"oel_session": headers[SESSION_HEADER], "oel_model_version": result.version} if headers else {}
-        yield chunk(Delta(), gen.finish_reason, **recorded)
+        yield chunk(Delta(), finish, **recorded)
         if include_usage:
             yield ChatCompletionChunk(id=cid, created=created, model=state.served_name, choices=[],
                                       usage=Usage.of(gen)).sse()
