@@ -96,7 +96,8 @@ def test_cli_detects_the_format_and_reports_skips(tmp_path: Path, fmt: str, caps
     out = tmp_path / "t.jsonl"
     assert main(["import-logs", str(LOGS / f"{fmt}.jsonl"), str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"imported 2 trajectories (4 model calls, format {fmt}) -> {out}"
+    assert lines[0].startswith(f"imported 2 trajectories (4 model calls, format {fmt}: ")  # and the shape seen
+    assert lines[0].endswith(f") -> {out}")
     assert all(line.startswith("skipped 1 record: ") for line in lines[1:]) and len(lines) > 1
     assert len(read_trajectories(out)) == 2
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600  # users' conversations

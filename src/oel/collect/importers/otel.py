@@ -232,7 +232,7 @@ def span_item(span: Mapping[str, Any]) -> Item:
     if found is None:
         return Skip("model call span without message content (content capture off)")
     reader = _span_events if found.startswith("span events") else READERS[found.split()[0]]
-    chat, answered = reader(span, attrs) if reader is _span_events else reader(attrs)  # type: ignore[operator]
+    chat, answered = reader(span) if reader is _span_events else reader(attrs)  # type: ignore[operator]
     prompt = prompt_or_skip(chat.messages[:-1] if answered else chat.messages)
     if isinstance(prompt, Skip):
         return prompt
