@@ -41,7 +41,8 @@ RANDOM_SEED_RANGE = 2**31
 _SHOWN_CHARS = 40
 """A client's bad value is echoed in error messages cut to this many characters."""
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "stop": (None, "", []), "functions": (None, []), "function_call": (None, "none"), "response_format": (None, {"type": "text"}), "logprobs": (None, False),
+    "stop": (None, "", []), "functions": (None, []), "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}), "logprobs": (None, False),
     "top_logprobs": (None, 0), "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
 }
 """Known OpenAI fields not implemented here, with the values that mean 'not used'."""
@@ -376,8 +377,9 @@ class ChatCompletionResponse(BaseModel):
     def of(cls, gen: Generation, model: str, cid: str, *, tool_calls: bool = False) -> ChatCompletionResponse:
         """The answer; with `tool_calls`, the `<tool_call>` blocks of its text become OpenAI tool calls."""
         content, calls, finish = answer_parts(gen.text, gen.finish_reason, tool_calls)
-        message = AssistantMessage(content=content, tool_calls=[
-            ResponseToolCall(id=i, function=FunctionCall(name=c.name, arguments=c.arguments)) for i, c in calls] or None)
+        tool_calls = [ResponseToolCall(id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
+                      for i, c in calls]
+        message = AssistantMessage(content=content, tool_calls=tool_calls or None)
         return cls(id=cid, model=model, usage=Usage.of(gen), choices=[Choice(message=message, finish_reason=finish)])
 
 

@@ -20,7 +20,8 @@ from oel.tool_text import ToolCall, join_roles, parse_tool_calls, render_tool_ca
 from oel.trajectory import Message
 
 TOOLS_PROMPT = ("You may call one or more of these tools. For each call, write "
-                '<tool_call>{{"name": <tool name>, "arguments": <JSON object>}}</tool_call>.\n<tools>\n{tools}\n</tools>')
+                '<tool_call>{{"name": <tool name>, "arguments": <JSON object>}}</tool_call>.\n'
+                "<tools>\n{tools}\n</tools>")
 """The system prompt's block that lists a request's tools (Qwen2.5's wording, shortened)."""
 CALL_ID_HEX_CHARS = 24
 

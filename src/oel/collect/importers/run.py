@@ -221,6 +221,16 @@ def trajectories(path: str | os.PathLike, *, format: str | None = None, env_id: 
     state = _first_pass(source, format, report, strict, batch_input)
     if state.fmt is None or not state.grouper.conversations:
         raise _nothing_imported(path, report)
+    try:
+        yield from _second_pass(source, state, report, env_id=env_id, model_id=model_id)
+    finally:
+        source.close()
+
+
+def _second_pass(source: LogSource, state: _Pass1, report: Report, *, env_id: str,
+                 model_id: str | None) -> Iterator[Trajectory]:
+    assert state.fmt is not None
+    path = source.path
     for n, conv in enumerate(state.grouper.conversations, start=1):
         calls = _calls_of(source, state.fmt, conv)
         try:

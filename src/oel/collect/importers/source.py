@@ -41,6 +41,7 @@ class LogSource:
         self.path = Path(path)
         self.document: list[Any] | None = None
         self.kind = "JSONL"
+        self._reader: Any = None
         try:
             with self.path.open("rb") as f:
                 head = f.read(1 << 16)
@@ -77,14 +78,22 @@ class LogSource:
                 offset += len(raw)
 
     def at(self, key: int, lineno: int) -> dict[str, Any]:
+        """The record at `key` again (pass 2), through one file handle kept open until `close`."""
         if self.document is not None:
             return self.document[key]
-        with self.path.open("rb") as f:
-            f.seek(key)
-            obj = parse(self.path, lineno, f.readline())
+        if self._reader is None:
+            self._reader = self.path.open("rb")
+        self._reader.seek(key)
+        obj = parse(self.path, lineno, self._reader.readline())
         if not isinstance(obj, dict):
             raise DataError(f"{self.path}:{lineno}: the record changed while it was imported")
         return obj
+
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 def _parses(line: bytes) -> bool:
