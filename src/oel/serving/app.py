@@ -197,16 +197,9 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
             yield _error_event(err)
             return
         gen = result.generation
-        finish = gen.finish_reason
-        if read_calls:
-            content, calls, finish = answer_parts(gen.text, gen.finish_reason, True)
-            yield chunk(Delta(content=content, tool_calls=[
-                DeltaToolCall(index=k, id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
-                for k, (i, c) in enumerate(calls)] or None))
-        elif gen.text.startswith(sent) and len(gen.text) > len(sent):
-            yield chunk(Delta(content=gen.text[len(sent):]))
-        elif not gen.text.startswith(sent):
-            log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
+        deltas, finish = _closing_deltas(gen, sent, read_calls)
+        for delta in deltas:
+            yield chunk(delta)
         recorded = {"oel_session": headers[SESSION_HEADER], "oel_model_version": result.version} if headers else {}
         yield chunk(Delta(), finish, **recorded)
         if include_usage:
@@ -218,6 +211,19 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
     if session_id is not None:
         headers[SESSION_HEADER] = session_id
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _closing_deltas(gen: Any, sent: str, read_calls: bool) -> tuple[list[Delta], str]:
+    """What is left to send of a complete answer (its tool calls, with tools), and its finish_reason."""
+    if read_calls:
+        content, calls, finish = answer_parts(gen.text, gen.finish_reason, True)
+        return [Delta(content=content, tool_calls=[
+            DeltaToolCall(index=k, id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
+            for k, (i, c) in enumerate(calls)] or None)], finish
+    if not gen.text.startswith(sent):
+        log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
+        return [], gen.finish_reason
+    return ([Delta(content=gen.text[len(sent):])] if len(gen.text) > len(sent) else []), gen.finish_reason
 
 
 def _error_event(err: RequestError) -> bytes:
