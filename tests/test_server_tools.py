@@ -62,3 +62,32 @@ def test_tool_messages_are_rendered_into_the_prompt_with_the_tools_name() -> Non
     assert '"name": "run"' in prompt[0].content  # the offered tools, listed for the model
     assert prompt[2].content == '<tool_call>{"name": "run", "arguments": {"cmd": "ls"}}</tool_call>'
     assert prompt[3].content == '<tool_result name="run">a.txt</tool_result>'
+
+
+def test_the_gateway_stitches_a_tool_calling_conversation(tmp_path: Path) -> None:
+    """Every request of a tool-calling agent that sends no session id lands in one stitched session: the stored
+    answer is the text the next request renders (calls re-rendered), not the model's own spacing."""
+    openai = pytest.importorskip("openai")
+    from agent import FOLLOW_UP, RESULTS
+
+    from oel.online.gateway import Gateway, GatewayConfig
+
+    model, tok = tiny_chat_model(seed=1, dtype=torch.float32)
+    cfg = GatewayConfig(store=str(tmp_path / "store.sqlite"), port=0, api_keys_env="", api_keys=[f"a:{KEY}"],
+                        admin_api_keys_env="", max_tokens_limit=32)
+    with Gateway(cfg, backend=ToolCallingBackend(model, tok, model_id="tiny", max_batch_size=2)) as gw:
+        client = openai.OpenAI(base_url=gw.url, api_key=KEY, max_retries=0)
+        history: list[dict] = [{"role": "user", "content": ASK}]
+        sessions = []
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(model="m", messages=history, tools=[RUN_TOOL],
+                                                                   max_tokens=6)
+            sessions.append(raw.headers["x-oel-session"])
+            message = raw.parse().choices[0].message
+            history.append(message.model_dump(exclude_none=True))
+            for c in message.tool_calls or []:
+                history.append({"role": "tool", "tool_call_id": c.id,
+                                "content": RESULTS[json.loads(c.function.arguments)["cmd"]]})
+            if not message.tool_calls:
+                history.append({"role": "user", "content": FOLLOW_UP})
+    assert len(set(sessions)) == 1, sessions

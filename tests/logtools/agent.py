@@ -34,9 +34,10 @@ Chat = Callable[..., dict[str, Any]]
 
 
 def tool_call_text(arguments: list[dict[str, str]]) -> str:
-    """What the server's model writes to call `run` with each of `arguments` (oel.tool_text's form)."""
-    return "".join(f'<tool_call>{{"name": "run", "arguments": {json.dumps(a, ensure_ascii=False)}}}</tool_call>'
-                   for a in arguments)
+    """What the server's model writes to call `run` with each of `arguments`: oel.tool_text's tags around compact
+    JSON (a model spaces its JSON as it likes; the server returns the arguments re-serialised)."""
+    return "".join("<tool_call>" + json.dumps({"name": "run", "arguments": a}, ensure_ascii=False, separators=(",", ":"))
+                   + "</tool_call>" for a in arguments)
 
 
 def _tool_results(message: dict[str, Any]) -> list[dict[str, Any]]:

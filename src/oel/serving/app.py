@@ -47,7 +47,7 @@ from oel.serving.protocol import (
     error_body,
     show,
 )
-from oel.serving.tools import answer_parts
+from oel.serving.tools import answer_parts, echoed_text
 from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
 from oel.sessions import parse_messages as check_prompt
 
@@ -133,20 +133,21 @@ async def _chat(state: ServingState, request: Request) -> Response:
         answer = await asyncio.wait_for(state.engine.submit(messages, params, body), state.request_timeout_s)
     except TimeoutError:
         raise RequestError(504, f"no answer within {state.request_timeout_s}s") from None
-    headers = await _record(state, client, messages, answer, session_id)
+    headers = await _record(state, client, messages, answer, session_id, req.reads_tool_calls)
     out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id(),
                                     tool_calls=req.reads_tool_calls)
     return Response(out.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _record(state: ServingState, client: str, messages: list[Any], answer: Answer,
-                  session_id: str | None) -> dict[str, str]:
-    """Store the exchange (gateway mode) before its answer is complete; its headers."""
+                  session_id: str | None, read_calls: bool = False) -> dict[str, str]:
+    """Store the exchange (gateway mode) before its answer is complete; its headers. With tools, the answer is
+    stored as the client will send it back (its calls re-rendered), so that the next request stitches to it."""
     if state.store is None:
         return {}
     gen = answer.generation
     recorded = await asyncio.to_thread(
-        state.store.record_exchange, client, messages, gen.text, session_id=session_id,
+        state.store.record_exchange, client, messages, echoed_text(gen.text, read_calls), session_id=session_id,
         model_id=f"{state.served_name}@v{answer.version}", prompt_tokens=gen.prompt_tokens,
         response_tokens=gen.completion_tokens)
     return {SESSION_HEADER: recorded.session_id, VERSION_HEADER: str(answer.version)}
@@ -189,7 +190,7 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
                 yield chunk(Delta(content=getter.result()))
         try:
             result = answer.result()
-            headers = await _record(state, client, messages, result, session_id)
+            headers = await _record(state, client, messages, result, session_id, read_calls)
         except Exception as e:  # noqa: BLE001 - the stream's status is sent: the error goes as an event
             err = error_status(e)
             if err.status >= 500 and not isinstance(e, RequestError):

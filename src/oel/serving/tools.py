@@ -66,3 +66,13 @@ def answer_parts(text: str, finish_reason: str, read_calls: bool) -> tuple[str |
     if not calls:
         return text, [], finish_reason
     return content or None, [(f"call_{uuid.uuid4().hex[:CALL_ID_HEX_CHARS]}", c) for c in calls], "tool_calls"
+
+
+def echoed_text(text: str, read_calls: bool) -> str:
+    """A generated answer as the client's next request will hold it: with calls read, its content and calls
+    rendered as `prompt_messages` renders them (the model may have spaced its JSON otherwise)."""
+    content, calls, _ = answer_parts(text, "stop", read_calls)
+    if not calls:
+        return text
+    rendered = [render_tool_call(c.name, c.arguments) for _, c in calls]
+    return "\n".join([content, *rendered] if content else rendered)
