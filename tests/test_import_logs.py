@@ -111,7 +111,7 @@ def test_a_file_of_another_format_is_refused_in_one_line(tmp_path: Path, capsys:
                    "line (resourceSpans); it looks like langfuse")
     assert not (tmp_path / "t.jsonl").exists()
     (tmp_path / "x.jsonl").write_text('{"hello": 1}\n')
-    with pytest.raises(DataError, match=r"x.jsonl: no record could be read \(1 bad\); first: .*x.jsonl:1: not a log format oel reads \(litellm, langfuse, otel, openai-responses, openai-batch, openai\): a JSON object with keys hello"):
+    with pytest.raises(DataError, match=r"x.jsonl:1: not a log format oel reads \(litellm, langfuse, otel, openai-responses, openai-batch, openai\): a JSON object with keys hello"):
         import_logs(tmp_path / "x.jsonl", tmp_path / "t.jsonl")
 
 

@@ -87,6 +87,8 @@ def test_litellm_sessions_responses_api_and_spend_logs(tmp_path: Path) -> None:
         litellm([q2], {"choices": [{"message": {"role": "assistant", "content": "ok"}}]}, trace_id="s-1", startTime=2.0),
         litellm([{"role": "user", "content": "hey"}], {"choices": [{"message": {"content": "yo"}}]}, session_id="s-2",
                 trace_id="s-2b"),
+        {**litellm([{"role": "user", "content": "hm"}], {"choices": [{"message": {"content": "ah"}}]}),
+         "metadata": {"requester_metadata": {"session_id": "s-4"}}},
         {**litellm("Résume ceci.", {"output": [{"type": "message", "content": [{"type": "output_text",
                                                                                "text": "Résumé."}]}]}),
          "call_type": "aresponses"},
@@ -97,6 +99,8 @@ def test_litellm_sessions_responses_api_and_spend_logs(tmp_path: Path) -> None:
     groups = {t.meta["import"]["group"]: t for t in trajs}
     # One session, two calls that do not continue each other: two trajectories of the same group.
     assert [t.meta["import"]["group"] for t in trajs].count("s-1") == 2 and groups["s-2"].turns[0].response == "yo"
+    assert groups["s-4"].turns[0].response == "ah"  # the caller's session in metadata
+    assert any(t.meta["import"]["group"] is None for t in trajs)  # LiteLLM's random UUID4 trace_id groups nothing
     assert any(t.turns[0].response == "Résumé." for t in trajs)  # the Responses API call
     assert report.skipped == {"spend-log row without the prompt (the proxy stores it only with "
                               "store_prompts_in_spend_logs)": 1}

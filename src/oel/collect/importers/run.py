@@ -154,6 +154,8 @@ def _nothing_imported(path: str | os.PathLike, report: Report) -> DataError:
         return DataError(f"{path}:1: file is empty, expected at least one record")
     if report.format == "auto":
         first = report.bad[0] if report.bad else ""
+        if report.bad_count == 1:  # the one record says it all
+            return DataError(first)
         return DataError(f"{path}: no record could be read ({report.bad_count} bad); first: {first}")
     skipped = "; ".join(f"{n} {kind}" for kind, n in report.skipped.most_common()) or "none"
     bad = f"; {report.bad_count} bad records (first: {report.bad[0]})" if report.bad_count else ""
