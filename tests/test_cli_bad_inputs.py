@@ -217,19 +217,19 @@ def test_the_console_script_prints_one_line_and_a_traceback_only_with_verbose(wo
     quiet = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env)
     assert quiet.returncode == 2
     assert quiet.stderr.strip().splitlines() == [
-        f"oel: error: {BAD_FILES['binary']}:1: binary data (a NUL byte), expected JSONL file as UTF-8 text"]
+        f"oel: error: {BAD_FILES['binary']}:1: binary data (a NUL byte), expected log file as UTF-8 text"]
     assert not (workdir / "out.jsonl").exists()
 
 
 def test_unanticipated_os_errors_are_one_line_and_verbose_shows_the_traceback(
         workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """An OSError no reader turned into a DataError still reaches the user as one line."""
-    import oel.collect.cli
+    import oel.collect.logs_cli
 
     def failing_import(*_a: object, **_k: object) -> None:
         raise OSError(5, "Input/output error", "chats.jsonl")
 
-    monkeypatch.setattr(oel.collect.cli, "import_logs", failing_import)  # the name `oel import-logs` calls
+    monkeypatch.setattr(oel.collect.logs_cli, "import_logs", failing_import)  # the name `oel import-logs` calls
     code, lines = run_cli(["import-logs", "chats.jsonl", "out.jsonl"], capsys)
     assert (code, lines) == (2, ["oel: error: chats.jsonl: Input/output error"])
     with pytest.raises(OSError):

@@ -53,7 +53,7 @@ def chat(content: str = "go", **fields: Any) -> dict[str, Any]:
     ("top_p", float("nan")), ("top_p", float("-inf")), ("top_p", 0), ("top_p", 1.01), ("top_p", False),
     ("top_k", -1), ("top_k", 2.5), ("top_k", True), ("seed", 1.5), ("seed", True), ("seed", "7"), ("seed", -1),
     ("seed", 2**64), ("n", 2), ("n", True), ("stream", "no"), ("stream_options", "usage"), ("model", 3),
-    ("stop", ["\n"]), ("tools", [{"type": "function"}]), ("logprobs", True), ("frequency_penalty", 0.5),
+    ("stop", ["\n"]), ("tools", "all"), ("logprobs", True), ("frequency_penalty", 0.5),
     ("chat_template_kwargs", "think"),
 ])
 def test_each_bad_field_is_a_400_naming_it(field: str, value: Any) -> None:
@@ -66,7 +66,7 @@ def test_each_bad_field_is_a_400_naming_it(field: str, value: Any) -> None:
     (None, "messages"), ([], "messages"), ("hi", "messages"), ([1], "messages[0]"),
     ([{"role": "robot", "content": "x"}], "messages[0].role"), ([{"content": "x"}], "messages[0].role"),
     ([{"role": "user", "content": "x"}, {"role": "user", "content": 5}], "messages[1].content"),
-    ([{"role": "user", "content": "x", "name": "bob"}], "messages[0].name"),
+    ([{"role": "user", "content": "x", "audio": {"id": "a"}}], "messages[0].audio"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages[0].content[0].type"),
 ])
 def test_bad_messages_name_the_message_and_field(messages: Any, param: str) -> None:

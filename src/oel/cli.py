@@ -1,7 +1,11 @@
 """The `oel` command, the entry point at the top: nothing in the package imports it.
 
 Each package registers its own subcommands (its `cli.py`, built with `oel.commands`); this
-module lists those modules, parses the command line and turns errors into one line.
+module lists those modules, parses the command line and turns errors into one line. Only the
+module of the command given is imported: most of them load torch and transformers (seconds),
+which `oel --version`, `oel --help` and `oel import-logs` never need; `COMMANDS` holds each
+command's module and one-line help for the top-level `--help` (tests/test_cli_fast.py keeps it
+equal to what the modules register).
 Library code logs through `logging`; progress bars belong to the CLI. An :class:`OELError`
 is printed as one line (exit code 2), never as a traceback; so is an operating-system error
 a reader did not anticipate (`-v` shows its traceback).
@@ -13,6 +17,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 from oel import __version__
 from oel.errors import OELError
@@ -23,6 +28,7 @@ STAGE_MODULES: list[str] = [
     "oel.models.cli",
     "oel.envs.cli",
     "oel.collect.cli",
+    "oel.collect.logs_cli",
     "oel.serving.cli",
     "oel.extract.cli",
     "oel.consolidate.cli",
@@ -32,23 +38,66 @@ STAGE_MODULES: list[str] = [
     "oel.online.cli",
     "oel.online.gateway_cli",
 ]
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "models": (("oel.models.cli",), "list offline model presets; prepare (verify and cache) one"),
+    "envs": (("oel.envs.cli",), "report the held-out maps' ceiling: solvable share, BFS-optimal and random pass rates"),
+    "collect": (("oel.collect.cli",),
+                "play episodes with a model or endpoint and append their trajectories to JSONL (resumable)"),
+    "import-logs": (("oel.collect.logs_cli",), "convert deployment logs (LiteLLM, Langfuse, OpenTelemetry, OpenAI "
+                                               "files) into trajectory JSONL"),
+    "serve": (("oel.serving.cli",), "serve a model over an OpenAI-compatible /v1/chat/completions endpoint"),
+    "extract": (("oel.extract.cli",), "accumulate experiential knowledge from a round's trajectories (K runs, "
+                                      "resumable)"),
+    "experience": (("oel.extract.cli", "oel.evaluate.cli"), "inspect the experience store; the in-context curve"),
+    "consolidate": (("oel.consolidate.cli",), "train the round's knowledge into the weights (on-policy context "
+                                              "distillation)"),
+    "meter": (("oel.evaluate.cli",), "the exact policy meter: student vs teacher (lessons) vs control (unrelated "
+                                     "lessons) on probe states"),
+    "evaluate": (("oel.evaluate.cli",), "held-out pass rate (CI, move quality, tokens/turn) with/without knowledge, "
+                                        "and IF-Eval offline"),
+    "loop": (("oel.loop.cli",), "run OEL rounds: collect -> extract -> consolidate, evaluating every round's model "
+                                "(resumable)"),
+    "report": (("oel.report.cli",), "plots and a markdown summary of an `oel loop` or `oel online demo` run (offline)"),
+    "online": (("oel.online.cli",), "the online mode: the scheduler that learns from the store, and its versions"),
+    "gateway": (("oel.online.gateway_cli",), "an OpenAI-compatible gateway that records every exchange for online "
+                                             "learning"),
+}
+"""Each command: the modules that register it (in STAGE_MODULES order) and its one-line help."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(
         prog="oel",
         description="Online Experiential Learning: collect -> extract -> consolidate -> evaluate, in rounds.",
     )
     parser.add_argument("--version", action="version", version=f"oel {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in STAGE_MODULES:
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def build_parser(command: str | None = None, *, every: bool = True) -> argparse.ArgumentParser:
+    """The parser: with `command`, only its modules are imported; with `every=False` none are (the others are
+    listed by name and help only)."""
+    parser, sub = _top_parser()
+    modules = COMMANDS[command][0] if command else STAGE_MODULES if every else ()
+    for mod in modules:
         importlib.import_module(mod).register(sub)
+    for name, (_, help_) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_)
     return parser
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command named on the line, if it is one (options before it are the top-level ones)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_word(argv)
+    parser = build_parser(command, every=False)
     ns = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if ns.verbose else logging.INFO,

@@ -1,8 +1,7 @@
-"""`oel collect`, `oel import-logs`: the user side of the loop from the shell.
+"""`oel collect`: the user side of the loop from the shell (`oel import-logs` is logs_cli.py).
 
     oel collect model.name=qwen2.5-coder-0.5b-instruct seeds=heldout num_seeds=32 out=runs/c/traj.jsonl
     oel collect backend=openai endpoint.base_url=http://127.0.0.1:8000/v1 out=runs/c/traj.jsonl
-    oel import-logs chats.jsonl trajectories.jsonl --env-id FrozenLake-v0-raw
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import argparse
 import logging
 from typing import Any
 
-from oel.collect.importers import import_logs
 from oel.collect.play import CollectCommandConfig, collect_command, summary_path
 from oel.commands import add_config_command
 from oel.config import save_config
@@ -56,15 +54,6 @@ def run_collect(config: CollectCommandConfig, ns: argparse.Namespace) -> int:
     return 0
 
 
-def run_import_logs(ns: argparse.Namespace) -> int:
-    report = import_logs(ns.input, ns.output, format=ns.format, env_id=ns.env_id, model_id=ns.model_id)
-    print(f"imported {report.trajectories} trajectories ({report.calls} model calls, format {report.format}) "
-          f"-> {ns.output}")
-    for line in report.lines():
-        print(line)
-    return 0
-
-
 def register(subparsers: Any) -> None:
     add_config_command(
         subparsers, "collect", CollectCommandConfig, run_collect,
@@ -72,18 +61,3 @@ def register(subparsers: Any) -> None:
         description="Play episodes (all in flight advance together, one batched model call per turn), "
                     "append each trajectory to `out` as it finishes, and skip episodes already there on rerun.",
     )
-    p = subparsers.add_parser(
-        "import-logs", help="convert deployment logs (LiteLLM, Langfuse, OpenTelemetry GenAI, OpenAI chat) "
-                            "into trajectory JSONL",
-        description="Model calls are grouped into conversations by the log's session / conversation id, else "
-                    "stitched by prefix as the gateway does; each conversation is one trajectory whose turns' "
-                    "feedback is the user's next message. Tool calls and results are kept as turns. The file is "
-                    "streamed; skipped records are reported by kind. See docs/online.md, 'Importing logs'.",
-    )
-    p.add_argument("input", help="the log file: JSONL, one record per line")
-    p.add_argument("output", help="trajectory JSONL to write (atomically, 0600; replaced if it exists)")
-    p.add_argument("--format", choices=("litellm", "langfuse", "otel", "openai"), default=None,
-                   help="the log's format (default: detected from its first record)")
-    p.add_argument("--env-id", default="imported", help="env_id of the trajectories (openai records may name one)")
-    p.add_argument("--model-id", default=None, help="model_id of the trajectories (default: the model the log names)")
-    p.set_defaults(func=run_import_logs)

@@ -36,6 +36,8 @@ from oel.serving.protocol import (
     ChatCompletionResponse,
     ChunkChoice,
     Delta,
+    DeltaToolCall,
+    FunctionCall,
     ModelCard,
     ModelList,
     RequestError,
@@ -45,6 +47,7 @@ from oel.serving.protocol import (
     error_body,
     show,
 )
+from oel.serving.tools import answer_parts, echoed_text
 from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
 from oel.sessions import parse_messages as check_prompt
 
@@ -125,32 +128,35 @@ async def _chat(state: ServingState, request: Request) -> Response:
     await state.engine.check(messages, params)
     client = request.scope["state"]["client"]
     if req.stream:
-        return _stream(state, client, messages, params, body, session_id, req.include_usage)
+        return _stream(state, client, messages, params, body, session_id, req.include_usage, req.reads_tool_calls)
     try:
         answer = await asyncio.wait_for(state.engine.submit(messages, params, body), state.request_timeout_s)
     except TimeoutError:
         raise RequestError(504, f"no answer within {state.request_timeout_s}s") from None
-    headers = await _record(state, client, messages, answer, session_id)
-    out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id())
+    headers = await _record(state, client, messages, answer, session_id, req.reads_tool_calls)
+    out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id(),
+                                    tool_calls=req.reads_tool_calls)
     return Response(out.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _record(state: ServingState, client: str, messages: list[Any], answer: Answer,
-                  session_id: str | None) -> dict[str, str]:
-    """Store the exchange (gateway mode) before its answer is complete; its headers."""
+                  session_id: str | None, read_calls: bool = False) -> dict[str, str]:
+    """Store the exchange (gateway mode) before its answer is complete; its headers. With tools, the answer is
+    stored as the client will send it back (its calls re-rendered), so that the next request stitches to it."""
     if state.store is None:
         return {}
     gen = answer.generation
     recorded = await asyncio.to_thread(
-        state.store.record_exchange, client, messages, gen.text, session_id=session_id,
+        state.store.record_exchange, client, messages, echoed_text(gen.text, read_calls), session_id=session_id,
         model_id=f"{state.served_name}@v{answer.version}", prompt_tokens=gen.prompt_tokens,
         response_tokens=gen.completion_tokens)
     return {SESSION_HEADER: recorded.session_id, VERSION_HEADER: str(answer.version)}
 
 
 def _stream(state: ServingState, client: str, messages: list[Any], params: Any, body: dict[str, Any],
-            session_id: str | None, include_usage: bool) -> StreamingResponse:
-    """Server-sent events, token by token as the engine samples them (the request is queued now)."""
+            session_id: str | None, include_usage: bool, read_calls: bool = False) -> StreamingResponse:
+    """Server-sent events, token by token as the engine samples them (the request is queued now); with
+    tools (`read_calls`) the answer goes as one piece at the end, once its tool calls can be read."""
     assert state.engine is not None
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str] = asyncio.Queue()
@@ -179,11 +185,12 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
             if first:
                 state.metrics.first_token.observe(time.monotonic() - arrived)
                 first = False
-            sent += getter.result()
-            yield chunk(Delta(content=getter.result()))
+            if not read_calls:
+                sent += getter.result()
+                yield chunk(Delta(content=getter.result()))
         try:
             result = answer.result()
-            headers = await _record(state, client, messages, result, session_id)
+            headers = await _record(state, client, messages, result, session_id, read_calls)
         except Exception as e:  # noqa: BLE001 - the stream's status is sent: the error goes as an event
             err = error_status(e)
             if err.status >= 500 and not isinstance(e, RequestError):
@@ -191,12 +198,11 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
             yield _error_event(err)
             return
         gen = result.generation
-        if gen.text.startswith(sent) and len(gen.text) > len(sent):
-            yield chunk(Delta(content=gen.text[len(sent):]))
-        elif not gen.text.startswith(sent):
-            log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
+        deltas, finish = _closing_deltas(gen, sent, read_calls)
+        for delta in deltas:
+            yield chunk(delta)
         recorded = {"oel_session": headers[SESSION_HEADER], "oel_model_version": result.version} if headers else {}
-        yield chunk(Delta(), gen.finish_reason, **recorded)
+        yield chunk(Delta(), finish, **recorded)
         if include_usage:
             yield ChatCompletionChunk(id=cid, created=created, model=state.served_name, choices=[],
                                       usage=Usage.of(gen)).sse()
@@ -206,6 +212,19 @@ def _stream(state: ServingState, client: str, messages: list[Any], params: Any, 
     if session_id is not None:
         headers[SESSION_HEADER] = session_id
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _closing_deltas(gen: Any, sent: str, read_calls: bool) -> tuple[list[Delta], str]:
+    """What is left to send of a complete answer (its tool calls, with tools), and its finish_reason."""
+    if read_calls:
+        content, calls, finish = answer_parts(gen.text, gen.finish_reason, True)
+        return [Delta(content=content, tool_calls=[
+            DeltaToolCall(index=k, id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
+            for k, (i, c) in enumerate(calls)] or None)], finish
+    if not gen.text.startswith(sent):
+        log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
+        return [], gen.finish_reason
+    return ([Delta(content=gen.text[len(sent):])] if len(gen.text) > len(sent) else []), gen.finish_reason
 
 
 def _error_event(err: RequestError) -> bytes:

@@ -10,9 +10,10 @@ otherwise pass as 1), `5.0` is not a token count, NaN and infinite numbers (Pyth
 reader accepts `NaN` and `1e999`) are refused. Every failure is a `RequestError(400)` whose
 message starts with the field's dotted name and whose `error.param` is that name. Absent and
 `null` fields take the OpenAI API's defaults (temperature 1, top_p 1). Fields that would change
-the answer but are not implemented (`stop`, `tools`, `logprobs`, penalties, ...) are refused
+the answer but are not implemented (`stop`, `logprobs`, penalties, ...) are refused
 unless they hold their neutral value: silently ignoring them would return something the client
-did not ask for. Other unknown fields (`user`, `metadata`, ...) are ignored.
+did not ask for. Other unknown fields (`user`, `metadata`, ...) are ignored. Tools and tool messages
+are served as text the model reads and writes (oel.serving.tools).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from oel.backends.base import Generation, SamplingParams
+from oel.serving.tools import answer_parts, prompt_messages
 from oel.trajectory import Message
 from oel.validation import error_text, location
 
@@ -39,8 +41,8 @@ RANDOM_SEED_RANGE = 2**31
 _SHOWN_CHARS = 40
 """A client's bad value is echoed in error messages cut to this many characters."""
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "stop": (None, "", []), "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
-    "function_call": (None, "none"), "response_format": (None, {"type": "text"}), "logprobs": (None, False),
+    "stop": (None, "", []), "functions": (None, []), "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}), "logprobs": (None, False),
     "top_logprobs": (None, 0), "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
 }
 """Known OpenAI fields not implemented here, with the values that mean 'not used'."""
@@ -133,13 +135,34 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    name: str
+    arguments: str
+
+
+class RequestToolCall(BaseModel):
+    """An earlier answer's tool call, as the client sends it back in the history."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    """{role, content}; content a string or a list of text parts (joined). Other keys must be null."""
+    """{role, content}; content a string or a list of text parts (joined). An assistant message may carry
+    `tool_calls` (content then may be null), a tool message its `tool_call_id`. Other keys must be null."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[RequestToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     @model_validator(mode="after")
     def _no_extra(self) -> ChatMessage:
@@ -149,6 +172,8 @@ class ChatMessage(BaseModel):
         return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
@@ -164,6 +189,28 @@ class ChatTemplateKwargs(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     enable_thinking: bool | None = None
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str
+
+
+class ToolSpec(BaseModel):
+    """A tool the model may call (OpenAI's `tools[]`); shown to the model in its system prompt."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["function"]
+    function: FunctionSpec
 
 
 class ChatCompletionRequest(BaseModel):
@@ -183,6 +230,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     @field_validator("n")
     @classmethod
@@ -217,7 +266,13 @@ class ChatCompletionRequest(BaseModel):
         return request
 
     def chat(self) -> list[Message]:
-        return [Message(role=m.role, content=m.text()) for m in self.messages]
+        """The prompt in the three roles the model reads (tool calls and results as text: oel.tool_text)."""
+        return prompt_messages(self.messages, self.tools)
+
+    @property
+    def reads_tool_calls(self) -> bool:
+        """Whether `<tool_call>` blocks in the answer are returned as `tool_calls` (tools given, not 'none')."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     def sampling(self, max_tokens_limit: int) -> SamplingParams:
         """The sampling settings; absent fields take OpenAI's defaults, max tokens the server's cut default."""
@@ -292,9 +347,16 @@ class Usage(BaseModel):
                    total_tokens=gen.prompt_tokens + gen.completion_tokens)
 
 
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -312,14 +374,26 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
     @classmethod
-    def of(cls, gen: Generation, model: str, cid: str) -> ChatCompletionResponse:
-        return cls(id=cid, model=model, usage=Usage.of(gen),
-                   choices=[Choice(message=AssistantMessage(content=gen.text), finish_reason=gen.finish_reason)])
+    def of(cls, gen: Generation, model: str, cid: str, *, tool_calls: bool = False) -> ChatCompletionResponse:
+        """The answer; with `tool_calls`, the `<tool_call>` blocks of its text become OpenAI tool calls."""
+        content, calls, finish = answer_parts(gen.text, gen.finish_reason, tool_calls)
+        tool_calls = [ResponseToolCall(id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
+                      for i, c in calls]
+        message = AssistantMessage(content=content, tool_calls=tool_calls or None)
+        return cls(id=cid, model=model, usage=Usage.of(gen), choices=[Choice(message=message, finish_reason=finish)])
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

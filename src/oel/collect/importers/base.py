@@ -1,29 +1,25 @@
-"""What every log importer shares: one logged model call, chat-message normalisation, streaming reads.
+"""What every log importer shares: one logged model call, chat-message normalisation, small value readers.
 
 A log importer reads what a team already records about its model traffic (LiteLLM, Langfuse,
-OpenTelemetry, plain OpenAI chat logs) and yields one `Call` per model call it finds, or a
-`Skip` saying why a record holds nothing to learn from. `oel.collect.importers.run` groups the
-calls into conversations and writes trajectories.
+OpenTelemetry, OpenAI files) and yields one `Call` per model call it finds, or a `Skip` saying why
+a record holds nothing to learn from. `oel.collect.importers.run` groups the calls into
+conversations and writes trajectories.
 
-Messages are normalised into the trajectory schema's three roles, since the batch stages read
-nothing else: a tool call the model made is written into its response as
-`<tool_call>{"name": ..., "arguments": ...}</tool_call>` (it is what the model said), and a tool's
-result is what the environment answered, so it becomes a user message
-`<tool_result name="...">...</tool_result>`; consecutive messages of one role are joined, so a tool
-result followed by the user's next words is one environment reply.
+Messages are normalised into the trajectory schema's three roles (oel.tool_text): a tool call the
+model made is written into its response as `<tool_call>{"name": ..., "arguments": ...}</tool_call>`,
+a tool's result becomes a user message `<tool_result name="...">...</tool_result>` labelled with the
+tool's name (looked up from the call it answers when the log gives only the call id), and
+consecutive messages of one role are joined.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from datetime import datetime
 
-from oel.errors import DataError
-from oel.io import decode_text
+from oel.tool_text import join_roles, render_tool_call, render_tool_result
 from oel.trajectory import Message, check_prompt_roles
 
 
@@ -38,9 +34,9 @@ class Call:
     messages: tuple[Message, ...]
     response: str
     group: str | None
-    """The session / conversation id the log gives it; None: stitched by prefix like the gateway."""
+    """The session / trace the log puts it in; None: any conversation (stitched by prefix)."""
     start: float = 0.0
-    """When the call started (seconds); orders a group's calls (ties: file order)."""
+    """When the call started (seconds); orders a conversation's calls (ties: file order)."""
     model_id: str = "unknown"
     prompt_tokens: int = 0
     response_tokens: int = 0
@@ -57,7 +53,8 @@ class Skip:
     kind: str
 
 
-def _as_int(value: object) -> int:
+def tokens(value: object) -> int:
+    """A token count from a log (int, numeric string, or missing): never negative, 0 when unknown."""
     try:
         n = int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -65,9 +62,42 @@ def _as_int(value: object) -> int:
     return max(n, 0)
 
 
-def tokens(value: object) -> int:
-    """A token count from a log (int, numeric string, or missing): never negative, 0 when unknown."""
-    return _as_int(value)
+def seconds(value: object) -> float:
+    """A log's timestamp (epoch seconds or nanoseconds, or ISO 8601 text) as epoch seconds; 0 when missing."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise RecordError(f"timestamp: expected epoch seconds or ISO 8601, got {value!r:.40}") from None
+    return 0.0
+
+
+BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def boolean(value: object, where: str) -> bool | None:
+    """A boolean as logs write it: true/false, 1/0, or those words as text; anything else is refused."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.strip().lower()]
+    raise RecordError(f"{where}: expected true or false, got {value!r:.40}")
+
+
+def is_random_uuid(value: str) -> bool:
+    """Whether `value` is a version-4 UUID: what tools write as a fresh per-request id when the caller gave none."""
+    try:
+        return uuid.UUID(value).version == 4
+    except ValueError:
+        return False
 
 
 def text_of(content: object) -> str:
@@ -81,57 +111,106 @@ def text_of(content: object) -> str:
         for part in content:
             if isinstance(part, str):
                 parts.append(part)
-            elif isinstance(part, Mapping) and isinstance(part.get("text", part.get("content")), str):
-                parts.append(part.get("text", part.get("content")))
+            elif isinstance(part, Mapping):
+                text = part.get("text", part.get("content"))
+                if isinstance(text, str):
+                    parts.append(text)
         return "\n".join(parts)
     if isinstance(content, Mapping):
         return text_of(content.get("text", content.get("content")))
     raise RecordError(f"message content: expected a string or a list of parts, got {type(content).__name__}")
 
 
-def render_tool_call(name: object, arguments: object) -> str:
-    """A tool call as the model's words; arguments stay as the model wrote them (a JSON string) when they are one."""
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False, sort_keys=True)
-    return f'<tool_call>{{"name": {json.dumps(str(name), ensure_ascii=False)}, "arguments": {arguments}}}</tool_call>'
+@dataclass(frozen=True)
+class ToolUse:
+    """A tool call as a log gives it: a name, arguments (text or an object), and the id results refer to."""
+
+    name: str
+    arguments: object
+    id: str | None = None
 
 
-def render_tool_result(name: object, content: str) -> str:
-    label = f' name="{name}"' if name else ""
-    return f"<tool_result{label}>{content}</tool_result>"
+def tool_uses(raw: object) -> list[ToolUse]:
+    """OpenAI `tool_calls` / `function_call` or LangChain's `{name, args, id, type: tool_call}` entries."""
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    uses = []
+    for c in raw if isinstance(raw, list) else []:
+        if not isinstance(c, Mapping):
+            continue
+        fn = c.get("function") if isinstance(c.get("function"), Mapping) else c
+        args = fn.get("arguments", fn.get("args", c.get("args", "")))
+        uses.append(ToolUse(str(fn.get("name", "")), args, c.get("id") if isinstance(c.get("id"), str) else None))
+    return uses
 
 
-def openai_message(raw: object, where: str) -> Message:
-    """One OpenAI-style chat message (roles system/developer/user/assistant/tool/function) as a schema Message."""
-    if not isinstance(raw, Mapping):
-        raise RecordError(f"{where}: expected a message object, got {type(raw).__name__}")
-    role = raw.get("role")
-    content = text_of(raw.get("content"))
-    if role == "assistant":
-        calls = raw.get("tool_calls") or ([raw["function_call"]] if raw.get("function_call") else [])
-        rendered = [render_tool_call(c.get("function", c).get("name"), c.get("function", c).get("arguments", ""))
-                    for c in calls if isinstance(c, Mapping)]
-        return Message(role="assistant", content="\n".join([content, *rendered]) if content else "\n".join(rendered))
-    if role in ("tool", "function"):
-        return Message(role="user", content=render_tool_result(raw.get("name") or raw.get("tool_call_id"), content))
-    if role in ("system", "developer"):
-        return Message(role="system", content=content)
-    if role == "user":
-        return Message(role="user", content=content)
-    raise RecordError(f"{where}.role: expected system, developer, user, assistant or tool, got {role!r:.40}")
+class ChatBuilder:
+    """Builds a call's messages one log message at a time, remembering which tool each call id names."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._names: dict[str, str] = {}
+
+    def assistant(self, text: str, calls: Iterable[ToolUse] = ()) -> Message:
+        rendered = []
+        for c in calls:
+            if c.id:
+                self._names[c.id] = c.name
+            rendered.append(render_tool_call(c.name, c.arguments))
+        m = Message(role="assistant", content="\n".join([text, *rendered] if text else rendered))
+        self.messages.append(m)
+        return m
+
+    def tool(self, content: str, name: str | None = None, call_id: str | None = None) -> None:
+        self.messages.append(Message(role="user", content=render_tool_result(name or self._names.get(call_id or ""),
+                                                                             content)))
+
+    def add(self, role: str, content: str) -> None:
+        self.messages.append(Message(role=role, content=content))  # type: ignore[arg-type]
+
+    def openai(self, raw: object, where: str) -> None:
+        """One OpenAI-style (or LangChain-style) chat message."""
+        if not isinstance(raw, Mapping):
+            raise RecordError(f"{where}: expected a message object, got {type(raw).__name__}")
+        role = raw.get("role", LANGCHAIN_ROLES.get(str(raw.get("type"))))
+        content = text_of(raw.get("content"))
+        if role == "assistant":
+            self.assistant(content, tool_uses(raw.get("tool_calls") or raw.get("function_call")))
+        elif role in ("tool", "function"):
+            self.tool(content, raw.get("name") if role == "function" else None, raw.get("tool_call_id"))
+        elif role in ("system", "developer"):
+            self.add("system", content)
+        elif role == "user":
+            self.add("user", content)
+        else:
+            raise RecordError(f"{where}.role: expected system, developer, user, assistant or tool, got {role!r:.40}")
+
+
+LANGCHAIN_ROLES = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}
+"""LangChain's message `type`s (what its callback handlers log) as chat roles."""
+
+
+def chat_messages(raw: object, where: str) -> ChatBuilder:
+    """A list of OpenAI-style chat messages."""
+    if not isinstance(raw, list):
+        raise RecordError(f"{where}: expected a list of chat messages, got {type(raw).__name__}")
+    chat = ChatBuilder()
+    for i, m in enumerate(raw):
+        chat.openai(m, f"{where}[{i}]")
+    return chat
 
 
 def normalise(messages: list[Message]) -> tuple[Message, ...]:
-    """Join consecutive messages of one role; a system message after the first turn becomes user text."""
+    """Three alternating roles: a system message after the first becomes user text, a conversation that opens
+    with the assistant (a greeting) gets an empty user message before it, consecutive roles are joined."""
     out: list[Message] = []
     for i, m in enumerate(messages):
         if m.role == "system" and i > 0:
             m = Message(role="user", content=m.content)
-        if out and out[-1].role == m.role:
-            out[-1] = Message(role=m.role, content=f"{out[-1].content}\n\n{m.content}")
-        else:
-            out.append(m)
-    return tuple(out)
+        if m.role == "assistant" and not any(x.role == "user" for x in out):
+            out.append(Message(role="user", content=""))
+        out.append(m)
+    return join_roles(out)
 
 
 def prompt_or_skip(messages: list[Message]) -> tuple[Message, ...] | Skip:
@@ -142,45 +221,3 @@ def prompt_or_skip(messages: list[Message]) -> tuple[Message, ...] | Skip:
     except ValueError:
         return Skip("prompt does not end with a user or tool message (or has none)")
     return prompt
-
-
-WHAT = "JSONL file"
-
-
-def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
-    """Yield (line number, byte offset, raw line) of a file, streamed: a 1 GB export is never read whole."""
-    p = Path(path)
-    try:
-        f = p.open("rb")
-    except FileNotFoundError:
-        raise DataError(f"{p}: {WHAT} not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{p}: is a directory, expected {WHAT}") from None
-    except OSError as e:
-        raise DataError(f"{p}: cannot read {WHAT} ({e.strerror})") from None
-    with f:
-        offset = 0
-        for lineno, raw in enumerate(f, start=1):
-            yield lineno, offset, raw
-            offset += len(raw)
-
-
-def parse_line(path: str | os.PathLike, lineno: int, raw: bytes) -> dict[str, Any] | None:
-    """One JSONL line as an object (None for a blank line); anything else is a one-line `file:line` error."""
-    text = decode_text(raw, path, WHAT, first_line=lineno)
-    if not text.strip():
-        return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def read_line_at(path: str | os.PathLike, offset: int) -> bytes:
-    """The line starting at byte `offset` (the second pass re-reads a conversation's records by offset)."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.readline()
