@@ -285,7 +285,9 @@ class LlamaCppBackend:
         returns its length (0: too short to share)."""
         head = common_prefix_length(prompts)
         head = min(head, min(len(p) for p in prompts) - 1)  # every row keeps >= 1 token to prefill
-        if head < MIN_SHARED_HEAD:
+        if head < MIN_SHARED_HEAD:  # nothing worth sharing: free the cells an older head holds
+            self.lib.llama_memory_seq_rm(self.memory, HEAD_SEQ, -1, -1)
+            self._head = []
             return 0
         kept = common_prefix_length([self._head, prompts[0][:head]]) if self._head else 0
         self.lib.llama_memory_seq_rm(self.memory, HEAD_SEQ, kept, -1)
