@@ -1,9 +1,11 @@
 """Which engine answers a stage: llama.cpp or HF in this process, or an OpenAI-compatible endpoint.
 
-`auto` (the default) runs a GGUF model (a preset or a .gguf file) on llama.cpp when it runs on the
-CPU and the engine is installed: the shipped quantized weights, several times faster than HF's
-dequantized float32 on CPUs without bf16. Everything else runs on HF: GPUs, Hugging Face directories
-and hub ids, and any machine where llama.cpp is not built (with one warning saying what that costs).
+`auto` (the default) runs a GGUF model (a preset or a .gguf file) on llama.cpp where HF would run it
+in float32 on the CPU (CPUs without native bf16: AVX2 laptops and cloud VMs) and the engine is
+installed: the shipped quantized weights, several times faster at decoding than HF's dequantized
+float32. Everything else runs on HF: GPUs, CPUs with native bf16 (where HF's batched bf16 prefill is
+faster on game turns; measured in docs/engines.md), Hugging Face directories and hub ids, and any
+machine where llama.cpp is not built (with one warning saying what that costs).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def resolve_engine(requested: EngineKind, model: ModelConfig, *, why: str = "") 
     """The in-process engine `requested` means for `model` on this machine (see the module docstring).
     An explicit `llamacpp` that cannot run is an error; `auto` falls back to HF, warning once."""
     from oel.models.gguf_file import is_gguf_model
-    from oel.models.loading import resolve_device
+    from oel.models.loading import cpu_bf16_native, resolve_device
 
     if requested == "hf":
         return "hf"
@@ -65,6 +67,9 @@ def resolve_engine(requested: EngineKind, model: ModelConfig, *, why: str = "") 
         return "llamacpp"
     if resolve_device(model.device) != "cpu" or not is_gguf_model(model.name):
         return "hf"
+    hf_float32 = model.dtype == "float32" or (model.dtype == "auto" and not cpu_bf16_native())
+    if not hf_float32:
+        return "hf"  # native bf16: HF's batched prefill beats llama.cpp on game turns (docs/engines.md)
     if missing is not None:
         if FALLBACK_COST not in _warned:
             _warned.add(FALLBACK_COST)
