@@ -29,7 +29,7 @@ from oel.errors import ConfigError
 from oel.serving.auth import ApiKeys, is_loopback, require_keys_off_loopback
 from oel.serving.chat_server import ChatServer, ServeConfig
 from oel.serving.protocol import RequestError, parse_chat_request
-from oel.serving.server import EVICT_GRACE_S
+from oel.serving.admission import EVICT_GRACE_S
 
 KEY = "alice-key-" + "a" * 24
 OTHER_KEY = "bob-key-" + "b" * 24
