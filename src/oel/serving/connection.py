@@ -13,6 +13,8 @@ Per connection:
 - admission (oel.serving.admission): keyless pool or keyed slot, eviction;
 - the head deadline: from the connection opening, or its previous answer ending, the next
   request's head must be complete within `client_timeout_s`, else the connection is closed;
+- a bounded kernel send buffer (SEND_BUFFER_BYTES), so that a client that stops reading is
+  seen by the write deadline (oel.serving.edge) after kilobytes, not megabytes;
 - a lingering close when the client may still be sending (an answer before its body was
   read, a framing error): our side is shut first and what still arrives is discarded, briefly,
   so that the client, which writes its whole body before reading, reads the answer;
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from http import HTTPStatus
 from typing import Any
@@ -43,6 +46,10 @@ client's last byte arrived resets the connection and destroys the answer (a 413 
 became a broken pipe). Discarding costs the loop ~1 ms per MiB on loopback."""
 MAX_HEAD_BYTES = 16 << 10
 """The most bytes a request head may take (h11's bound on an incomplete head; 431 beyond)."""
+SEND_BUFFER_BYTES = 64 << 10
+"""The kernel's send buffer per connection (Linux doubles it). Left to autotuning it grows to 4 MiB
+(tcp_wmem) for a client that stopped reading: 4 MiB of memory held per such connection, and a
+write deadline blind to the stall for megabytes. A token stream or a JSON answer needs far less."""
 UVICORN_ERROR_PREFIX = b"HTTP/1.1 400 "
 """The protocol writes outside any request only to refuse bytes it cannot parse (a 400)."""
 
@@ -67,6 +74,9 @@ class GuardedConnection(asyncio.Protocol):
     # ---- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, (tuple, list)) and len(peer) >= 2 else ("", id(self))
         self.transport = LingeringTransport(transport, self)
