@@ -137,7 +137,8 @@ def run_one(port: int, max_connections: int, rate: float, args: argparse.Namespa
             "flood_rate_achieved": round(flood.opened / wall, 1), "flood_connect_failures": flood.refused,
             "keyed": sum(statuses.values()), "keyed_200": statuses["200"],
             "keyed_statuses": dict(sorted(statuses.items())),
-            "keyed_p50_ms": round(percentile_ms(latencies, 50), 1), "keyed_p99_ms": round(percentile_ms(latencies, 99), 1),
+            "keyed_p50_ms": round(percentile_ms(latencies, 50), 1),
+            "keyed_p99_ms": round(percentile_ms(latencies, 99), 1),
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 

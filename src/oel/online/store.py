@@ -204,7 +204,8 @@ class Store:
             except ValueError as e:
                 raise DataError(str(e)) from None
             with self._write() as conn:
-                return intake.insert_exchange(conn, client, session_id, exchange, self._clock(), complete=bool(complete))
+                return intake.insert_exchange(conn, client, session_id, exchange, self._clock(),
+                                              complete=bool(complete))
 
     def mark_incomplete(self, exchange_id: int) -> bool:
         """A recorded exchange's client was lost while its answer was being sent (it stopped reading)."""

@@ -25,6 +25,7 @@ Everything here runs on the server's event loop thread (uvicorn's), so it needs 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ class Guarded(Protocol):
     peer: Peer
     opened_at: float
     in_flight: int
+    body_unread: bool
+    """Its answer goes out before its request's body was read: close by lingering (the edge sets it)."""
+    reading_body: asyncio.Event | None
+    """Set by the edge while it reads a body; the connection sets it when the client shuts its side."""
 
     def close_now(self, reason: str) -> None: ...
 

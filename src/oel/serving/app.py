@@ -129,7 +129,7 @@ async def _chat(state: ServingState, request: Request) -> Any:
     headers = {SESSION_HEADER: recorded["session"], VERSION_HEADER: str(answer.version)} if recorded else {}
     out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id())
     response = Response(out.model_dump_json(), media_type="application/json", headers=headers)
-    return DeliveredOrMarked(response, state, recorded.get("exchange_id"))
+    return RecordedAnswer(response, state, recorded.get("exchange_id"))
 
 
 async def _answer_unless_gone(answer: asyncio.Future[Answer], receive: Any, timeout_s: float) -> Answer:
@@ -138,6 +138,9 @@ async def _answer_unless_gone(answer: asyncio.Future[Answer], receive: Any, time
     gone = asyncio.ensure_future(disconnected(receive))
     try:
         done, _ = await asyncio.wait({answer, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        answer.cancel()  # the server is shutting down
+        raise
     finally:
         gone.cancel()
     if answer in done:
@@ -160,7 +163,7 @@ async def _record(state: ServingState, chat: ChatRequest, answer: Answer) -> dic
     return {"session": recorded.session_id, "exchange_id": recorded.exchange_id}
 
 
-class DeliveredOrMarked:
+class RecordedAnswer:
     """A non-streamed answer whose stored exchange is marked incomplete if the client is lost while
     it is sent (it stopped reading: the edge's write deadline)."""
 

@@ -78,7 +78,8 @@ class GuardedConnection(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         peer = transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, (tuple, list)) and len(peer) >= 2 else ("", id(self))
+        known = isinstance(peer, (tuple, list)) and len(peer) >= 2
+        self.peer = (str(peer[0]), int(peer[1])) if known else ("", id(self))
         self.transport = LingeringTransport(transport, self)
         self.inner.connection_made(self.transport)
         self.admission.opened(self)

@@ -255,7 +255,7 @@ class EdgeMiddleware:
             close = close or not length.isdigit() or int(length) > DRAIN_BYTES
             conn = self.state.admission.connection(peer)
             if close and conn is not None:
-                conn.body_unread = True  # type: ignore[attr-defined]
+                conn.body_unread = True
         await error_response(err, getattr(e, "headers", None), close=close)(scope, receive, send)
 
     def _route(self, scope: dict[str, Any]) -> tuple[str, Access]:
@@ -325,12 +325,12 @@ class EdgeMiddleware:
         conn = self.state.admission.connection(peer)
         shut = asyncio.Event()
         if conn is not None:
-            conn.reading_body = shut  # type: ignore[attr-defined]
+            conn.reading_body = shut
         try:
             return await self._receive_all(receive, length, shut)
         finally:
             if conn is not None:
-                conn.reading_body = None  # type: ignore[attr-defined]
+                conn.reading_body = None
 
     async def _receive_all(self, receive: Callable[[], Awaitable[dict[str, Any]]], length: int,
                            shut: asyncio.Event) -> bytes:
@@ -339,12 +339,10 @@ class EdgeMiddleware:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.state.client_timeout_s
         while more:
-            message = asyncio.ensure_future(receive())
-            if not message.done():
-                shut_wait = asyncio.ensure_future(shut.wait())
-                await asyncio.wait({message, shut_wait}, timeout=max(0.0, deadline - loop.time()),
-                                   return_when=asyncio.FIRST_COMPLETED)
-                shut_wait.cancel()
+            message, shut_wait = asyncio.ensure_future(receive()), asyncio.ensure_future(shut.wait())
+            await asyncio.wait({message, shut_wait}, timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            shut_wait.cancel()
             if not message.done():
                 message.cancel()
                 if shut.is_set():

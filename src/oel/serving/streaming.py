@@ -90,6 +90,9 @@ class StreamedChat:
             self.answer.cancel()
             await self._record_cut()
             raise
+        except BaseException:
+            self.answer.cancel()  # a failure of ours, or the server shutting down: nobody will read it
+            raise
         finally:
             gone.cancel()
 
@@ -107,8 +110,8 @@ class StreamedChat:
                 getter.cancel()
                 if not done:
                     self.answer.cancel()
-                    await self._send(send, _error_event(RequestError(504, "no answer within "
-                                                                          f"{self.state.request_timeout_s}s")), end=True)
+                    late = RequestError(504, f"no answer within {self.state.request_timeout_s}s")
+                    await self._send(send, _error_event(late), end=True)
                     return
                 continue
             if first:
@@ -161,10 +164,10 @@ class StreamedChat:
             if self.exchange_id is not None:
                 await asyncio.to_thread(store.mark_incomplete, self.exchange_id)
             elif self.sent:
-                c = self.chat
+                c, model_id = self.chat, f"{self.state.served_name}@v{self.state.version}"
                 await asyncio.to_thread(store.record_exchange, c.client, c.messages, self.sent,
-                                        session_id=c.session_id, model_id=f"{self.state.served_name}@v{self.state.version}",
-                                        prompt_tokens=c.prompt_tokens, response_tokens=self.sent_tokens, complete=False)
+                                        session_id=c.session_id, model_id=model_id, prompt_tokens=c.prompt_tokens,
+                                        response_tokens=self.sent_tokens, complete=False)
         except Exception:  # noqa: BLE001 - nobody is left to answer: logged
             log.exception("recording an incomplete streamed exchange failed")
 
