@@ -90,7 +90,7 @@ def test_u0000_in_an_answer_an_outcome_and_a_session_id_is_kept(gw: Gateway) -> 
 
 def test_a_session_header_that_is_not_utf8_is_refused_and_utf8_is_read_as_such(gw: Gateway) -> None:
     status, err = raw_post(gw, "/v1/chat/completions", chat("hi"), b"X-OEL-Session: caf\xe9\r\n")
-    assert status == 400 and err["error"]["param"] == "X-Oel-Session", err
+    assert status == 400 and err["error"]["param"] == "X-OEL-Session", err
     assert gw.store.stats()["exchanges_recorded"] == 0
     status, _ = raw_post(gw, "/v1/chat/completions", chat("hi"), "X-OEL-Session: café\r\n".encode())
     assert status == 200

@@ -49,9 +49,11 @@ DRAIN_BYTES = 1 << 20
 """The most bytes of an unread body left for the server to discard after an error answer (401,
 404, ...) to keep the connection; beyond, the answer closes the connection (lingering)."""
 SESSION_END = re.compile(r"/v1/sessions/([^/]+)/end")
-SINGLE_HEADERS = ("authorization", "x-oel-session", "idempotency-key")
-"""Headers that identify who asks or what is asked about: sent twice, which one counts is a
-guess (a proxy and the server could each read another), so the request is refused."""
+SINGLE_HEADERS = {"authorization": "Authorization", "x-oel-session": "X-OEL-Session",
+                  "idempotency-key": "Idempotency-Key"}
+"""Headers that identify who asks or what is asked about (by their spelling in messages): sent
+twice, which one counts is a guess (a proxy and the server could each read another), so the
+request is refused."""
 UTF8_HEADERS = ("x-oel-session", "idempotency-key")
 """Headers whose value is the client's text (stored): UTF-8, refused otherwise (not read as latin-1)."""
 CLIENT_GONE_STATUS = 499
@@ -150,12 +152,13 @@ def request_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, value in raw:
         name = key.decode("latin-1")
+        shown = SINGLE_HEADERS.get(name, name)
         if name in headers and name in SINGLE_HEADERS:
-            raise RequestError(400, f"{name.title()}: sent more than once; send one", param=name.title())
+            raise RequestError(400, f"{shown}: sent more than once; send one", param=shown)
         try:
             headers[name] = value.decode("utf-8") if name in UTF8_HEADERS else value.decode("latin-1")
         except UnicodeDecodeError:
-            raise RequestError(400, f"{name.title()}: not valid UTF-8", param=name.title()) from None
+            raise RequestError(400, f"{shown}: not valid UTF-8", param=shown) from None
     return headers
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import threading
 import urllib.error
+import weakref
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -120,7 +121,7 @@ class LocalEngine:
         self.max_prompt_tokens = max_prompt_tokens
         self.request_timeout_s = request_timeout_s
         self._tokenizing = ThreadPoolExecutor(max_workers=TOKENIZE_THREADS, thread_name_prefix=f"{name}-tokenize")
-        self._token_bytes: dict[int, int] = {}
+        self._token_bytes: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.batcher: Batcher[Answer] = Batcher(self._run_batch, max_batch_size=max_batch_size,
                                                 batch_window_s=batch_window_s, max_queue=max_queue,
                                                 request_timeout_s=request_timeout_s, name=name)
@@ -160,9 +161,11 @@ class LocalEngine:
         """400 before any compute: text the tokenizer refuses, a prompt over the limit; else its tokens."""
         backend = self.backend
         limit = self.prompt_limit(params)
-        if limit is not None:
-            self._check_bytes(backend, messages, limit, params)
         loop = asyncio.get_running_loop()
+        if limit is not None:
+            if backend.tokenizer not in self._token_bytes:  # once per tokenizer: a pass over the vocabulary
+                await loop.run_in_executor(self._tokenizing, self._longest_token_bytes, backend)
+            self._check_bytes(backend, messages, limit, params)
         try:
             n = len(await loop.run_in_executor(self._tokenizing, backend.encode, messages, params.enable_thinking))
         except (TypeError, ValueError, UnicodeError) as e:
@@ -184,11 +187,11 @@ class LocalEngine:
     def _longest_token_bytes(self, backend: HFBackend) -> int:
         """The UTF-8 length of the vocabulary's longest token string: an upper bound on what one token
         decodes to (byte-level and SentencePiece spell one byte with 1-6 characters). Once per backend."""
-        key = id(backend.tokenizer)
-        if key not in self._token_bytes:
-            vocab = backend.tokenizer.get_vocab()
-            self._token_bytes[key] = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
-        return self._token_bytes[key]
+        tokenizer = backend.tokenizer
+        if tokenizer not in self._token_bytes:
+            vocab = tokenizer.get_vocab()
+            self._token_bytes[tokenizer] = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        return self._token_bytes[tokenizer]
 
     def _why(self, limit: int, params: SamplingParams) -> str:
         context = self.backend.context_tokens
