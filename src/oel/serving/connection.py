@@ -207,6 +207,7 @@ class LingeringTransport:
     def linger(self) -> None:
         """Shut our side, discard what still arrives (bounded), close after LINGER_S or at the client's EOF."""
         self.lingering = True
+        self._conn.admission.closed(self._conn)  # it serves nothing more: its slot is free now
         self._transport.write_eof()
         self._transport.resume_reading()
         asyncio.get_running_loop().call_later(LINGER_S, self._transport.close)

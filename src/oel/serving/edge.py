@@ -343,11 +343,15 @@ class EdgeMiddleware:
         deadline = loop.time() + self.state.client_timeout_s
         while more:
             message, shut_wait = asyncio.ensure_future(receive()), asyncio.ensure_future(shut.wait())
-            await asyncio.wait({message, shut_wait}, timeout=max(0.0, deadline - loop.time()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            shut_wait.cancel()
-            if not message.done():
-                message.cancel()
+            try:
+                await asyncio.wait({message, shut_wait}, timeout=max(0.0, deadline - loop.time()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                shut_wait.cancel()
+                arrived = message.done()
+                if not arrived:  # the deadline, the client's EOF, or this request cancelled
+                    message.cancel()
+            if not arrived:
                 if shut.is_set():
                     raise _closing(RequestError(400, f"body: {got} bytes received, Content-Length said {length}"))
                 raise _closing(RequestError(408, f"body: not received within {self.state.client_timeout_s}s"))

@@ -104,10 +104,13 @@ class StreamedChat:
         first = True
         while not (self.answer.done() and self.pieces.empty()):
             getter = asyncio.ensure_future(self.pieces.get())
-            done, _ = await asyncio.wait({getter, self.answer}, timeout=self.state.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({getter, self.answer}, timeout=self.state.request_timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():  # no piece yet (or this task is cancelled): stop waiting for one
+                    getter.cancel()
             if getter not in done:
-                getter.cancel()
                 if not done:
                     self.answer.cancel()
                     late = RequestError(504, f"no answer within {self.state.request_timeout_s}s")
