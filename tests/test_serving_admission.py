@@ -168,7 +168,8 @@ def test_idle_keyless_connections_take_no_slot_an_idle_keyed_one_gives_way(tmp_p
 
 # ---- headers that say who asks ---------------------------------------------------------------
 
-@pytest.mark.parametrize("first,second", [(OTHER_KEY, KEY), (KEY, OTHER_KEY), (KEY, KEY)])
+@pytest.mark.parametrize("first,second", [(OTHER_KEY, KEY), (KEY, OTHER_KEY), (KEY, KEY)],
+                         ids=["wrong-then-right", "right-then-wrong", "right-twice"])
 def test_an_authorization_header_sent_twice_is_refused(gw: Gateway, first: str, second: str) -> None:
     with socket.create_connection(gw.httpd.server_address, timeout=WAIT_S) as sock:
         sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {first}\r\n"
