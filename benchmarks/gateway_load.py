@@ -16,6 +16,10 @@ cluster started like the tests' own, tests/pg_server.py) with `--gateways` gatew
 writing it at once (clients split between them; the first one is the one killed); `both` runs
 SQLite first, then PostgreSQL, in the same invocation so their throughputs compare.
 
+After the load, `--keepalive-calls` sequential calls of the official `openai` client on one
+kept-alive connection to gateway 0 are timed: GET /v1/models, then trajectory posts (stored and
+checked like the load's own).
+
 Printed: throughput (acknowledged trajectories per wall second, the kill and restart included),
 p50/p99 latency from first attempt to acknowledgement and of single answered requests, counts
 of requests, retries and status codes (connection errors by exception name), and the check.
@@ -33,11 +37,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_smoke_flag  # noqa: E402
+from _serving import KEEPALIVE_WARMUP, keepalive_models, keepalive_note, keepalive_trajectory_posts  # noqa: E402
 from oel.online.loadgen import (  # noqa: E402
     GatewayProcess,
     LoadResult,
     free_port,
     kill_and_restart_when,
+    make_trajectory,
     run_load,
     verify,
 )
@@ -45,6 +51,9 @@ from oel.online.loadgen import (  # noqa: E402
 KEY = "gateway-load-key-0123456789"
 SMOKE_TRAJECTORIES = 8
 SMOKE_CLIENTS = 2
+SMOKE_KEEPALIVE_CALLS = 3
+KEEPALIVE_CLIENT = -1
+"""The client number of the keep-alive posts' trajectories (the load's clients count from 0)."""
 
 
 def run_one(kind: str, store: str, workdir: Path, args: argparse.Namespace) -> bool:
@@ -63,17 +72,24 @@ def run_one(kind: str, store: str, workdir: Path, args: argparse.Namespace) -> b
                  timeout_s=args.timeout, result=result)
         for killer in killers:
             killer.join(timeout=args.timeout)
+        summary = {"store": kind, "gateways": n, "trajectories": args.trajectories, "clients": args.clients,
+                   **result.summary()}
+        url = f"http://127.0.0.1:{gateways[0].port}/v1"
+        keepalive = {"models": keepalive_models(url, KEY, args.keepalive_calls),
+                     "trajectory_posts": keepalive_trajectory_posts(
+                         url, KEY, lambda i: make_trajectory(KEEPALIVE_CLIENT, i), result.acked, args.keepalive_calls)}
     finally:
         for g in gateways:
             g.stop()
     for event in events:
         print(f"{kind}: gateway 0: {event}")
-    summary = {"store": kind, "gateways": n, "trajectories": args.trajectories, "clients": args.clients,
-               **result.summary()}
     print(json.dumps(summary, indent=2))
+    for name, figures in keepalive.items():
+        print(f"{kind}: {keepalive_note(name, figures)}")
     check = verify(store, result)
     print(json.dumps({"check": check}, indent=2))
-    ok = check["exactly_once"] and not result.failed and len(result.acked) == args.trajectories
+    posted = args.trajectories + keepalive["trajectory_posts"]["calls"] + KEEPALIVE_WARMUP
+    ok = check["exactly_once"] and not result.failed and len(result.acked) == posted
     print(f"{kind}: " + ("PASS: every acknowledged trajectory stored exactly once" if ok else "FAIL"), flush=True)
     return ok
 
@@ -102,10 +118,13 @@ def main() -> int:
     ap.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="sqlite")
     ap.add_argument("--gateways", type=int, default=2, help="gateway processes on the PostgreSQL store")
     ap.add_argument("--pg-url", default="", help="an empty PostgreSQL database (default: a throwaway cluster)")
+    ap.add_argument("--keepalive-calls", type=int, default=50, help="sequential openai-client calls timed on one "
+                                                                     "kept-alive connection after the load (per kind)")
     add_smoke_flag(ap)
     args = ap.parse_args()
     if args.smoke:  # one kill and restart of one gateway on SQLite, a handful of trajectories
         args.trajectories, args.clients, args.kill_at, args.store = SMOKE_TRAJECTORIES, SMOKE_CLIENTS, "0.5", "sqlite"
+        args.keepalive_calls = SMOKE_KEEPALIVE_CALLS
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="oel-gateway-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = []

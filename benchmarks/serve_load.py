@@ -13,6 +13,10 @@ passes. Every answer's status is counted, so overload answers (503) show beside 
 latencies are per request, client side. Clients and server share one process (and its
 GIL; torch releases it while computing), which is the same for every mode compared.
 
+After the load, `--keepalive-calls` sequential calls of the official `openai` client on one
+kept-alive connection are timed (GET /v1/models, and a one-token chat): what every deployed
+agent pays per call, which a load of many connections does not show.
+
 `--compare` runs the default batched mode and `batch_invariant=true` (each request alone,
 prefix store off) on the same requests, back to back: what the invariance costs.
 `--invariance` measures how much a request's answer depends on its batch: the same seeded
@@ -37,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import add_smoke_flag, machine_state, state_note  # noqa: E402
+from _serving import keepalive_chat, keepalive_models, keepalive_note  # noqa: E402
 
 API_KEY = "bench-" + "k" * 32
 PROMPT_LENGTHS = 7
@@ -46,6 +51,7 @@ INVARIANCE_TOKENS = 32
 CLIENT_TIMEOUT_S = 60.0
 PERCENTILES = (50, 99)
 SMOKE_REQUESTS = 4
+SMOKE_KEEPALIVE_CALLS = 3
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -138,11 +144,14 @@ def run_load(args: argparse.Namespace, lm: tuple[Any, Any, str], batch_invariant
         drive(LoadClient(address, warmup, args.max_tokens, time.monotonic() + args.time_limit_s), args.concurrency)
         client = LoadClient(address, args.requests, args.max_tokens, time.monotonic() + args.time_limit_s)
         wall = drive(client, args.concurrency)
+        keepalive = {"models": keepalive_models(srv.url, API_KEY, args.keepalive_calls),
+                     "chat_1_token": keepalive_chat(srv.url, API_KEY, srv.served_name, args.keepalive_calls)}
     sent = sum(client.statuses.values())
     return {"mode": "batch_invariant" if batch_invariant else "batched", "requests": sent, "wall_s": wall,
             "throughput_rps": sent / wall, "ok_rps": client.statuses[200] / wall,
             **{f"p{p}_ms": 1000 * percentile(client.latencies_ok, p) for p in PERCENTILES},
-            "statuses": dict(sorted(client.statuses.items(), key=str)), "state": machine_state()}
+            "statuses": dict(sorted(client.statuses.items(), key=str)), "keepalive": keepalive,
+            "state": machine_state()}
 
 
 def print_load(r: dict[str, Any], args: argparse.Namespace) -> None:
@@ -152,6 +161,8 @@ def print_load(r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'':>15}  p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms (answered 200), "
           f"throughput {r['throughput_rps']:.1f} req/s ({r['ok_rps']:.1f} ok/s), wall {r['wall_s']:.2f} s")
     print(f"{'':>15}  statuses {r['statuses']}  {state_note(r['state'])}")
+    for name, figures in r["keepalive"].items():
+        print(f"{'':>15}  {keepalive_note(name, figures)}")
 
 
 def measure_invariance(dtype_name: str) -> dict[str, Any]:
@@ -203,12 +214,15 @@ def main() -> None:
     ap.add_argument("--max-connections", type=int, default=0, help="the server's max_connections (0: its default)")
     ap.add_argument("--warmup", type=int, default=None, help="uncounted requests first (default: --concurrency)")
     ap.add_argument("--time-limit-s", type=float, default=120.0, help="stop sending after this long (per mode)")
+    ap.add_argument("--keepalive-calls", type=int, default=50, help="sequential openai-client calls timed on one "
+                                                                     "kept-alive connection (per mode and kind)")
     ap.add_argument("--compare", action="store_true", help="also run batch_invariant=true on the same requests")
     ap.add_argument("--invariance", action="store_true", help="measure alone-vs-batched answers at float32 and bf16")
     add_smoke_flag(ap)
     args = ap.parse_args()
     if args.smoke:  # every part, a few requests each
         args.requests, args.concurrency, args.max_tokens, args.warmup = SMOKE_REQUESTS, 2, 2, 1
+        args.keepalive_calls = SMOKE_KEEPALIVE_CALLS
         args.compare = args.invariance = True
     lm = load(args)
     results = [run_load(args, lm, batch_invariant=False)]

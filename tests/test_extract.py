@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from oel.extract import (
     strip_thinking,
 )
 from oel.extract.render import build_extraction_prompt
-from oel.extract.store import read_manifest
+from oel.extract.store import manifest_path, read_manifest
 from oel.extract.text import approx_token_count, parse_items, token_counter
 from oel.trajectory import Message, Trajectory, Turn
 
@@ -465,3 +467,19 @@ def test_tally_record_counts_each_answer_and_the_replies_to_it(tmp_path):
     assert TALLY_HEADER in fake.prompts[0] and fake.prompts[0].count("Outcome: T1 Failure") == 1
     assert "Turn 1" not in fake.prompts[0]
     assert read_manifest(tmp_path / "store", 0).fingerprint["record"] == "tally"
+
+
+def test_step_files_and_the_manifest_are_their_owners_only(tmp_path):
+    """Lessons are drawn from users' conversations in the online mode: 0600 files in 0700 folders,
+    like the store, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        extract_command(config(tmp_path, num_trajectories=2), [make_traj(i) for i in range(1, 3)],
+                        ScriptedExtractor(lesson_per_game))
+    finally:
+        os.umask(old)
+    step = step_path(tmp_path / "store", 0, 0, 2)
+    for path in (step, step.with_suffix(".txt"), manifest_path(tmp_path / "store", 0)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for folder in (step.parent, step.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder

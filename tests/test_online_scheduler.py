@@ -99,6 +99,27 @@ def test_a_round_publishes_v1_and_current_moves_to_it(tiny_model, tmp_path, one_
     scheduler.close()
 
 
+def test_a_rounds_lessons_and_versions_are_their_owners_only(tiny_model, tmp_path, one_thread):
+    """Lessons and models are drawn from users' conversations, like the store: 0600 files, 0700 folders."""
+    _fill(tmp_path / "store.sqlite", 2)
+    old = os.umask(0o022)
+    try:
+        scheduler = Scheduler(_config(tiny_model, tmp_path))
+        assert scheduler.run_round().status == "published"
+        scheduler.close()
+    finally:
+        os.umask(old)
+    extract_dir = tmp_path / "run" / "round_0" / "extract"
+    lessons = sorted(extract_dir.glob("knowledge_*.txt"))
+    steps = sorted(extract_dir.rglob("step_*.json"))
+    assert lessons and steps
+    for path in [*lessons, *steps, tmp_path / "versions" / "current.json", tmp_path / "versions" / "v0001" / "version.json"]:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for folder in (tmp_path / "versions", tmp_path / "versions" / "v0001", tmp_path / "versions" / "v0001" / "model",
+                   steps[0].parent):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
 def test_a_non_finite_loss_publishes_nothing_and_fails_the_round(tiny_model, tmp_path, one_thread, monkeypatch):
     from oel.consolidate import trainer
 

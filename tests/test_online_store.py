@@ -16,7 +16,8 @@ import pytest
 
 from oel.errors import ConfigError, DataError
 from oel.online import Added, ConflictError, NotFoundError, Store
-from oel.online.schema import STORE_SCHEMA_VERSION, connect
+from oel.online import pg, schema
+from oel.online.schema import EXCHANGE_COMPLETE, STORE_SCHEMA_VERSION, connect
 from oel.sessions import Exchange, stitch
 from oel.trajectory import Message, Trajectory, Turn
 
@@ -265,6 +266,51 @@ def test_a_posted_trajectory_without_a_source_is_online_and_read_as_a_task(store
         plain, collected = store.trajectories()
     assert (plain.source, collected.source) == ("online", "collect")
     assert round_style([plain]) is TASK_STYLE and round_style([collected]) is GRID_STYLE
+
+
+# ---- an older store is upgraded in place --------------------------------------------------------
+
+V1_EXCHANGE = ("INSERT INTO sessions (client, name, auto, status, created, updated) VALUES ('c', 's', 0, 'open', 0, 0)",
+               "INSERT INTO exchanges (session, client, messages, response, model_id, prompt_tokens, response_tokens, "
+               "tail_key, created) VALUES (1, 'c', '[{\"role\": \"user\", \"content\": \"hi\"}]', 'yo', 'm', 1, 1, "
+               "'k', 0)")
+
+
+def v1_tables(tables: tuple[str, ...]) -> list[str]:
+    """The version-1 layout: today's, without exchanges.complete."""
+    return [t.replace(f",\n        {EXCHANGE_COMPLETE}", "") for t in tables]
+
+
+def assert_upgraded(store: Store) -> None:
+    """The old row reads as complete; a new exchange can be marked incomplete, and is counted."""
+    recorded = store.record_exchange("c", [Message(role="user", content="again")], "y", session_id="s")
+    assert store.mark_incomplete(recorded.exchange_id) and not store.mark_incomplete(recorded.exchange_id)
+    assert store.stats()["exchanges_incomplete"] == 1 and store.stats()["exchanges"] == 2
+    store.end_session("c", "s", "done")
+    [trajectory] = store.trajectories()
+    assert trajectory.meta["online"]["incomplete_exchanges"] == 1 and len(trajectory.turns) == 2
+
+
+def test_a_version_1_sqlite_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "v1.db")
+    for statement in (*v1_tables(schema.TABLES), *V1_EXCHANGE, "PRAGMA user_version = 1"):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    with Store.open(tmp_path / "v1.db") as store:
+        assert rows(tmp_path / "v1.db", "PRAGMA user_version") == [(STORE_SCHEMA_VERSION,)]
+        assert_upgraded(store)
+
+
+def test_a_version_1_postgresql_store_is_upgraded_in_place(pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in (*v1_tables(pg.TABLES), "INSERT INTO store_writer (id, schema_version) VALUES (1, 1)",
+                          *V1_EXCHANGE):
+            conn.execute(statement)
+    with Store.open(pg_url) as store:
+        assert_upgraded(store)
 
 
 # ---- PostgreSQL: the database itself ------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,22 @@ def test_not_a_model_dir_publishes_nothing(tmp_path):
     with pytest.raises(DataError, match="no config.json"):
         versions.publish(tmp_path / "empty", round=0)
     assert _current(versions.dir)["version"] == 0
+
+
+def test_versions_are_their_owners_only(tmp_path):
+    """A version is a model trained on users' conversations: folders 0700, files 0600, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        versions = Versions(tmp_path / "versions")
+        versions.ensure_base("some-preset")
+        src = _model_dir(tmp_path / "out1")
+        (src / "tokenizer").mkdir()
+        (src / "tokenizer" / "vocab.json").write_text("{}")
+        versions.publish(src, round=0)
+    finally:
+        os.umask(old)
+    d = versions.dir
+    for folder in (d, d / "v0000", d / "v0001", d / "v0001" / "model", d / "v0001" / "model" / "tokenizer"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for path in (d / CURRENT_FILE, d / "history.jsonl", d / "v0001" / "version.json", d / "v0001" / MARKER):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

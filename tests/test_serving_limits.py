@@ -26,7 +26,8 @@ from oel.backends.hf import HFBackend
 from oel.backends.tiny import TINY_MAX_POSITIONS, tiny_chat_model
 from oel.online.gateway import Gateway, GatewayConfig
 from oel.serving.chat_server import ChatServer, ServeConfig
-from oel.serving.server import EVICT_GRACE_S, LINGER_S
+from oel.serving.admission import EVICT_GRACE_S
+from oel.serving.connection import LINGER_S
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

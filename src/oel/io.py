@@ -176,29 +176,31 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, private: bool = Fal
     atomic_write_bytes(path, text.encode("utf-8"), private=private)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, private: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", private=private)
 
 
-def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any], *, private: bool = False) -> None:
     """Append one record as one line, in a single write, then fsync.
 
     One `write` of a line shorter than the pipe buffer is not split by the OS, and the
-    fsync makes a completed append durable before the caller moves on.
+    fsync makes a completed append durable before the caller moves on. `private`: a new file
+    is created PRIVATE_FILE_MODE (its new folders 0700).
     """
-    path = _writable(path)
+    path = _writable(path, private=private)
     line = json.dumps(record, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE if private else 0o666)
+    with open(fd, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
-def repair_jsonl_tail(path: str | os.PathLike) -> bool:
+def repair_jsonl_tail(path: str | os.PathLike, *, private: bool = False) -> bool:
     """Cut a torn final line (no trailing newline) left by a killed writer.
 
     Returns True if something was cut. Only the bytes after the last newline go; every
-    complete line stays untouched.
+    complete line stays untouched. `private`: the rewritten file is PRIVATE_FILE_MODE.
     """
     path = Path(path)
     if not path.exists():
@@ -207,7 +209,7 @@ def repair_jsonl_tail(path: str | os.PathLike) -> bool:
     if not data or data.endswith(b"\n"):
         return False
     keep = data[: data.rfind(b"\n") + 1]
-    atomic_write_bytes(path, keep)
+    atomic_write_bytes(path, keep, private=private)
     return True
 
 

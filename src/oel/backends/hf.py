@@ -46,6 +46,8 @@ from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
 
+CANCELLED = "cancelled"
+"""The finish_reason of a row stopped by RowRequest.cancelled (nobody reads it: its client has gone)."""
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_BATCH_TOKENS = 32_768
 """Padded prompt tokens per forward pass: bounds prefill memory when prompts are long."""
@@ -61,6 +63,9 @@ class RowRequest:
     on_token: Callable[[int, int], None] | None = field(default=None, compare=False)
     """Called from the generating thread with (step, token id) as each token is sampled (streaming);
     the stop token is passed too, nothing after it or beyond max_new_tokens."""
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False)
+    """Polled after each sampled token: once true, this row stops there (its client has gone) while
+    its batch-mates go on; a batch whose rows have all stopped ends at once."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ class HFBackend:
         return self.encoder.encode(messages, enable_thinking)
 
     def _generate_batch(self, batch: Sequence[_Encoded]) -> list[Generation]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         past = max(e.match.length for e in batch)
         width = past + max(e.new_tokens for e in batch)
@@ -196,12 +201,14 @@ class HFBackend:
         cache = self._padded_cache(batch, past, device) if self.prefix_store is not None else None
         streaming = any(e.request.on_token is not None for e in batch)
         streamer = _RowStreamer([e.request for e in batch], self.stop_ids) if streaming else None
+        cancel = _CancelledRows([e.request for e in batch])
         with torch.inference_mode():
             out_BT = self.model.generate(input_ids=ids_BW.to(device), attention_mask=mask_BW.to(device),
                                          generation_config=gen_cfg, **cache_arg(cache), streamer=streamer,
-                                         logits_processor=LogitsProcessorList([sampler]))
+                                         logits_processor=LogitsProcessorList([sampler]),
+                                         stopping_criteria=StoppingCriteriaList([cancel]))
         new_BT = out_BT[:, width:].cpu()
-        gens = [self._finish(e, new_BT[b].tolist()) for b, e in enumerate(batch)]
+        gens = [self._finish(e, new_BT[b].tolist(), cancel.stopped_at[b]) for b, e in enumerate(batch)]
         if cache is not None:
             self._store_rows(batch, gens, cache, mask_BW, new_BT)
         return gens
@@ -269,11 +276,12 @@ class HFBackend:
         kv = [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers]
         self.prefix_store.add(list(prompts[0][:head]), kv, shared=True)
 
-    def _finish(self, item: _Encoded, new_ids: list[int]) -> Generation:
-        """Cut a row at its first stop token or its own max_new_tokens; count what was generated."""
-        limit = item.request.params.max_new_tokens
+    def _finish(self, item: _Encoded, new_ids: list[int], cancelled_at: int | None = None) -> Generation:
+        """Cut a row at its first stop token, its own max_new_tokens, or where it was cancelled; count
+        what was generated."""
+        limit = item.request.params.max_new_tokens if cancelled_at is None else cancelled_at
         ids = new_ids[:limit]
-        finish = "length"
+        finish = "length" if cancelled_at is None else CANCELLED
         for j, tok in enumerate(ids):
             if tok in self.stop_ids:
                 ids, finish = ids[: j + 1], "stop"
@@ -282,6 +290,23 @@ class HFBackend:
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         # Counted like vLLM and llama.cpp: every generated token, the stop token included.
         return Generation(text=text, prompt_tokens=len(item.ids), completion_tokens=len(ids), finish_reason=finish)
+
+
+class _CancelledRows:
+    """A transformers stopping criterion: a row whose `cancelled()` turns true is finished there;
+    `stopped_at[b]` is how many tokens it had (None: never cancelled)."""
+
+    def __init__(self, rows: Sequence[RowRequest]) -> None:
+        self.rows = rows
+        self.stopped_at: list[int | None] = [None] * len(rows)
+        self.steps = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.steps += 1
+        for b, row in enumerate(self.rows):
+            if self.stopped_at[b] is None and row.cancelled is not None and row.cancelled():
+                self.stopped_at[b] = self.steps
+        return torch.tensor([s is not None for s in self.stopped_at], dtype=torch.bool, device=input_ids.device)
 
 
 class _RowStreamer:
@@ -305,9 +330,10 @@ class _RowStreamer:
             self._prompt_seen = True
             return
         for b, token in enumerate(value.reshape(-1).tolist()):
-            if self.done[b]:
-                continue
             row = self.rows[b]
+            if self.done[b] or (row.cancelled is not None and row.cancelled()):
+                self.done[b] = True
+                continue
             try:
                 row.on_token(self.steps[b], token)  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - one reader's failure is not its batch-mates'

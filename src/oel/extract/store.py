@@ -184,8 +184,8 @@ def write_step(store_dir: str | os.PathLike, ef: ExperienceFile) -> Path:
     """Write the step's JSON and its rendered text, each atomically (text first, JSON last:
     the JSON's presence is what marks the step complete for resuming)."""
     path = step_path(store_dir, ef.round, ef.seed, ef.step)
-    atomic_write_text(path.with_suffix(".txt"), ef.rendered + "\n")
-    atomic_write_json(path, ef.model_dump(mode="json"))
+    atomic_write_text(path.with_suffix(".txt"), ef.rendered + "\n", private=True)
+    atomic_write_json(path, ef.model_dump(mode="json"), private=True)
     return path
 
 
@@ -216,7 +216,7 @@ def read_manifest(store_dir: str | os.PathLike, round: int) -> RoundManifest:
 
 
 def write_manifest(store_dir: str | os.PathLike, manifest: RoundManifest) -> None:
-    atomic_write_json(manifest_path(store_dir, manifest.round), manifest.model_dump(mode="json"))
+    atomic_write_json(manifest_path(store_dir, manifest.round), manifest.model_dump(mode="json"), private=True)
 
 
 @dataclass(frozen=True)

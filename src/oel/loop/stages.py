@@ -67,7 +67,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
     if c.knowledge_file:
         text = read_text_file(c.knowledge_file, "knowledge_file")
         for k in range(c.extract.num_runs):
-            atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
+            atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n", private=True)
         return {"num_runs": c.extract.num_runs, "use_step": 0, "mean_items": len(text.splitlines()),
                 "mean_chars": len(text), "from_file": 1}
     cfg, source = c.extract, str(layout.extract_trajectories(ctx.round))
@@ -82,7 +82,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
                                source=source, tokenizer=ctx.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):
-        atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n")
+        atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n", private=True)
     items = [len(f.items) for f in experience.files]
     return {"num_runs": len(items), "use_step": experience.step, "mean_items": sum(items) / len(items),
             "mean_chars": sum(len(t) for t in experience.texts) / len(items)}

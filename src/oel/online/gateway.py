@@ -37,7 +37,8 @@ from oel.serving.app import ServingState, build_app
 from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import Engine, LocalEngine, UpstreamEngine
 from oel.serving.metrics import ServerMetrics
-from oel.serving.server import ConnectionGuard, HTTPServer
+from oel.serving.admission import Admission, ConnectionLimits
+from oel.serving.server import HTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,15 @@ class GatewayConfig(Config):
     max_queue: int = cfg(128, "chat requests waiting for generation (or in flight upstream); more get 503 + "
                               "Retry-After")
     max_prompt_tokens: int = cfg(0, "most prompt tokens a request may send; 0 = the model's context minus max_tokens")
-    max_connections: int = cfg(256, "connections open at once; over it the oldest idle one is closed, or HTTP 503")
-    client_timeout_s: float = cfg(30.0, "deadline for a request's headers and, separately, its body (408); idle "
-                                        "keep-alives close")
+    max_connections: int = cfg(256, "connections of keyed clients at once; over it the longest-idle one is closed, "
+                                    "or HTTP 503")
+    max_keyless_connections: int = cfg(512, "connections that sent no request with a valid key yet, in all; over it "
+                                            "the oldest is closed")
+    max_keyless_per_ip: int = cfg(64, "the same, from one IP address (its oldest is closed once 0.25 s old)")
+    keyless_rate_limit_per_s: float = cfg(20.0, "requests a second from one IP address without a valid key "
+                                                "(401, /healthz); 0 = unlimited")
+    client_timeout_s: float = cfg(30.0, "deadline for a request's headers, its body (408) and each write of its "
+                                        "answer; idle keep-alives close")
     request_timeout_s: float = cfg(600.0, "a chat request unanswered after this long gets 504 (also the upstream's)")
 
     def model_post_init(self, context: Any, /) -> None:
@@ -95,7 +102,7 @@ class GatewayConfig(Config):
         if self.responder == "upstream" and not self.upstream_url:
             raise ValueError("upstream_url: required when responder=upstream")
         for name in ("max_batch_size", "max_tokens_limit", "max_body_bytes", "max_queue", "max_connections",
-                     "rate_limit_burst"):
+                     "max_keyless_connections", "max_keyless_per_ip", "rate_limit_burst"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_prompt_tokens < 0:
@@ -105,7 +112,7 @@ class GatewayConfig(Config):
         for name in ("client_timeout_s", "request_timeout_s", "watch_interval_s", "idle_check_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("batch_window_s", "rate_limit_per_s"):
+        for name in ("batch_window_s", "rate_limit_per_s", "keyless_rate_limit_per_s"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 <= self.port < 2**16:
@@ -181,18 +188,18 @@ class Gateway:
         self._watched: tuple[int, str] | None = None
         try:
             self.responder = self._make_responder(backend, version)
-            guard = ConnectionGuard(config.max_connections, config.client_timeout_s)
+            admission = Admission(ConnectionLimits.of(config))
             self.metrics = ServerMetrics("oel_gateway_", queue_depth=self._queue_depth,
-                                         open_connections=lambda: len(guard.open),
+                                         open_connections=lambda: admission.open,
                                          model_version=lambda: self.version, store_stats=self.store.stats)
-            guard.on_close = lambda reason: self.metrics.closed.labels(reason=reason).inc()
+            admission.on_close = lambda reason: self.metrics.closed.labels(reason=reason).inc()
             state = ServingState(
                 realm="oel gateway", served_name=config.served_name, api_keys=self.api_keys,
                 admin_keys=self.admin_keys, engine=self.responder, store=self.store, metrics=self.metrics,
-                max_body_bytes=config.max_body_bytes, max_tokens_limit=config.max_tokens_limit,
+                admission=admission, max_body_bytes=config.max_body_bytes, max_tokens_limit=config.max_tokens_limit,
                 client_timeout_s=config.client_timeout_s, request_timeout_s=config.request_timeout_s,
                 rate_limiter=self.rate_limiter, rate_limit_per_s=config.rate_limit_per_s)
-            self.httpd = HTTPServer(build_app(state), config.host, config.port, guard,
+            self.httpd = HTTPServer(build_app(state), config.host, config.port, admission,
                                     graceful_timeout_s=config.request_timeout_s)
         except BaseException:
             self._close_store()

@@ -55,18 +55,32 @@ def body_sha256(traj: Trajectory) -> str:
 # ---- exchanges ------------------------------------------------------------------------------
 
 
-def insert_exchange(conn: Any, client: str, name: str | None, ex: Exchange, now: float) -> Recorded:
-    """Append `ex` to the client's session `name`, or to the stitched session it continues."""
+def insert_exchange(conn: Any, client: str, name: str | None, ex: Exchange, now: float,
+                    complete: bool = True) -> Recorded:
+    """Append `ex` to the client's session `name`, or to the stitched session it continues.
+    `complete` False: the client was lost before it had the whole answer (see mark_incomplete)."""
     session, name = _named_session(conn, client, name, now) if name else _stitched_session(conn, client, ex, now)
     messages = json.dumps([m.model_dump() for m in ex.messages], ensure_ascii=False)
     exchange_id = conn.execute(
         "INSERT INTO exchanges (session, client, messages, response, model_id, prompt_tokens, response_tokens, "
-        "tail_key, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        "tail_key, created, complete) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (session, client, messages, ex.response, ex.model_id, ex.prompt_tokens, ex.response_tokens, tail_key(ex),
-         now)).fetchone()[0]
+         now, int(complete))).fetchone()[0]
     conn.execute("UPDATE sessions SET last_exchange = ?, updated = ? WHERE id = ?", (exchange_id, now, session))
     bump(conn, "exchanges_recorded")
+    if not complete:
+        bump(conn, "exchanges_incomplete")
     return Recorded(name, exchange_id)
+
+
+def mark_incomplete(conn: Any, exchange_id: int) -> bool:
+    """A recorded exchange's client was lost while its answer was being sent; False if already marked
+    or gone (retention)."""
+    changed = conn.execute("UPDATE exchanges SET complete = 0 WHERE id = ? AND complete = 1 RETURNING id",
+                           (exchange_id,)).fetchone()
+    if changed is not None:
+        bump(conn, "exchanges_incomplete")
+    return changed is not None
 
 
 def _named_session(conn: Any, client: str, name: str, now: float) -> tuple[int, str]:
@@ -126,13 +140,14 @@ def store_session(conn: Any, session: int, outcome: str, passed: bool | None, en
                   now: float) -> str:
     """Build the open session's trajectory from its exchanges, store it, mark the session ended."""
     client, name, auto = conn.execute("SELECT client, name, auto FROM sessions WHERE id = ?", (session,)).fetchone()
-    exchanges = [_exchange_from_row(r) for r in conn.execute(
-        "SELECT messages, response, model_id, prompt_tokens, response_tokens FROM exchanges "
-        "WHERE session = ? ORDER BY id", (session,))]
+    rows = conn.execute("SELECT messages, response, model_id, prompt_tokens, response_tokens, complete FROM exchanges "
+                        "WHERE session = ? ORDER BY id", (session,)).fetchall()
+    exchanges = [_exchange_from_row(r[:-1]) for r in rows]
     seq, trajectory_id = _new_trajectory_row(conn, "session", session, client, now)
     traj = build_trajectory(exchanges, trajectory_id=trajectory_id, outcome=outcome, passed=passed, env_id=env_id,
                             seed=seq, meta={"origin": "session", "client": client, "session": name,
-                                            "stitched": bool(auto)})
+                                            "stitched": bool(auto),
+                                            "incomplete_exchanges": sum(1 for r in rows if not r[-1])})
     _write_body(conn, seq, traj)
     conn.execute("UPDATE sessions SET status = 'ended', outcome = ?, passed = ?, env_id = ?, trajectory = ?, "
                  "updated = ? WHERE id = ?",

@@ -17,6 +17,12 @@ ones, or none). Reads take a REPEATABLE READ snapshot and never wait for writers
 
 Durability: COMMIT returns once the server has flushed its WAL (the default synchronous_commit
 = on), and the gateway answers only after it, as with SQLite's synchronous=FULL.
+
+U+0000. PostgreSQL's text cannot hold it, while a model's answer, an outcome or a session id can
+(SQLite and Python strings do). So every string bound is written, and every text read back, through
+an injective escape (NulSafeStrDumper / NulSafeTextLoader, psycopg's own adapter hooks): a string
+holding U+0000, or starting with NUL_ESCAPE, is stored as NUL_ESCAPE + its JSON; every other string
+is stored as it is. Equality, uniqueness and lookups are unchanged, and both stores answer alike.
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from oel.errors import DataError
+from oel.online.schema import EXCHANGE_COMPLETE, STORE_SCHEMA_VERSION, upgrade_statements
 
-STORE_SCHEMA_VERSION = 1
+NUL_ESCAPE = "\x1boel-json:"
+"""The prefix of an escaped string (see the module doc); ESC makes it unlikely in real text, and a
+string that does start with it is escaped too, so the mapping stays one-to-one."""
 SCHEMA_LOCK_KEY = 0x0E1_5C4E
 """pg_advisory_xact_lock key held while a new database's tables are created (two processes may open it at once)."""
 URL_PREFIXES = ("postgresql://", "postgres://")
@@ -46,7 +55,8 @@ TABLES = (
     f"""CREATE TABLE exchanges (
         id {_ID}, session BIGINT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE, client TEXT NOT NULL,
         messages TEXT NOT NULL, response TEXT NOT NULL, model_id TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
-        response_tokens INTEGER NOT NULL, tail_key TEXT NOT NULL, created DOUBLE PRECISION NOT NULL)""",
+        response_tokens INTEGER NOT NULL, tail_key TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+        {EXCHANGE_COMPLETE})""",
     "CREATE INDEX exchanges_by_session ON exchanges (session, id)",
     "CREATE INDEX exchanges_by_tail ON exchanges (client, tail_key)",
     """CREATE TABLE rounds (
@@ -132,9 +142,38 @@ def _connect(url: str) -> Any:
     except ImportError:
         raise DataError("store=postgresql://...: needs psycopg (pip install 'oel[postgres]')") from None
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=30)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=30)
     except psycopg.Error as e:
         raise DataError(f"{redact(url)}: cannot open the store ({' '.join(str(e).split())})") from None
+    dumper, loader = _nul_safe_adapters()
+    conn.adapters.register_dumper(str, dumper)
+    conn.adapters.register_loader("text", loader)
+    return conn
+
+
+def escape_nul(text: str) -> str:
+    """`text` as PostgreSQL can store it (see the module doc)."""
+    return NUL_ESCAPE + json.dumps(text) if "\0" in text or text.startswith(NUL_ESCAPE) else text
+
+
+def unescape_nul(stored: str) -> str:
+    return json.loads(stored[len(NUL_ESCAPE):]) if stored.startswith(NUL_ESCAPE) else stored
+
+
+def _nul_safe_adapters() -> tuple[type, type]:
+    """psycopg's default str dumper and text loader, through escape_nul / unescape_nul."""
+    from psycopg.types.string import StrDumperUnknown, TextLoader
+
+    class NulSafeStrDumper(StrDumperUnknown):
+        def dump(self, obj: str) -> Any:
+            return super().dump(escape_nul(obj))
+
+    class NulSafeTextLoader(TextLoader):
+        def load(self, data: Any) -> Any:
+            text = super().load(data)
+            return unescape_nul(text) if isinstance(text, str) else text
+
+    return NulSafeStrDumper, NulSafeTextLoader
 
 
 def connect(url: str) -> PgConnection:
@@ -169,6 +208,9 @@ def ensure_schema(conn: PgConnection) -> None:
             if version > STORE_SCHEMA_VERSION:
                 raise DataError(f"{where}: store schema version {version} is newer than this oel reads "
                                 f"({STORE_SCHEMA_VERSION}); upgrade oel")
+            for statement in upgrade_statements(version):
+                conn.execute(statement)
+            conn.execute("UPDATE store_writer SET schema_version = ? WHERE id = 1", (STORE_SCHEMA_VERSION,))
         elif tables & {"sessions", "exchanges", "rounds", "trajectories", "idempotency", "counters"}:
             raise DataError(f"{where}: not an oel online store (it has tables of those names but no store_writer)")
         else:

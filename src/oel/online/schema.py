@@ -7,7 +7,8 @@ read-then-write (claim a batch, check an idempotency key) can never interleave w
 writer, in this process or another one.
 
 The schema version is SQLite's `user_version` header field, written in the same transaction as
-the tables: a file is either empty, or complete at a version.
+the tables: a file is either empty, or complete at a version. A file of an older version is
+upgraded when opened, in one transaction (UPGRADES).
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from contextlib import contextmanager
 
 from oel.errors import DataError
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
 """The layout below; a file with a higher version was written by a newer oel and is refused."""
+EXCHANGE_COMPLETE = "complete INTEGER NOT NULL DEFAULT 1 CHECK (complete IN (0, 1))"
+"""0: the client was lost before it had the whole answer (it disconnected or stopped reading); the
+response is what it was sent."""
+UPGRADES = {1: (f"ALTER TABLE exchanges ADD COLUMN {EXCHANGE_COMPLETE}",)}
+"""Statements taking a store from version v to v + 1 (the same SQL on both databases)."""
 BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's write lock before failing (SQLite's busy timeout)."""
 
@@ -42,7 +48,7 @@ TABLES = (
         last_exchange INTEGER,
         UNIQUE (client, name))""",
     # One row per chat request served. `tail_key` = key of messages + response (oel.sessions).
-    """CREATE TABLE exchanges (
+    f"""CREATE TABLE exchanges (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         session INTEGER NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
         client TEXT NOT NULL,
@@ -52,7 +58,8 @@ TABLES = (
         prompt_tokens INTEGER NOT NULL,
         response_tokens INTEGER NOT NULL,
         tail_key TEXT NOT NULL,
-        created REAL NOT NULL)""",
+        created REAL NOT NULL,
+        {EXCHANGE_COMPLETE})""",
     "CREATE INDEX exchanges_by_session ON exchanges (session, id)",
     "CREATE INDEX exchanges_by_tail ON exchanges (client, tail_key)",
     # A learning round and the trajectories it claimed (a JSON list of ids, in claim order).
@@ -144,8 +151,13 @@ def ensure_schema(conn: sqlite3.Connection, path: str | os.PathLike) -> None:
                             f"({STORE_SCHEMA_VERSION}); upgrade oel")
         if version == STORE_SCHEMA_VERSION:
             return
-        if _user_tables(conn):
+        if version == 0 and _user_tables(conn):
             raise DataError(f"{path}: not an oel online store (it has tables but no store schema version)")
-        for statement in TABLES:
+        for statement in (TABLES if version == 0 else upgrade_statements(version)):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {STORE_SCHEMA_VERSION}")
+
+
+def upgrade_statements(version: int) -> list[str]:
+    """The statements that take a store of `version` to STORE_SCHEMA_VERSION."""
+    return [statement for v in range(version, STORE_SCHEMA_VERSION) for statement in UPGRADES[v]]

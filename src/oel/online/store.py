@@ -50,7 +50,8 @@ MAX_FAILED_ROUNDS = 3
 IDLE_OUTCOME = "unknown: the session ended idle, without an outcome"
 DEFAULT_WORKER = "scheduler"
 COUNTERS = ("trajectories_stored", "trajectories_duplicate", "trajectories_rejected",
-            "exchanges_recorded", "exchanges_rejected", "trajectories_deleted", "exchanges_deleted")
+            "exchanges_recorded", "exchanges_rejected", "exchanges_incomplete", "trajectories_deleted",
+            "exchanges_deleted")
 
 _IN_ROUNDS = "SELECT count(*) FROM trajectories t JOIN rounds r ON r.number = t.consumed_by_round WHERE r.status = "
 GAUGES_SQL = {
@@ -185,8 +186,9 @@ class Store:
 
     def record_exchange(self, client: str, messages: Iterable[Message | Mapping[str, Any]], response: str, *,
                         session_id: str | None = None, model_id: str = "unknown", prompt_tokens: int = 0,
-                        response_tokens: int = 0) -> Recorded:
-        """Record one chat request and its response, durably; without `session_id` it is stitched by prefix."""
+                        response_tokens: int = 0, complete: bool = True) -> Recorded:
+        """Record one chat request and its response, durably; without `session_id` it is stitched by prefix.
+        `complete` False: the client was lost before it had the whole answer; `response` is what it was sent."""
         with self._counting_rejections("exchanges_rejected"):
             _check_name("client", client)
             if session_id is not None and (_check_name("session_id", session_id).startswith(AUTO_SESSION_PREFIX)):
@@ -202,7 +204,13 @@ class Store:
             except ValueError as e:
                 raise DataError(str(e)) from None
             with self._write() as conn:
-                return intake.insert_exchange(conn, client, session_id, exchange, self._clock())
+                return intake.insert_exchange(conn, client, session_id, exchange, self._clock(),
+                                              complete=bool(complete))
+
+    def mark_incomplete(self, exchange_id: int) -> bool:
+        """A recorded exchange's client was lost while its answer was being sent (it stopped reading)."""
+        with self._write() as conn:
+            return intake.mark_incomplete(conn, exchange_id)
 
     def end_session(self, client: str, session_id: str, outcome: str, passed: bool | None = None, *,
                     env_id: str = ONLINE_ENV_ID) -> Added:

@@ -9,6 +9,10 @@
       v0001/version.json    version, round, parent, metrics, gate verdict, created
       v0001/_complete.json  written last: the version is complete
 
+Privacy: a version is a model trained on users' conversations, so the directory and everything
+written here are its owner's only (folders 0700, files 0600), like the store; the serving side
+must run as the same user.
+
 The contract with the gateway: `current.json` is only ever written with `oel.io.atomic_write_json`
 (a rename), and only after the version it names has its `_complete.json`, so a reader polling it
 never sees a half-written file or a half-written model. `model_dir` is an absolute path, except
@@ -36,9 +40,11 @@ from typing import Any
 
 from oel.errors import ConfigError, DataError
 from oel.io import (
+    PRIVATE_DIR_MODE,
     append_jsonl,
     atomic_write_json,
     iter_jsonl,
+    make_dirs,
     read_json,
     repair_jsonl_tail,
 )
@@ -68,6 +74,13 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _private_dirs(root: Path) -> None:
+    """The copied model's folders 0700, as every folder here (copytree gives them the source's mode;
+    hard-linked files keep theirs, which only the owner can now reach)."""
+    for folder in (root, *(p for p in root.rglob("*") if p.is_dir())):
+        folder.chmod(PRIVATE_DIR_MODE)
 
 
 @dataclass(frozen=True)
@@ -179,7 +192,9 @@ class Versions:
         self._remove_incomplete()
         number = max((v.version for v in self.list()), default=BASE_VERSION) + 1
         vdir = self.version_dir(number)
+        make_dirs(vdir, private=True)
         shutil.copytree(src, vdir / VERSION_MODEL_DIR, copy_function=_link_or_copy)
+        _private_dirs(vdir / VERSION_MODEL_DIR)
         if parent is None:
             parent = self.current().version if self.current_file.is_file() else None
         version = Version(number, str(vdir / VERSION_MODEL_DIR), round, parent, dict(metrics or {}),
@@ -238,21 +253,22 @@ class Versions:
 
     def _write_version(self, version: Version) -> None:
         vdir = self.version_dir(version.version)
-        vdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(vdir / VERSION_FILE, version.to_dict())
-        atomic_write_json(vdir / MARKER, {"version": version.version, "complete": True})
+        make_dirs(vdir, private=True)
+        atomic_write_json(vdir / VERSION_FILE, version.to_dict(), private=True)
+        atomic_write_json(vdir / MARKER, {"version": version.version, "complete": True}, private=True)
 
     def _point_current(self, version: int, *, event: str, **extra: Any) -> None:
         """The only writer of current.json: an atomic rename, after the version is complete."""
         target = self.get(version)
         now = time.time()
-        atomic_write_json(self.current_file, {"version": version, "model_dir": target.model_dir, "published": now})
+        atomic_write_json(self.current_file, {"version": version, "model_dir": target.model_dir, "published": now},
+                          private=True)
         self._append_history({"event": event, "version": version, "time": now, **extra})
 
     def _append_history(self, row: dict[str, Any]) -> None:
         """A torn last line (a kill mid-append) is cut first, so it never swallows the next row."""
-        repair_jsonl_tail(self.history_file)
-        append_jsonl(self.history_file, row)
+        repair_jsonl_tail(self.history_file, private=True)
+        append_jsonl(self.history_file, row, private=True)
 
     def _history_has_publish(self, version: int) -> bool:
         return any(row.get("event") == "publish" and row.get("version") == version for row in self.history())

@@ -10,44 +10,38 @@ the store's endpoints. With a store every chat exchange is recorded before its a
 non-streamed answer after the exchange is stored; a streamed one sends its tokens as they are
 generated and its final chunk (finish_reason) and `data: [DONE]` only after the exchange is
 stored (a failed record ends the stream with an error event instead of [DONE]).
+
+A client that disconnects before its answer is complete gets its generation cancelled
+(oel.serving.streaming for streams): a non-streamed answer is then neither generated to the
+end nor recorded; a cut stream is recorded as an incomplete exchange of what it was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from oel.serving.edge import EdgeMiddleware, ServingState, error_status
+from oel.serving.edge import ClientGone, EdgeMiddleware, ServingState
 from oel.serving.engine import Answer
 from oel.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from oel.serving.protocol import (
-    SSE_DONE,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChunkChoice,
-    Delta,
-    DeltaToolCall,
-    FunctionCall,
     ModelCard,
     ModelList,
     RequestError,
-    Usage,
     bad,
     completion_id,
-    error_body,
     show,
 )
-from oel.serving.tools import answer_parts, echoed_text
+from oel.serving.streaming import ChatRequest, StreamedChat, disconnected
+from oel.serving.tools import echoed_text
 from oel.sessions import AUTO_SESSION_PREFIX, MAX_NAME_CHARS
 from oel.sessions import parse_messages as check_prompt
 
@@ -112,7 +106,7 @@ def session_header(value: str | None) -> str | None:
     return value
 
 
-async def _chat(state: ServingState, request: Request) -> Response:
+async def _chat(state: ServingState, request: Request) -> Any:
     body = request.scope["state"]["body"]
     req = ChatCompletionRequest.parse(body, state.max_tokens_limit)
     messages, params = req.chat(), req.sampling(state.max_tokens_limit)
@@ -125,110 +119,70 @@ async def _chat(state: ServingState, request: Request) -> Response:
         session_id = session_header(request.scope["state"]["headers"].get(SESSION_HEADER.lower()))
     if state.engine is None:
         raise RequestError(404, "chat: this gateway takes trajectories only (responder=none)")
-    await state.engine.check(messages, params)
-    client = request.scope["state"]["client"]
+    prompt_tokens = await state.engine.check(messages, params)
+    chat = ChatRequest(request.scope["state"]["client"], messages, params, body, session_id, prompt_tokens,
+                       req.reads_tool_calls)
+    record = partial(_record, state, chat)
     if req.stream:
-        return _stream(state, client, messages, params, body, session_id, req.include_usage, req.reads_tool_calls)
-    try:
-        answer = await asyncio.wait_for(state.engine.submit(messages, params, body), state.request_timeout_s)
-    except TimeoutError:
-        raise RequestError(504, f"no answer within {state.request_timeout_s}s") from None
-    headers = await _record(state, client, messages, answer, session_id, req.reads_tool_calls)
+        return StreamedChat(state, chat, req.include_usage, record)
+    answer = await _answer_unless_gone(state.engine.submit(messages, params, body), request.receive,
+                                       state.request_timeout_s)
+    recorded = await record(answer)
+    headers = {SESSION_HEADER: recorded["session"], VERSION_HEADER: str(answer.version)} if recorded else {}
     out = ChatCompletionResponse.of(answer.generation, state.served_name, completion_id(),
                                     tool_calls=req.reads_tool_calls)
-    return Response(out.model_dump_json(), media_type="application/json", headers=headers)
+    response = Response(out.model_dump_json(), media_type="application/json", headers=headers)
+    return RecordedAnswer(response, state, recorded.get("exchange_id"))
 
 
-async def _record(state: ServingState, client: str, messages: list[Any], answer: Answer,
-                  session_id: str | None, read_calls: bool = False) -> dict[str, str]:
-    """Store the exchange (gateway mode) before its answer is complete; its headers. With tools, the answer is
-    stored as the client will send it back (its calls re-rendered), so that the next request stitches to it."""
+async def _answer_unless_gone(answer: asyncio.Future[Answer], receive: Any, timeout_s: float) -> Answer:
+    """The engine's answer; its generation is cancelled when the client disconnects first (or at the
+    request timeout: 504), so that nobody's compute goes to a client that has gone."""
+    gone = asyncio.ensure_future(disconnected(receive))
+    try:
+        done, _ = await asyncio.wait({answer, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        answer.cancel()  # the server is shutting down
+        raise
+    finally:
+        gone.cancel()
+    if answer in done:
+        return answer.result()
+    answer.cancel()
+    if gone in done:
+        raise ClientGone("the client disconnected before its answer")
+    raise RequestError(504, f"no answer within {timeout_s}s")
+
+
+async def _record(state: ServingState, chat: ChatRequest, answer: Answer) -> dict[str, Any]:
+    """Store the exchange (gateway mode) before its answer is complete: its session and row. With tools, the
+    answer is stored as the client will send it back (its calls re-rendered), so that the next request stitches
+    to it."""
     if state.store is None:
         return {}
     gen = answer.generation
     recorded = await asyncio.to_thread(
-        state.store.record_exchange, client, messages, echoed_text(gen.text, read_calls), session_id=session_id,
+        state.store.record_exchange, chat.client, chat.messages, echoed_text(gen.text, chat.read_calls),
+        session_id=chat.session_id,
         model_id=f"{state.served_name}@v{answer.version}", prompt_tokens=gen.prompt_tokens,
         response_tokens=gen.completion_tokens)
-    return {SESSION_HEADER: recorded.session_id, VERSION_HEADER: str(answer.version)}
+    return {"session": recorded.session_id, "exchange_id": recorded.exchange_id}
 
 
-def _stream(state: ServingState, client: str, messages: list[Any], params: Any, body: dict[str, Any],
-            session_id: str | None, include_usage: bool, read_calls: bool = False) -> StreamingResponse:
-    """Server-sent events, token by token as the engine samples them (the request is queued now); with
-    tools (`read_calls`) the answer goes as one piece at the end, once its tool calls can be read."""
-    assert state.engine is not None
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue[str] = asyncio.Queue()
-    arrived = time.monotonic()
-    answer = state.engine.submit(messages, params, body,
-                                 lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
-    cid, created = completion_id(), int(time.time())
+class RecordedAnswer:
+    """A non-streamed answer whose stored exchange is marked incomplete if the client is lost while
+    it is sent (it stopped reading: the edge's write deadline)."""
 
-    def chunk(delta: Delta, finish: str | None = None, **extra: Any) -> bytes:
-        return ChatCompletionChunk(id=cid, created=created, model=state.served_name,
-                                   choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra).sse()
+    def __init__(self, response: Response, state: ServingState, exchange_id: int | None) -> None:
+        self.response, self.state, self.exchange_id = response, state, exchange_id
 
-    async def events() -> AsyncIterator[bytes]:
-        yield chunk(Delta(role="assistant", content=""))
-        sent, first = "", True
-        while not (answer.done() and pieces.empty()):
-            getter = asyncio.ensure_future(pieces.get())
-            done, _ = await asyncio.wait({getter, answer}, timeout=state.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                if not done:
-                    yield _error_event(RequestError(504, f"no answer within {state.request_timeout_s}s"))
-                    return
-                continue
-            if first:
-                state.metrics.first_token.observe(time.monotonic() - arrived)
-                first = False
-            if not read_calls:
-                sent += getter.result()
-                yield chunk(Delta(content=getter.result()))
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            result = answer.result()
-            headers = await _record(state, client, messages, result, session_id, read_calls)
-        except Exception as e:  # noqa: BLE001 - the stream's status is sent: the error goes as an event
-            err = error_status(e)
-            if err.status >= 500 and not isinstance(e, RequestError):
-                log.exception("streamed chat completion failed")
-            yield _error_event(err)
-            return
-        gen = result.generation
-        deltas, finish = _closing_deltas(gen, sent, read_calls)
-        for delta in deltas:
-            yield chunk(delta)
-        recorded = {"oel_session": headers[SESSION_HEADER], "oel_model_version": result.version} if headers else {}
-        yield chunk(Delta(), finish, **recorded)
-        if include_usage:
-            yield ChatCompletionChunk(id=cid, created=created, model=state.served_name, choices=[],
-                                      usage=Usage.of(gen)).sse()
-        yield SSE_DONE
-
-    headers = {"Cache-Control": "no-cache"}
-    if session_id is not None:
-        headers[SESSION_HEADER] = session_id
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-
-def _closing_deltas(gen: Any, sent: str, read_calls: bool) -> tuple[list[Delta], str]:
-    """What is left to send of a complete answer (its tool calls, with tools), and its finish_reason."""
-    if read_calls:
-        content, calls, finish = answer_parts(gen.text, gen.finish_reason, True)
-        return [Delta(content=content, tool_calls=[
-            DeltaToolCall(index=k, id=i, function=FunctionCall(name=c.name, arguments=c.arguments))
-            for k, (i, c) in enumerate(calls)] or None)], finish
-    if not gen.text.startswith(sent):
-        log.warning("streamed text is not a prefix of the final answer (a failed batch rerun alone?)")
-        return [], gen.finish_reason
-    return ([Delta(content=gen.text[len(sent):])] if len(gen.text) > len(sent) else []), gen.finish_reason
-
-
-def _error_event(err: RequestError) -> bytes:
-    return b"data: " + json.dumps(error_body(err.status, str(err), err.param)).encode() + b"\n\n"
+            await self.response(scope, receive, send)
+        except ClientGone:
+            if self.state.store is not None and self.exchange_id is not None:
+                await asyncio.to_thread(self.state.store.mark_incomplete, self.exchange_id)
+            raise
 
 
 async def _trajectory(state: ServingState, request: Request) -> Response:

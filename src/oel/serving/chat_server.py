@@ -19,14 +19,16 @@ depends on the request alone, at the cost of batching (benchmarks/serve_load.py 
 Limits (docs/collection.md, "Serving a checkpoint"): bearer-token API keys on every endpoint
 but /healthz (:mod:`oel.serving.auth`; no key is allowed only on a loopback address), strict
 request validation (oel.serving.protocol), and bounds on everything a client can grow: body
-size, max_tokens, prompt tokens (the model's context), queue length, open connections, and the
-time a client may take to send its request (`client_timeout_s`, oel.serving.server).
+size, max_tokens, prompt tokens (the model's context), queue length, open connections (keyed and
+keyless apart, oel.serving.admission), and the time a client may take to send its request or to
+take its answer (`client_timeout_s`, oel.serving.connection and oel.serving.edge).
 """
 
 from __future__ import annotations
 
 from typing import Any
 import logging
+import math
 import signal
 import time
 
@@ -39,7 +41,8 @@ from oel.serving.app import ServingState, build_app
 from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import LocalEngine
 from oel.serving.metrics import ServerMetrics
-from oel.serving.server import ConnectionGuard, HTTPServer
+from oel.serving.admission import Admission, ConnectionLimits
+from oel.serving.server import HTTPServer
 
 __all__ = ["ChatServer", "ServeConfig", "serve"]
 
@@ -66,9 +69,15 @@ class ServeConfig(Config):
     max_body_bytes: int = cfg(1 << 20, "largest request body accepted, in bytes")
     max_queue: int = cfg(128, "requests waiting for generation at once; more get HTTP 503 + Retry-After")
     max_prompt_tokens: int = cfg(0, "most prompt tokens a request may send; 0 = the model's context minus max_tokens")
-    max_connections: int = cfg(256, "connections open at once; over it the oldest idle one is closed, or HTTP 503")
-    client_timeout_s: float = cfg(30.0, "deadline for a request's headers and, separately, its body (408); idle "
-                                        "keep-alives close")
+    max_connections: int = cfg(256, "connections of keyed clients at once; over it the longest-idle one is closed, "
+                                    "or HTTP 503")
+    max_keyless_connections: int = cfg(512, "connections that sent no request with a valid key yet, in all; over it "
+                                            "the oldest is closed")
+    max_keyless_per_ip: int = cfg(64, "the same, from one IP address (its oldest is closed once 0.25 s old)")
+    keyless_rate_limit_per_s: float = cfg(20.0, "requests a second from one IP address without a valid key "
+                                                "(401, /healthz); 0 = unlimited")
+    client_timeout_s: float = cfg(30.0, "deadline for a request's headers, its body (408) and each write of its "
+                                        "answer; idle keep-alives close")
     request_timeout_s: float = cfg(600.0, "a request still unanswered after this long gets HTTP 504")
 
     def model_post_init(self, context: Any, /) -> None:
@@ -77,7 +86,7 @@ class ServeConfig(Config):
         if isinstance(self.api_keys, str):
             self.api_keys = [self.api_keys]
         for name in ("max_batch_size", "max_batch_tokens", "max_tokens_limit", "max_body_bytes", "max_queue",
-                     "max_connections"):
+                     "max_connections", "max_keyless_connections", "max_keyless_per_ip"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_prompt_tokens < 0:
@@ -85,8 +94,9 @@ class ServeConfig(Config):
         for name in ("client_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if not self.batch_window_s >= 0:
-            raise ValueError(f"batch_window_s: must be >= 0, got {self.batch_window_s}")
+        for name in ("batch_window_s", "keyless_rate_limit_per_s"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 <= self.port < 2**16:
             raise ValueError(f"port: must be in 0..65535, got {self.port}")
 
@@ -121,15 +131,16 @@ class ChatServer:
             batch_window_s=config.batch_window_s, max_queue=config.max_queue,
             request_timeout_s=config.request_timeout_s, max_prompt_tokens=config.max_prompt_tokens, name="server")
         self.batcher = self.engine.batcher
-        guard = ConnectionGuard(config.max_connections, config.client_timeout_s)
+        admission = Admission(ConnectionLimits.of(config))
         metrics = ServerMetrics("oel_serve_", queue_depth=self.engine.queue_depth,
-                                open_connections=lambda: len(guard.open), model_version=lambda: 0)
-        guard.on_close = lambda reason: metrics.closed.labels(reason=reason).inc()
+                                open_connections=lambda: admission.open, model_version=lambda: 0)
+        admission.on_close = lambda reason: metrics.closed.labels(reason=reason).inc()
         state = ServingState(realm="oel serve", served_name=self.served_name, api_keys=self.api_keys,
                              admin_keys=self.api_keys, engine=self.engine, store=None, metrics=metrics,
-                             max_body_bytes=config.max_body_bytes, max_tokens_limit=config.max_tokens_limit,
-                             client_timeout_s=config.client_timeout_s, request_timeout_s=config.request_timeout_s)
-        self.httpd = HTTPServer(build_app(state), config.host, config.port, guard,
+                             admission=admission, max_body_bytes=config.max_body_bytes,
+                             max_tokens_limit=config.max_tokens_limit, client_timeout_s=config.client_timeout_s,
+                             request_timeout_s=config.request_timeout_s)
+        self.httpd = HTTPServer(build_app(state), config.host, config.port, admission,
                                 graceful_timeout_s=config.request_timeout_s)
         self._started = False
         if not self.api_keys:

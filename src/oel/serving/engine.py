@@ -13,6 +13,15 @@ the pair; the batch in progress finishes on the old weights, later batches run o
 Prompt length is checked against the model's context BEFORE queueing: a prompt whose tokens plus
 max_tokens exceed it is a 400 naming both numbers, instead of minutes of CPU spent on a prompt the
 model cannot attend over. The same tokenization rejects text the tokenizer cannot take (400).
+Tokenizing costs ~1-7 s per million characters, so the prompt's UTF-8 bytes are checked first: no
+token decodes to more bytes than the vocabulary's longest token, so a prompt of more bytes than
+`limit x that` is over the limit without tokenizing it (a 1 MB prompt to a 4k-context model is
+refused in microseconds). What is tokenized runs on a pool of its own (TOKENIZE_THREADS), never
+in the default executor where the store's writes run.
+
+Cancelling the Future `submit` returns cancels the request: still queued, it is skipped; already
+generating, its row stops at the next token (oel.backends.hf.RowRequest.cancelled) and its
+batch-mates go on.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import logging
 import threading
 import urllib.error
+import weakref
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +48,11 @@ log = logging.getLogger(__name__)
 
 UPSTREAM_ERROR_CHARS = 200
 """How much of an upstream error body is quoted in the 502 message."""
-TextSink = Callable[[str], None]
-"""Receives each new piece of answer text (called from the generating thread)."""
+TOKENIZE_THREADS = 2
+"""Threads tokenizing prompts for the length check (a pool of their own: see the module doc)."""
+TextSink = Callable[[str, int], None]
+"""Receives each new piece of answer text and the answer's token count so far (called from the
+generating thread)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,8 @@ class Engine(Protocol):
 
     def queue_depth(self) -> int: ...
 
-    async def check(self, messages: list[Message], params: SamplingParams) -> None: ...
+    async def check(self, messages: list[Message], params: SamplingParams) -> int:
+        """400 before any compute for a prompt that cannot be served; its token count (0: unknown)."""
 
     def submit(self, messages: list[Message], params: SamplingParams, body: dict[str, Any],
                on_text: TextSink | None = None) -> asyncio.Future[Answer]: ...
@@ -94,7 +108,7 @@ class Detokenizer:
             return
         new, self.sent = text[len(self.sent):], text
         if new:
-            self.sink(new)
+            self.sink(new, len(self.ids))
 
 
 class LocalEngine:
@@ -106,6 +120,8 @@ class LocalEngine:
         self._swap_lock = threading.Lock()
         self.max_prompt_tokens = max_prompt_tokens
         self.request_timeout_s = request_timeout_s
+        self._tokenizing = ThreadPoolExecutor(max_workers=TOKENIZE_THREADS, thread_name_prefix=f"{name}-tokenize")
+        self._token_bytes: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.batcher: Batcher[Answer] = Batcher(self._run_batch, max_batch_size=max_batch_size,
                                                 batch_window_s=batch_window_s, max_queue=max_queue,
                                                 request_timeout_s=request_timeout_s, name=name)
@@ -129,6 +145,7 @@ class LocalEngine:
     def close(self, message: str = "server is shutting down") -> None:
         """Finish the batch in progress, then fail what still waits with 503."""
         self.batcher.close(message)
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
 
     def queue_depth(self) -> int:
         return self.batcher.queue_depth()
@@ -140,26 +157,57 @@ class LocalEngine:
                               context - params.max_new_tokens if context else None) if n is not None]
         return min(limits) if limits else None
 
-    async def check(self, messages: list[Message], params: SamplingParams) -> None:
-        """400 before any compute: text the tokenizer refuses, a prompt over the limit."""
+    async def check(self, messages: list[Message], params: SamplingParams) -> int:
+        """400 before any compute: text the tokenizer refuses, a prompt over the limit; else its tokens."""
         backend = self.backend
+        limit = self.prompt_limit(params)
+        loop = asyncio.get_running_loop()
+        if limit is not None:
+            if backend.tokenizer not in self._token_bytes:  # once per tokenizer: a pass over the vocabulary
+                await loop.run_in_executor(self._tokenizing, self._longest_token_bytes, backend)
+            self._check_bytes(backend, messages, limit, params)
         try:
-            n = len(await asyncio.to_thread(backend.encode, messages, params.enable_thinking))
+            n = len(await loop.run_in_executor(self._tokenizing, backend.encode, messages, params.enable_thinking))
         except (TypeError, ValueError, UnicodeError) as e:
             raise bad("messages", f"cannot be tokenized ({type(e).__name__})") from None
-        limit = self.prompt_limit(params)
         if limit is not None and n > limit:
-            context = backend.context_tokens
-            why = (f"with max_tokens {params.max_new_tokens} it exceeds the model's context of {context} tokens"
-                   if context and limit == context - params.max_new_tokens
-                   else f"over the server's max_prompt_tokens of {self.max_prompt_tokens}")
-            raise bad("messages", f"the prompt is {n} tokens; {why} (limit {max(limit, 0)} prompt tokens)")
+            raise bad("messages", f"the prompt is {n} tokens; {self._why(limit, params)} (limit {max(limit, 0)} "
+                                  "prompt tokens)")
+        return n
+
+    def _check_bytes(self, backend: HFBackend, messages: list[Message], limit: int, params: SamplingParams) -> None:
+        """400 for a prompt whose bytes alone prove it over `limit` tokens, without tokenizing it."""
+        most = max(limit, 0) * self._longest_token_bytes(backend)
+        size = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages)
+        if size > most:
+            raise bad("messages", f"the prompt is {size} bytes, more than {max(limit, 0)} tokens can hold (no token "
+                                  f"is longer than {self._longest_token_bytes(backend)} bytes); "
+                                  f"{self._why(limit, params)}")
+
+    def _longest_token_bytes(self, backend: HFBackend) -> int:
+        """The UTF-8 length of the vocabulary's longest token string: an upper bound on what one token
+        decodes to (byte-level and SentencePiece spell one byte with 1-6 characters). Once per backend."""
+        tokenizer = backend.tokenizer
+        if tokenizer not in self._token_bytes:
+            vocab = tokenizer.get_vocab()
+            self._token_bytes[tokenizer] = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        return self._token_bytes[tokenizer]
+
+    def _why(self, limit: int, params: SamplingParams) -> str:
+        context = self.backend.context_tokens
+        if context and limit == context - params.max_new_tokens:
+            return f"with max_tokens {params.max_new_tokens} it exceeds the model's context of {context} tokens"
+        return f"over the server's max_prompt_tokens of {self.max_prompt_tokens}"
 
     def submit(self, messages: list[Message], params: SamplingParams, body: dict[str, Any],
                on_text: TextSink | None = None) -> asyncio.Future[Answer]:
         backend = self.backend
         on_token = Detokenizer(backend.tokenizer, backend.stop_ids, on_text) if on_text is not None else None
-        return asyncio.wrap_future(self.batcher.enqueue(RowRequest(messages, params, params.seed, on_token)))
+        cancelled = threading.Event()
+        answer = asyncio.wrap_future(self.batcher.enqueue(RowRequest(messages, params, params.seed, on_token,
+                                                                     cancelled=cancelled.is_set)))
+        answer.add_done_callback(lambda f: cancelled.set() if f.cancelled() else None)
+        return answer
 
     def _run_batch(self, rows: Sequence[RowRequest]) -> list[Answer]:
         with self._swap_lock:
@@ -195,8 +243,8 @@ class UpstreamEngine:
     def queue_depth(self) -> int:
         return self._in_flight
 
-    async def check(self, messages: list[Message], params: SamplingParams) -> None:
-        return None  # the upstream knows its own model's limits
+    async def check(self, messages: list[Message], params: SamplingParams) -> int:
+        return 0  # the upstream knows its own model's limits
 
     def submit(self, messages: list[Message], params: SamplingParams, body: dict[str, Any],
                on_text: TextSink | None = None) -> asyncio.Future[Answer]:
@@ -222,7 +270,7 @@ class UpstreamEngine:
         except (KeyError, IndexError, TypeError, ValueError):
             raise RequestError(502, "upstream: answer is not an OpenAI chat completion") from None
         if on_text is not None and text:
-            on_text(text)
+            on_text(text, gen.completion_tokens)
         return Answer(gen, self.version)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ STORE_COUNTERS = {
     "trajectories_rejected": "trajectories refused by validation",
     "exchanges_recorded": "chat exchanges recorded",
     "exchanges_rejected": "chat exchanges refused by validation",
+    "exchanges_incomplete": "chat exchanges whose client was lost before it had the whole answer",
 }
 STORE_GAUGES = {
     "trajectories_unconsumed": "complete trajectories no round has claimed",

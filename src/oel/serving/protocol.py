@@ -33,6 +33,10 @@ from oel.validation import error_text, location
 
 RETRY_AFTER_S = 1
 """What an overloaded server tells clients to wait before retrying (the Retry-After header)."""
+MAX_JSON_DEPTH = 64
+"""The deepest nesting of arrays and objects a body may have. pydantic serializes at most ~255
+levels (a trajectory whose `meta` nested 300 deep was stored as a 500), and no request needs more
+than a handful."""
 MAX_TEMPERATURE = 2.0
 SEED_LIMIT = 2**64
 """torch.Generator.manual_seed takes seeds in [0, 2**64)."""
@@ -81,7 +85,8 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
 
 
 def json_object(data: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object of valid Unicode text; else a 400 naming the place.
+    """A request body that must be one JSON object of valid Unicode text, nested at most MAX_JSON_DEPTH
+    deep; else a 400 naming the place.
 
     A lone surrogate (`"\\ud800"`) is valid JSON but no text: it would fail later, in the
     tokenizer or the store's UTF-8 encoding, as a 500 (and fail a whole batch with it).
@@ -92,30 +97,41 @@ def json_object(data: bytes) -> dict[str, Any]:
         raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
     if not isinstance(body, dict):
         raise RequestError(400, "body: must be a JSON object")
-    where = _first_surrogate(body, "")
+    where = _first_bad_value(body, "", 1)
     if where is not None:
-        raise bad(where or "body", "holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text")
+        path, why = where
+        raise bad(path or "body", why)
     return body
 
 
-def _first_surrogate(value: Any, path: str) -> str | None:
-    """The dotted path of the first string (value or key) that UTF-8 cannot encode, else None."""
+SURROGATE = "holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text"
+
+
+def _first_bad_value(value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    """(dotted path, why) of the first string (value or key) UTF-8 cannot encode, or of the first
+    container nested deeper than MAX_JSON_DEPTH; else None."""
     if isinstance(value, str):
-        return None if value.isascii() or _encodes(value) else path
+        return None if value.isascii() or _encodes(value) else (path, SURROGATE)
+    if isinstance(value, (dict, list)) and depth > MAX_JSON_DEPTH:
+        return _top(path), f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
     if isinstance(value, dict):
         for k, v in value.items():
-            sub = f"{path}.{k}" if path else str(k)
             if not _encodes(k):
-                return path or "body"
-            found = _first_surrogate(v, sub)
+                return path or "body", SURROGATE
+            found = _first_bad_value(v, f"{path}.{k}" if path else str(k), depth + 1)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            found = _first_surrogate(v, f"{path}[{i}]")
+            found = _first_bad_value(v, f"{path}[{i}]", depth + 1)
             if found is not None:
                 return found
     return None
+
+
+def _top(path: str) -> str:
+    """The body's top-level field of a dotted path (a deep path would be as long as the nesting)."""
+    return path.split(".", 1)[0].split("[", 1)[0]
 
 
 def _encodes(text: str) -> bool:
