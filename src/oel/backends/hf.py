@@ -80,7 +80,24 @@ class _Encoded:
         return len(self.ids) - self.match.length
 
 
-class HFBackend:
+class ChatByRows:
+    """`chat` and `chat_with_seeds` for an engine that completes `RowRequest`s (`generate_rows`)."""
+
+    def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
+        raise NotImplementedError
+
+    def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
+        """Complete every chat; completion i is sampled with seed derive_seed(params.seed, i)."""
+        return self.chat_with_seeds(prompts, params, row_seeds(params.seed, len(prompts)))
+
+    def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
+                        seeds: Sequence[int]) -> list[Generation]:
+        """Like `chat`, but completion i is sampled with `seeds[i]` (collection seeds per episode)."""
+        check_row_seeds(prompts, seeds)
+        return self.generate_rows([RowRequest(p, params, s) for p, s in zip(prompts, seeds)])
+
+
+class HFBackend(ChatByRows):
     """A ChatBackend over a loaded `transformers` causal LM and its tokenizer.
 
     The model is used as given (dtype and device included): the loader decides bf16,
@@ -118,17 +135,7 @@ class HFBackend:
         return cls(lm.model, lm.tokenizer, model_id=lm.model_id, max_batch_size=max_batch_size,
                    max_batch_tokens=max_batch_tokens, prefix_cache_bytes=prefix_cache_bytes, model_config=lm.config)
 
-    # -- the ChatBackend interface -------------------------------------------------------
-    def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
-        """Complete every chat; completion i is sampled with seed derive_seed(params.seed, i)."""
-        return self.chat_with_seeds(prompts, params, row_seeds(params.seed, len(prompts)))
-
-    def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
-                        seeds: Sequence[int]) -> list[Generation]:
-        """Like `chat`, but completion i is sampled with `seeds[i]` (collection seeds per episode)."""
-        check_row_seeds(prompts, seeds)
-        return self.generate_rows([RowRequest(p, params, s) for p, s in zip(prompts, seeds)])
-
+    # -- the ChatBackend interface (chat, chat_with_seeds: ChatByRows) -----------------------
     def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
         """Complete rows that may each carry their own settings (the server batches these)."""
         encoded = [_Encoded(i, self.encode(r.messages, r.params.enable_thinking), r) for i, r in enumerate(rows)]

@@ -34,13 +34,12 @@ import numpy as np
 import torch
 
 from oel import progress
-from oel.backends.base import Generation, SamplingParams
+from oel.backends.base import Generation
 from oel.backends.chat_encoding import ChatEncoder
-from oel.backends.hf import RowRequest
+from oel.backends.hf import ChatByRows, RowRequest
 from oel.backends.prefix_cache import common_prefix_length
-from oel.backends.sampling import RowSampling, check_row_seeds, row_seeds, sample_token
+from oel.backends.sampling import RowSampling, sample_token
 from oel.threads import cpu_threads
-from oel.trajectory import Message
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class _Row:
         return RowSampling(p.temperature, p.top_p, p.top_k, self.request.seed)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(ChatByRows):
     """A ChatBackend (and scorer) over a GGUF model in llama.cpp, with an optional LoRA adapter."""
 
     def __init__(self, gguf_path: str | Path, tokenizer: Any, *, model_id: str, adapter: str | Path | None = None,
@@ -217,17 +216,7 @@ class LlamaCppBackend:
             ids.add(int(tokenizer.eos_token_id))
         return frozenset(ids)
 
-    # -- the ChatBackend interface ---------------------------------------------------------
-    def chat(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[Generation]:
-        """Complete every chat; completion i is sampled with seed derive_seed(params.seed, i)."""
-        return self.chat_with_seeds(prompts, params, row_seeds(params.seed, len(prompts)))
-
-    def chat_with_seeds(self, prompts: Sequence[Sequence[Message]], params: SamplingParams,
-                        seeds: Sequence[int]) -> list[Generation]:
-        """Like `chat`, but completion i is sampled with `seeds[i]` (collection seeds per episode)."""
-        check_row_seeds(prompts, seeds)
-        return self.generate_rows([RowRequest(p, params, s) for p, s in zip(prompts, seeds)])
-
+    # -- the ChatBackend interface (chat, chat_with_seeds: ChatByRows) -----------------------
     def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
         """Complete rows that may each carry their own settings (the server batches these)."""
         todo = [_Row(i, self.encoder.encode(r.messages, r.params.enable_thinking), r) for i, r in enumerate(rows)]
@@ -326,7 +315,8 @@ class LlamaCppBackend:
             except Exception:  # noqa: BLE001 - one reader's failure is not its batch-mates'
                 log.exception("streaming callback failed; the row's stream stops")
                 object.__setattr__(row.request, "on_token", None)
-        row.done = token in self.stop_ids or len(row.new) >= row.request.params.max_new_tokens
+        gone = row.request.cancelled is not None and row.request.cancelled()  # its client has gone
+        row.done = gone or token in self.stop_ids or len(row.new) >= row.request.params.max_new_tokens
 
     def _decode_next(self, active: list[_Row]) -> None:
         self._decode([(r.new[-1], len(r.ids) + len(r.new) - 1, r.seq, True) for r in active])
