@@ -139,3 +139,15 @@ def test_an_adapter_for_another_model_is_refused_in_one_line(tiny, tmp_path):
         write_lora_gguf([adapter], path, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
     assert not list(tmp_path.glob(".lora.*")), "nothing half-written"
+
+
+def test_a_row_whose_client_has_gone_stops_while_its_batch_mates_go_on(tiny):
+    from oel.backends.hf import RowRequest
+
+    _, tok, path = tiny
+    engine = LlamaCppBackend(path, tok, model_id="tiny", max_batch_size=2)
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    gone, stays = engine.generate_rows([RowRequest(CHATS[0], params, 0, cancelled=lambda: True),
+                                        RowRequest(CHATS[1], params, 1)])
+    assert gone.completion_tokens == 1
+    assert stays.completion_tokens == engine.chat([CHATS[1]], params)[0].completion_tokens > 1
