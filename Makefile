@@ -36,7 +36,7 @@ $(VENV)/.models: $(VENV)/.base
 	$(PIP) install -q -e ".[qwen05,qwen15]"
 	touch $@
 
-# The llama.cpp engine (collect, extract, evaluate and serving on CPU): PyPI has only its source, so
+# The llama.cpp engine (collect, extract and evaluation games on CPU; docs/engines.md): PyPI has only its source, so
 # the first install compiles it (about 9 minutes on 2 cores); the wheel is cached in $(WHEELS). If it
 # cannot be built, oel still works: every stage runs on HF, with a warning saying what that costs.
 $(VENV)/.engine: | $(VENV)/.base
