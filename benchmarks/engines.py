@@ -123,8 +123,9 @@ def main() -> int:
                                             "extract_steps": EXTRACT_STEPS, "new_tokens": 0}
     repeats = 1 if args.smoke else args.repeats
     hf_dtype = "float32" if args.smoke else args.hf_dtype
-    print(f"CPU flags: {cpu_flags()}; threads {cpu_threads()}; load avg {os.getloadavg()[0]:.2f}; HF dtype {str(resolve_dtype(hf_dtype, 'cpu'))[6:]}; "
-          f"llama.cpp on the GGUF as shipped; preset {'tiny (smoke)' if args.smoke else args.preset}")
+    print(f"CPU flags: {cpu_flags()}; threads {cpu_threads()}; load avg {os.getloadavg()[0]:.2f}; "
+          f"HF dtype {str(resolve_dtype(hf_dtype, 'cpu'))[6:]}; llama.cpp on the GGUF as shipped; "
+          f"preset {'tiny (smoke)' if args.smoke else args.preset}")
     makers = engines(args.preset, hf_dtype, args.smoke)
     times: dict[str, dict[str, list[float]]] = {name: {} for name in makers}
     tokens: dict[str, dict[str, int]] = {name: {} for name in makers}
