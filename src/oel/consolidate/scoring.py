@@ -13,6 +13,7 @@ batch in row-major order, so a student batch and a teacher batch holding the sam
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -266,15 +267,30 @@ def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[in
     shared = shared_prefix_length(prompts)
     if shared < max(min_shared, 1):
         return response_logits(model, pack(prompts, responses, pad_id=pad_id))
+    return response_logits_after_head(model, head_kv(model, prompts[0][:shared]), prompts, responses, pad_id=pad_id)
+
+
+def head_kv(model: Any, head_ids: Sequence[int]) -> Any:
+    """The KV cache (batch 1) of `head_ids` run through the backbone: a prompt head to score many tails after."""
     from transformers import DynamicCache
 
     lm = model.lm if isinstance(model, ResponseScorer) else model
     backbone, head = causal_lm_parts(lm)
-    device = head.weight.device
-    head_ids_1P = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+    ids_1P = torch.tensor([list(head_ids)], dtype=torch.long, device=head.weight.device)
     cache = DynamicCache(config=getattr(lm, "config", None))
-    backbone(input_ids=head_ids_1P, attention_mask=torch.ones_like(head_ids_1P),
-             **cache_arg(cache), use_cache=True)
+    backbone(input_ids=ids_1P, attention_mask=torch.ones_like(ids_1P), **cache_arg(cache), use_cache=True)
+    return cache
+
+
+def response_logits_after_head(model: Any, head_cache: Any, prompts: Sequence[Sequence[int]],
+                               responses: Sequence[Sequence[int]], *, pad_id: int) -> Tensor:
+    """Packed `[N, V]` logits of prompts[b] + responses[b] when every prompt opens with the head whose
+    KV `head_cache` holds (batch 1, left unchanged: a copy is repeated over the rows)."""
+    lm = model.lm if isinstance(model, ResponseScorer) else model
+    backbone, head = causal_lm_parts(lm)
+    device = head.weight.device
+    shared = head_cache.get_seq_length()
+    cache = copy.deepcopy(head_cache)
     cache.batch_repeat_interleave(len(prompts))
     tails = pack([list(p[shared:]) for p in prompts], responses, pad_id=pad_id, side="right")
     tail_attn_BS = tails.attention_mask_BT.to(device)
@@ -288,14 +304,48 @@ def response_logits_with_shared_prefix(model: Any, prompts: Sequence[Sequence[in
     return head(hidden_BSH[:, :-1][predicts_response_BS])
 
 
+class KeptHeads:
+    """Each group's teacher prompt head, kept from one step to the next (the frozen teacher's KV of the
+    same knowledge text does not change during a round; what each step runs is only its rows' tails).
+
+    A group's head is the longest opening its prompts have shared so far: the first call keeps its own
+    rows' common prefix; a later group that parts earlier replaces it with the opening both share (run
+    once more), and one that shares too little with it gets a head of its own. Only for a model whose
+    weights do not move while this object lives: one instance per consolidation run (`TrainingStep`).
+    """
+
+    def __init__(self, min_shared: int = MIN_SHARED_PREFIX_TOKENS) -> None:
+        self.min_shared = max(min_shared, 1)
+        self._heads: dict[Any, tuple[list[int], Any]] = {}
+
+    def logits(self, model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+               key: Any, *, pad_id: int) -> Tensor:
+        """`response_logits_with_shared_prefix(model, prompts, responses)`, reusing key's kept head."""
+        shared = shared_prefix_length(prompts)
+        kept = self._heads.get(key)
+        if kept is not None:
+            ids, cache = kept
+            common = min(common_prefix_length([ids, prompts[0]]), shared)
+            if common == len(ids):
+                return response_logits_after_head(model, cache, prompts, responses, pad_id=pad_id)
+            if common >= self.min_shared:  # this group parts earlier: keep what both share
+                shared = common
+        if shared < self.min_shared:
+            return response_logits(model, pack(prompts, responses, pad_id=pad_id))
+        ids = list(prompts[0][:shared])
+        self._heads[key] = (ids, head_kv(model, ids))
+        return response_logits_after_head(model, self._heads[key][1], prompts, responses, pad_id=pad_id)
+
+
 def response_logits_by_shared_prefix_groups(model: Any, prompts: Sequence[Sequence[int]],
                                             responses: Sequence[Sequence[int]], group_keys: Sequence[Any], *,
-                                            pad_id: int) -> Tensor:
+                                            pad_id: int, kept: KeptHeads | None = None) -> Tensor:
     """`response_logits` of all rows, scoring each group of rows (same key) with its shared prefix once.
 
     Rows drawing the same knowledge text share their prompt head up to the end of the
     knowledge; rows of different texts share only the template's opening. Grouping by the
     knowledge index lets each group reuse its long head. Output rows are in the input's order.
+    `kept`: the heads of earlier calls (same frozen model), so a step runs only its rows' tails.
     """
     if not len(prompts) == len(responses) == len(group_keys):
         raise ValueError(f"{len(prompts)} prompts, {len(responses)} responses, {len(group_keys)} group keys")
@@ -303,9 +353,12 @@ def response_logits_by_shared_prefix_groups(model: Any, prompts: Sequence[Sequen
     for i, key in enumerate(group_keys):
         groups.setdefault(key, []).append(i)
     per_row: list[Tensor | None] = [None] * len(prompts)
-    for rows in groups.values():
-        logits_NV = response_logits_with_shared_prefix(model, [prompts[i] for i in rows],
-                                                       [responses[i] for i in rows], pad_id=pad_id)
+    for key, rows in groups.items():
+        group_prompts, group_responses = [prompts[i] for i in rows], [responses[i] for i in rows]
+        if kept is not None:
+            logits_NV = kept.logits(model, group_prompts, group_responses, key, pad_id=pad_id)
+        else:
+            logits_NV = response_logits_with_shared_prefix(model, group_prompts, group_responses, pad_id=pad_id)
         for i, part in zip(rows, logits_NV.split([len(responses[i]) for i in rows])):
             per_row[i] = part
     return torch.cat([p for p in per_row if p is not None])

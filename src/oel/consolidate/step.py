@@ -20,7 +20,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -32,7 +32,7 @@ from oel.consolidate.data import ConsolidationData
 from oel.consolidate.distributed import Topology
 from oel.consolidate.fast_paths import FastPaths
 from oel.consolidate.samplers import GenerationSettings, ResponseSampler, Sample
-from oel.consolidate.scoring import (PackedBatch, ResponseScorer, pack, response_logits,
+from oel.consolidate.scoring import (KeptHeads, PackedBatch, ResponseScorer, pack, response_logits,
                                      response_logits_by_shared_prefix_groups, shared_prefix_length)
 from oel.consolidate.shared_prefill import OpenedPrompts, open_prompts, opened_response_logits, sample_responses
 from oel.consolidate.teacher import Teacher
@@ -93,6 +93,8 @@ class TrainingStep:
     fast_paths: FastPaths
     compute_dtype: torch.dtype | None
     """The student passes' autocast dtype (`build.student_compute_dtype`)."""
+    teacher_heads: KeptHeads = field(default_factory=KeptHeads)
+    """The frozen teacher's prompt heads (one per knowledge text), run once per run instead of once per step."""
 
     def run(self, step: int) -> dict[str, float]:
         """Sample, score, update; returns the step's metrics.
@@ -166,7 +168,8 @@ class TrainingStep:
         with torch.no_grad(), self.teacher.active() as teacher:
             if self.fast_paths.teacher_head_cache:  # rows of one knowledge text share their prompt head
                 return response_logits_by_shared_prefix_groups(
-                    teacher, teacher_prompts, responses, [s.knowledge_index for s in samples], pad_id=pad)
+                    teacher, teacher_prompts, responses, [s.knowledge_index for s in samples], pad_id=pad,
+                    kept=self.teacher_heads)
             return response_logits(teacher, pack(teacher_prompts, responses, pad_id=pad))
 
     def student_head(self, student_prompts: Sequence[list[int]]) -> int:
