@@ -18,6 +18,7 @@ import torch
 from oel.backends.base import Generation, SamplingParams
 from oel.backends.hf import HFBackend
 from oel.backends.tiny import tiny_chat_model
+from oel.config import updated
 from oel.collect.play import (CollectCommandConfig, CollectConfig, Maps, collect, collect_command, select_jobs,
                               summary_path)
 from oel.envs import EnvConfig, make_env
@@ -80,6 +81,24 @@ def test_episodes_advance_together_and_slots_refill(tmp_path: Path) -> None:
     assert sorted(t.seed for t in trajs) == list(range(7))
     assert max(backend.batch_sizes) == 3
     assert backend.calls < sum(len(t.turns) for t in trajs), "turns of different episodes share calls"
+
+
+def test_episodes_of_several_sampling_seeds_in_one_call_play_as_each_seed_alone(tmp_path: Path) -> None:
+    """A job's own sampling seed (how an evaluation plays all its seeds together) gives the episode that
+    seed gives it in a call of its own: same random stream, same answers, the seed recorded."""
+    model, tok = tiny_chat_model(dtype=torch.float32)
+    backend = HFBackend(model, tok, model_id="tiny", max_batch_size=8)
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=6)
+    env = lambda: make_env(EnvConfig(game="blackjack"))  # noqa: E731
+    seeds = (7, 8)
+    together = play_episodes(backend, env, [EpisodeJob(m, k, sampling_seed=s) for m in range(3)
+                                            for k, s in enumerate(seeds)], params, batch_size=6)
+    alone = [t for k, s in enumerate(seeds)
+             for t in play_episodes(backend, env, [EpisodeJob(m, k) for m in range(3)], updated(params, seed=s))]
+    key = lambda t: (t.seed, t.sample)  # noqa: E731
+    assert [[turn.response for turn in t.turns] for t in sorted(together, key=key)] == \
+        [[turn.response for turn in t.turns] for t in sorted(alone, key=key)]
+    assert {t.sample: t.meta["sampling"]["seed"] for t in together} == {0: 7, 1: 8}
 
 
 def test_recorded_turns_replay_exactly(tmp_path: Path) -> None:

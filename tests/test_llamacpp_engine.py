@@ -100,6 +100,26 @@ def test_sampled_answers_follow_the_row_seed(tiny):
     assert [g.text for g in other] != [g.text for g in first]
 
 
+def test_identical_prompts_in_a_group_are_prefilled_once_each_row_keeping_its_seed(tiny):
+    """The sampling seeds of one evaluation map ask the same prompt: it is prefilled once and copied; every
+    row's answer is still the one it gets alone."""
+    _, tok, path = tiny
+    engine = LlamaCppBackend(path, tok, model_id="tiny", max_batch_size=6, exact=True)
+    chats = [CHATS[i % 2] for i in range(6)]
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=10)
+    seeds = [21, 22, 23, 24, 25, 26]
+    prefilled: list[int] = []
+    decode = engine._decode
+    engine._decode = lambda tokens: (prefilled.append(len(tokens)), decode(tokens))[1]
+    together = [g.text for g in engine.chat_with_seeds(chats, params, seeds)]
+    first_call = sum(prefilled)
+    engine._decode = decode
+    assert together == [engine.chat_with_seeds([c], params, [s])[0].text for c, s in zip(chats, seeds)]
+    assert len(set(together)) > 2
+    prompts = [len(ChatEncoder(tok, "tiny").encode(c)) for c in CHATS[:2]]
+    assert first_call <= sum(prompts) + 6 * params.max_new_tokens, "each distinct prompt prefilled once"
+
+
 def test_stacked_adapters_equal_the_merged_rounds(tiny, tmp_path):
     """Two rounds: LoRA 1 trained on the base, LoRA 2 on base+LoRA 1 merged. The engine, given both as one
     GGUF LoRA over the base, must move every log-prob as HF's merged model does."""

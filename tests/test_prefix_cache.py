@@ -99,3 +99,19 @@ def test_lru_eviction_keeps_within_byte_budget():
     assert sorted(int(e.ids[0]) for e in store.entries) == [1, 3]
     store.add([4] * 30, _kv(30))  # larger than the whole budget: not stored
     assert all(int(e.ids[0]) != 4 for e in store.entries)
+
+
+def test_identical_prompts_of_one_call_are_computed_once_each_row_keeping_its_seed():
+    """Rows with the same prompt (an evaluation map's sampling seeds): the repeats run after the first and
+    reuse its stored prompt (one token left to run each); every row's answer is what it gets alone."""
+    fresh, reuse = _backends()
+    chats = [[Message(role="system", content=RULES), Message(role="user", content=f"map {i % 2}: FFFH")]
+             for i in range(6)]
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=6)
+    seeds = [11, 12, 13, 14, 15, 16]
+    got = [g.text for g in reuse.chat_with_seeds(chats, params, seeds)]
+    assert got == [fresh.chat_with_seeds([c], params, [s])[0].text for c, s in zip(chats, seeds)]
+    assert len(set(got)) > 2, "different seeds, different answers: each repeat sampled for itself"
+    prompt = len(reuse.encode(chats[0]))
+    repeats = 4
+    assert reuse.prefix_store.reused_tokens >= repeats * (prompt - 1)

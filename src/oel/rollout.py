@@ -46,6 +46,13 @@ class EpisodeJob:
 
     seed: int
     sample: int = 0
+    sampling_seed: int | None = None
+    """The base of this episode's sampling seeds (None: the call's `params.seed`): lets episodes of several
+    sampling seeds play in one call, where a backend computes the prompts they share once."""
+
+    def params(self, params: SamplingParams) -> SamplingParams:
+        """The sampling settings this episode plays with."""
+        return params if self.sampling_seed is None else updated(params, seed=self.sampling_seed)
 
 
 @dataclass
@@ -168,13 +175,14 @@ def play_episodes(
                 env, job = envs.pop(), queue.pop()
                 active.append(_Episode(job, env, env.reset(job.seed)))
             prompts_ = [prompts.turn_messages(template, ep.observation, **fields) for ep in active]
-            seeds = [derive_seed(params.seed, round, ep.job.seed, ep.job.sample, len(ep.turns)) for ep in active]
+            seeds = [derive_seed(ep.job.params(params).seed, round, ep.job.seed, ep.job.sample, len(ep.turns))
+                     for ep in active]
             t0 = time.perf_counter()
             gens = _generate(backend, prompts_, params, seeds)
             stats.generate_seconds += time.perf_counter() - t0
             still: list[_Episode] = []
             for ep, prompt, gen in zip(active, prompts_, gens):
-                traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl_record, params, stats)
+                traj = _advance(ep, prompt, gen, backend.model_id, round, tmpl_record, ep.job.params(params), stats)
                 if traj is None:
                     still.append(ep)
                     continue

@@ -139,17 +139,21 @@ class HFBackend(ChatByRows):
     def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
         """Complete rows that may each carry their own settings (the server batches these)."""
         encoded = [_Encoded(i, self.encode(r.messages, r.params.enable_thinking), r) for i, r in enumerate(rows)]
+        waves = [encoded]
         if self.prefix_store is not None:
             self._prefill_shared_head([e.ids for e in encoded])
-            encoded = [_Encoded(e.index, e.ids, e.request, self.prefix_store.lookup(e.ids)) for e in encoded]
-        # Longest work first; with reuse, the work is the tokens still to run.
-        encoded.sort(key=lambda e: (e.new_tokens, len(e.ids)), reverse=True)
+            waves = repeats_last(encoded)
         results: list[Generation | None] = [None] * len(rows)
-        for batch in self._micro_batches(encoded):
-            gens = self._generate_batch(batch)
-            progress.add_tokens(sum(g.completion_tokens for g in gens))
-            for item, gen in zip(batch, gens):
-                results[item.index] = gen
+        for wave in waves:
+            if self.prefix_store is not None:  # a repeat finds its prompt stored by the wave before
+                wave = [_Encoded(e.index, e.ids, e.request, self.prefix_store.lookup(e.ids)) for e in wave]
+            # Longest work first; with reuse, the work is the tokens still to run.
+            wave.sort(key=lambda e: (e.new_tokens, len(e.ids)), reverse=True)
+            for batch in self._micro_batches(wave):
+                gens = self._generate_batch(batch)
+                progress.add_tokens(sum(g.completion_tokens for g in gens))
+                for item, gen in zip(batch, gens):
+                    results[item.index] = gen
         return [g for g in results if g is not None]
 
     @property
@@ -352,6 +356,19 @@ class _RowStreamer:
 
     def end(self) -> None:
         return None
+
+
+def repeats_last(encoded: list[_Encoded]) -> list[list[_Encoded]]:
+    """[first occurrences, repeats]: rows whose prompt another row of the call has too (the sampling seeds
+    of one evaluation map) run after it, to find its KV in the prefix store and compute one token each."""
+    seen: set[tuple[int, ...]] = set()
+    firsts: list[_Encoded] = []
+    repeats: list[_Encoded] = []
+    for e in encoded:
+        key = tuple(e.ids)
+        (repeats if key in seen else firsts).append(e)
+        seen.add(key)
+    return [firsts, repeats] if repeats else [firsts]
 
 
 def _pad_token_id(tokenizer: Any) -> int:

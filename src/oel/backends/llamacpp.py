@@ -289,10 +289,17 @@ class LlamaCppBackend(ChatByRows):
 
     def _prefill(self, rows: list[tuple[_Row, int]]) -> None:
         """Run each row's prompt after the shared head, many rows per llama_decode; keep each
-        row's last-position logits."""
+        row's last-position logits. A row whose prompt an earlier row has too (the sampling seeds of
+        one evaluation map) is not run: it takes a copy of that row's sequence and logits."""
         pending: list[tuple[int, int, int, bool]] = []
         owners: list[_Row | None] = []
+        first_of: dict[tuple[int, ...], _Row] = {}
+        repeats: list[tuple[_Row, _Row]] = []
         for row, head in rows:
+            source = first_of.setdefault(tuple(row.ids), row)
+            if source is not row:
+                repeats.append((row, source))
+                continue
             rest = row.ids[head:]
             for j, tok in enumerate(rest):
                 last = j == len(rest) - 1
@@ -304,6 +311,10 @@ class LlamaCppBackend(ChatByRows):
             for i, owner in enumerate(owners[start:start + PREFILL_CHUNK_TOKENS]):
                 if owner is not None:
                     owner.logits = self._logits(i)
+        for row, source in repeats:
+            self.lib.llama_memory_seq_cp(self.memory, source.seq, row.seq, 0, len(row.ids))
+            assert source.logits is not None
+            row.logits = source.logits.clone()
 
     def _step(self, row: _Row) -> None:
         assert row.logits is not None and row.gen is not None

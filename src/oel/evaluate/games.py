@@ -29,7 +29,7 @@ from typing import Any
 
 from oel import prompts
 from oel.backends.base import ChatBackend, SamplingParams
-from oel.config import to_dict, updated
+from oel.config import to_dict
 from oel.envs import ANSWER_GAMES, EnvConfig, answer_game_class, make_env
 from oel.envs.seeds import heldout_seeds
 from oel.envs.solver import GridState, random_pass_probability
@@ -173,20 +173,21 @@ def _play_missing(backend: ChatBackend, env_cfg: EnvConfig, cfg: GamesConfig, te
     """Play every (map, seed) episode not yet in `path`; returns this call's stats and how many were on file."""
     maps = heldout_seeds(cfg.num_maps)
     env_id = make_env(env_cfg).env_id
-    stats, skipped = PlayStats(), 0
+    stats = PlayStats()
 
     def _append(traj: Trajectory, _stats: PlayStats) -> None:
         append_trajectory(path, traj)
         if on_episode is not None:
             on_episode(traj)
 
-    for k, seed in enumerate(cfg.sampling_seeds):
-        jobs = [EpisodeJob(m, k) for m in maps]
-        todo = set(pending_jobs(path, jobs, env_id, EVAL_ROUND))
-        skipped += len(jobs) - len(todo)
-        play_maps(backend, env_cfg, [[job] if job in todo else [] for job in jobs], list(texts) or [None],
-                  updated(cfg.sampling, seed=seed), round=EVAL_ROUND, batch_size=cfg.batch_size,
-                  on_finish=_append, stats=stats, knowledge_template=cfg.knowledge_template)
+    # Every sampling seed of a map in one call, side by side: their first prompts are the same (and often
+    # later ones too), which the engines compute once; each episode keeps its own seed's random stream.
+    jobs_by_map = [[EpisodeJob(m, k, sampling_seed=seed) for k, seed in enumerate(cfg.sampling_seeds)] for m in maps]
+    todo = set(pending_jobs(path, [job for jobs in jobs_by_map for job in jobs], env_id, EVAL_ROUND))
+    skipped = sum(len(jobs) for jobs in jobs_by_map) - len(todo)
+    play_maps(backend, env_cfg, [[job for job in jobs if job in todo] for jobs in jobs_by_map], list(texts) or [None],
+              cfg.sampling, round=EVAL_ROUND, batch_size=cfg.batch_size, on_finish=_append, stats=stats,
+              knowledge_template=cfg.knowledge_template)
     return stats, skipped
 
 
