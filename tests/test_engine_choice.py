@@ -53,3 +53,32 @@ def test_an_explicit_engine_that_cannot_run_is_an_error(machine):
     with pytest.raises(ValueError, match=r"is not a GGUF model"):
         select.resolve_engine("llamacpp", ModelConfig(name="runs/x/model"))
     assert select.resolve_engine("hf", ModelConfig(name=PRESET)) == "hf"
+
+
+@pytest.mark.parametrize(("bf16", "installed", "name", "expected"), [
+    (True, True, PRESET, "llamacpp"),  # native bf16: decoding-bound work still goes to llama.cpp
+    (False, True, PRESET, "llamacpp"),
+    (True, False, PRESET, "hf"),
+    (True, True, "runs/x/round_0/consolidate/model", "hf"),
+])
+def test_decoding_bound_work_takes_llamacpp_on_any_cpu(machine, bf16, installed, name, expected):
+    machine(bf16, installed)
+    assert select.resolve_engine("auto", ModelConfig(name=name, device="cpu"), decoding_bound=True) == expected
+
+
+@pytest.mark.parametrize(("engine", "extract_engine", "bf16", "expected"), [
+    ("auto", "auto", True, ("hf", "llamacpp")),  # the bf16 machine: games on HF, lessons on llama.cpp
+    ("auto", "auto", False, ("llamacpp", "llamacpp")),
+    ("hf", "auto", True, ("hf", "hf")),  # an explicit engine holds for extraction too
+    ("hf", "llamacpp", True, ("hf", "llamacpp")),
+])
+def test_the_loop_records_both_engines(machine, engine, extract_engine, bf16, expected):
+    from oel.loop.config import LoopConfig, with_engine_resolved
+
+    machine(bf16, True)
+    config = with_engine_resolved(LoopConfig(model=ModelConfig(name=PRESET, device="cpu"), engine=engine,
+                                             extract_engine=extract_engine))
+    assert (config.engine, config.extract_engine) == expected
+    full = with_engine_resolved(LoopConfig(model=ModelConfig(name=PRESET, device="cpu"),
+                                           consolidate={"finetune": "full"}))
+    assert (full.engine, full.extract_engine) == ("hf", "hf")  # no LoRA to give llama.cpp: every stage on HF

@@ -3,9 +3,11 @@
 `auto` (the default) runs a GGUF model (a preset or a .gguf file) on llama.cpp where HF would run it
 in float32 on the CPU (CPUs without native bf16: AVX2 laptops and cloud VMs) and the engine is
 installed: the shipped quantized weights, several times faster at decoding than HF's dequantized
-float32. Everything else runs on HF: GPUs, CPUs with native bf16 (where HF's batched bf16 prefill is
-faster on game turns; measured in docs/engines.md), Hugging Face directories and hub ids, and any
-machine where llama.cpp is not built (with one warning saying what that costs).
+float32. Work that is mostly decoding (extraction's long answers) takes llama.cpp on CPUs with native
+bf16 too, where it is still about twice as fast; game turns (short answers after long prompts) stay on
+HF there, whose batched bf16 prefill is faster (both measured in docs/engines.md). Everything else runs
+on HF: GPUs, Hugging Face directories and hub ids, and any machine where llama.cpp is not built (with
+one warning saying what that costs).
 """
 
 from __future__ import annotations
@@ -50,9 +52,12 @@ def engine_available() -> str | None:
     return None
 
 
-def resolve_engine(requested: EngineKind, model: ModelConfig, *, why: str = "") -> Literal["hf", "llamacpp"]:
+def resolve_engine(requested: EngineKind, model: ModelConfig, *, why: str = "",
+                   decoding_bound: bool = False) -> Literal["hf", "llamacpp"]:
     """The in-process engine `requested` means for `model` on this machine (see the module docstring).
-    An explicit `llamacpp` that cannot run is an error; `auto` falls back to HF, warning once."""
+    An explicit `llamacpp` that cannot run is an error; `auto` falls back to HF, warning once.
+    `decoding_bound`: the work is mostly long answers (extraction), where llama.cpp's decoding is
+    faster than HF's even in native bf16, so `auto` takes it on any CPU."""
     from oel.models.gguf_file import is_gguf_model
     from oel.models.loading import cpu_bf16_native, resolve_device
 
@@ -68,7 +73,7 @@ def resolve_engine(requested: EngineKind, model: ModelConfig, *, why: str = "") 
     if resolve_device(model.device) != "cpu" or not is_gguf_model(model.name):
         return "hf"
     hf_float32 = model.dtype == "float32" or (model.dtype == "auto" and not cpu_bf16_native())
-    if not hf_float32:
+    if not hf_float32 and not decoding_bound:
         return "hf"  # native bf16: HF's batched prefill beats llama.cpp on game turns (docs/engines.md)
     if missing is not None:
         if FALLBACK_COST not in _warned:

@@ -56,6 +56,8 @@ class LoopConfig(Config):
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
     engine: EngineKind = cfg("auto", "collect/extract/evaluate on llamacpp (GGUF + round LoRAs) or hf; auto: "
                                      "llamacpp on CPU if installed (docs/engines.md)")
+    extract_engine: EngineKind = cfg("auto", "the engine the round's model writes its lessons on; auto: as `engine` "
+                                             "when that is set, else llamacpp on any CPU if installed (decoding-bound)")
     extractor: Literal["policy", "config"] = cfg("policy", "policy: the round's model extracts (the paper); "
                                                            "config: extract.extractor does (ablation)")
     knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
@@ -94,19 +96,28 @@ class LoopConfig(Config):
 
 
 def with_engine_resolved(config: LoopConfig) -> LoopConfig:
-    """`engine=auto` made concrete for this machine: what a run records, resumes and reuses by.
-    llama.cpp needs every round's update as a LoRA, so full fine-tuning runs on HF."""
+    """`engine=auto` and `extract_engine=auto` made concrete for this machine: what a run records, resumes
+    and reuses by. llama.cpp needs every round's update as a LoRA, so full fine-tuning runs on HF."""
     requested = "hf" if config.engine == "auto" and config.consolidate.finetune != "lora" else config.engine
     try:
         engine = resolve_engine(requested, config.model, why="collect, extract and evaluate")
     except ValueError as e:
         raise ConfigError(f"engine: {e}") from None
+    writing = config.extract_engine if config.extract_engine != "auto" else config.engine
+    if writing == "auto" and config.consolidate.finetune != "lora":
+        writing = "hf"
+    try:
+        extract_engine = resolve_engine(writing, config.model, why="extract", decoding_bound=True)
+    except ValueError as e:
+        raise ConfigError(f"extract_engine: {e}") from None
     extractor = config.extract.extractor
     if extractor.backend == "auto":  # recorded as what it ran on; an explicit engine=hf holds for it too
-        extractor = updated(extractor, backend=resolve_engine("hf" if requested == "hf" else "auto", extractor.model))
-    if engine == config.engine and extractor is config.extract.extractor:
+        extractor = updated(extractor, backend=resolve_engine("hf" if writing == "hf" else "auto", extractor.model,
+                                                              decoding_bound=True))
+    if (engine, extract_engine) == (config.engine, config.extract_engine) and extractor is config.extract.extractor:
         return config
-    return updated(config, engine=engine, extract=updated(config.extract, extractor=extractor))
+    return updated(config, engine=engine, extract_engine=extract_engine,
+                   extract=updated(config.extract, extractor=extractor))
 
 
 ENGINE_BEFORE_THE_KEY = "hf"
@@ -127,4 +138,5 @@ def read_saved_config(path: Path) -> dict[str, Any]:
     saved = yaml.safe_load(read_text(path, "run config")) or {}
     if isinstance(saved, dict):
         saved.setdefault("engine", ENGINE_BEFORE_THE_KEY)
+        saved.setdefault("extract_engine", saved["engine"])  # before the key, extraction ran on `engine`
     return as_today(saved, default_config_dict())

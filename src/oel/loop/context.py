@@ -101,10 +101,10 @@ class RoundContext:
             self._engine = None
         gc.collect()
 
-    def backend(self, max_batch_size: int) -> Any:
-        """M_r for a stage that only reads it, on the run's engine: HF on the loaded model, or llama.cpp
-        on the initial model's GGUF with every earlier round's LoRA as one adapter (built once)."""
-        if self.config.engine == "llamacpp":
+    def backend(self, max_batch_size: int, engine: str | None = None) -> Any:
+        """M_r for a stage that only reads it, on `engine` (default: the run's game engine): HF on the loaded
+        model, or llama.cpp on the initial model's GGUF with every earlier round's LoRA as one adapter."""
+        if (engine or self.config.engine) == "llamacpp":
             return self._llamacpp(max_batch_size)
         lm = self.model
         return HFBackend(lm.model, lm.tokenizer, model_id=self.model_id, max_batch_size=max_batch_size,
@@ -139,7 +139,7 @@ class RoundContext:
     @property
     def tokenizer(self) -> Any:
         """M_r's tokenizer, without loading its weights when the engine does not need them."""
-        if self._loaded is not None or self.config.engine != "llamacpp":
+        if self._loaded is not None or "llamacpp" not in (self.config.engine, self.config.extract_engine):
             return self.model.tokenizer
         return self._llamacpp_tokenizer()
 

@@ -44,17 +44,20 @@ REUSE_TMP_SUFFIX = ".reuse-tmp"
 # says which evaluate is the final one, which `ReuseSource.reusable` checks separately).
 STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
     "collect": frozenset({"model", "engine", "env", "collect", "extract.num_trajectories"}),
-    "extract": frozenset({"model", "engine", "env", "collect", "extract", "extractor", "knowledge_file"}),
-    "evaluate": frozenset({"model", "engine", "env", "collect", "extract", "extractor", "knowledge_file", "evaluate",
+    "extract": frozenset({"model", "engine", "env", "collect", "extract", "extract_engine", "extractor",
+                          "knowledge_file"}),
+    "evaluate": frozenset({"model", "engine", "env", "collect", "extract", "extract_engine", "extractor",
+                           "knowledge_file", "evaluate",
                            "in_context_eval", "consolidate.teacher_model", "consolidate.teacher_dtype",
                            "consolidate.teacher_template"}),
-    "consolidate": frozenset({"model", "engine", "env", "collect", "extract", "extractor", "knowledge_file",
-                              "consolidate"}),
+    "consolidate": frozenset({"model", "engine", "env", "collect", "extract", "extract_engine", "extractor",
+                              "knowledge_file", "consolidate"}),
 }
 
 
-KNOWLEDGE_READERS_OF_EVALUATE = frozenset({"extract", "extractor", "knowledge_file", "consolidate.teacher_model",
-                                           "consolidate.teacher_dtype", "consolidate.teacher_template"})
+KNOWLEDGE_READERS_OF_EVALUATE = frozenset({"extract", "extract_engine", "extractor", "knowledge_file",
+                                           "consolidate.teacher_model", "consolidate.teacher_dtype",
+                                           "consolidate.teacher_template"})
 """What an evaluate stage reads only for its in-context part (and the teacher gap, which runs with it)."""
 
 

@@ -129,7 +129,8 @@ def run_loop(config: LoopConfig, *, on_event: EventFn | None = None) -> dict[str
     """Run (or resume) every round; return {round: {stage: summary}}."""
     check_inputs(config)
     config = with_engine_resolved(config)
-    log.info("engine: %s for collect, extract and evaluate; HF for consolidation", config.engine)
+    log.info("engine: %s for collect and evaluate, %s for extract; HF for consolidation", config.engine,
+             config.extract_engine)
     reuse = ReuseSource.open(config)
     prepare_run_dir(config)
     metrics = MetricsLog(config)

@@ -75,7 +75,7 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
     if cfg.kind == "raw_trajectories":
         backend = None
     elif c.extractor == "policy":
-        backend = ctx.backend(cfg.extractor.max_batch_size)
+        backend = ctx.backend(cfg.extractor.max_batch_size, engine=c.extract_engine)
     else:
         backend = from_config(cfg.extractor)
     experience = extract_round(cfg, trajs, backend, store=layout.store_dir(ctx.round), round=ctx.round,
