@@ -282,10 +282,14 @@ def gguf_cached(
         tok = AutoTokenizer.from_pretrained(dest)
         model = AutoModelForCausalLM.from_pretrained(dest, dtype=dtype, use_safetensors=True)
         return model, tok, dest, True
+    # A first load takes a minute or two on a CPU: each phase says what it is doing.
+    log.info("%s: first load on this machine: assembling and verifying the GGUF", key)
     path = build_gguf()
+    log.info("%s: dequantizing %s to %s", key, path.name, dtype_name)
     model, tok = load_gguf(path, dtype)
     if not use_cache:
         return model, tok, None, False
+    log.info("%s: writing the dense cache %s (later loads take seconds)", key, dest)
     write_dense_cache(model, tok, dest, {**meta, "dtype": dtype_name, "created": time.time()})
     return model, tok, dest, False
 
