@@ -217,6 +217,14 @@ class LlamaCppBackend(ChatByRows):
         return frozenset(ids)
 
     # -- the ChatBackend interface (chat, chat_with_seeds: ChatByRows) -----------------------
+    prefix_store = None
+    """No HF prefix KV store here (the serving stack asks): the KV of a call's shared opening is kept in
+    HEAD_SEQ instead."""
+
+    def encode(self, messages: Sequence[Any], enable_thinking: bool = False) -> list[int]:
+        """The prompt tokens this engine runs for `messages` (the serving stack counts them)."""
+        return self.encoder.encode(messages, enable_thinking)
+
     def generate_rows(self, rows: Sequence[RowRequest]) -> list[Generation]:
         """Complete rows that may each carry their own settings (the server batches these)."""
         todo = [_Row(i, self.encoder.encode(r.messages, r.params.enable_thinking), r) for i, r in enumerate(rows)]

@@ -34,6 +34,7 @@ import time
 
 from oel.backends.hf import HFBackend
 from oel.backends.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
+from oel.backends.select import EngineKind, llamacpp_backend, resolve_engine
 from oel.config import Config, cfg
 from oel.errors import ConfigError
 from oel.models import ModelConfig
@@ -53,6 +54,9 @@ class ServeConfig(Config):
     """`oel serve`: which model to serve, who may use it, and the server's limits."""
 
     model: ModelConfig = cfg(factory=ModelConfig, help="the model to serve (preset, .gguf, or HF directory)")
+    engine: EngineKind = cfg("auto", "llamacpp (a preset or .gguf model) or hf; auto: llamacpp on CPU if installed, "
+                                     "unless batch_invariant")
+    adapter: str = cfg("", "llamacpp: a GGUF LoRA over the model's GGUF, e.g. a loop round's lora-over-base.gguf")
     host: str = cfg("127.0.0.1", "address to bind; any non-loopback address needs an API key")
     port: int = cfg(8000, "TCP port; 0 picks a free one (printed at start)")
     served_name: str = cfg("", "model name clients use in requests; empty = the model's id")
@@ -111,16 +115,17 @@ class ServeConfig(Config):
 
 
 class ChatServer:
-    """Serves an HFBackend over HTTP; `start()` returns at once, `close()` stops everything.
+    """Serves an in-process engine (HF or llama.cpp) over HTTP; `start()` returns at once, `close()` stops
+    everything.
 
     `api_keys` defaults to `config.load_api_keys()`; a non-loopback `host` without any key
     is refused with a ConfigError before the port is bound.
     """
 
-    def __init__(self, backend: HFBackend, config: ServeConfig, api_keys: ApiKeys | None = None) -> None:
+    def __init__(self, backend: Any, config: ServeConfig, api_keys: ApiKeys | None = None) -> None:
         self.api_keys = config.load_api_keys() if api_keys is None else api_keys
         require_keys_off_loopback(config.host, self.api_keys, env_var=config.api_keys_env)
-        if config.batch_invariant and backend.prefix_store is not None:
+        if config.batch_invariant and getattr(backend, "prefix_store", None) is not None:
             raise ConfigError("batch_invariant: the backend keeps a prefix KV store, whose reused KV was computed "
                               "in other batches; build it with prefix_cache_bytes=0")
         self.backend = backend
@@ -178,14 +183,30 @@ class ChatServer:
         self.close()
 
 
+def serving_backend(config: ServeConfig) -> Any:
+    """The engine `oel serve` generates on. Serving is long answers, decoding-bound, where llama.cpp is
+    faster than HF on any CPU (docs/engines.md); answers that must not depend on their batch
+    (`batch_invariant`) stay on HF, whose rows are computed alone there."""
+    requested = "hf" if config.batch_invariant and config.engine == "auto" else config.engine
+    try:
+        engine = resolve_engine(requested, config.model, decoding_bound=True)
+    except ValueError as e:
+        raise ConfigError(f"engine: {e}") from None
+    if engine == "llamacpp":
+        return llamacpp_backend(config.model, max_batch_size=config.max_batch_size, adapter=config.adapter or None)
+    if config.adapter:
+        raise ConfigError(f"adapter: a GGUF LoRA runs on llama.cpp only, but the engine here is {engine} "
+                          f"(engine=llamacpp with a preset or .gguf model)")
+    return HFBackend.from_model_config(
+        config.model, max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens,
+        prefix_cache_bytes=0 if config.batch_invariant else DEFAULT_PREFIX_CACHE_BYTES)
+
+
 def serve(config: ServeConfig) -> None:
     """Check the keys, load the model and serve until interrupted (the `oel serve` command)."""
     keys = config.load_api_keys()
     require_keys_off_loopback(config.host, keys, env_var=config.api_keys_env)  # before minutes of loading
-    backend = HFBackend.from_model_config(
-        config.model, max_batch_size=config.max_batch_size, max_batch_tokens=config.max_batch_tokens,
-        prefix_cache_bytes=0 if config.batch_invariant else DEFAULT_PREFIX_CACHE_BYTES)
-    server = ChatServer(backend, config, api_keys=keys).start()
+    server = ChatServer(serving_backend(config), config, api_keys=keys).start()
     # SIGTERM (service managers, `kill`) stops it as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     auth = f"{len(keys)} API keys" if keys else "NO API KEY (loopback only)"
