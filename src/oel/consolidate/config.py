@@ -81,8 +81,8 @@ class ConsolidateConfig(Config):
                                            "(same numbers, faster)")
     shared_student_prefill: bool = cfg(True, "on-policy: one student prompt pass both samples and scores (same "
                                              "numbers, faster)")
-    teacher_prefix_cache: bool = cfg(True, "run each knowledge text's shared teacher prompt head once and keep "
-                                           "it for every step (the teacher is frozen; same numbers)")
+    teacher_prefix_cache: bool = cfg(True, "run each knowledge text's teacher prompt head once, kept for every "
+                                           "step (frozen teacher; same numbers)")
 
     seed: int = cfg(0, "base seed: prefix/knowledge choice and every sampled response derive from it and the step")
     save_every: int = cfg(5, "write a resumable checkpoint every this many steps (0: only the final model)")

@@ -56,8 +56,8 @@ class LoopConfig(Config):
     env: EnvConfig = cfg(help="the environment of every stage", factory=EnvConfig)
     engine: EngineKind = cfg("auto", "collect/extract/evaluate on llamacpp (GGUF + round LoRAs) or hf; auto: "
                                      "llamacpp on CPU if installed (docs/engines.md)")
-    extract_engine: EngineKind = cfg("auto", "the engine the round's model writes its lessons on; auto: as `engine` "
-                                             "when that is set, else llamacpp on any CPU if installed (decoding-bound)")
+    extract_engine: EngineKind = cfg("auto", "the engine the lessons are written on; auto: as an explicit `engine`, "
+                                             "else llamacpp on CPU if installed")
     extractor: Literal["policy", "config"] = cfg("policy", "policy: the round's model extracts (the paper); "
                                                            "config: extract.extractor does (ablation)")
     knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
