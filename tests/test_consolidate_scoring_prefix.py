@@ -110,25 +110,29 @@ def test_groups_keep_row_order(tiny):
 
 
 def test_kept_heads_across_calls_equal_plain_scoring(tiny):
-    """Heads kept from call to call (a single row first, then rows that part earlier, then a group whose
-    opening differs from the kept one) give plain scoring's logits, and the kept head shrinks to what
-    every call shared."""
-    from oel.consolidate.scoring import KeptHeads, response_logits_by_shared_prefix_groups
+    """A key's fixed head is run once and reused by every later call; a group that does not open with its
+    key's head is scored with its own shared prefix; every call gives plain scoring's logits."""
+    from oel.consolidate import scoring
 
-    kept = KeptHeads()
     other = [9, 9, 9, 9, 1, 2]
-    calls = [([PROMPTS[2]], [[50]], [0]),                                  # one row: kept head = its prompt minus 1
-             ([PROMPTS[0], PROMPTS[1]], [[20, 21], [30]], [0, 0]),         # parts at len(HEAD): cropped
+    kept = scoring.KeptHeads({0: HEAD, 1: other}.__getitem__)
+    runs = []
+    head_kv = scoring.head_kv
+    scoring.head_kv = lambda model, ids: (runs.append(list(ids)), head_kv(model, ids))[1]
+    calls = [([PROMPTS[2]], [[50]], [0]),
+             ([PROMPTS[0], PROMPTS[1]], [[20, 21], [30]], [0, 0]),
              ([PROMPTS[1], other + [3], PROMPTS[2]], [[31], [22], [51]], [0, 1, 0]),
-             ([other + [4, 5], other + [7]], [[26], [27, 28]], [0, 0])]    # key 0 with another opening: rebuilt
-    with torch.no_grad():
-        for prompts, responses, keys in calls:
-            plain = response_logits(tiny, pack(prompts, responses, pad_id=0))
-            again = response_logits_by_shared_prefix_groups(tiny, prompts, responses, keys, pad_id=0, kept=kept)
-            assert torch.allclose(again, plain, atol=TOL)
-            if keys == [0, 0] and prompts[0] == PROMPTS[0]:
-                assert kept._heads[0][0] == HEAD and kept._heads[0][1].get_seq_length() == len(HEAD)
-    assert kept._heads[0][0] == other and kept._heads[1][0] == other
+             ([other + [4, 5], other + [7]], [[26], [27, 28]], [0, 0])]  # key 0 without its head: its own prefix
+    try:
+        with torch.no_grad():
+            for prompts, responses, keys in calls:
+                plain = response_logits(tiny, pack(prompts, responses, pad_id=0))
+                again = scoring.response_logits_by_shared_prefix_groups(tiny, prompts, responses, keys, pad_id=0,
+                                                                        kept=kept)
+                assert torch.allclose(again, plain, atol=TOL)
+    finally:
+        scoring.head_kv = head_kv
+    assert runs == [HEAD, other, other], "each key's head once; the stray group its own prefix"
 
 
 @pytest.mark.usefixtures("one_thread")

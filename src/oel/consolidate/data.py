@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from oel.backends.hf import HFBackend
+from oel.backends.prefix_cache import common_prefix_length
 from oel.backends.sampling import RowSampling, derive_seed
 from oel.consolidate import distributed
 from oel.consolidate.config import ConsolidateConfig
@@ -102,6 +103,7 @@ class ConsolidationData:
         self.task_teacher_template = task_teacher_template
         self._encode_messages = encode
         self._prompt_cache: dict[tuple[int, int], list[int]] = {}
+        self._teacher_heads: dict[int, list[int]] = {}
 
     def encode(self, prefix_index: int, knowledge_index: int) -> list[int]:
         """Token ids of a prompt; knowledge_index `STUDENT` (-1) = the student's prompt (no knowledge)."""
@@ -112,6 +114,16 @@ class ConsolidationData:
                 prefix, self.knowledge[knowledge_index], self.teacher_template, self.task_teacher_template)
             self._prompt_cache[key] = self._encode_messages(msgs)
         return self._prompt_cache[key]
+
+    def teacher_head(self, knowledge_index: int) -> list[int]:
+        """The opening every teacher prompt with this knowledge text shares, whichever prefix it reads (each
+        prompt keeps at least one token of its own): what the teacher runs once for the whole round."""
+        if knowledge_index not in self._teacher_heads:
+            prompts = [self.encode(p, knowledge_index) for p in range(len(self.prefixes))]
+            shared = common_prefix_length(prompts) if prompts else 0
+            shared = min(shared, min((len(p) for p in prompts), default=1) - 1)
+            self._teacher_heads[knowledge_index] = prompts[0][:max(shared, 0)] if prompts else []
+        return self._teacher_heads[knowledge_index]
 
     def draw(self, config: ConsolidateConfig, step: int) -> list[tuple[int, int]]:
         """The whole (global) batch of step `step`."""

@@ -14,7 +14,7 @@ batch in row-major order, so a student batch and a teacher batch holding the sam
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,36 +305,35 @@ def response_logits_after_head(model: Any, head_cache: Any, prompts: Sequence[Se
 
 
 class KeptHeads:
-    """Each group's teacher prompt head, kept from one step to the next (the frozen teacher's KV of the
-    same knowledge text does not change during a round; what each step runs is only its rows' tails).
+    """Each group's teacher prompt head, run once and kept from one step to the next (the frozen teacher's
+    KV of the same knowledge text does not change during a round; what each step runs is only its rows'
+    tails).
 
-    A group's head is the longest opening its prompts have shared so far: the first call keeps its own
-    rows' common prefix; a later group that parts earlier replaces it with the opening both share (run
-    once more), and one that shares too little with it gets a head of its own. Only for a model whose
-    weights do not move while this object lives: one instance per consolidation run (`TrainingStep`).
+    `head_of(key)` names a group's head: the opening every prompt that group can ever hold shares (for a
+    knowledge text: all of the round's prefixes read with it, `ConsolidationData.teacher_head`). Being
+    fixed, it splits each row at the same place whichever rows a step (or a rank) draws, so one process
+    and several compute the same sums. A group whose prompts do not all open with it is scored with its
+    own shared prefix instead. Only for a model whose weights do not move while this object lives: one
+    instance per consolidation run (`TrainingStep`).
     """
 
-    def __init__(self, min_shared: int = MIN_SHARED_PREFIX_TOKENS) -> None:
+    def __init__(self, head_of: Callable[[Any], Sequence[int]], min_shared: int = MIN_SHARED_PREFIX_TOKENS) -> None:
+        self.head_of = head_of
         self.min_shared = max(min_shared, 1)
-        self._heads: dict[Any, tuple[list[int], Any]] = {}
+        self._heads: dict[Any, Any] = {}
 
     def logits(self, model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                key: Any, *, pad_id: int) -> Tensor:
-        """`response_logits_with_shared_prefix(model, prompts, responses)`, reusing key's kept head."""
-        shared = shared_prefix_length(prompts)
-        kept = self._heads.get(key)
-        if kept is not None:
-            ids, cache = kept
-            common = min(common_prefix_length([ids, prompts[0]]), shared)
-            if common == len(ids):
-                return response_logits_after_head(model, cache, prompts, responses, pad_id=pad_id)
-            if common >= self.min_shared:  # this group parts earlier: keep what both share
-                shared = common
-        if shared < self.min_shared:
-            return response_logits(model, pack(prompts, responses, pad_id=pad_id))
-        ids = list(prompts[0][:shared])
-        self._heads[key] = (ids, head_kv(model, ids))
-        return response_logits_after_head(model, self._heads[key][1], prompts, responses, pad_id=pad_id)
+        """`response_logits_with_shared_prefix(model, prompts, responses)`, the head's KV run once per key."""
+        head = list(self.head_of(key))
+        fits = len(head) >= self.min_shared and all(len(p) > len(head) and list(p[:len(head)]) == head
+                                                     for p in prompts)
+        if not fits:
+            return response_logits_with_shared_prefix(model, prompts, responses, pad_id=pad_id,
+                                                      min_shared=self.min_shared)
+        if key not in self._heads:
+            self._heads[key] = head_kv(model, head)
+        return response_logits_after_head(model, self._heads[key], prompts, responses, pad_id=pad_id)
 
 
 def response_logits_by_shared_prefix_groups(model: Any, prompts: Sequence[Sequence[int]],

@@ -93,8 +93,11 @@ class TrainingStep:
     fast_paths: FastPaths
     compute_dtype: torch.dtype | None
     """The student passes' autocast dtype (`build.student_compute_dtype`)."""
-    teacher_heads: KeptHeads = field(default_factory=KeptHeads)
+    teacher_heads: KeptHeads = field(init=False)
     """The frozen teacher's prompt heads (one per knowledge text), run once per run instead of once per step."""
+
+    def __post_init__(self) -> None:
+        self.teacher_heads = KeptHeads(self.data.teacher_head)
 
     def run(self, step: int) -> dict[str, float]:
         """Sample, score, update; returns the step's metrics.
