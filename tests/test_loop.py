@@ -377,6 +377,41 @@ def test_reuse_from_refuses_stages_whose_template_file_was_edited(tiny_model, so
     assert [rs for rs in everything if reuse.reusable(config, *rs)] == [(0, "collect")]
 
 
+def test_a_loop_seed_plays_other_training_maps_and_samples_anew_on_the_same_held_out_maps(tiny_model, source_run,
+                                                                                          tmp_path):
+    from oel.backends.sampling import derive_seed
+    from oel.loop.reuse import stage_dependencies
+    from oel.trajectory import read_trajectories
+
+    run = tmp_path / "seed1"
+    config = load_config(LoopConfig, None, [*tiny_overrides(tiny_model, run), f"reuse_from={source_run}", "seed=1"])
+    events: list[tuple[str, int, str]] = []
+    run_loop(config, on_event=lambda kind, e: events.append((kind, e["round"], e.get("stage", ""))))
+    assert not [e for e in events if e[0] == "reuse"], "a stage of another seed was reused"
+
+    def seeds(root: Path, name: str) -> set[int]:
+        return {t.seed for t in read_trajectories(str(root / "round_0" / "collect" / name))}
+
+    for name in ("train.jsonl", "extract.jsonl"):
+        mine, source = seeds(run, name), seeds(source_run, name)
+        assert len(mine) == len(source) and not mine & source
+    saved = yaml.safe_load((run / "round_0" / "consolidate" / "config.yaml").read_text())
+    assert saved["seed"] == derive_seed(0, 1) and config.stage_seed(7) == derive_seed(7, 1)
+    assert LoopConfig().stage_seed(7) == 7 and LoopConfig().map_offset(16) == 0
+    def held_out(root: Path) -> set[int]:
+        return {t.seed for t in read_trajectories(str(root / "round_1" / "evaluate" / "games_no_knowledge" /
+                                                      "trajectories.jsonl"))}
+
+    assert held_out(run) == held_out(source_run)
+    # M_0 played without lessons is the same whatever the run's seed: its evaluation is reusable across seeds
+    assert "seed" in stage_dependencies("collect", 0) and "seed" not in stage_dependencies("evaluate", 0,
+                                                                                            in_context=False)
+    with pytest.raises(ConfigError, match=r"^seed: must be >= 0"):
+        load_config(LoopConfig, None, ["seed=-1"])
+    with pytest.raises(ConfigError, match=r"^seed: seed 9000 x 32 maps per round runs past"):
+        load_config(LoopConfig, None, ["seed=9000"])
+
+
 def test_evaluate_without_in_context_play_does_not_depend_on_the_lessons():
     from oel.loop.reuse import stage_dependencies
 

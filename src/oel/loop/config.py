@@ -17,11 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
+from oel.backends.sampling import derive_seed
 from oel.backends.select import EngineKind, resolve_engine
 from oel.collect.play import CollectConfig, CollectInputs
 from oel.config import Config, cfg, to_dict, updated
 from oel.consolidate.config import ConsolidateConfig, ConsolidateInputs
 from oel.envs import EnvConfig
+from oel.envs.seeds import MAX_SEEDS_PER_BLOCK
 from oel.errors import ConfigError
 from oel.io import read_text
 from oel.evaluate.config import EvaluateConfig, EvaluateInputs
@@ -62,6 +64,8 @@ class LoopConfig(Config):
                                                            "config: extract.extractor does (ablation)")
     knowledge_file: str = cfg("", "a text file REPLACING every round's extracted knowledge (controls); empty = "
                                   "the method")
+    seed: int = cfg(0, "the run's seed: training-side maps, lesson writing and consolidation change with it; held-out "
+                       "maps never do")
     evaluate_every: int = cfg(1, "evaluate M_r only when r is a multiple of this (M_0 and the last model always); "
                                  "fewer evaluations, same training")
     in_context_eval: bool = cfg(True, "also evaluate M_r WITH its round's knowledge in context (the in-context number)")
@@ -84,11 +88,27 @@ class LoopConfig(Config):
     def model_post_init(self, context: Any, /) -> None:
         if self.rounds < 1:
             raise ConfigError(f"rounds: must be >= 1, got {self.rounds}")
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+        widest = max(self.collect.num_seeds, self.extract.num_trajectories)
+        if (self.seed + 1) * widest > MAX_SEEDS_PER_BLOCK:
+            raise ConfigError(f"seed: seed {self.seed} x {widest} maps per round runs past a round's "
+                              f"{MAX_SEEDS_PER_BLOCK} training seeds; use a smaller seed")
         if self.evaluate_every < 1:
             raise ConfigError(f"evaluate_every: must be >= 1, got {self.evaluate_every}")
         if self.evaluate.games.knowledge_template != type(self.evaluate.games)().knowledge_template:
             raise ConfigError("evaluate.games.knowledge_template: set by the loop from consolidate.teacher_template "
                               "(in-context play reads the knowledge as the teacher does); set that instead")
+
+    def map_offset(self, num_maps: int) -> int:
+        """Where this run's `num_maps` training-side maps start in a round's block: seed s takes the s-th
+        slice, so runs with different seeds play disjoint maps (held-out maps are never in a block)."""
+        return self.seed * num_maps
+
+    def stage_seed(self, base: int) -> int:
+        """A stage's sampling seed in this run: `base` itself at seed 0 (a recipe as written), else a
+        stream derived from both, so that every seed's extraction and consolidation sample anew."""
+        return base if self.seed == 0 else derive_seed(base, self.seed)
 
     def evaluates(self, r: int) -> bool:
         """Whether round r's model M_r is evaluated."""

@@ -43,19 +43,19 @@ REUSE_TMP_SUFFIX = ".reuse-tmp"
 # they change where and how a run is recorded, never what a stage computes (rounds only
 # says which evaluate is the final one, which `ReuseSource.reusable` checks separately).
 STAGE_DEPENDENCIES: dict[str, frozenset[str]] = {
-    "collect": frozenset({"model", "engine", "env", "collect", "extract.num_trajectories"}),
+    "collect": frozenset({"model", "engine", "env", "collect", "extract.num_trajectories", "seed"}),
     "extract": frozenset({"model", "engine", "env", "collect", "extract", "extract_engine", "extractor",
-                          "knowledge_file"}),
+                          "knowledge_file", "seed"}),
     "evaluate": frozenset({"model", "engine", "env", "collect", "extract", "extract_engine", "extractor",
-                           "knowledge_file", "evaluate",
+                           "knowledge_file", "seed", "evaluate",
                            "in_context_eval", "consolidate.teacher_model", "consolidate.teacher_dtype",
                            "consolidate.teacher_template"}),
     "consolidate": frozenset({"model", "engine", "env", "collect", "extract", "extract_engine", "extractor",
-                              "knowledge_file", "consolidate"}),
+                              "knowledge_file", "seed", "consolidate"}),
 }
 
 
-KNOWLEDGE_READERS_OF_EVALUATE = frozenset({"extract", "extract_engine", "extractor", "knowledge_file",
+KNOWLEDGE_READERS_OF_EVALUATE = frozenset({"extract", "extract_engine", "extractor", "knowledge_file", "seed",
                                            "consolidate.teacher_model", "consolidate.teacher_dtype",
                                            "consolidate.teacher_template"})
 """What an evaluate stage reads only for its in-context part (and the teacher gap, which runs with it)."""

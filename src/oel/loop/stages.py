@@ -52,7 +52,8 @@ def collect(ctx: RoundContext) -> dict[str, Any]:
         ("extract", layout.extract_trajectories(ctx.round), c.extract.num_trajectories),
         ("collect", layout.train_trajectories(ctx.round), c.collect.num_seeds))
     for seeds, path, n in plan:
-        stats = run_collect(updated(c.collect, num_seeds=n), backend, env=c.env, maps=Maps(seeds, ctx.round), out=path,
+        stats = run_collect(updated(c.collect, num_seeds=n), backend, env=c.env,
+                            maps=Maps(seeds, ctx.round, c.map_offset(n)), out=path,
                             on_finish=lambda t, st: ctx.emit("episode", stage="collect", passed=t.passed))
         prefix = "extract_maps_" if seeds == "extract" else ""
         summary.update({f"{prefix}{k}": v for k, v in stats.to_dict().items()})
@@ -78,8 +79,9 @@ def extract(ctx: RoundContext) -> dict[str, Any]:
         backend = ctx.backend(cfg.extractor.max_batch_size, engine=c.extract_engine)
     else:
         backend = from_config(cfg.extractor)
-    experience = extract_round(cfg, trajs, backend, store=layout.store_dir(ctx.round), round=ctx.round,
-                               source=source, tokenizer=ctx.tokenizer,
+    experience = extract_round(updated(cfg, seed=c.stage_seed(cfg.seed)), trajs, backend,
+                               store=layout.store_dir(ctx.round), round=ctx.round, source=source,
+                               tokenizer=ctx.tokenizer,
                                on_step=lambda k, i, s: ctx.emit("extract_step", stage="extract", run=k, step=i))
     for k, text in enumerate(experience.texts):
         atomic_write_text(layout.knowledge_file(ctx.round, k), text + "\n", private=True)
@@ -104,8 +106,9 @@ def consolidate(ctx: RoundContext) -> dict[str, Any]:
             ctx.metrics.log(ctx.round, "consolidate", m, step=ctx.round * steps + step)
         ctx.emit("train_step", stage="consolidate", step=step, total=steps, **m)
 
-    result = run_consolidate(c.consolidate, model=ctx.model, knowledge=knowledge,
-                             trajectories=layout.train_trajectories(ctx.round), output_dir=out, on_step=on_step)
+    result = run_consolidate(updated(c.consolidate, seed=c.stage_seed(c.consolidate.seed)), model=ctx.model,
+                             knowledge=knowledge, trajectories=layout.train_trajectories(ctx.round), output_dir=out,
+                             on_step=on_step)
     ctx.release_model()  # the trained object is no longer M_r
     return {"steps": result.steps, **result.last_metrics}
 
