@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "report": (("oel.report.cli",), "plots and a markdown summary of an `oel loop` or `oel online demo` run (offline)"),
     "pair": (("oel.report.cli",), "two evaluations of different models on the same items: paired differences with "
                                   "95%% intervals (offline)"),
+    "seeds": (("oel.report.cli",), "settings repeated over loop seeds: each seed's change and differences pooled "
+                                   "over seeds (offline)"),
     "online": (("oel.online.cli",), "the online mode: the scheduler that learns from the store, and its versions"),
     "gateway": (("oel.online.gateway_cli",), "an OpenAI-compatible gateway that records every exchange for online "
                                              "learning"),

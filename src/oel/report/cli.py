@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from oel.errors import ConfigError
+from oel.io import atomic_write_text
 from oel.layout import DemoLayout
 from oel.report.online import write_online_report
 from oel.report.fingerprint import write_fingerprint
 from oel.report.pair import pair_text
+from oel.report.seeds import seeds_table
 from oel.report.write import write_report
 
 
@@ -52,3 +55,27 @@ def register(subparsers: Any) -> None:
         return 0
 
     q.set_defaults(func=_pair)
+
+    s = subparsers.add_parser("seeds", help="settings repeated over loop seeds: each seed's change and differences "
+                                            "pooled over seeds (offline)",
+                              description="One row per run (M_last - M_0 on held-out wins and the exact meter), "
+                                          "then per setting the change pooled over seeds, then the first setting "
+                                          "minus each other one, paired by seed (two-level bootstrap: seeds, hands).")
+    s.add_argument("--setting", nargs="+", action="append", required=True, metavar="NAME_OR_RUN",
+                   help="a setting's name, then its run dirs (one per seed); give it once per setting, the method "
+                        "first")
+    s.add_argument("--out", default=None, help="also write the table to this markdown file")
+
+    def _seeds(ns: argparse.Namespace) -> int:
+        settings = []
+        for name, *dirs in ns.setting:
+            if not dirs:
+                raise ConfigError(f"--setting {name}: expected a name, then at least one run dir")
+            settings.append((name, dirs))
+        text = seeds_table(settings)
+        if ns.out:
+            atomic_write_text(ns.out, text)
+        print(text, end="")
+        return 0
+
+    s.set_defaults(func=_seeds)
