@@ -60,6 +60,10 @@ class EnvConfig(Config):
     hide_rules: bool = cfg(False, "small-answer games: a generic description instead of TextArena's rules text")
     guess_min: int = cfg(1, "guess_number: smallest possible secret number")
     guess_max: int = cfg(20, "guess_number: largest possible secret number")
+    guess_band: int = cfg(0, "guess_number: the secret comes from a hidden band of this many numbers, one band per "
+                             "deployment; 0 = the whole range")
+    deployment: int = cfg(0, "which deployment: draws a variant's hidden fact (guess_band's band), which the model "
+                             "is never told")
     blackjack_hands: int = cfg(1, "blackjack: hands per episode (each needs at least one turn; keep below max_turns)")
     hanoi_disks: int = cfg(3, "hanoi: disks to move from tower A to C (solving takes 2**disks - 1 turns)")
     g2048_target: int = cfg(2048, "g2048: the tile that wins (a power of 2; TextArena's 2048-v0-3x3 wants 2048)")
@@ -80,6 +84,11 @@ class EnvConfig(Config):
                               f"{self.frozenlake_size}, got {self.frozenlake_holes}")
         if self.guess_min < 0 or self.guess_max <= self.guess_min:
             raise ConfigError(f"guess_max: must exceed guess_min (>= 0), got {self.guess_min}..{self.guess_max}")
+        if not 0 <= self.guess_band <= self.guess_max - self.guess_min + 1:
+            raise ConfigError(f"guess_band: must be in 0..{self.guess_max - self.guess_min + 1} (the numbers "
+                              f"{self.guess_min}..{self.guess_max}), got {self.guess_band}")
+        if self.deployment < 0:
+            raise ConfigError(f"deployment: must be >= 0, got {self.deployment}")
         if self.sokoban_size < 4:
             raise ConfigError(f"sokoban_size: must be at least 4 (walls take the border), got {self.sokoban_size}")
         if self.g2048_target < 4 or self.g2048_target & (self.g2048_target - 1):

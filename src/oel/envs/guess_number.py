@@ -11,11 +11,22 @@ not yet tried wins 5 of 20 (25%).
 
 The rules text does not give the strategy away, so it is shown by default (`hide_rules=false`);
 hidden, the model reads only that it must find a number in the range, answering `[n]`.
+
+The hidden-band variant (`guess_band=W`): a fact about the deployment that only experience can
+reveal. Each deployment (`deployment=d`) draws once a band of W consecutive numbers inside the
+range, and every secret of that deployment, held-out maps included, is uniform over the band. The
+model is told only the whole range, as in the plain game (the prompts are the plain game's, byte
+for byte); what it can learn is what its games show, the secret numbers at their ends. With few
+turns the band decides the game: at 3 turns halving 1..20 finds 7 of the 20 numbers (35%), a
+player who knows a band of up to 7 numbers finds every secret. The oracle (measurement only)
+reads the band: a guess is `ok` when it agrees with every hint AND lies in the band, and its value
+is the exact winning chance of a secret uniform over the band's numbers still consistent.
 """
 
 from __future__ import annotations
 
 import re
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +35,11 @@ import textarena as ta
 
 from oel.envs import EnvConfig
 from oel.envs.answer_game import REASON_INVALID, TextArenaAnswerGame
+
+BAND_STREAM = "oel/guess-number/band"
+"""Seeds the draw of a deployment's band apart from every other seeded draw (with the deployment)."""
+SECRET_STREAM = "oel/guess-number/secret"
+"""Seeds a map's secret within the band (with the deployment and the map seed)."""
 
 _NUMBER = re.compile(r"\s*(\d{1,4})\s*")
 HINT_HIGHER = "higher"
@@ -40,9 +56,12 @@ class GuessState:
     high: int
     history: tuple[tuple[int, str], ...]
 
-    def candidates(self) -> tuple[int, ...]:
-        """The numbers still consistent with every hint (and not yet guessed)."""
+    def candidates(self, band: tuple[int, int] | None = None) -> tuple[int, ...]:
+        """The numbers still consistent with every hint (and not yet guessed); with a hidden `band`
+        (the oracle's knowledge, never the player's), only those inside it."""
         lo, hi = self.low, self.high
+        if band is not None:
+            lo, hi = max(lo, band[0]), min(hi, band[1])
         for guess, hint in self.history:
             if hint == HINT_HIGHER:
                 lo = max(lo, guess + 1)
@@ -67,6 +86,19 @@ class GuessTheNumberGame(TextArenaAnswerGame):
     def _make_textarena_env(self) -> Any:
         c = self.config
         return ta.make(self.env_id, min_number=c.guess_min, max_number=c.guess_max, max_turns=c.max_turns)
+
+    def band(self) -> tuple[int, int] | None:
+        """The deployment's hidden band (lowest, highest), None in the plain game (measurement only)."""
+        return deployment_band(self.config)
+
+    def reset(self, seed: int) -> str:
+        observation = super().reset(seed)
+        band = self.band()
+        if band is not None:  # TextArena compares guesses with its attribute, reports the state's copy
+            secret = random.Random(f"{SECRET_STREAM}/{self.config.deployment}/{seed}").randint(*band)
+            self.textarena_env.game_number = secret
+            self.textarena_env.state.game_state["game_number"] = secret
+        return observation
 
     def rules_text(self) -> str:
         c = self.config
@@ -93,11 +125,11 @@ class GuessTheNumberGame(TextArenaAnswerGame):
         return GuessState(self.config.guess_min, self.config.guess_max, history)
 
     def answer_labels(self, answers: Sequence[str]) -> tuple[list[float], tuple[bool, ...], tuple[bool, ...]]:
-        state = self.player_state()
-        cands = set(state.candidates())
+        state, band = self.player_state(), self.band()
+        cands = set(state.candidates(band))
         tried = {g for g, _ in state.history}
         numbers = [int(a.strip("[]")) for a in answers]
-        return (answer_values(state, answers, self.config.max_turns - self.turns),
+        return (answer_values(state, answers, self.config.max_turns - self.turns, band),
                 tuple(n in cands for n in numbers), tuple(n in tried for n in numbers))
 
     def target(self) -> int:
@@ -143,6 +175,22 @@ def bisect_pass_probability(low: int, high: int, max_turns: int) -> float:
 
 
 
+def halving_pass_probability(low: int, high: int, max_turns: int, band: tuple[int, int] | None = None) -> float:
+    """Exact pass rate of halving the whole range (guess the middle of the numbers still consistent,
+    rounding down) when the secret is uniform over `band` (default: the range): the best play of a
+    player who does not know the band, which finds only the numbers its halving tree reaches."""
+    lo_s, hi_s = band if band is not None else (low, high)
+    found = 0
+    for secret in range(lo_s, hi_s + 1):
+        lo, hi = low, high
+        for _ in range(max_turns):
+            guess = (lo + hi) // 2
+            if guess == secret:
+                found += 1
+                break
+            lo, hi = (guess + 1, hi) if secret > guess else (lo, guess - 1)
+    return found / (hi_s - lo_s + 1)
+
 
 def win_probability(candidates: int, turns: int) -> float:
     """Best achievable chance of finding a target uniform over `candidates` numbers in `turns`
@@ -152,14 +200,26 @@ def win_probability(candidates: int, turns: int) -> float:
     return min(candidates, 2 ** turns - 1) / candidates if turns > 0 else 0.0
 
 
-def answer_values(state: GuessState, answers: Sequence[str], turns_left: int) -> list[float]:
+def deployment_band(config: EnvConfig) -> tuple[int, int] | None:
+    """Deployment `config.deployment`'s band of `guess_band` numbers in guess_min..guess_max (None when
+    guess_band is 0): drawn uniformly from its own seeded stream, the same for every map."""
+    width = config.guess_band
+    if width == 0:
+        return None
+    low = random.Random(f"{BAND_STREAM}/{config.deployment}").randint(config.guess_min, config.guess_max - width + 1)
+    return low, low + width - 1
+
+
+def answer_values(state: GuessState, answers: Sequence[str], turns_left: int,
+                  band: tuple[int, int] | None = None) -> list[float]:
     """Exact chance of winning after each answer, if every later guess is the best one.
 
     A consistent guess k splits the candidates into L below and R above: it wins now with 1/n, else
     the hint leaves L or R candidates and turns_left - 1 turns. Any other answer (inconsistent,
-    repeated, out of range) tells nothing new and costs the turn.
+    repeated, out of range, outside a hidden `band`) tells nothing new and costs the turn. With a
+    band the secret is uniform over the candidates inside it (the hints cut an interval of them).
     """
-    cands = state.candidates()
+    cands = state.candidates(band)
     n = len(cands)
     out: list[float] = []
     for a in answers:
@@ -175,4 +235,5 @@ def answer_values(state: GuessState, answers: Sequence[str], turns_left: int) ->
 
 
 __all__ = ["GuessTheNumberGame", "GuessState", "HINT_HIGHER", "HINT_LOWER", "random_pass_probability",
-           "bisect_pass_probability", "win_probability", "answer_values"]
+           "bisect_pass_probability", "win_probability", "answer_values", "deployment_band",
+           "halving_pass_probability"]
