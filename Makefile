@@ -16,7 +16,7 @@ WHEELS    ?= $(HOME)/.cache/oel/wheels/$(CPU_KEY)
 RUN_DIR   ?= runs/quickstart
 CONFIG    ?= configs/quickstart.yaml
 
-.PHONY: run control test setup setup-test engine postgres clean-venv
+.PHONY: run control seeds test setup setup-test engine postgres clean-venv
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -76,6 +76,26 @@ control: setup
 	$(VENV)/bin/oel loop configs/quickstart-control.yaml reuse_from=$(RUN_DIR) run_dir=$(RUN_DIR)-control
 	$(VENV)/bin/oel loop configs/quickstart-ontopic.yaml reuse_from=$(RUN_DIR) run_dir=$(RUN_DIR)-ontopic
 	$(VENV)/bin/oel report $(RUN_DIR) --compare $(RUN_DIR)-control $(RUN_DIR)-ontopic
+
+# The main job and its two controls over loop seeds (about 35 minutes a seed on an idle 2-core CPU), then
+# the seeded table (docs/results/answer-games). Seed s plays its own training maps and samples its own
+# lessons and steps; every seed's M_0 evaluation is seed 0's (the same model on the same held-out hands).
+# The intermediate merged models (3.4 GB each) are deleted once a run is done: the table reads evaluations.
+SEEDS     ?= 0 1 2
+SEEDS_DIR ?= runs/seeds
+seeds: setup
+	set -e; for s in $(SEEDS); do \
+	  reuse=$$( [ $$s = 0 ] || echo reuse_from=$(SEEDS_DIR)/main-s0 ); \
+	  $(VENV)/bin/oel loop $(CONFIG) seed=$$s run_dir=$(SEEDS_DIR)/main-s$$s $$reuse; \
+	  for c in unrelated:quickstart-control ontopic:quickstart-ontopic; do \
+	    run=$(SEEDS_DIR)/$${c%%:*}-s$$s; \
+	    $(VENV)/bin/oel loop configs/$${c#*:}.yaml seed=$$s reuse_from=$(SEEDS_DIR)/main-s$$s run_dir=$$run; \
+	    rm -f $$run/round_*/consolidate/model/model.safetensors; \
+	  done; \
+	  rm -f $(SEEDS_DIR)/main-s$$s/round_[01]/consolidate/model/model.safetensors; \
+	done
+	$(VENV)/bin/oel seeds --setting main $(SEEDS_DIR)/main-s* --setting unrelated $(SEEDS_DIR)/unrelated-s* \
+	  --setting on-topic $(SEEDS_DIR)/ontopic-s* --out $(SEEDS_DIR)/seeds.md
 
 clean-venv:
 	rm -rf $(VENV)
