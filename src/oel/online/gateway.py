@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -37,7 +36,7 @@ from oel.serving.app import ServingState, build_app
 from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import Engine, LocalEngine, UpstreamEngine
 from oel.serving.metrics import ServerMetrics
-from oel.serving.admission import Admission, ConnectionLimits
+from oel.serving.admission import Admission, ConnectionLimits, check_server_limits
 from oel.serving.server import HTTPServer
 
 log = logging.getLogger(__name__)
@@ -101,22 +100,8 @@ class GatewayConfig(Config):
             raise ValueError(f"responder: expected one of {', '.join(RESPONDERS)}, got {self.responder!r}")
         if self.responder == "upstream" and not self.upstream_url:
             raise ValueError("upstream_url: required when responder=upstream")
-        for name in ("max_batch_size", "max_tokens_limit", "max_body_bytes", "max_queue", "max_connections",
-                     "max_keyless_connections", "max_keyless_per_ip", "rate_limit_burst"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_prompt_tokens < 0:
-            raise ValueError(f"max_prompt_tokens: must be >= 0, got {self.max_prompt_tokens}")
-        if not (self.session_idle_s >= 0 and math.isfinite(self.session_idle_s)):
-            raise ValueError(f"session_idle_s: must be a finite number >= 0, got {self.session_idle_s}")
-        for name in ("client_timeout_s", "request_timeout_s", "watch_interval_s", "idle_check_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("batch_window_s", "rate_limit_per_s", "keyless_rate_limit_per_s"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")
-        if not 0 <= self.port < 2**16:
-            raise ValueError(f"port: must be in 0..65535, got {self.port}")
+        check_server_limits(self, counts=("max_batch_size", "rate_limit_burst"),
+                            timeouts=("watch_interval_s", "idle_check_s"), rates=("session_idle_s", "rate_limit_per_s"))
 
     def __repr__(self) -> str:
         """Every field but the keys themselves, which are only counted."""

@@ -26,8 +26,9 @@ Everything here runs on the server's event loop thread (uvicorn's), so it needs 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -195,3 +196,31 @@ class Admission:
         if conn is not None:
             self.closed(conn)
             conn.close_now(reason)
+
+
+SERVER_COUNTS: tuple[str, ...] = ("max_tokens_limit", "max_body_bytes", "max_queue", "max_connections",
+                                  "max_keyless_connections", "max_keyless_per_ip")
+"""Limits both servers (`oel serve`, `oel gateway`) hold that must be at least 1."""
+SERVER_TIMEOUTS: tuple[str, ...] = ("client_timeout_s", "request_timeout_s")
+"""Deadlines both servers hold, in seconds: > 0."""
+SERVER_RATES: tuple[str, ...] = ("batch_window_s", "keyless_rate_limit_per_s")
+"""Waits and rates both servers hold: finite and >= 0 (0 = none / unlimited)."""
+
+
+def check_server_limits(config: Any, counts: Sequence[str] = (), timeouts: Sequence[str] = (),
+                        rates: Sequence[str] = ()) -> None:
+    """A server config's limits, the shared ones and its own (`counts` >= 1, `timeouts` > 0, `rates`
+    finite >= 0), `max_prompt_tokens` >= 0 and the port: a ValueError naming the first bad field."""
+    for name in (*SERVER_COUNTS, *counts):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(config, name)}")
+    if config.max_prompt_tokens < 0:
+        raise ValueError(f"max_prompt_tokens: must be >= 0, got {config.max_prompt_tokens}")
+    for name in (*SERVER_TIMEOUTS, *timeouts):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name}: must be > 0, got {getattr(config, name)}")
+    for name in (*SERVER_RATES, *rates):
+        if not (getattr(config, name) >= 0 and math.isfinite(getattr(config, name))):
+            raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(config, name)}")
+    if not 0 <= config.port < 2**16:
+        raise ValueError(f"port: must be in 0..65535, got {config.port}")

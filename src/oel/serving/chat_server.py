@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any
 import logging
-import math
 import signal
 import time
 
@@ -42,7 +41,7 @@ from oel.serving.app import ServingState, build_app
 from oel.serving.auth import DEFAULT_KEYS_ENV, ApiKeys, require_keys_off_loopback
 from oel.serving.engine import LocalEngine
 from oel.serving.metrics import ServerMetrics
-from oel.serving.admission import Admission, ConnectionLimits
+from oel.serving.admission import Admission, ConnectionLimits, check_server_limits
 from oel.serving.server import HTTPServer
 
 __all__ = ["ChatServer", "ServeConfig", "serve"]
@@ -89,20 +88,7 @@ class ServeConfig(Config):
         # which quotes the value, never quotes a key given without brackets.)
         if isinstance(self.api_keys, str):
             self.api_keys = [self.api_keys]
-        for name in ("max_batch_size", "max_batch_tokens", "max_tokens_limit", "max_body_bytes", "max_queue",
-                     "max_connections", "max_keyless_connections", "max_keyless_per_ip"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_prompt_tokens < 0:
-            raise ValueError(f"max_prompt_tokens: must be >= 0, got {self.max_prompt_tokens}")
-        for name in ("client_timeout_s", "request_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("batch_window_s", "keyless_rate_limit_per_s"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)}")
-        if not 0 <= self.port < 2**16:
-            raise ValueError(f"port: must be in 0..65535, got {self.port}")
+        check_server_limits(self, counts=("max_batch_size", "max_batch_tokens"))
 
     def __repr__(self) -> str:
         """Every field but the keys themselves, which are only counted."""
