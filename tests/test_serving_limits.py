@@ -318,3 +318,19 @@ def test_a_body_over_the_limit_is_answered_not_reset(srv: ChatServer, key: str |
     conn.close()
     assert resp.status == (413 if key else 401), err
     assert err["error"]["message"].startswith("request body of" if key else "missing or invalid API key")
+
+
+@pytest.mark.parametrize("bad", [{"max_queue": 0}, {"max_keyless_per_ip": 0}, {"max_prompt_tokens": -1},
+                                 {"client_timeout_s": 0.0}, {"batch_window_s": float("inf")},
+                                 {"keyless_rate_limit_per_s": -1.0}, {"port": 70000}])
+def test_both_servers_refuse_a_bad_shared_limit_by_name(tmp_path: Path, bad: dict[str, Any]) -> None:
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"^{name}: must"):
+        ServeConfig(api_keys_env="", **bad)
+    with pytest.raises(ValueError, match=rf"^{name}: must"):
+        GatewayConfig(store=str(tmp_path / "s.sqlite"), **bad)
+    # and each its own: the serving batch, the gateway's per-client burst
+    with pytest.raises(ValueError, match=r"^max_batch_tokens: must be >= 1"):
+        ServeConfig(api_keys_env="", max_batch_tokens=0)
+    with pytest.raises(ValueError, match=r"^rate_limit_burst: must be >= 1"):
+        GatewayConfig(store=str(tmp_path / "s.sqlite"), rate_limit_burst=0)
