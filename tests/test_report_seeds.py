@@ -74,6 +74,7 @@ def test_seeds_table_pairs_runs_by_seed_and_pools_them(runs, tmp_path, capsys):
     text = seeds_table([("main", runs["main"]), ("control", runs["control"])])
     rows = [line for line in text.splitlines() if line.startswith("| main |") or line.startswith("| control |")]
     assert len(rows) == 4 and all(re.search(r"\d+/12 = ", row) for row in rows)
+    assert all(re.search(r"\| \[(Hit|Stand)\] \d\.\d\d -> \d\.\d\d \|$", row) for row in rows)
     assert "E[value]" in text and re.search(r"- main \(2 seeds\): held-out wins M_last - M_0 [+-]\d", text)
     assert re.search(r"- main - control at M_last \(2 paired seeds\): held-out wins [+-]\d+\.\d \[", text)
     out = tmp_path / "table.md"

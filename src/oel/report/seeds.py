@@ -130,6 +130,16 @@ def _meter_change(run: SeedRun) -> str:
     return f"{100 * d.a:.1f}% -> {100 * d.b:.1f}%, {d.points()}"
 
 
+def _top_answer(run: SeedRun) -> str:
+    """The answer M_last gives most at the meter's states, with its share at M_0 and at M_last
+    (how far a prior moved: Blackjack's P([Hit]))."""
+    if not isinstance(run.meter_first, AnswerMeterResult) or not isinstance(run.meter_last, AnswerMeterResult):
+        return "-"
+    first, last = run.meter_first.average_distribution(), run.meter_last.average_distribution()
+    answer = max(last, key=lambda a: last[a])
+    return f"{answer} {first.get(answer, 0.0):.2f} -> {last[answer]:.2f}"
+
+
 def _meter_matrix(runs: Sequence[SeedRun], *, first: bool) -> tuple[np.ndarray, list[str]] | None:
     meters = [r.meter_first if first else r.meter_last for r in runs]
     if not all(isinstance(m, AnswerMeterResult) for m in meters):
@@ -154,13 +164,14 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]]) -> str:
     every = [r for rs in runs.values() for r in rs]
     hands = _hands(every)
     out = ["| setting | seed | M_0 held-out wins | M_last held-out wins | M_last - M_0 | meter E[value] M_0 -> M_last, "
-           "change |", "|---|---|---|---|---|---|"]
+           "change | top answer M_0 -> M_last |", "|---|---|---|---|---|---|---|"]
     for rs in runs.values():
         for r in rs:
             p0, n0, p1, n1 = r.episodes
             d = win_difference(p0, n0, p1, n1)
             out.append(f"| {r.setting} | {r.seed} | {p0}/{n0} = {100 * p0 / n0:.1f}% | "
-                       f"{p1}/{n1} = {100 * p1 / n1:.1f}% (M_{r.last}) | {d.points()} | {_meter_change(r)} |")
+                       f"{p1}/{n1} = {100 * p1 / n1:.1f}% (M_{r.last}) | {d.points()} | {_meter_change(r)} | "
+                       f"{_top_answer(r)} |")
     out += ["", f"Pooled over seeds and hands ({len(hands)} held-out hands; 95% two-level bootstrap, seeds then "
                 "hands):", ""]
     for name, rs in runs.items():
