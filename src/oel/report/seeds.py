@@ -106,6 +106,10 @@ def hierarchical_diff(diffs: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES
     return float(d.mean()), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _points(mean: float, lo: float, hi: float) -> str:
     return f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
@@ -176,7 +180,7 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]]) -> str:
                 "hands):", ""]
     for name, rs in runs.items():
         change = _matrix([r.wins_last for r in rs], hands) - _matrix([r.wins_first for r in rs], hands)
-        line = f"- {name} ({len(rs)} seeds): held-out wins M_last - M_0 {_points(*hierarchical_diff(change))}"
+        line = f"- {name} ({_count(len(rs), 'seed')}): held-out wins M_last - M_0 {_points(*hierarchical_diff(change))}"
         m0, m1 = _meter_matrix(rs, first=True), _meter_matrix(rs, first=False)
         if m0 is not None and m1 is not None and m0[1] == m1[1]:
             line += f"; meter E[value] M_last - M_0 {_points(*hierarchical_diff(m1[0] - m0[0]))}"
@@ -189,7 +193,7 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]]) -> str:
             out.append(f"- {main} - {name}: no seed in common")
             continue
         a = _matrix([m.wins_last for m, _ in paired], hands) - _matrix([c.wins_last for _, c in paired], hands)
-        line = (f"- {main} - {name} at M_last ({len(paired)} paired seeds): held-out wins "
+        line = (f"- {main} - {name} at M_last ({_count(len(paired), 'paired seed')}): held-out wins "
                 f"{_points(*hierarchical_diff(a))}")
         ma, mb = _meter_matrix([m for m, _ in paired], first=False), _meter_matrix([c for _, c in paired], first=False)
         if ma is not None and mb is not None and ma[1] == mb[1]:
