@@ -143,6 +143,9 @@ def test_the_game_labels_read_the_band_and_halving_is_exact():
             lo, hi = (guess + 1, hi) if "higher" in result.feedback else (lo, guess - 1)
     expected = sum(halving_pass_probability(1, 20, 3, (s, s)) for s in _secrets(config))
     assert wins == expected
+    for low, high, turns in ((1, 20, 3), (1, 20, 4), (3, 11, 2), (1, 100, 5)):
+        whole_range = halving_pass_probability(low, high, turns, (low, high))
+        assert whole_range == pytest.approx(halving_pass_probability(low, high, turns))
     assert halving_pass_probability(1, 20, 3) == pytest.approx(7 / 20)
 
 

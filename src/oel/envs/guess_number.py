@@ -174,12 +174,14 @@ def bisect_pass_probability(low: int, high: int, max_turns: int) -> float:
     return min(n, 2 ** max_turns - 1) / n
 
 
-
 def halving_pass_probability(low: int, high: int, max_turns: int, band: tuple[int, int] | None = None) -> float:
     """Exact pass rate of halving the whole range (guess the middle of the numbers still consistent,
-    rounding down) when the secret is uniform over `band` (default: the range): the best play of a
-    player who does not know the band, which finds only the numbers its halving tree reaches."""
-    lo_s, hi_s = band if band is not None else (low, high)
+    rounding down) when the secret is uniform over `band`: the best play of a player who does not know
+    the band, which finds only the numbers its halving tree reaches. Which of them lie in the band
+    depends on the band's place, hence the walk down the tree; without a band it is the closed form."""
+    if band is None:
+        return bisect_pass_probability(low, high, max_turns)
+    lo_s, hi_s = band
     found = 0
     for secret in range(lo_s, hi_s + 1):
         lo, hi = low, high

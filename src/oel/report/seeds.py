@@ -29,9 +29,9 @@ import yaml
 from oel.errors import DataError
 from oel.evaluate.answer_meter import AnswerMeterResult
 from oel.evaluate.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from oel.io import read_text
+from oel.io import read_json, read_text
 from oel.layout import RunLayout
-from oel.report.gather import gather
+from oel.report.gather import meter_result
 from oel.report.paired import meter_difference, win_difference
 from oel.trajectory import read_trajectories
 
@@ -76,8 +76,7 @@ def read_run(setting: str, run_dir: str | Path) -> SeedRun:
     seed = saved.get("seed", 0)
     if not isinstance(seed, int):
         raise DataError(f"{layout.config_file}: seed: expected an integer, got {seed!r}")
-    data = gather(run_dir)
-    evaluated = sorted(r for r, e in data.evaluate.items() if "game_passed" in e)
+    evaluated = [r for r in layout.rounds() if "game_passed" in (layout.marker(r, "evaluate") or {})]
     if 0 not in evaluated or len(evaluated) < 2:
         raise DataError(f"{layout.run_dir}: needs M_0 and a later model evaluated (found rounds {evaluated}); "
                         "is the run finished?")
@@ -86,8 +85,17 @@ def read_run(setting: str, run_dir: str | Path) -> SeedRun:
     final, p1, n1 = _per_hand(layout.heldout_trajectories(last))
     if first.keys() != final.keys():
         raise DataError(f"{layout.run_dir}: M_0 and M_{last} played different held-out hands")
-    meters = data.answer_meters
-    return SeedRun(setting, seed, layout.run_dir, last, first, final, (p0, n0, p1, n1), meters.get(0), meters.get(last))
+    return SeedRun(setting, seed, layout.run_dir, last, first, final, (p0, n0, p1, n1),
+                   _answer_meter(layout, 0), _answer_meter(layout, last))
+
+
+def _answer_meter(layout: RunLayout, round_index: int) -> AnswerMeterResult | None:
+    """Round r's exact meter where it is the small-answer games' (the only meter this table reads)."""
+    path = layout.meter_file(round_index)
+    if not path.is_file():
+        return None
+    saved = read_json(path, "meter result")
+    return meter_result(saved, f"M_{round_index}") if "per_probe" in saved else None
 
 
 def hierarchical_diff(diffs: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
