@@ -14,6 +14,7 @@ from oel.cli import main
 from oel.config import load_config
 from oel.errors import DataError
 from oel.loop import LoopConfig, run_loop
+from oel.report.paired import meter_difference
 from oel.report.seeds import hierarchical_diff, read_run, seeds_table
 
 
@@ -81,6 +82,9 @@ def test_seeds_table_pairs_runs_by_seed_and_pools_them(runs, tmp_path, capsys):
     assert main(["seeds", "--setting", "main", *map(str, runs["main"]), "--setting", "control",
                  *map(str, runs["control"]), "--out", str(out)]) == 0
     assert out.read_text() == text and capsys.readouterr().out == text
+    ok = seeds_table([("main", runs["main"])], "ok")
+    change = meter_difference(first.meter_first, first.meter_last, "ok")
+    assert "E[ok]" in ok and "E[value]" not in ok and change.points() in ok
 
 
 def test_seeds_table_refuses_two_runs_of_one_seed_and_a_run_dir_that_is_not_one(runs, tmp_path):
@@ -89,3 +93,5 @@ def test_seeds_table_refuses_two_runs_of_one_seed_and_a_run_dir_that_is_not_one(
     with pytest.raises(DataError, match=r"no config\.yaml"):
         seeds_table([("main", [tmp_path])])
     assert main(["seeds", "--setting", "main"]) == 2
+    with pytest.raises(DataError, match=r"^seeds: meter metric 'worth': expected one of good, ok, invalid, value$"):
+        seeds_table([("main", runs["main"])], "worth")

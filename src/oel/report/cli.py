@@ -12,7 +12,8 @@ from oel.layout import DemoLayout
 from oel.report.online import write_online_report
 from oel.report.fingerprint import write_fingerprint
 from oel.report.pair import pair_text
-from oel.report.seeds import seeds_table
+from oel.evaluate.answer_meter import METRICS
+from oel.report.seeds import METER_METRIC, seeds_table
 from oel.report.write import write_report
 
 
@@ -65,6 +66,9 @@ def register(subparsers: Any) -> None:
                    help="a setting's name, then its run dirs (one per seed); give it once per setting, the method "
                         "first")
     s.add_argument("--out", default=None, help="also write the table to this markdown file")
+    s.add_argument("--meter-metric", default=METER_METRIC, choices=METRICS,
+                   help="the exact meter's score to tabulate: value (the answer's exact worth, the default) or the "
+                        "share on ok / good / invalid answers")
 
     def _seeds(ns: argparse.Namespace) -> int:
         settings = []
@@ -72,7 +76,7 @@ def register(subparsers: Any) -> None:
             if not dirs:
                 raise ConfigError(f"--setting {name}: expected a name, then at least one run dir")
             settings.append((name, dirs))
-        text = seeds_table(settings)
+        text = seeds_table(settings, ns.meter_metric)
         if ns.out:
             atomic_write_text(ns.out, text)
         print(text, end="")

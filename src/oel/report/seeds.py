@@ -6,7 +6,8 @@ over seeds: every setting (the method, each control) is run with seeds 0..S-1 (`
 all on the same held-out hands, and this table shows
 
 * per run: held-out wins of M_0 and of its last model, M_last - M_0 (Newcombe's interval), and (the
-  small-answer games) the exact meter's E[value] change, paired over the meter's games;
+  small-answer games) the exact meter's E[value] change (or another of its scores, `--meter-metric`), paired
+  over the meter's games;
 * per setting, pooled: M_last - M_0, and the first setting minus each other one at M_last, each with
   a two-level bootstrap interval: seeds resampled, then held-out hands resampled (the same hands
   for both sides, since every run plays the same ones). It widens with the spread between seeds as
@@ -27,7 +28,7 @@ import numpy as np
 import yaml
 
 from oel.errors import DataError
-from oel.evaluate.answer_meter import AnswerMeterResult
+from oel.evaluate.answer_meter import METRICS, AnswerMeterResult
 from oel.evaluate.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from oel.io import read_json, read_text
 from oel.layout import RunLayout
@@ -36,7 +37,8 @@ from oel.report.paired import meter_difference, win_difference
 from oel.trajectory import read_trajectories
 
 METER_METRIC = "value"
-"""The meter's headline for the small-answer games: the exact expected value of the model's answer."""
+"""The meter's default headline for the small-answer games: the exact expected value of the model's answer
+(`ok`, the share on answers consistent with everything true, is the other one a table may ask for)."""
 CI_LEVEL = 0.95
 
 
@@ -135,10 +137,10 @@ def _hands(runs: Sequence[SeedRun]) -> list[int]:
     return hands
 
 
-def _meter_change(run: SeedRun) -> str:
+def _meter_change(run: SeedRun, metric: str) -> str:
     if not isinstance(run.meter_first, AnswerMeterResult) or not isinstance(run.meter_last, AnswerMeterResult):
         return "-"
-    d = meter_difference(run.meter_first, run.meter_last, METER_METRIC)
+    d = meter_difference(run.meter_first, run.meter_last, metric)
     return f"{100 * d.a:.1f}% -> {100 * d.b:.1f}%, {d.points()}"
 
 
@@ -152,22 +154,24 @@ def _top_answer(run: SeedRun) -> str:
     return f"{answer} {first.get(answer, 0.0):.2f} -> {last[answer]:.2f}"
 
 
-def _meter_matrix(runs: Sequence[SeedRun], *, first: bool) -> tuple[np.ndarray, list[str]] | None:
+def _meter_matrix(runs: Sequence[SeedRun], metric: str, *, first: bool) -> tuple[np.ndarray, list[str]] | None:
     meters = [r.meter_first if first else r.meter_last for r in runs]
     if not all(isinstance(m, AnswerMeterResult) for m in meters):
         return None
-    keyed = [m.per_key(METER_METRIC) for m in meters]  # type: ignore[union-attr]
+    keyed = [m.per_key(metric) for m in meters]  # type: ignore[union-attr]
     keys = sorted(keyed[0])
     if any(sorted(k) != keys for k in keyed):
         return None
     return np.array([[k[g] for g in keys] for k in keyed]), keys
 
 
-def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]]) -> str:
+def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]], metric: str = METER_METRIC) -> str:
     """The markdown: one row per run, then per setting the pooled M_last - M_0, then the first
-    setting minus each other one at M_last (paired by seed), held-out wins and the meter."""
+    setting minus each other one at M_last (paired by seed), held-out wins and the meter's E[metric]."""
     if not settings:
         raise DataError("seeds: no settings given")
+    if metric not in METRICS:
+        raise DataError(f"seeds: meter metric {metric!r}: expected one of {', '.join(METRICS)}")
     runs = {name: sorted((read_run(name, d) for d in dirs), key=lambda r: r.seed) for name, dirs in settings}
     for name, rs in runs.items():
         seeds = [r.seed for r in rs]
@@ -175,23 +179,23 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]]) -> str:
             raise DataError(f"seeds: setting {name} has two runs of one seed ({seeds})")
     every = [r for rs in runs.values() for r in rs]
     hands = _hands(every)
-    out = ["| setting | seed | M_0 held-out wins | M_last held-out wins | M_last - M_0 | meter E[value] M_0 -> M_last, "
+    out = ["| setting | seed | M_0 held-out wins | M_last held-out wins | M_last - M_0 | meter E[" + metric + "] M_0 -> M_last, "
            "change | top answer M_0 -> M_last |", "|---|---|---|---|---|---|---|"]
     for rs in runs.values():
         for r in rs:
             p0, n0, p1, n1 = r.episodes
             d = win_difference(p0, n0, p1, n1)
             out.append(f"| {r.setting} | {r.seed} | {p0}/{n0} = {100 * p0 / n0:.1f}% | "
-                       f"{p1}/{n1} = {100 * p1 / n1:.1f}% (M_{r.last}) | {d.points()} | {_meter_change(r)} | "
+                       f"{p1}/{n1} = {100 * p1 / n1:.1f}% (M_{r.last}) | {d.points()} | {_meter_change(r, metric)} | "
                        f"{_top_answer(r)} |")
     out += ["", f"Pooled over seeds and hands ({len(hands)} held-out hands; 95% two-level bootstrap, seeds then "
                 "hands):", ""]
     for name, rs in runs.items():
         change = _matrix([r.wins_last for r in rs], hands) - _matrix([r.wins_first for r in rs], hands)
         line = f"- {name} ({_count(len(rs), 'seed')}): held-out wins M_last - M_0 {_points(*hierarchical_diff(change))}"
-        m0, m1 = _meter_matrix(rs, first=True), _meter_matrix(rs, first=False)
+        m0, m1 = _meter_matrix(rs, metric, first=True), _meter_matrix(rs, metric, first=False)
         if m0 is not None and m1 is not None and m0[1] == m1[1]:
-            line += f"; meter E[value] M_last - M_0 {_points(*hierarchical_diff(m1[0] - m0[0]))}"
+            line += f"; meter E[{metric}] M_last - M_0 {_points(*hierarchical_diff(m1[0] - m0[0]))}"
         out.append(line)
     (main, main_runs), *others = runs.items()
     for name, rs in others:
@@ -203,8 +207,9 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]]) -> str:
         a = _matrix([m.wins_last for m, _ in paired], hands) - _matrix([c.wins_last for _, c in paired], hands)
         line = (f"- {main} - {name} at M_last ({_count(len(paired), 'paired seed')}): held-out wins "
                 f"{_points(*hierarchical_diff(a))}")
-        ma, mb = _meter_matrix([m for m, _ in paired], first=False), _meter_matrix([c for _, c in paired], first=False)
+        ma = _meter_matrix([m for m, _ in paired], metric, first=False)
+        mb = _meter_matrix([c for _, c in paired], metric, first=False)
         if ma is not None and mb is not None and ma[1] == mb[1]:
-            line += f"; meter E[value] {_points(*hierarchical_diff(ma[0] - mb[0]))}"
+            line += f"; meter E[{metric}] {_points(*hierarchical_diff(ma[0] - mb[0]))}"
         out.append(line)
     return "\n".join(out) + "\n"
