@@ -18,6 +18,8 @@ from oel.cli import main
 from oel.errors import DataError
 from oel.evaluate.ifeval_offline import load_prompts
 from oel.evaluate.metrics import bootstrap_mean_ci, newcombe_interval, wilson_ci
+from oel.report.controls import verdict
+from oel.report.gather import gather
 from oel.report.pair import pair_text
 from oel.report.write import write_report
 
@@ -149,3 +151,24 @@ def test_report_compare_pairs_a_run_with_its_control(tmp_path):
     assert "- bj: held-out wins M_1 - M_0 +8.6 [+5.0, +12.4]" in section
     assert "- bj - bj-control at M_1: held-out wins +8.3 [+4.7, +12.1]" in section
     assert "IF-Eval prompt-level strict +100.0 [+100.0, +100.0] over 5 prompts" in section
+
+
+def test_the_report_says_whether_a_gain_is_the_lessons_content(tmp_path):
+    main_run = _loop_run(tmp_path / "bj", {0: (11, 0.85), 1: (44, 0.65)})
+    beaten = _loop_run(tmp_path / "bj-control", {0: (11, 0.85), 1: (12, 0.75)})
+    level = _loop_run(tmp_path / "bj-ontopic", {0: (11, 0.85), 1: (40, 0.70)})
+    flat = _loop_run(tmp_path / "bj-flat", {0: (11, 0.85), 1: (14, 0.85)})
+    said = verdict(gather(main_run), [gather(beaten)])
+    assert said.startswith("**What this shows.** bj: held-out wins M_1 - M_0 +8.6 [+5.0, +12.4] points.")
+    assert "Every control falls short of it (this run minus each: bj-control +8.3 [+4.7, +12.1] at M_1)" in said
+    # every probe has one answer distribution: whatever moved, it is a prior over answers
+    assert "its most likely answer is [Hit], 0.85 -> 0.65; an answer distribution that ignores the state" in said
+    assert "its answers do not read the state, so whatever moved is a prior over answers" in said
+    both = verdict(gather(main_run), [gather(beaten), gather(level)])
+    assert "A control gets as far (this run minus it, interval not above zero: bj-ontopic +1.0 [" in both
+    assert "not shown to come from what the lessons say" in both and "Every control" not in both
+    assert "No control is beside it" in verdict(gather(main_run), [])
+    assert "held-out wins show no gain" in verdict(gather(flat), [gather(beaten)])
+    assert "The exact meter, E[value] M_1 - M_0: +4.0 [+4.0, +4.0]; this run minus each control: bj-control +2.0" in said
+    assert "Every control falls short" in write_report(main_run, [beaten]).read_text()
+    assert "No control is beside it" in write_report(main_run).read_text()

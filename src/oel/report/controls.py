@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from oel.evaluate.answer_meter import AnswerMeterResult
 from oel.evaluate.ifeval import RESPONSES_FILE
 from oel.evaluate.meter import MeterResult
 from oel.layout import IFEVAL_DIR, RunLayout
@@ -102,6 +103,73 @@ def _decisive_lines(main: RunData, others: Sequence[RunData]) -> list[str]:
     return lines
 
 
+def _above(d: Difference) -> bool:
+    return d.lo > 0
+
+
+def _last_evaluated(data: RunData) -> int | None:
+    return max((r for r in data.evaluate if "game_passed" in data.evaluate[r]), default=None)
+
+
+def _prior_sentence(main: RunData, last: int) -> str:
+    """How the answers at the meter's states moved, and whether they read the state (small-answer games)."""
+    m0, m1 = main.answer_meters.get(0), main.answer_meters.get(last)
+    if not isinstance(m0, AnswerMeterResult) or not isinstance(m1, AnswerMeterResult):
+        return ""
+    answer, share = max(m1.average_distribution().items(), key=lambda kv: kv[1])
+    before = m0.average_distribution().get(answer, 0.0)
+    gap = m1.blind_gap("ok")
+    lo, hi = gap["ci95"]
+    points = f"{100 * gap['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    reads = (f"its answers read the state (E[ok] minus an answer distribution that ignores the state: {points})"
+             if lo > 0 else f"an answer distribution that ignores the state scores as well (E[ok] minus it: "
+             f"{points}): its answers do not read the state, so whatever moved is a prior over answers")
+    return f" At the meter's states its most likely answer is {answer}, {before:.2f} -> {share:.2f}; {reads}."
+
+
+def _meter_sentence(main: RunData, others: Sequence[RunData], last: int) -> str:
+    """The exact meter's headline, M_last - M_0 and this run minus each control: finer than wins, the
+    same verdict rule (an interval above zero)."""
+    m0, m1 = _meter(main, 0), _meter(main, last)
+    if m0 is None or m1 is None:
+        return ""
+    metric = _headline(m0)[0]
+    name = METRIC_NAMES[metric]
+    text = f" The exact meter, {name} M_{last} - M_0: {_gap(m0, m1, metric)}"
+    beside = [f"{o.name} {_gap(_meter(o, r), _meter(main, r), metric)} at M_{r}" for o in others
+              if (r := _last_common(main, o)) and _meter(o, r) is not None and _meter(main, r) is not None]
+    return text + (f"; this run minus each control: {'; '.join(beside)}." if beside else ".")
+
+
+def verdict(main: RunData, others: Sequence[RunData]) -> str:
+    """One paragraph: did the run's last model win more held-out games than M_0, and did every
+    control fall short of it? Only then is the gain credited to what the lessons say: a gain the
+    same loop also gets reading other text comes from the loop, not from the lessons' content."""
+    base, last = main.evaluate.get(0), _last_evaluated(main)
+    if base is None or "game_passed" not in base or not last:
+        return ""
+    change = _win_change(base, main.evaluate[last])
+    text = f"**What this shows.** {main.name}: held-out wins M_{last} - M_0 {change.points()} points. "
+    if not _above(change):
+        text += "The interval is not above zero: held-out wins show no gain."
+    elif not others:
+        text += ("No control is beside it, so nothing here says the gain comes from what the lessons say "
+                 "(`make control`, then `oel report RUN --compare` its controls).")
+    else:
+        paired = [(o.name, _win_change(o.evaluate[r], main.evaluate[r]), r) for o in others
+                  if (r := _last_common(main, o))]
+        short = [f"{name} {d.points()} at M_{r}" for name, d, r in paired if _above(d)]
+        level = [f"{name} {d.points()} at M_{r}" for name, d, r in paired if not _above(d)]
+        if level or not paired:
+            text += (f"A control gets as far (this run minus it, interval not above zero: {'; '.join(level)}): "
+                     "the gain is not shown to come from what the lessons say.")
+        else:
+            text += (f"Every control falls short of it (this run minus each: {'; '.join(short)}): the same loop "
+                     "reading other text does not get the gain, so it comes from what the lessons say.")
+    text += _meter_sentence(main, others, last) + _prior_sentence(main, last)
+    return text + " One run per setting: `oel seeds` says whether it holds over loop seeds."
+
+
 def control_table(main: RunData, others: Sequence[RunData]) -> str:
     """The markdown section: one row per evaluated model, then the decisive differences (points,
     95% intervals: Newcombe for wins, bootstrap over maps, games or prompts for the rest)."""
@@ -113,4 +181,5 @@ def control_table(main: RunData, others: Sequence[RunData]) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     for data in (main, *others):
         out += _rows(main, data, base, names)
-    return "\n".join(out + ["", *_decisive_lines(main, others)])
+    paragraph = verdict(main, others)
+    return "\n".join(out + ["", *_decisive_lines(main, others)] + (["", paragraph] if paragraph else []))

@@ -179,8 +179,8 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]], metric: st
             raise DataError(f"seeds: setting {name} has two runs of one seed ({seeds})")
     every = [r for rs in runs.values() for r in rs]
     hands = _hands(every)
-    out = ["| setting | seed | M_0 held-out wins | M_last held-out wins | M_last - M_0 | meter E[" + metric + "] M_0 -> M_last, "
-           "change | top answer M_0 -> M_last |", "|---|---|---|---|---|---|---|"]
+    out = ["| setting | seed | M_0 held-out wins | M_last held-out wins | M_last - M_0 | "
+           f"meter E[{metric}] M_0 -> M_last, change | top answer M_0 -> M_last |", "|---|---|---|---|---|---|---|"]
     for rs in runs.values():
         for r in rs:
             p0, n0, p1, n1 = r.episodes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from oel.io import atomic_write_text
 from oel.layout import RunLayout
-from oel.report.controls import control_table
+from oel.report.controls import control_table, verdict
 from oel.report.gather import gather
 from oel.report.plots import (plot_compare, plot_curves, plot_kl, plot_meter, plot_pass_rate, plot_series,
                               plot_teacher_gap)
@@ -43,11 +43,13 @@ def write_report(run_dir: str | os.PathLike, compare: list[str | os.PathLike] | 
     if data.answer_meters:
         md += ["The exact answer meter: the probability of every answer the game accepts, scored (not sampled) at "
                "the states of held-out games as a reference player reaches them. E[ok] is the mass on the answers "
-               "the game's oracle accepts (GuessTheNumber: consistent with every hint; Blackjack: the best "
-               "answer), E[good] on the best answers, E[value] the exact "
+               "the game's oracle accepts (GuessTheNumber: consistent with every hint and any hidden band; "
+               "Blackjack: the best answer), E[good] on the best answers, E[value] the exact "
                "chance of winning after the answer (best play afterwards); 'state-blind' is what the model's "
                "average answer distribution alone would score: a model whose E[ok] is no higher answers by prior.",
                "", answer_meter_table(data), ""]
+    if not others and (paragraph := verdict(data, [])):
+        md += [paragraph, ""]
     for r, gap in sorted(data.gaps.items()):
         md += [f"Round {r} teacher gap (training maps): {gap['verdict']}", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots if p is not None]
