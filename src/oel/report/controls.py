@@ -160,7 +160,9 @@ def verdict(main: RunData, others: Sequence[RunData]) -> str:
                   if (r := _last_common(main, o))]
         short = [f"{name} {d.points()} at M_{r}" for name, d, r in paired if _above(d)]
         level = [f"{name} {d.points()} at M_{r}" for name, d, r in paired if not _above(d)]
-        if level or not paired:
+        if not paired:
+            text += "No control has a model evaluated at a round this run evaluated: nothing to set it beside."
+        elif level:
             text += (f"A control gets as far (this run minus it, interval not above zero: {'; '.join(level)}): "
                      "the gain is not shown to come from what the lessons say.")
         else:
