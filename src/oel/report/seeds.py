@@ -86,7 +86,7 @@ def read_run(setting: str, run_dir: str | Path) -> SeedRun:
     first, p0, n0 = _per_hand(layout.heldout_trajectories(0))
     final, p1, n1 = _per_hand(layout.heldout_trajectories(last))
     if first.keys() != final.keys():
-        raise DataError(f"{layout.run_dir}: M_0 and M_{last} played different held-out hands")
+        raise DataError(f"{layout.run_dir}: M_0 and M_{last} played different held-out maps")
     return SeedRun(setting, seed, layout.run_dir, last, first, final, (p0, n0, p1, n1),
                    _answer_meter(layout, 0), _answer_meter(layout, last))
 
@@ -132,7 +132,7 @@ def _hands(runs: Sequence[SeedRun]) -> list[int]:
     hands = sorted(runs[0].wins_first)
     for r in runs:
         if sorted(r.wins_first) != hands:
-            raise DataError(f"{r.run_dir}: played other held-out hands than {runs[0].run_dir}; "
+            raise DataError(f"{r.run_dir}: played other held-out maps than {runs[0].run_dir}; "
                             "pool runs of the same evaluation")
     return hands
 
@@ -188,8 +188,8 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]], metric: st
             out.append(f"| {r.setting} | {r.seed} | {p0}/{n0} = {100 * p0 / n0:.1f}% | "
                        f"{p1}/{n1} = {100 * p1 / n1:.1f}% (M_{r.last}) | {d.points()} | {_meter_change(r, metric)} | "
                        f"{_top_answer(r)} |")
-    out += ["", f"Pooled over seeds and hands ({len(hands)} held-out hands; 95% two-level bootstrap, seeds then "
-                "hands):", ""]
+    out += ["", f"Pooled over seeds and held-out maps ({len(hands)} maps, e.g. Blackjack hands; 95% two-level "
+                "bootstrap, seeds then maps):", ""]
     for name, rs in runs.items():
         change = _matrix([r.wins_last for r in rs], hands) - _matrix([r.wins_first for r in rs], hands)
         line = f"- {name} ({_count(len(rs), 'seed')}): held-out wins M_last - M_0 {_points(*hierarchical_diff(change))}"
