@@ -16,7 +16,7 @@ WHEELS    ?= $(HOME)/.cache/oel/wheels/$(CPU_KEY)
 RUN_DIR   ?= runs/quickstart
 CONFIG    ?= configs/quickstart.yaml
 
-.PHONY: run control seeds test setup setup-test engine postgres clean-venv
+.PHONY: run control seeds band test setup setup-test engine postgres clean-venv
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -96,6 +96,26 @@ seeds: setup
 	done
 	$(VENV)/bin/oel seeds --setting main $(SEEDS_DIR)/main-s* --setting unrelated $(SEEDS_DIR)/unrelated-s* \
 	  --setting on-topic $(SEEDS_DIR)/ontopic-s* --out $(SEEDS_DIR)/seeds.md
+
+# The hidden-band loops (docs/results/lesson-content): on each deployment the main run and its two controls
+# (about 13 + 9 + 9 minutes on an idle 2-core CPU), then its table on the meter's E[ok] and E[value].
+DEPLOYMENTS ?= 0 1 6
+BAND_DIR    ?= runs/guess-band
+band: setup
+	set -e; for d in $(DEPLOYMENTS); do \
+	  main=$(BAND_DIR)/main-d$$d; \
+	  $(VENV)/bin/oel loop configs/guess-band/gb-1.5b.yaml env.deployment=$$d run_dir=$$main; \
+	  for c in unrelated:gb-1.5b-control ontopic:gb-1.5b-ontopic; do \
+	    run=$(BAND_DIR)/$${c%%:*}-d$$d; \
+	    $(VENV)/bin/oel loop configs/guess-band/$${c#*:}.yaml env.deployment=$$d reuse_from=$$main run_dir=$$run; \
+	    rm -f $$run/round_*/consolidate/model/model.safetensors; \
+	  done; \
+	  rm -f $$main/round_[01]/consolidate/model/model.safetensors; \
+	  for m in ok value; do \
+	    $(VENV)/bin/oel seeds --setting main $$main --setting unrelated $(BAND_DIR)/unrelated-d$$d \
+	      --setting on-topic $(BAND_DIR)/ontopic-d$$d --meter-metric $$m --out $(BAND_DIR)/d$$d-$$m.md; \
+	  done; \
+	done
 
 clean-venv:
 	rm -rf $(VENV)
