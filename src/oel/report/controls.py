@@ -68,6 +68,10 @@ def _rows(main: RunData, data: RunData, base: Meter | None, names: tuple[str, st
     return rows
 
 
+def _last_evaluated(data: RunData) -> int | None:
+    return max((r for r in data.evaluate if "game_passed" in data.evaluate[r]), default=None)
+
+
 def _last_common(a: RunData, b: RunData) -> int | None:
     common = [r for r in a.evaluate if r in b.evaluate and "game_passed" in a.evaluate[r]
               and "game_passed" in b.evaluate[r]]
@@ -87,7 +91,7 @@ def _decisive_lines(main: RunData, others: Sequence[RunData]) -> list[str]:
     lines = []
     base = main.evaluate.get(0)
     for data in (main, *others):
-        last = max((r for r in data.evaluate if "game_passed" in data.evaluate[r]), default=None)
+        last = _last_evaluated(data)
         if base is not None and "game_passed" in base and last:
             change = _win_change(base, data.evaluate[last])
             lines.append(f"- {data.name}: held-out wins M_{last} - M_0 {change.points()}")
@@ -105,10 +109,6 @@ def _decisive_lines(main: RunData, others: Sequence[RunData]) -> list[str]:
 
 def _above(d: Difference) -> bool:
     return d.lo > 0
-
-
-def _last_evaluated(data: RunData) -> int | None:
-    return max((r for r in data.evaluate if "game_passed" in data.evaluate[r]), default=None)
 
 
 def _prior_sentence(main: RunData, last: int) -> str:
