@@ -44,7 +44,7 @@ from oel.evaluate.answer_probes import played_probes, reference_policy, visited_
 from oel.evaluate.blackjack_meter import policy_value_meter
 from oel.evaluate.gap import GapConfig
 from oel.evaluate.meter import PromptVariant
-from oel.evaluate.metrics import wilson_ci
+from oel.evaluate.metrics import percent_points, wilson_ci
 from oel.evaluate.sharpen import sharpen
 from oel.io import atomic_write_json, read_text_file
 from oel.models import check_model_name, load_model
@@ -212,4 +212,4 @@ def answer_gap_table(gap: AnswerGap) -> str:
 
 
 def _ci(g: dict[str, Any]) -> str:
-    return f"{100 * g['diff']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
+    return percent_points(g["diff"], *g["ci95"])

@@ -64,6 +64,11 @@ def wilson_ci(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
 
 
 
+def percent_points(diff: float, lo: float, hi: float) -> str:
+    """A difference of two rates and its interval in percent points: '+8.3 [+4.7, +12.1]'."""
+    return f"{100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def newcombe_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
                       z: float = Z_95) -> tuple[float, float]:
     """95% interval of the difference of two proportions, a - b, by Newcombe's hybrid score method.

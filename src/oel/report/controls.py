@@ -17,6 +17,7 @@ from pathlib import Path
 from oel.evaluate.answer_meter import AnswerMeterResult
 from oel.evaluate.ifeval import RESPONSES_FILE
 from oel.evaluate.meter import MeterResult
+from oel.evaluate.metrics import percent_points
 from oel.layout import IFEVAL_DIR, RunLayout
 from oel.report.gather import RunData
 from oel.report.paired import (METRIC_NAMES, Difference, Meter, ifeval_differences, meter_difference,
@@ -82,6 +83,11 @@ def _win_change(e0: dict, e1: dict) -> Difference:
     return win_difference(e0["game_passed"], e0["game_episodes"], e1["game_passed"], e1["game_episodes"])
 
 
+def _against_controls(main: RunData, others: Sequence[RunData]) -> list[tuple[RunData, int, Difference]]:
+    """Main minus each other run in held-out wins, at their last common evaluated round."""
+    return [(o, r, _win_change(o.evaluate[r], main.evaluate[r])) for o in others if (r := _last_common(main, o))]
+
+
 def _ifeval_responses(data: RunData, r: int) -> Path:
     return RunLayout(data.run_dir).stage_dir(r, "evaluate") / IFEVAL_DIR / RESPONSES_FILE
 
@@ -95,12 +101,8 @@ def _decisive_lines(main: RunData, others: Sequence[RunData]) -> list[str]:
         if base is not None and "game_passed" in base and last:
             change = _win_change(base, data.evaluate[last])
             lines.append(f"- {data.name}: held-out wins M_{last} - M_0 {change.points()}")
-    for other in others:
-        r = _last_common(main, other)
-        if not r:
-            continue
-        lines.append(f"- {main.name} - {other.name} at M_{r}: held-out wins "
-                     f"{_win_change(other.evaluate[r], main.evaluate[r]).points()}")
+    for other, r, change in _against_controls(main, others):
+        lines.append(f"- {main.name} - {other.name} at M_{r}: held-out wins {change.points()}")
         a, b = _ifeval_responses(other, r), _ifeval_responses(main, r)
         if a.is_file() and b.is_file():
             lines += [f"  {d.measure} {d.points()} over {d.n} prompts" for d in ifeval_differences(a, b)]
@@ -119,10 +121,9 @@ def _prior_sentence(main: RunData, last: int) -> str:
     answer, share = max(m1.average_distribution().items(), key=lambda kv: kv[1])
     before = m0.average_distribution().get(answer, 0.0)
     gap = m1.blind_gap("ok")
-    lo, hi = gap["ci95"]
-    points = f"{100 * gap['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    points, reads_state = percent_points(gap["diff"], *gap["ci95"]), gap["ci95"][0] > 0
     reads = (f"its answers read the state (E[ok] minus an answer distribution that ignores the state: {points})"
-             if lo > 0 else f"an answer distribution that ignores the state scores as well (E[ok] minus it: "
+             if reads_state else f"an answer distribution that ignores the state scores as well (E[ok] minus it: "
              f"{points}): its answers do not read the state, so whatever moved is a prior over answers")
     return f" At the meter's states its most likely answer is {answer}, {before:.2f} -> {share:.2f}; {reads}."
 
@@ -156,10 +157,9 @@ def verdict(main: RunData, others: Sequence[RunData]) -> str:
         text += ("No control is beside it, so nothing here says the gain comes from what the lessons say "
                  "(`make control`, then `oel report RUN --compare` its controls).")
     else:
-        paired = [(o.name, _win_change(o.evaluate[r], main.evaluate[r]), r) for o in others
-                  if (r := _last_common(main, o))]
-        short = [f"{name} {d.points()} at M_{r}" for name, d, r in paired if _above(d)]
-        level = [f"{name} {d.points()} at M_{r}" for name, d, r in paired if not _above(d)]
+        paired = _against_controls(main, others)
+        short = [f"{o.name} {d.points()} at M_{r}" for o, r, d in paired if _above(d)]
+        level = [f"{o.name} {d.points()} at M_{r}" for o, r, d in paired if not _above(d)]
         if not paired:
             text += "No control has a model evaluated at a round this run evaluated: nothing to set it beside."
         elif level:

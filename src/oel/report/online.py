@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oel.evaluate.meter import paired_gap
-from oel.evaluate.metrics import wilson_interval
+from oel.evaluate.metrics import percent_points, wilson_interval
 from oel.io import atomic_write_text, iter_jsonl, read_json
 from oel.layout import EVALUATION_FILE, METER_FILE, METRICS_FILE, DemoLayout
 from oel.online.versions import Versions, version_name
@@ -136,7 +136,7 @@ def meter_gate_table(run: OnlineRun) -> str:
         moves = " -> ".join("/".join(f"{p:.2f}".lstrip("0") for p in m.move_distribution().values())
                             for m in (start, cand))
         rows.append(f"| {r} | {_pct(start.mean('emq'))} | {_pct(cand.mean('emq'))} | "
-                    f"{PERCENT * g.diff:+.1f} [{PERCENT * g.lo:+.1f}, {PERCENT * g.hi:+.1f}] | "
+                    f"{percent_points(g.diff, g.lo, g.hi)} | "
                     f"{_pct(cand.state_blind_emq())} | {_pct(start.mean('p_invalid'))} -> "
                     f"{_pct(cand.mean('p_invalid'))} | "
                     f"{moves} |")

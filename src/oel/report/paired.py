@@ -26,7 +26,7 @@ from oel.evaluate.answer_meter import AnswerMeterResult, paired_answer_gap
 from oel.evaluate.ifeval import PromptVerdict, score_response
 from oel.evaluate.ifeval_offline import load_prompts
 from oel.evaluate.meter import MeterResult, paired_gap
-from oel.evaluate.metrics import bootstrap_mean_ci, newcombe_interval
+from oel.evaluate.metrics import bootstrap_mean_ci, newcombe_interval, percent_points
 from oel.io import iter_jsonl
 
 GRID_METRICS = ("emq", "p_invalid", "p_losing")
@@ -57,7 +57,7 @@ class Difference:
 
     def points(self) -> str:
         """The difference in percent points with its interval: '+8.3 [+4.7, +12.1]'."""
-        return f"{100 * self.diff:+.1f} [{100 * self.lo:+.1f}, {100 * self.hi:+.1f}]"
+        return percent_points(self.diff, self.lo, self.hi)
 
 
 def win_difference(a_passed: int, a_episodes: int, b_passed: int, b_episodes: int) -> Difference:

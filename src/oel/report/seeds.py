@@ -29,7 +29,7 @@ import yaml
 
 from oel.errors import DataError
 from oel.evaluate.answer_meter import METRICS, AnswerMeterResult
-from oel.evaluate.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from oel.evaluate.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, percent_points
 from oel.io import read_json, read_text
 from oel.layout import RunLayout
 from oel.report.gather import meter_result
@@ -120,10 +120,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _points(mean: float, lo: float, hi: float) -> str:
-    return f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def _matrix(rows: Sequence[dict[int, float]], hands: list[int]) -> np.ndarray:
     return np.array([[r[h] for h in hands] for r in rows])
 
@@ -192,10 +188,11 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]], metric: st
                 "bootstrap, seeds then maps):", ""]
     for name, rs in runs.items():
         change = _matrix([r.wins_last for r in rs], hands) - _matrix([r.wins_first for r in rs], hands)
-        line = f"- {name} ({_count(len(rs), 'seed')}): held-out wins M_last - M_0 {_points(*hierarchical_diff(change))}"
+        line = (f"- {name} ({_count(len(rs), 'seed')}): held-out wins M_last - M_0 "
+                f"{percent_points(*hierarchical_diff(change))}")
         m0, m1 = _meter_matrix(rs, metric, first=True), _meter_matrix(rs, metric, first=False)
         if m0 is not None and m1 is not None and m0[1] == m1[1]:
-            line += f"; meter E[{metric}] M_last - M_0 {_points(*hierarchical_diff(m1[0] - m0[0]))}"
+            line += f"; meter E[{metric}] M_last - M_0 {percent_points(*hierarchical_diff(m1[0] - m0[0]))}"
         out.append(line)
     (main, main_runs), *others = runs.items()
     for name, rs in others:
@@ -206,10 +203,10 @@ def seeds_table(settings: Sequence[tuple[str, Sequence[str | Path]]], metric: st
             continue
         a = _matrix([m.wins_last for m, _ in paired], hands) - _matrix([c.wins_last for _, c in paired], hands)
         line = (f"- {main} - {name} at M_last ({_count(len(paired), 'paired seed')}): held-out wins "
-                f"{_points(*hierarchical_diff(a))}")
+                f"{percent_points(*hierarchical_diff(a))}")
         ma = _meter_matrix([m for m, _ in paired], metric, first=False)
         mb = _meter_matrix([c for _, c in paired], metric, first=False)
         if ma is not None and mb is not None and ma[1] == mb[1]:
-            line += f"; meter E[{metric}] {_points(*hierarchical_diff(ma[0] - mb[0]))}"
+            line += f"; meter E[{metric}] {percent_points(*hierarchical_diff(ma[0] - mb[0]))}"
         out.append(line)
     return "\n".join(out) + "\n"

@@ -7,6 +7,7 @@ from typing import Any
 
 from oel.evaluate.answer_meter import paired_answer_gap
 from oel.evaluate.meter import CANONICAL_MOVES, paired_gap
+from oel.evaluate.metrics import percent_points
 from oel.evaluate.sharpen import sharpened
 from oel.io import iter_jsonl
 from oel.layout import RunLayout
@@ -46,8 +47,7 @@ def meter_table(data: RunData) -> str:
            "E[mq], top move |",
            "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        vs0 = (f"{100 * row['vs0']:+.1f} [{100 * row['vs0_lo']:+.1f}, {100 * row['vs0_hi']:+.1f}]"
-               if "vs0" in row else "-")
+        vs0 = (percent_points(row["vs0"], row["vs0_lo"], row["vs0_hi"]) if "vs0" in row else "-")
         moves = "/".join(f"{p:.2f}".removeprefix("0") for p in row["moves"].values())
         out.append(f"| M_{row['round']} | {100 * row['emq']:.1f}% | {100 * row['state_blind']:.1f}% | "
                    f"{100 * row['p_invalid']:.1f}% | {100 * row['p_losing']:.1f}% | {moves} | {vs0} | "
@@ -66,7 +66,7 @@ def answer_meter_table(data: RunData) -> str:
     for r, m in sorted(data.answer_meters.items()):
         gaps = ["-", "-"]
         if r != 0 and m.per_key("ok").keys() == base.per_key("ok").keys():
-            gaps = [f"{100 * g['diff']:+.1f} [{100 * g['ci95'][0]:+.1f}, {100 * g['ci95'][1]:+.1f}]"
+            gaps = [percent_points(g["diff"], *g["ci95"])
                     for g in (paired_answer_gap(m, base, "ok"), paired_answer_gap(m, base, "value"))]
         top = ", ".join(f"{a} {q:.2f}" for a, q in sorted(m.average_distribution().items(), key=lambda kv: -kv[1])[:3])
         out.append(f"| M_{r} | {100 * m.mean('ok'):.1f}% | {100 * m.mean('ok', blind=True):.1f}% | "
