@@ -97,23 +97,29 @@ seeds: setup
 	$(VENV)/bin/oel seeds --setting main $(SEEDS_DIR)/main-s* --setting unrelated $(SEEDS_DIR)/unrelated-s* \
 	  --setting on-topic $(SEEDS_DIR)/ontopic-s* --out $(SEEDS_DIR)/seeds.md
 
-# The hidden-band loops (docs/results/lesson-content): on each deployment the main run and its two controls
-# (about 13 + 9 + 9 minutes on an idle 2-core CPU), then its table on the meter's E[ok] and E[value].
+# The hidden-band loops (docs/results/lesson-content): on each deployment and loop seed the main run and
+# its two controls (about 13 + 9 + 9 minutes on an idle 2-core CPU), then each deployment's table over its
+# seeds on the meter's E[ok] and E[value]. `make band BAND_SEEDS="0 1 2"` repeats every loop over seeds.
 DEPLOYMENTS ?= 0 1 6
+BAND_SEEDS  ?= 0
 BAND_DIR    ?= runs/guess-band
 band: setup
 	set -e; for d in $(DEPLOYMENTS); do \
-	  main=$(BAND_DIR)/main-d$$d; \
-	  $(VENV)/bin/oel loop configs/guess-band/gb-1.5b.yaml env.deployment=$$d run_dir=$$main; \
-	  for c in unrelated:gb-1.5b-control ontopic:gb-1.5b-ontopic; do \
-	    run=$(BAND_DIR)/$${c%%:*}-d$$d; \
-	    $(VENV)/bin/oel loop configs/guess-band/$${c#*:}.yaml env.deployment=$$d reuse_from=$$main run_dir=$$run; \
-	    rm -f $$run/round_*/consolidate/model/model.safetensors; \
+	  for s in $(BAND_SEEDS); do \
+	    main=$(BAND_DIR)/main-d$$d-s$$s; \
+	    reuse=$$( [ $$s = 0 ] || echo reuse_from=$(BAND_DIR)/main-d$$d-s0 ); \
+	    $(VENV)/bin/oel loop configs/guess-band/gb-1.5b.yaml env.deployment=$$d seed=$$s run_dir=$$main $$reuse; \
+	    for c in unrelated:gb-1.5b-control ontopic:gb-1.5b-ontopic; do \
+	      run=$(BAND_DIR)/$${c%%:*}-d$$d-s$$s; \
+	      $(VENV)/bin/oel loop configs/guess-band/$${c#*:}.yaml env.deployment=$$d seed=$$s reuse_from=$$main \
+	        run_dir=$$run; \
+	      rm -f $$run/round_*/consolidate/model/model.safetensors; \
+	    done; \
+	    rm -f $$main/round_[01]/consolidate/model/model.safetensors; \
 	  done; \
-	  rm -f $$main/round_[01]/consolidate/model/model.safetensors; \
 	  for m in ok value; do \
-	    $(VENV)/bin/oel seeds --setting main $$main --setting unrelated $(BAND_DIR)/unrelated-d$$d \
-	      --setting on-topic $(BAND_DIR)/ontopic-d$$d --meter-metric $$m --out $(BAND_DIR)/d$$d-$$m.md; \
+	    $(VENV)/bin/oel seeds --setting main $(BAND_DIR)/main-d$$d-s* --setting unrelated $(BAND_DIR)/unrelated-d$$d-s* \
+	      --setting on-topic $(BAND_DIR)/ontopic-d$$d-s* --meter-metric $$m --out $(BAND_DIR)/d$$d-$$m.md; \
 	  done; \
 	done
 
