@@ -483,3 +483,36 @@ def test_step_files_and_the_manifest_are_their_owners_only(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for folder in (step.parent, step.parent.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+GAME_RECORD = "Guess a number between 1 and 20 within 3 turns.\nYou answered: [8]\nThe game replied: higher.\n" \
+              "You answered: [10]\nOutcome: Success: you guessed the secret number 10 in 2 turns."
+
+
+def test_a_lesson_stating_a_number_its_writer_never_saw_is_not_grounded():
+    from oel.extract.text import split_grounded, stated_numbers
+
+    assert stated_numbers("answer [10] first, 3 turns, 2.5 points, v2 and abc12") == {"10", "3", "2.5"}
+    right = "- EXPERIENCE ITEM: The game revealed that the hidden answer was 10."
+    misread = "- EXPERIENCE ITEM: The game revealed that the hidden answer was not [10], but [15]."  # written after this game
+    no_number = "- EXPERIENCE ITEM: When the game says higher, guess higher."
+    assert split_grounded([right, misread, no_number], GAME_RECORD) == ([right, no_number], [misread])
+    # brute force: an item is grounded iff each of its numbers occurs as a whole number in the shown text
+    for n in range(0, 25):
+        item = f"- EXPERIENCE ITEM: answer [{n}] first."
+        whole = any(tok == str(n) for tok in re.split(r"[^0-9.]+", GAME_RECORD.replace(".\n", " ").rstrip(".")))
+        assert (split_grounded([item], GAME_RECORD)[0] == [item]) == whole, n
+
+
+def test_grounded_numbers_drops_misread_values_records_them_and_guards_resume(tmp_path):
+    answer = "- EXPERIENCE ITEM: the game ended on 7\n- EXPERIENCE ITEM: lesson from {tag}, after move 1"
+    fake = ScriptedExtractor(lambda t, p: answer.format(tag=TAG.search(t).group(1)))
+    trajs = [make_traj(1)]  # shows "map 0", "map 1", "moved 0", "moved 1": 7 never appears
+    extract_command(config(tmp_path, num_trajectories=1, grounded_numbers=True), trajs, fake)
+    f = read_experience(step_path(tmp_path / "store", 0, 0, 1))
+    assert f.texts == ["- EXPERIENCE ITEM: lesson from T1, after move 1"]
+    assert f.record.ungrounded_dropped == ["- EXPERIENCE ITEM: the game ended on 7"]
+    with pytest.raises(ConfigError, match="grounded_numbers"):
+        extract_command(config(tmp_path, num_trajectories=1), trajs, fake)
+    extract_command(config(tmp_path / "off", num_trajectories=1), trajs, fake)  # off: both kept, as before
+    assert len(read_experience(step_path(tmp_path / "off" / "store", 0, 0, 1)).texts) == 2

@@ -1,7 +1,8 @@
 """Accumulative extraction: K runs, each reading N trajectories in order, e_i = e_{i-1} + new items.
 
 At step i, run k shows the extractor trajectory i and its own knowledge e_{i-1}, keeps the
-1-2 new items it writes (thinking removed, format-filtered, exact repeats dropped), then
+1-2 new items it writes (thinking removed, format-filtered, exact repeats dropped; with
+`grounded_numbers`, items stating a number the prompt never showed dropped too), then
 enforces the L-token budget by keeping the newest whole items. Each step is written to the
 store before the next begins, so a killed run resumes at its last completed step.
 
@@ -58,6 +59,7 @@ from oel.extract.text import (
     dedup_new,
     fit_newest,
     parse_items,
+    split_grounded,
     strip_thinking,
     token_counter,
 )
@@ -106,6 +108,9 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     else:
         answer, unfinished = drop_unfinished_line(strip_thinking(extraction.text), extraction.finish_reason)
         candidates = parse_items(answer, config.format)
+    ungrounded: list[str] = []
+    if config.grounded_numbers and extraction.prompt is not None:
+        candidates, ungrounded = split_grounded(candidates, extraction.prompt.text)
     kept, duplicates = dedup_new(prev.texts, candidates,
                                  near=config.near_duplicate if config.kind == "extracted" else 0.0)
     # The cap counts NEW items only: small models often copy the list back before adding one.
@@ -125,7 +130,8 @@ def accumulate_step(prev: ExperienceFile, traj: Trajectory, extraction: Extracti
     record = StepRecord(
         trajectory_id=traj.id,
         raw_output=extraction.text if config.kind == "extracted" else "",
-        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, unfinished_dropped=unfinished,
+        new_items=kept, duplicates_dropped=duplicates, over_cap_dropped=over_cap, ungrounded_dropped=ungrounded,
+        unfinished_dropped=unfinished,
         budget_dropped=budget_dropped,
         input_tokens=p.input_tokens if p else 0, output_tokens=extraction.output_tokens,
         input_truncated=bool(p and p.truncated), dropped_turns=p.dropped_turns if p else 0,
@@ -155,6 +161,7 @@ def _fingerprint(config: ExtractConfig, extractor_model: str, prompt_record: dic
         "max_input_tokens": config.max_input_tokens, "max_new_items": config.max_new_items,
         **({"near_duplicate": config.near_duplicate} if config.near_duplicate else {}),
         **({"record": config.record} if config.record != "full" else {}),
+        **({"grounded_numbers": True} if config.grounded_numbers else {}),
         "strip_trajectory_thinking": config.strip_trajectory_thinking, "seed": config.seed,
         "extractor_model": extractor_model, "prompt": prompt_record, "token_counter": counter,
         "sampling": to_dict(updated(config.sampling, seed=0)),

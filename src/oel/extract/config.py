@@ -71,6 +71,8 @@ class ExtractConfig(Config):
                                 "prompt asks for 1-2); 0 = no cap")
     near_duplicate: float = cfg(0.0, "also drop a new item this similar (Jaccard of words, same moves) to an "
                                      "earlier one; 0 = exact only")
+    grounded_numbers: bool = cfg(False, "drop a new lesson that states a number its writer's prompt never showed "
+                                        "(a misread value)")
     prompt: str = cfg("", "extractor prompt: '' or auto = chosen from the trajectories; a built-in name; or a "
                           ".txt template")
     kind: Kind = cfg("extracted", "extracted: the model writes lessons; raw_trajectories: baseline filling the "

@@ -67,6 +67,8 @@ class StepRecord(BaseModel):
     new_items: list[str] = Field(default_factory=list)
     duplicates_dropped: list[str] = Field(default_factory=list)
     over_cap_dropped: list[str] = Field(default_factory=list, description="new items beyond max_new_items")
+    ungrounded_dropped: list[str] = Field(default_factory=list, description="new items stating a number the "
+                                                                            "writer's prompt never showed")
     unfinished_dropped: str = Field(default="", description="last line of an answer cut by the token limit, dropped")
     budget_dropped: int = Field(default=0, ge=0, description="items dropped by the budget: the oldest, or one "
                                                              "longer than the whole budget")

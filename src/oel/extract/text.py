@@ -118,6 +118,32 @@ def dedup_new(existing: Sequence[str], new: Sequence[str], *, near: float = 0.0)
     return kept, dropped
 
 
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
+"""A number as a lesson states it: digits, optionally with a decimal part, not inside a word."""
+
+
+def stated_numbers(text: str) -> set[str]:
+    """The numbers a text states (`[10]`, `10.`, `3 turns`), as written."""
+    return set(_NUMBER.findall(text))
+
+
+def split_grounded(items: Sequence[str], shown: str) -> tuple[list[str], list[str]]:
+    """(grounded, ungrounded): items every number of which appears in `shown`, and the rest.
+
+    `shown` is the whole prompt the writer read (its instructions, the lessons so far and the
+    record of the game). A small writer asked what a game revealed sometimes states a value the
+    game never showed ("the hidden answer was 15" after a game that ended on 10); a number it
+    was never shown cannot be something it learned, so such a lesson is not kept. This reads
+    only the writer's own input, never the game's hidden state.
+    """
+    seen = stated_numbers(shown)
+    grounded: list[str] = []
+    ungrounded: list[str] = []
+    for item in items:
+        (ungrounded if stated_numbers(item) - seen else grounded).append(item)
+    return grounded, ungrounded
+
+
 @dataclass(frozen=True)
 class TokenCounter:
     """Counts tokens of a text: the extractor's tokenizer, or the documented approximation."""
