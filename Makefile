@@ -99,8 +99,10 @@ seeds: setup
 
 # The hidden-band loops (docs/results/lesson-content): on each deployment and loop seed the main run and
 # its two controls (about 13 + 9 + 9 minutes on an idle 2-core CPU), then each deployment's table over its
-# seeds on the meter's E[ok] and E[value]. `make band BAND_SEEDS="0 1 2"` repeats every loop over seeds.
+# seeds on the meter's E[ok] and E[value]. `make band BAND_SEEDS="0 1 2"` repeats every loop over seeds;
+# BAND_RECIPE=gb-1.5b-grounded runs the main loops with lessons checked against what their writer read.
 DEPLOYMENTS ?= 0 1 6
+BAND_RECIPE ?= gb-1.5b
 BAND_SEEDS  ?= 0
 BAND_DIR    ?= runs/guess-band
 band: setup
@@ -108,7 +110,8 @@ band: setup
 	  for s in $(BAND_SEEDS); do \
 	    main=$(BAND_DIR)/main-d$$d-s$$s; \
 	    reuse=$$( [ $$s = 0 ] || echo reuse_from=$(BAND_DIR)/main-d$$d-s0 ); \
-	    $(VENV)/bin/oel loop configs/guess-band/gb-1.5b.yaml env.deployment=$$d seed=$$s run_dir=$$main $$reuse; \
+	    $(VENV)/bin/oel loop configs/guess-band/$(BAND_RECIPE).yaml env.deployment=$$d seed=$$s run_dir=$$main \
+	      $$reuse; \
 	    for c in unrelated:gb-1.5b-control ontopic:gb-1.5b-ontopic; do \
 	      run=$(BAND_DIR)/$${c%%:*}-d$$d-s$$s; \
 	      $(VENV)/bin/oel loop configs/guess-band/$${c#*:}.yaml env.deployment=$$d seed=$$s reuse_from=$$main \
