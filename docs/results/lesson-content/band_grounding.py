@@ -19,13 +19,14 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
+from pathlib import Path
 
 from oel.extract import read_experience
 from oel.extract.text import split_grounded
 from oel.layout import RunLayout
 from oel.trajectory import Trajectory, read_trajectories
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # band_lessons.py sits beside this script
 from band_lessons import named_numbers  # noqa: E402
 
 SECRET = re.compile(r"secret number (?:was )?(\d+)")

@@ -93,11 +93,11 @@ def _print_file(path: Path, f: ExperienceFile) -> None:
         print(f"  [step {it.step_added} from {it.source_trajectory_id}] {it.text}")
     if rec is not None:
         cut = f", input cut: {rec.dropped_turns} turns + {rec.cut_chars} chars" if rec.input_truncated else ""
-        cut += f", {len(rec.ungrounded_dropped)} stating unseen numbers dropped" if rec.ungrounded_dropped else ""
+        ungrounded = f", {len(rec.ungrounded_dropped)} stating unseen numbers dropped" if rec.ungrounded_dropped else ""
         print(f"  last step: read {rec.trajectory_id}, +{len(rec.new_items)} new, {len(rec.duplicates_dropped)} "
               "repeats "
               f"dropped, {rec.budget_dropped} old items over budget, {rec.input_tokens}+{rec.output_tokens} tokens, "
-              f"{rec.seconds:.1f} s{cut}")
+              f"{rec.seconds:.1f} s{cut}{ungrounded}")
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
